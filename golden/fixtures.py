@@ -1,0 +1,178 @@
+"""Deterministic golden fixtures: every named tensor of mhc_pre for one case, and per-stage views.
+
+A bundle is built by running the stages in order in float64 on the inputs, rounding each stage's
+outputs to the dtype they are stored in (x's dtype for h_in and dx, float32 for the rest), and
+feeding those rounded tensors to the next stage, as a real chain does. For each stage the bundle
+keeps the float64 golden outputs computed on exactly the stage's (rounded) inputs: that is the
+reference of the accuracy rule.
+
+Regenerate the committed frozen fixtures with ``python -m mhc_ops.golden --write DIR``
+(``nox -s fixtures``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .mhc_pre import STAGE_IO, STAGE_NAMES
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Tensors stored in x's dtype; every other float tensor is stored in float32.
+X_DTYPE_TENSORS = ("x", "h_in", "dh_in", "grad_x_post", "dx")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fixture: shape, layout (from ``lead``), x dtype, seed and options."""
+
+    lead: tuple[int, ...]  # (B, S) for BSND, (T,) for TND
+    n: int
+    D: int
+    dtype: str = "bfloat16"
+    seed: int = 0
+    gamma: bool = True
+    grad_x_post: bool = False
+    x_scale: float = 1.0  # far from 1 moves inv_rms far from 1
+    norm_eps: float = 1e-6
+    hc_eps: float = 1e-6
+
+    @property
+    def layout(self) -> str:
+        return {2: "BSND", 1: "TND"}[len(self.lead)]
+
+    @property
+    def T(self) -> int:
+        return math.prod(self.lead)
+
+    @property
+    def O(self) -> int:
+        return self.n * self.n + 2 * self.n
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def __str__(self) -> str:
+        opts = [self.layout, self.dtype, f"seed{self.seed}"]
+        opts += ["gamma" if self.gamma else "nogamma"]
+        opts += ["gxp"] if self.grad_x_post else []
+        opts += [f"xs{self.x_scale:g}"] if self.x_scale != 1.0 else []
+        return f"lead{'x'.join(map(str, self.lead))}-n{self.n}-D{self.D}-" + "-".join(opts)
+
+
+def make_inputs(case: Case, device: str | torch.device = "cpu") -> dict[str, torch.Tensor | None]:
+    """Fresh random inputs: phi scaled so m = h_mix*inv_rms is O(1); upstream gradients random."""
+    g = torch.Generator(device=device).manual_seed(case.seed)
+    n, D, O, lead, dt = case.n, case.D, case.O, case.lead, case.torch_dtype
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+
+    x = (randn(*lead, n, D) * case.x_scale).to(dt)
+    phi = randn(O, n * D) / math.sqrt(n * D)
+    alpha = 0.5 + torch.rand(3, generator=g, device=device)
+    bias = 0.5 * randn(O)
+    gamma = 1.0 + 0.5 * randn(n, D) if case.gamma else None
+    dh_in = randn(*lead, D).to(dt)
+    dh_post = randn(*lead, n)
+    dh_res = randn(*lead, n, n)
+    grad_x_post = randn(*lead, n, D).to(dt) if case.grad_x_post else None
+    return {
+        "x": x,
+        "phi": phi,
+        "alpha": alpha,
+        "bias": bias,
+        "gamma": gamma,
+        "dh_in": dh_in,
+        "dh_post": dh_post,
+        "dh_res": dh_res,
+        "grad_x_post": grad_x_post,
+    }
+
+
+def run_golden(stage: str, inputs: dict, precision: str) -> dict[str, torch.Tensor]:
+    """Run one golden stage on ``inputs`` (tensors and options by name).
+
+    ``precision="fp64"`` upcasts every float tensor to float64 first, so outputs stored in x's
+    dtype (h_in, dx) come back unrounded: that is the reference. ``"fp32"`` runs as a user would.
+    """
+    if precision == "fp64":
+        inputs = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        cd = torch.float64
+    elif precision == "fp32":
+        cd = torch.float32
+    else:
+        raise ValueError(f"precision: expected 'fp64' or 'fp32', got {precision!r}")
+    return STAGE_IO[stage]["golden"](**inputs, compute_dtype=cd)
+
+
+def storage_dtype(name: str, x_dtype: torch.dtype) -> torch.dtype:
+    return x_dtype if name in X_DTYPE_TENSORS else torch.float32
+
+
+@dataclass
+class Bundle:
+    case: Case
+    tensors: dict[str, torch.Tensor | None]  # every named tensor, as stored (rounded)
+    reference: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> fp64 outputs
+
+    def stages(self) -> tuple[str, ...]:
+        """The stages this case runs (dgamma only with gamma)."""
+        return tuple(s for s in STAGE_NAMES if s != "dgamma" or self.case.gamma)
+
+    def stage_inputs(self, stage: str) -> dict:
+        """The golden inputs of one stage, as keyword arguments (tensors and options)."""
+        io = STAGE_IO[stage]
+        kw = {k: self.tensors[k] for k in io["inputs"]}
+        kw.update({k: getattr(self.case, k) for k in io["options"]})
+        return kw
+
+    def stage_view(self, stage: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(inputs, expected fp64 outputs) of one stage, for running it in isolation."""
+        return self.stage_inputs(stage), self.reference[stage]
+
+
+def build(case: Case, device: str | torch.device = "cpu") -> Bundle:
+    """Every named tensor of ``case``: inputs, then each stage in order on rounded inputs."""
+    tensors = make_inputs(case, device)
+    bundle = Bundle(case, tensors)
+    for stage in bundle.stages():
+        out64 = run_golden(stage, bundle.stage_inputs(stage), "fp64")
+        bundle.reference[stage] = {k: out64[k] for k in STAGE_IO[stage]["outputs"]}
+        for k, v in out64.items():
+            tensors[k] = v.to(storage_dtype(k, case.torch_dtype))
+    tensors.setdefault("dgamma", None)
+    return bundle
+
+
+# Tiny cases committed under tests/fixtures/frozen: one of each layout, one with inv_rms far from 1.
+FROZEN_CASES = {
+    "bsnd_bf16_gamma": Case(lead=(2, 3), n=4, D=7, dtype="bfloat16", seed=1),
+    "tnd_fp32_nogamma_gxp": Case(lead=(5,), n=3, D=5, dtype="float32", seed=2, gamma=False, grad_x_post=True),
+    "tnd_fp16_xscale": Case(lead=(4,), n=2, D=9, dtype="float16", seed=3, grad_x_post=True, x_scale=8.0),
+}
+
+
+def save(bundle: Bundle, path: pathlib.Path) -> None:
+    torch.save({"case": asdict(bundle.case), "tensors": bundle.tensors, "reference": bundle.reference}, path)
+
+
+def load(path: pathlib.Path) -> Bundle:
+    data = torch.load(path, weights_only=True)
+    case = Case(**{**data["case"], "lead": tuple(data["case"]["lead"])})
+    return Bundle(case, data["tensors"], data["reference"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Regenerate the frozen golden fixtures.")
+    p.add_argument("--write", type=pathlib.Path, required=True, help="folder to write <name>.pt into")
+    args = p.parse_args(argv)
+    args.write.mkdir(parents=True, exist_ok=True)
+    for name, case in FROZEN_CASES.items():
+        save(build(case), args.write / f"{name}.pt")
+        print(f"wrote {args.write / name}.pt  ({case})")

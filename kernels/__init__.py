@@ -1,0 +1,1 @@
+"""Triton kernels of mhc_pre, one module per stage (mhc_ops.kernels)."""

@@ -1,0 +1,52 @@
+"""Sessions: tests (CI), test_stage -- NAME, bugs, lint, fixtures, diagnose, bench."""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# CPU machines: torch 2.13.0 is a local CPU wheel (an unpinned torch downloads gigabytes of CUDA
+# packages); triton 3.6.0 is the GPU image's version, so the interpreter matches its compiler.
+CPU_PINS = ("torch==2.13.0", "triton==3.6.0")
+TEST_DEPS = ("numpy", "pytest", "pytest-xdist", "hypothesis")
+# Triton kernels run on CPU tensors through the interpreter; a GPU machine runs them compiled.
+INTERPRET = {"TRITON_INTERPRET": "1"}
+
+
+def _install(session: nox.Session) -> None:
+    session.install(*CPU_PINS)
+    session.install(*TEST_DEPS)
+    session.install("--no-deps", "-e", ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole CPU suite: golden, interpreter kernel tests, bug regressions."""
+    _install(session)
+    session.run("pytest", "-n", "auto", *session.posargs, env=INTERPRET)
+
+
+@nox.session
+def test_stage(session: nox.Session) -> None:
+    """nox -s test_stage -- NAME: one stage's tests only."""
+    _install(session)
+    names = session.run(
+        "python", "-c", "from mhc_ops.golden import STAGE_NAMES; print(*STAGE_NAMES)", silent=True
+    ).split()
+    if len(session.posargs) != 1 or session.posargs[0] not in names:
+        session.error(f"usage: nox -s test_stage -- NAME, with NAME one of: {', '.join(names)}")
+    session.run("pytest", "-n", "auto", "--stage", session.posargs[0], env=INTERPRET)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def fixtures(session: nox.Session) -> None:
+    """Regenerate the frozen golden fixtures under tests/fixtures/frozen."""
+    _install(session)
+    session.run("python", "-m", "mhc_ops.golden", "--write", "tests/fixtures/frozen")

@@ -1,0 +1,1 @@
+"""Stage registry and pipeline composer (mhc_ops.stages)."""

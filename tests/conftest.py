@@ -1,0 +1,36 @@
+"""Test configuration: the Triton interpreter on CPU-only machines, and stage selection.
+
+``pytest --stage NAME`` keeps only the tests marked ``@pytest.mark.stage(NAME)``
+(``nox -s test_stage -- NAME`` passes it).
+"""
+
+import os
+
+import torch
+
+# Must be set before triton is imported anywhere: CPU tensors run the kernels through the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from mhc_ops.golden import STAGE_NAMES  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--stage", action="store", default=None, help=f"run only one stage's tests: {', '.join(STAGE_NAMES)}"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    stage = config.getoption("--stage")
+    if stage is None:
+        return
+    if stage not in STAGE_NAMES:
+        raise pytest.UsageError(f"--stage: unknown stage {stage!r}; valid names: {', '.join(STAGE_NAMES)}")
+    keep, drop = [], []
+    for item in items:
+        names = {m.args[0] for m in item.iter_markers("stage")}
+        (keep if stage in names else drop).append(item)
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
