@@ -8,8 +8,10 @@ nox.options.reuse_existing_virtualenvs = True
 
 # CPU machines: torch 2.13.0 is a local CPU wheel (an unpinned torch downloads gigabytes of CUDA
 # packages); triton 3.6.0 is the GPU image's version, so the interpreter matches its compiler.
-CPU_PINS = ("torch==2.13.0", "triton==3.6.0")
-TEST_DEPS = ("numpy", "pytest", "pytest-xdist", "hypothesis")
+# numpy 2.4 turned int() of a one-element array into an error, which breaks the 3.6 interpreter's
+# `range(n)` over a runtime argument (docs/bugs/numpy-interpreter-range.md).
+CPU_PINS = ("torch==2.13.0", "triton==3.6.0", "numpy<2.4")
+TEST_DEPS = ("pytest", "pytest-xdist", "hypothesis")
 # Triton kernels run on CPU tensors through the interpreter; a GPU machine runs them compiled.
 INTERPRET = {"TRITON_INTERPRET": "1"}
 

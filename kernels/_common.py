@@ -1,0 +1,156 @@
+"""What every stage launcher shares: input validation, token views, grid sizing, shared tile math.
+
+Validation runs before any launch and raises ``TypeError`` (dtype, not a tensor) or ``ValueError``
+(shape, device) naming the argument and the expected value.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _expected_shapes(lead: tuple[int, ...], n: int, D: int) -> dict[str, tuple[int, ...]]:
+    O = n * n + 2 * n
+    per_token = {
+        "dh_in": (D,),
+        "h_in": (D,),
+        "dh_post": (n,),
+        "dh_res": (n, n),
+        "grad_x_post": (n, D),
+        "inv_rms": (),
+        "dinv_rms": (),
+        "h_mix": (O,),
+        "dh_mix": (O,),
+        "h_pre": (n,),
+        "h_post": (n,),
+        "dh_pre": (n,),
+        "dh_pre2": (n,),
+        "dh_post2": (n,),
+        "dvecX_mm": (n * D,),
+    }
+    shapes = {k: (*lead, *v) for k, v in per_token.items()}
+    shapes |= {"phi": (O, n * D), "alpha": (3,), "bias": (O,), "gamma": (n, D)}
+    return shapes
+
+
+_HINT = {
+    "phi": "[n*n + 2*n, n*D]",
+    "bias": "[n*n + 2*n]",
+    "gamma": "[n, D]",
+    "alpha": "[3] = (a_pre, a_post, a_res)",
+}
+
+
+def check_x(x) -> tuple[tuple[int, ...], int, int]:
+    """x: [B, S, n, D] or [T, n, D] in bf16, fp16 or fp32 -> (lead dims, n, D)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in X_DTYPES:
+        raise TypeError(f"x: expected dtype bfloat16, float16 or float32, got {x.dtype}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x: expected shape [B, S, n, D] or [T, n, D], got {tuple(x.shape)}")
+    n, D = x.shape[-2:]
+    if n < 1 or D < 1:
+        raise ValueError(f"x: expected n >= 1 and D >= 1, got n={n}, D={D}")
+    return tuple(x.shape[:-2]), n, D
+
+
+def check_inputs(x, **tensors) -> tuple[tuple[int, ...], int, int]:
+    """Validate x and every named tensor against the shapes x implies. None is allowed for gamma and
+    grad_x_post only."""
+    lead, n, D = check_x(x)
+    shapes = _expected_shapes(lead, n, D)
+    for name, t in tensors.items():
+        if t is None and name in ("gamma", "grad_x_post"):
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+        want = shapes[name]
+        if tuple(t.shape) != want:
+            hint = f" ({_HINT[name]} with n={n}, D={D})" if name in _HINT else f" (x has leading dims {list(lead)}, n={n}, D={D})"
+            raise ValueError(f"{name}: expected shape {list(want)}{hint}, got {list(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
+    return lead, n, D
+
+
+def check_block(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or value < minimum or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two >= {minimum}, got {value!r}")
+
+
+def tokens(t: torch.Tensor, trailing: int) -> torch.Tensor:
+    """[..., *trailing dims] -> [T, *trailing dims]; a view whenever the leading dims allow one."""
+    return t.reshape(-1, *t.shape[t.dim() - trailing :])
+
+
+def o_pad(n: int) -> int:
+    """Columns of a coefficient tile: O = n*n + 2*n padded to a power of two, >= 16 for tl.dot."""
+    return max(16, triton.next_power_of_2(n * n + 2 * n))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def token_splits(device: torch.device, other_programs: int, token_blocks: int) -> int:
+    """How many token ranges a parameter-gradient reduction is split into, so that the grid fills the
+    GPU (about two programs per SM) while the per-program partials stay small."""
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 4
+    want = math.ceil(2 * sms / max(other_programs, 1))
+    return max(1, min(want, token_blocks, 64))
+
+
+@triton.jit
+def fp32_dot(a, b):
+    """An fp32-grade product of fp32 tiles on tensor cores: three TF32 products (a plain TF32 dot
+    fails the accuracy rule). The interpreter computes it in fp32."""
+    return tl.dot(a, b, input_precision="tf32x3")
+
+
+@triton.jit
+def load_coeff_part(ptr, rows, row_mask, cols, lo, width):
+    """A [BLOCK_T, O_PAD] tile holding a contiguous per-token [T, width] tensor in columns
+    lo .. lo+width of the coefficient layout [pre (n) | post (n) | res (n*n)]; zero elsewhere."""
+    in_part = (cols >= lo) & (cols < lo + width)
+    offs = rows[:, None] * width + (cols - lo)[None, :]
+    return tl.load(ptr + offs, mask=row_mask[:, None] & in_part[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_coeff_part(ptr, tile, rows, row_mask, cols, lo, width):
+    """Store columns lo .. lo+width of a coefficient tile into a contiguous [T, width] tensor."""
+    in_part = (cols >= lo) & (cols < lo + width)
+    offs = rows[:, None] * width + (cols - lo)[None, :]
+    tl.store(ptr + offs, tile, mask=row_mask[:, None] & in_part[None, :])
+
+
+@triton.jit
+def alpha_per_col(alpha_ptr, cols, n):
+    """[O_PAD] vector: a_pre on pre columns, a_post on post columns, a_res on res columns."""
+    a_pre = tl.load(alpha_ptr).to(tl.float32)
+    a_post = tl.load(alpha_ptr + 1).to(tl.float32)
+    a_res = tl.load(alpha_ptr + 2).to(tl.float32)
+    return tl.where(cols < n, a_pre, tl.where(cols < 2 * n, a_post, a_res))
+
+
+@triton.jit
+def round_to(v, dtype: tl.constexpr):
+    """fp32 tile -> dtype, rounding to nearest even. Triton 3.6's interpreter truncates fp32 -> bf16
+    (docs/bugs/interpreter-bf16-truncation.md), so for bf16 the rounding is done on the bits, which
+    is exact on the GPU too, and the cast then only drops zero bits."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)

@@ -1,0 +1,113 @@
+"""Stage dparams: dbias, dalpha and dphi, sums over all tokens.
+
+Deterministic: every program writes its own partial sums to a workspace, and a fixed-order reduce
+(kernels/_reduce.py) adds them up. dphi = G*gamma with G = sum_t dh_mix^T v: programs own a
+[O_PAD, BLOCK_D] slice of G and one of ``splits`` token ranges.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_block, check_inputs, fp32_dot, load_coeff_part, o_pad, token_splits, tokens
+from ._reduce import sum_partials
+
+
+@triton.jit
+def dcoeff_sums(g2, m, cols, n):
+    """Column sums of a [BLOCK_T, O_PAD] block: (dbias part [O_PAD], dalpha parts (pre, post, res))."""
+    dbias = tl.sum(g2, axis=0)
+    gm = tl.sum(g2 * m, axis=0)
+    d_pre = tl.sum(tl.where(cols < n, gm, 0.0), axis=0)
+    d_post = tl.sum(tl.where((cols >= n) & (cols < 2 * n), gm, 0.0), axis=0)
+    d_res = tl.sum(tl.where(cols >= 2 * n, gm, 0.0), axis=0)
+    return dbias, d_pre, d_post, d_res
+
+
+@triton.jit
+def g_update(acc, dh_mix, xt):
+    """acc [O_PAD, BLOCK_D] += dh_mix^T [O_PAD, BLOCK_T] @ x [BLOCK_T, BLOCK_D]."""
+    return acc + fp32_dot(tl.trans(dh_mix), xt)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _dcoeff_partials_kernel(dh_pre2_ptr, dh_post2_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, ws_bias_ptr, ws_alpha_ptr,
+                            T, n, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    O = n * n + 2 * n
+    g2 = (load_coeff_part(dh_pre2_ptr, rows, row_mask, cols, 0, n)
+          + load_coeff_part(dh_post2_ptr, rows, row_mask, cols, n, n)
+          + load_coeff_part(dh_res_ptr, rows, row_mask, cols, 2 * n, n * n))
+    inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+    m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
+    dbias, d_pre, d_post, d_res = dcoeff_sums(g2, m, cols, n)
+    tl.store(ws_bias_ptr + pid * O + cols, dbias, mask=cols < O)
+    tl.store(ws_alpha_ptr + pid * 3, d_pre)
+    tl.store(ws_alpha_ptr + pid * 3 + 1, d_post)
+    tl.store(ws_alpha_ptr + pid * 3 + 2, d_res)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _g_partials_kernel(x_ptr, dh_mix_ptr, ws_ptr, T, n, D, sx_t, sx_i, sx_d, splits,
+                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+    d_blocks = tl.cdiv(D, BLOCK_D)
+    i = tl.program_id(0) // d_blocks
+    d = (tl.program_id(0) % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    split = tl.program_id(1)
+    cols = tl.arange(0, O_PAD)
+    O = n * n + 2 * n
+    acc = tl.zeros([O_PAD, BLOCK_D], dtype=tl.float32)
+    for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
+        rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        row_mask = rows < T
+        dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
+        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+                     mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+        acc = g_update(acc, dh_mix, xt)
+    nD = n * D
+    offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + (i * D + d)[None, :]
+    tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
+
+
+def mhc_pre_dparams(*, x, dh_pre2, dh_post2, dh_res, dh_mix, h_mix, inv_rms, gamma=None, block_t=16, block_d=64,
+                    splits=None):
+    """Triton stage dparams -> dict(dphi [O, nD], dalpha [3], dbias [O]), fp32."""
+    lead, n, D = check_inputs(x, dh_pre2=dh_pre2, dh_post2=dh_post2, dh_res=dh_res, dh_mix=dh_mix, h_mix=h_mix,
+                              inv_rms=inv_rms, gamma=gamma)
+    check_block("block_t", block_t, 16)
+    check_block("block_d", block_d, 16)
+    O, nD = n * n + 2 * n, n * D
+    xt = tokens(x, 2)
+    T = xt.shape[0]
+    dev, f32 = x.device, torch.float32
+    out = {
+        "dphi": torch.empty((O, nD), device=dev, dtype=f32),
+        "dalpha": torch.empty(3, device=dev, dtype=f32),
+        "dbias": torch.empty(O, device=dev, dtype=f32),
+    }
+    if T == 0:
+        for v in out.values():
+            v.zero_()
+        return out
+    p2, q2, r, hm, ir, dm = (t.contiguous() for t in (dh_pre2, dh_post2, dh_res, h_mix, inv_rms, dh_mix))
+    token_blocks = triton.cdiv(T, block_t)
+    ws_bias = torch.empty((token_blocks, O), device=dev, dtype=f32)
+    ws_alpha = torch.empty((token_blocks, 3), device=dev, dtype=f32)
+    _dcoeff_partials_kernel[(token_blocks,)](p2, q2, r, hm, ir, ws_bias, ws_alpha, T, n, BLOCK_T=block_t,
+                                             O_PAD=o_pad(n))
+    sum_partials(ws_bias, out["dbias"])
+    sum_partials(ws_alpha, out["dalpha"])
+    col_programs = n * triton.cdiv(D, block_d)
+    splits = splits or token_splits(dev, col_programs, token_blocks)
+    ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
+    _g_partials_kernel[(col_programs, splits)](
+        xt, dm, ws_g, T, n, D, *xt.stride(), splits, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n)
+    )
+    sum_partials(ws_g, out["dphi"], scale=gamma.reshape(-1).contiguous() if gamma is not None else None)
+    return out
