@@ -76,7 +76,11 @@ def check_inputs(x, **tensors) -> tuple[tuple[int, ...], int, int]:
             raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
         want = shapes[name]
         if tuple(t.shape) != want:
-            hint = f" ({_HINT[name]} with n={n}, D={D})" if name in _HINT else f" (x has leading dims {list(lead)}, n={n}, D={D})"
+            hint = (
+                f" ({_HINT[name]} with n={n}, D={D})"
+                if name in _HINT
+                else f" (x has leading dims {list(lead)}, n={n}, D={D})"
+            )
             raise ValueError(f"{name}: expected shape {list(want)}{hint}, got {list(t.shape)}")
         if t.device != x.device:
             raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
@@ -106,7 +110,11 @@ def _sm_count(device_index: int) -> int:
 def token_splits(device: torch.device, other_programs: int, token_blocks: int) -> int:
     """How many token ranges a parameter-gradient reduction is split into, so that the grid fills the
     GPU (about two programs per SM) while the per-program partials stay small."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 4
+    sms = (
+        _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        if device.type == "cuda"
+        else 4
+    )
     want = math.ceil(2 * sms / max(other_programs, 1))
     return max(1, min(want, token_blocks, 64))
 

@@ -15,8 +15,9 @@ from ._reduce import sum_partials
 
 
 @triton.jit(do_not_specialize=["T"])
-def _dgamma_partials_kernel(x_ptr, dvecX_mm_ptr, ws_ptr, T, n, D, sx_t, sx_i, sx_d, splits,
-                            BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _dgamma_partials_kernel(
+    x_ptr, dvecX_mm_ptr, ws_ptr, T, n, D, sx_t, sx_i, sx_d, splits, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr
+):
     d_blocks = tl.cdiv(D, BLOCK_D)
     i = tl.program_id(0) // d_blocks
     d = (tl.program_id(0) % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)

@@ -24,8 +24,23 @@ from ._common import (
 
 
 @triton.jit
-def dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
-                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+def dh_pre_tile(
+    x_ptr,
+    dh_in_ptr,
+    rows,
+    row_mask,
+    cols,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sdh_t,
+    sdh_d,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     """[BLOCK_T, O_PAD] tile with dh_pre[i] = sum_d dh_in[d] * x[i, d] in pre column i."""
     dh_pre = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -50,13 +65,36 @@ def act_grads(dh_pre, h_pre, h_post, dh_post, dh_res, cols, n, hc_eps):
 
 
 @triton.jit
-def coeff_grads(x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr,
-                alpha_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
-                BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+def coeff_grads(
+    x_ptr,
+    dh_in_ptr,
+    h_pre_ptr,
+    h_post_ptr,
+    dh_post_ptr,
+    dh_res_ptr,
+    h_mix_ptr,
+    inv_rms_ptr,
+    alpha_ptr,
+    rows,
+    row_mask,
+    cols,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sdh_t,
+    sdh_d,
+    hc_eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     """-> (dh_pre, g2 = [dh_pre2 | dh_post2 | dh_res], dh_mix, dinv_rms) for a block of tokens."""
     O = n * n + 2 * n
-    dh_pre = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
-                         BLOCK_T, BLOCK_D, O_PAD)
+    dh_pre = dh_pre_tile(
+        x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_T, BLOCK_D, O_PAD
+    )
     h_pre = load_coeff_part(h_pre_ptr, rows, row_mask, cols, 0, n)
     h_post = load_coeff_part(h_post_ptr, rows, row_mask, cols, n, n)
     dh_post = load_coeff_part(dh_post_ptr, rows, row_mask, cols, n, n)
@@ -74,23 +112,75 @@ def coeff_grads(x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr
 def dvecX_mm_tile(dh_mix, phi_ptr, cols, i, d, d_mask, n, D, sphi_o, sphi_k):
     """[BLOCK_T, BLOCK_D] slice of dvecX_mm = dh_mix @ phi for stream i, columns d."""
     O = n * n + 2 * n
-    phi = tl.load(phi_ptr + cols[:, None] * sphi_o + (i * D + d)[None, :] * sphi_k,
-                  mask=(cols < O)[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+    phi = tl.load(
+        phi_ptr + cols[:, None] * sphi_o + (i * D + d)[None, :] * sphi_k,
+        mask=(cols < O)[:, None] & d_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
     return fp32_dot(dh_mix, phi)
 
 
 @triton.jit(do_not_specialize=["T"])
-def _dh_mix_kernel(x_ptr, phi_ptr, alpha_ptr, dh_in_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr,
-                   h_pre_ptr, h_post_ptr,
-                   dh_pre_ptr, dh_pre2_ptr, dh_post2_ptr, dh_mix_ptr, dinv_rms_ptr, dvecX_mm_ptr,
-                   T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sphi_o, sphi_k, hc_eps,
-                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+def _dh_mix_kernel(
+    x_ptr,
+    phi_ptr,
+    alpha_ptr,
+    dh_in_ptr,
+    dh_post_ptr,
+    dh_res_ptr,
+    inv_rms_ptr,
+    h_mix_ptr,
+    h_pre_ptr,
+    h_post_ptr,
+    dh_pre_ptr,
+    dh_pre2_ptr,
+    dh_post2_ptr,
+    dh_mix_ptr,
+    dinv_rms_ptr,
+    dvecX_mm_ptr,
+    T,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sdh_t,
+    sdh_d,
+    sphi_o,
+    sphi_k,
+    hc_eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
     dh_pre, g2, dh_mix, dinv_rms = coeff_grads(
-        x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
-        rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_T, BLOCK_D, O_PAD)
+        x_ptr,
+        dh_in_ptr,
+        h_pre_ptr,
+        h_post_ptr,
+        dh_post_ptr,
+        dh_res_ptr,
+        h_mix_ptr,
+        inv_rms_ptr,
+        alpha_ptr,
+        rows,
+        row_mask,
+        cols,
+        n,
+        D,
+        sx_t,
+        sx_i,
+        sx_d,
+        sdh_t,
+        sdh_d,
+        hc_eps,
+        BLOCK_T,
+        BLOCK_D,
+        O_PAD,
+    )
     store_coeff_part(dh_pre_ptr, dh_pre, rows, row_mask, cols, 0, n)
     store_coeff_part(dh_pre2_ptr, g2, rows, row_mask, cols, 0, n)
     store_coeff_part(dh_post2_ptr, g2, rows, row_mask, cols, n, n)
@@ -102,18 +192,45 @@ def _dh_mix_kernel(x_ptr, phi_ptr, alpha_ptr, dh_in_ptr, dh_post_ptr, dh_res_ptr
             d = d0 + tl.arange(0, BLOCK_D)
             d_mask = d < D
             mm = dvecX_mm_tile(dh_mix, phi_ptr, cols, i, d, d_mask, n, D, sphi_o, sphi_k)
-            tl.store(dvecX_mm_ptr + rows[:, None] * nD + (i * D + d)[None, :], mm,
-                     mask=row_mask[:, None] & d_mask[None, :])
+            tl.store(
+                dvecX_mm_ptr + rows[:, None] * nD + (i * D + d)[None, :], mm, mask=row_mask[:, None] & d_mask[None, :]
+            )
 
 
-def mhc_pre_dh_mix(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
-                   hc_eps=1e-6, block_t=16, block_d=64):
+def mhc_pre_dh_mix(
+    *,
+    x,
+    phi,
+    alpha,
+    dh_in,
+    dh_post,
+    dh_res,
+    inv_rms,
+    h_mix,
+    h_pre,
+    h_post,
+    gamma=None,
+    hc_eps=1e-6,
+    block_t=16,
+    block_d=64,
+):
     """Triton stage dh_mix -> dict(dh_pre, dh_pre2, dh_post2, dh_mix, dinv_rms, dvecX_mm).
 
     gamma is accepted for a uniform stage signature: dvecX_mm is the gradient of v*gamma, so gamma
     does not enter this stage."""
-    lead, n, D = check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res,
-                              inv_rms=inv_rms, h_mix=h_mix, h_pre=h_pre, h_post=h_post, gamma=gamma)
+    lead, n, D = check_inputs(
+        x,
+        phi=phi,
+        alpha=alpha,
+        dh_in=dh_in,
+        dh_post=dh_post,
+        dh_res=dh_res,
+        inv_rms=inv_rms,
+        h_mix=h_mix,
+        h_pre=h_pre,
+        h_post=h_post,
+        gamma=gamma,
+    )
     check_block("block_t", block_t, 16)
     check_block("block_d", block_d, 16)
     O = n * n + 2 * n

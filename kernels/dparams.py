@@ -33,16 +33,29 @@ def g_update(acc, dh_mix, xt):
 
 
 @triton.jit(do_not_specialize=["T"])
-def _dcoeff_partials_kernel(dh_pre2_ptr, dh_post2_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, ws_bias_ptr, ws_alpha_ptr,
-                            T, n, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr):
+def _dcoeff_partials_kernel(
+    dh_pre2_ptr,
+    dh_post2_ptr,
+    dh_res_ptr,
+    h_mix_ptr,
+    inv_rms_ptr,
+    ws_bias_ptr,
+    ws_alpha_ptr,
+    T,
+    n,
+    BLOCK_T: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    g2 = (load_coeff_part(dh_pre2_ptr, rows, row_mask, cols, 0, n)
-          + load_coeff_part(dh_post2_ptr, rows, row_mask, cols, n, n)
-          + load_coeff_part(dh_res_ptr, rows, row_mask, cols, 2 * n, n * n))
+    g2 = (
+        load_coeff_part(dh_pre2_ptr, rows, row_mask, cols, 0, n)
+        + load_coeff_part(dh_post2_ptr, rows, row_mask, cols, n, n)
+        + load_coeff_part(dh_res_ptr, rows, row_mask, cols, 2 * n, n * n)
+    )
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
     dbias, d_pre, d_post, d_res = dcoeff_sums(g2, m, cols, n)
@@ -53,8 +66,21 @@ def _dcoeff_partials_kernel(dh_pre2_ptr, dh_post2_ptr, dh_res_ptr, h_mix_ptr, in
 
 
 @triton.jit(do_not_specialize=["T"])
-def _g_partials_kernel(x_ptr, dh_mix_ptr, ws_ptr, T, n, D, sx_t, sx_i, sx_d, splits,
-                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+def _g_partials_kernel(
+    x_ptr,
+    dh_mix_ptr,
+    ws_ptr,
+    T,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    splits,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     d_blocks = tl.cdiv(D, BLOCK_D)
     i = tl.program_id(0) // d_blocks
     d = (tl.program_id(0) % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -67,19 +93,24 @@ def _g_partials_kernel(x_ptr, dh_mix_ptr, ws_ptr, T, n, D, sx_t, sx_i, sx_d, spl
         rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         row_mask = rows < T
         dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
-        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
-                     mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+        xt = tl.load(
+            x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+            mask=row_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        ).to(tl.float32)
         acc = g_update(acc, dh_mix, xt)
     nD = n * D
     offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + (i * D + d)[None, :]
     tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
 
 
-def mhc_pre_dparams(*, x, dh_pre2, dh_post2, dh_res, dh_mix, h_mix, inv_rms, gamma=None, block_t=16, block_d=64,
-                    splits=None):
+def mhc_pre_dparams(
+    *, x, dh_pre2, dh_post2, dh_res, dh_mix, h_mix, inv_rms, gamma=None, block_t=16, block_d=64, splits=None
+):
     """Triton stage dparams -> dict(dphi [O, nD], dalpha [3], dbias [O]), fp32."""
-    lead, n, D = check_inputs(x, dh_pre2=dh_pre2, dh_post2=dh_post2, dh_res=dh_res, dh_mix=dh_mix, h_mix=h_mix,
-                              inv_rms=inv_rms, gamma=gamma)
+    lead, n, D = check_inputs(
+        x, dh_pre2=dh_pre2, dh_post2=dh_post2, dh_res=dh_res, dh_mix=dh_mix, h_mix=h_mix, inv_rms=inv_rms, gamma=gamma
+    )
     check_block("block_t", block_t, 16)
     check_block("block_d", block_d, 16)
     O, nD = n * n + 2 * n, n * D
@@ -99,8 +130,9 @@ def mhc_pre_dparams(*, x, dh_pre2, dh_post2, dh_res, dh_mix, h_mix, inv_rms, gam
     token_blocks = triton.cdiv(T, block_t)
     ws_bias = torch.empty((token_blocks, O), device=dev, dtype=f32)
     ws_alpha = torch.empty((token_blocks, 3), device=dev, dtype=f32)
-    _dcoeff_partials_kernel[(token_blocks,)](p2, q2, r, hm, ir, ws_bias, ws_alpha, T, n, BLOCK_T=block_t,
-                                             O_PAD=o_pad(n))
+    _dcoeff_partials_kernel[(token_blocks,)](
+        p2, q2, r, hm, ir, ws_bias, ws_alpha, T, n, BLOCK_T=block_t, O_PAD=o_pad(n)
+    )
     sum_partials(ws_bias, out["dbias"])
     sum_partials(ws_alpha, out["dalpha"])
     col_programs = n * triton.cdiv(D, block_d)

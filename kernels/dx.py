@@ -21,9 +21,35 @@ def dx_tile(mm, xt, dh_in, rms_coef, h_pre_i):
 
 
 @triton.jit(do_not_specialize=["T"])
-def _dx_kernel(x_ptr, dvecX_mm_ptr, dinv_rms_ptr, inv_rms_ptr, h_pre_ptr, dh_in_ptr, gamma_ptr, gxp_ptr, dx_ptr,
-               T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
-               HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _dx_kernel(
+    x_ptr,
+    dvecX_mm_ptr,
+    dinv_rms_ptr,
+    inv_rms_ptr,
+    h_pre_ptr,
+    dh_in_ptr,
+    gamma_ptr,
+    gxp_ptr,
+    dx_ptr,
+    T,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sdh_t,
+    sdh_d,
+    sg_t,
+    sg_i,
+    sg_d,
+    so_t,
+    so_i,
+    so_d,
+    HAS_GAMMA: tl.constexpr,
+    HAS_GXP: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     i = tl.program_id(1)
     row_mask = rows < T
@@ -43,17 +69,28 @@ def _dx_kernel(x_ptr, dvecX_mm_ptr, dinv_rms_ptr, inv_rms_ptr, h_pre_ptr, dh_in_
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0)
         dx = dx_tile(mm, xt.to(tl.float32), dh_in.to(tl.float32), rms_coef, h_pre_i)
         if HAS_GXP:
-            dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask,
-                          other=0.0).to(tl.float32)
-        tl.store(dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d,
-                 round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
+            dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask, other=0.0).to(
+                tl.float32
+            )
+        tl.store(
+            dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d,
+            round_to(dx, dx_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
 
-def mhc_pre_dx(*, x, dvecX_mm, dinv_rms, inv_rms, h_pre, dh_in, gamma=None, grad_x_post=None,
-               block_t=16, block_d=64):
+def mhc_pre_dx(*, x, dvecX_mm, dinv_rms, inv_rms, h_pre, dh_in, gamma=None, grad_x_post=None, block_t=16, block_d=64):
     """Triton stage dx -> dict(dx), dx in x's dtype and shape."""
-    lead, n, D = check_inputs(x, dvecX_mm=dvecX_mm, dinv_rms=dinv_rms, inv_rms=inv_rms, h_pre=h_pre,
-                              dh_in=dh_in, gamma=gamma, grad_x_post=grad_x_post)
+    lead, n, D = check_inputs(
+        x,
+        dvecX_mm=dvecX_mm,
+        dinv_rms=dinv_rms,
+        inv_rms=inv_rms,
+        h_pre=h_pre,
+        dh_in=dh_in,
+        gamma=gamma,
+        grad_x_post=grad_x_post,
+    )
     check_block("block_t", block_t, 1)
     check_block("block_d", block_d, 1)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)

@@ -24,8 +24,25 @@ from ._common import (
 
 
 @triton.jit
-def mix_tile(x_ptr, phi_ptr, gamma_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k,
-             HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+def mix_tile(
+    x_ptr,
+    phi_ptr,
+    gamma_ptr,
+    rows,
+    row_mask,
+    cols,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sphi_o,
+    sphi_k,
+    HAS_GAMMA: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the n*D elements of each token."""
     O = n * n + 2 * n
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
@@ -34,12 +51,18 @@ def mix_tile(x_ptr, phi_ptr, gamma_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, 
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             d_mask = d < D
-            xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
-                         mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+            xt = tl.load(
+                x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+                mask=row_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            ).to(tl.float32)
             sumsq += tl.sum(xt * xt, axis=1)
             k = i * D + d
-            w = tl.load(phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
-                        mask=d_mask[:, None] & (cols < O)[None, :], other=0.0).to(tl.float32)
+            w = tl.load(
+                phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
+                mask=d_mask[:, None] & (cols < O)[None, :],
+                other=0.0,
+            ).to(tl.float32)
             if HAS_GAMMA:
                 w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
             h_mix += fp32_dot(xt, w)
@@ -64,16 +87,56 @@ def column(tile, cols, j):
 
 
 @triton.jit(do_not_specialize=["T"])
-def _fwd_kernel(x_ptr, phi_ptr, gamma_ptr, alpha_ptr, bias_ptr,
-                h_in_ptr, h_post_ptr, h_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                T, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, norm_eps, hc_eps,
-                HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):
+def _fwd_kernel(
+    x_ptr,
+    phi_ptr,
+    gamma_ptr,
+    alpha_ptr,
+    bias_ptr,
+    h_in_ptr,
+    h_post_ptr,
+    h_res_ptr,
+    inv_rms_ptr,
+    h_mix_ptr,
+    h_pre_ptr,
+    T,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sphi_o,
+    sphi_k,
+    norm_eps,
+    hc_eps,
+    HAS_GAMMA: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    h_mix, sumsq = mix_tile(x_ptr, phi_ptr, gamma_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d,
-                            sphi_o, sphi_k, HAS_GAMMA, BLOCK_T, BLOCK_D, O_PAD)
+    h_mix, sumsq = mix_tile(
+        x_ptr,
+        phi_ptr,
+        gamma_ptr,
+        rows,
+        row_mask,
+        cols,
+        n,
+        D,
+        sx_t,
+        sx_i,
+        sx_d,
+        sphi_o,
+        sphi_k,
+        HAS_GAMMA,
+        BLOCK_T,
+        BLOCK_D,
+        O_PAD,
+    )
     inv_rms = tl.rsqrt(sumsq / (n * D) + norm_eps)
     coef = coefficients(h_mix, inv_rms, alpha_ptr, bias_ptr, cols, n, hc_eps)
     tl.store(inv_rms_ptr + rows, inv_rms, mask=row_mask)

@@ -13,4 +13,7 @@ _here = _pathlib.Path(__file__).resolve().parent
 if not (_here / "golden").is_dir() and (_here.parent / "golden" / "__init__.py").is_file():
     __path__.append(str(_here.parent))
 
+from .ops import mhc_pre, mhc_pre_backward, mhc_pre_forward  # noqa: E402
+
 __version__ = "0.1.0"
+__all__ = ["mhc_pre", "mhc_pre_backward", "mhc_pre_forward"]

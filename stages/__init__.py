@@ -1,1 +1,119 @@
-"""Stage registry and pipeline composer (mhc_ops.stages)."""
+"""Stage registry and pipeline composer (mhc_ops.stages).
+
+``STAGES[name]`` describes one stage of the staged plan: the named tensors it reads and writes and
+its golden and Triton implementations. ``Pipeline`` chains fwd and the backward stages with the
+backend of each stage chosen separately, and keeps every named tensor of the chain for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..golden.mhc_pre import STAGE_IO, STAGE_NAMES
+from ..kernels.dgamma import mhc_pre_dgamma
+from ..kernels.dh_mix import mhc_pre_dh_mix
+from ..kernels.dparams import mhc_pre_dparams
+from ..kernels.dx import mhc_pre_dx
+from ..kernels.fwd import mhc_pre_fwd
+
+BACKENDS = ("golden", "triton")
+FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
+BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    inputs: tuple[str, ...]
+    options: tuple[str, ...]
+    outputs: tuple[str, ...]
+    golden: Callable[..., dict]
+    triton: Callable[..., dict]
+
+    def run(self, backend: str, **kwargs) -> dict[str, torch.Tensor]:
+        """Run on named inputs and options; the golden runs in fp32 and may return extra named
+        intermediates (dh_mix_tmp, dvecX_inv, dvecX_hin, G)."""
+        if backend == "golden":
+            return self.golden(**kwargs, compute_dtype=torch.float32)
+        if backend == "triton":
+            x = kwargs["x"]
+            if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise RuntimeError(
+                    f"stage {self.name}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
+                    "set before triton is imported (or move the tensors to a CUDA device)"
+                )
+            return self.triton(**kwargs)
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+_TRITON = {
+    "fwd": mhc_pre_fwd,
+    "dh_mix": mhc_pre_dh_mix,
+    "dx": mhc_pre_dx,
+    "dparams": mhc_pre_dparams,
+    "dgamma": mhc_pre_dgamma,
+}
+STAGES = {
+    name: Stage(
+        name,
+        inputs=io["inputs"],
+        options=io["options"],
+        outputs=io["outputs"],
+        golden=io["golden"],
+        triton=_TRITON[name],
+    )
+    for name, io in STAGE_IO.items()
+}
+
+
+class Pipeline:
+    """Chains the stages fwd -> dh_mix -> dx -> dparams -> dgamma.
+
+    ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. Each call
+    returns a dict of every named tensor of the chain (inputs, intermediates and outputs).
+    """
+
+    def __init__(self, default: str = "golden", **per_stage: str):
+        for name, backend in {"default": default, **per_stage}.items():
+            if name != "default" and name not in STAGES:
+                raise ValueError(f"stage: expected one of {STAGE_NAMES}, got {name!r}")
+            if backend not in BACKENDS:
+                raise ValueError(f"{name}: expected a backend in {BACKENDS}, got {backend!r}")
+        self.backends = {name: per_stage.get(name, default) for name in STAGE_NAMES}
+
+    def _run(self, name: str, env: dict, options: Mapping) -> None:
+        stage = STAGES[name]
+        kwargs = {k: env[k] for k in stage.inputs} | {k: options[k] for k in stage.options}
+        env.update(stage.run(self.backends[name], **kwargs))
+
+    def forward(self, *, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6) -> dict:
+        env = {"x": x, "phi": phi, "alpha": alpha, "bias": bias, "gamma": gamma}
+        self._run("fwd", env, {"norm_eps": norm_eps, "hc_eps": hc_eps})
+        return env
+
+    def backward(self, env: Mapping, *, dh_in, dh_post, dh_res, grad_x_post=None, hc_eps=1e-6) -> dict:
+        """env holds the forward's inputs and saved tensors (x, phi, alpha, gamma, inv_rms, h_mix,
+        h_pre, h_post); returns it extended with every backward intermediate and output."""
+        env = dict(env) | {"dh_in": dh_in, "dh_post": dh_post, "dh_res": dh_res, "grad_x_post": grad_x_post}
+        for name in ("dh_mix", "dx", "dparams"):
+            self._run(name, env, {"hc_eps": hc_eps})
+        if env.get("gamma") is not None:
+            self._run("dgamma", env, {})
+        else:
+            env["dgamma"] = None
+        return env
+
+    def run(
+        self, *, x, phi, alpha, bias, dh_in, dh_post, dh_res, gamma=None, grad_x_post=None, norm_eps=1e-6, hc_eps=1e-6
+    ) -> dict:
+        """Forward then backward with the given upstream gradients."""
+        env = self.forward(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps, hc_eps=hc_eps)
+        return self.backward(env, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, grad_x_post=grad_x_post,
+                             hc_eps=hc_eps)  # fmt: skip
+
+
+__all__ = ["BACKENDS", "STAGES", "Pipeline", "Stage"]
