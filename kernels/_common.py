@@ -102,7 +102,7 @@ def o_pad(n: int) -> int:
     return max(16, triton.next_power_of_2(n * n + 2 * n))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

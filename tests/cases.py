@@ -20,3 +20,30 @@ GRADCHECK_CASES = [
     Case(lead=(1, 2), n=3, D=5, dtype="float32", seed=2),
     Case(lead=(3,), n=2, D=3, dtype="float32", seed=3, gamma=False),
 ]
+
+# Triton stage kernels through the interpreter (CPU): every n of the issue, odd D, one token, several
+# layouts and dtypes. Small enough for the interpreter.
+KERNEL_CASES = [
+    Case(lead=(2, 3), n=4, D=67, dtype="bfloat16", seed=101),
+    Case(lead=(5,), n=1, D=129, dtype="float32", seed=102, gamma=False, grad_x_post=True),
+    Case(lead=(1,), n=2, D=33, dtype="float16", seed=103, x_scale=8.0),
+    Case(lead=(3, 7), n=3, D=20, dtype="bfloat16", seed=104, grad_x_post=True, x_scale=0.125),
+    Case(lead=(19,), n=6, D=45, dtype="float16", seed=105, gamma=False),
+    Case(lead=(2, 9), n=8, D=17, dtype="float32", seed=106, grad_x_post=True, x_scale=4.0),
+]
+# Block sizes a launcher is tried with (block_t, block_d); dot tiles need >= 16.
+KERNEL_BLOCKS = [(16, 16), (32, 64), (16, 128)]
+ELEMENTWISE_BLOCKS = [(1, 1), (4, 8), (16, 64)]
+# Zero tokens, both layouts.
+EMPTY_CASES = [Case(lead=(0,), n=4, D=8), Case(lead=(2, 0), n=3, D=5, grad_x_post=True)]
+
+# GPU stage tests at realistic shapes (run only where CUDA is present).
+GPU_CASES = [
+    Case(lead=(2, 2048), n=4, D=2560, dtype="bfloat16", seed=201),
+    Case(lead=(2, 2048), n=4, D=7168, dtype="bfloat16", seed=202, x_scale=8.0),
+    Case(lead=(4096,), n=6, D=1280, dtype="bfloat16", seed=203),
+    Case(lead=(4096,), n=4, D=2560, dtype="bfloat16", seed=204, gamma=False),
+    Case(lead=(4096,), n=4, D=2560, dtype="bfloat16", seed=205, grad_x_post=True),
+    Case(lead=(1000,), n=3, D=129, dtype="float16", seed=206, grad_x_post=True),
+    Case(lead=(777,), n=8, D=67, dtype="float32", seed=207, x_scale=0.125),
+]
