@@ -1,0 +1,106 @@
+"""Bad input raises TypeError/ValueError naming the argument and the expected value, before any launch."""
+
+import pytest
+import torch
+
+import mhc_ops
+from mhc_ops.golden import Case, build
+from mhc_ops.stages import STAGES, Pipeline
+
+CASE = Case(lead=(2, 3), n=4, D=8, grad_x_post=True)  # O = 24, nD = 32
+FWD_ARGS = ("x", "phi", "alpha", "bias", "gamma")
+BWD_ARGS = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
+
+
+def _meta(t):
+    return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+# (argument, how it is spoiled, expected exception, text the message must contain)
+BAD = [
+    ("x", lambda t: t[0, 0], ValueError, r"x: expected shape \[B, S, n, D\] or \[T, n, D\]"),
+    ("x", lambda t: t.to(torch.int32), TypeError, "x: expected dtype bfloat16, float16 or float32"),
+    ("x", lambda t: t.double(), TypeError, "x: expected dtype"),
+    ("phi", lambda t: t[:-1], ValueError, r"phi: expected shape \[24, 32\] \(\[n\*n \+ 2\*n, n\*D\] with n=4, D=8\)"),
+    ("phi", lambda t: t[:, :-1], ValueError, r"phi: expected shape \[24, 32\]"),
+    ("phi", lambda t: t.to(torch.int64), TypeError, "phi: expected a floating-point tensor"),
+    ("phi", _meta, ValueError, "phi: expected a tensor on cpu"),
+    ("alpha", lambda t: t[:2], ValueError, r"alpha: expected shape \[3\]"),
+    ("alpha", lambda t: t.to(torch.int32), TypeError, "alpha: expected a floating-point tensor"),
+    ("bias", lambda t: torch.cat([t, t]), ValueError, r"bias: expected shape \[24\]"),
+    ("bias", lambda t: t.bool(), TypeError, "bias: expected a floating-point tensor"),
+    ("gamma", lambda t: t.reshape(-1), ValueError, r"gamma: expected shape \[4, 8\]"),
+    ("gamma", lambda t: t.to(torch.int16), TypeError, "gamma: expected a floating-point tensor"),
+    ("gamma", _meta, ValueError, "gamma: expected a tensor on cpu"),
+    ("dh_in", lambda t: t[:, :, :-1], ValueError, r"dh_in: expected shape \[2, 3, 8\]"),
+    ("dh_post", lambda t: t[:1], ValueError, r"dh_post: expected shape \[2, 3, 4\]"),
+    ("dh_res", lambda t: t.reshape(2, 3, 16), ValueError, r"dh_res: expected shape \[2, 3, 4, 4\]"),
+    ("dh_res", lambda t: t.to(torch.int32), TypeError, "dh_res: expected a floating-point tensor"),
+    ("inv_rms", lambda t: t[..., None], ValueError, r"inv_rms: expected shape \[2, 3\]"),
+    ("h_mix", lambda t: t[..., :-1], ValueError, r"h_mix: expected shape \[2, 3, 24\]"),
+    ("h_pre", lambda t: t.reshape(6, 4), ValueError, r"h_pre: expected shape \[2, 3, 4\]"),
+    ("h_post", _meta, ValueError, "h_post: expected a tensor on cpu"),
+    ("grad_x_post", lambda t: t[..., :-1], ValueError, r"grad_x_post: expected shape \[2, 3, 4, 8\]"),
+    ("dh_in", lambda t: t.tolist(), TypeError, "dh_in: expected a torch.Tensor"),
+]
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    return build(CASE).tensors
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def launched(*args, **kwargs):
+        raise AssertionError("a stage ran before the input was validated")
+
+    monkeypatch.setattr(Pipeline, "_run", launched)
+
+
+def _spoil(tensors, arg, spoil):
+    return dict(tensors) | {arg: spoil(tensors[arg])}
+
+
+@pytest.mark.parametrize(("arg", "spoil", "exc", "msg"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_public_functions_reject_bad_input_before_launch(tensors, no_launch, arg, spoil, exc, msg):
+    t = _spoil(tensors, arg, spoil)
+    calls = []
+    if arg in FWD_ARGS:
+        calls.append(lambda: mhc_ops.mhc_pre_forward(*(t[k] for k in FWD_ARGS), backend="golden"))
+        calls.append(lambda: mhc_ops.mhc_pre(*(t[k] for k in FWD_ARGS), backend="golden"))
+    if arg in BWD_ARGS or arg == "grad_x_post":
+        calls.append(
+            lambda: mhc_ops.mhc_pre_backward(*(t[k] for k in BWD_ARGS), grad_x_post=t["grad_x_post"], backend="golden")
+        )
+    assert calls
+    for call in calls:
+        with pytest.raises(exc, match=msg):
+            call()
+
+
+@pytest.mark.parametrize(("arg", "spoil", "exc", "msg"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_stage_launchers_reject_bad_input(tensors, arg, spoil, exc, msg):
+    t = _spoil(tensors, arg, spoil)
+    users = [s for s in STAGES.values() if arg in s.inputs]
+    for stage in users:
+        kwargs = {k: t[k] for k in stage.inputs}
+        with pytest.raises(exc, match=msg):
+            stage.triton(**kwargs)
+
+
+def test_n_inconsistent_between_x_and_phi(tensors):
+    x3 = tensors["x"][:, :, :3]  # n = 3 while phi was built for n = 4
+    with pytest.raises(ValueError, match=r"phi: expected shape \[15, 24\] .*n=3, D=8"):
+        mhc_ops.mhc_pre_forward(x3, tensors["phi"], tensors["alpha"], tensors["bias"], None)
+
+
+@pytest.mark.parametrize("block", [0, 3, 8])
+def test_bad_block_sizes(tensors, block):
+    with pytest.raises(ValueError, match="block_d: expected a power of two >= 16"):
+        STAGES["fwd"].triton(**{k: tensors[k] for k in FWD_ARGS}, block_d=block)
+
+
+def test_unknown_backend(tensors):
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        mhc_ops.mhc_pre_forward(*(tensors[k] for k in FWD_ARGS), backend="cuda")
