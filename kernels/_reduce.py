@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])
 def _sum_partials_kernel(ws_ptr, scale_ptr, out_ptr, P, M, period, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr):
     cols = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask = cols < M

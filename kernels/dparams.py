@@ -65,7 +65,7 @@ def _dcoeff_partials_kernel(
     tl.store(ws_alpha_ptr + pid * 3 + 2, d_res)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "splits"])
 def _g_partials_kernel(
     x_ptr,
     dh_mix_ptr,

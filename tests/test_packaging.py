@@ -17,11 +17,15 @@ def test_wheel_install_maps_golden_kernels_stages(tmp_path):
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     # The fresh venv sees this interpreter's torch/triton/numpy through a .pth file, so that only the
-    # project itself is installed (an unpinned torch would download CUDA packages).
+    # project itself is installed (an unpinned torch would download CUDA packages); no build isolation,
+    # so the build works offline with the setuptools already there.
     site = subprocess.check_output([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True)
     pathlib.Path(site.strip(), "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [py, "-m", "pip", "install", "-q", "--no-deps", str(ROOT)], check=True, cwd=tmp_path, capture_output=True
+        [py, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
     )
     code = (
         "import mhc_ops, mhc_ops.golden, mhc_ops.kernels, mhc_ops.stages, pathlib;"

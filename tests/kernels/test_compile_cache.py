@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from mhc_ops.golden import Case, build
-from mhc_ops.kernels import dgamma, dh_mix, dparams, dx, fwd
+from mhc_ops.kernels import _reduce, dgamma, dh_mix, dparams, dx, fwd
 from mhc_ops.stages import STAGES
 from tests.helpers import HAS_CUDA, INTERPRETING
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="compiled kernels need a GPU")]
 KERNELS = [fwd._fwd_kernel, dh_mix._dh_mix_kernel, dx._dx_kernel, dparams._dcoeff_partials_kernel,
-           dparams._g_partials_kernel, dgamma._dgamma_partials_kernel]  # fmt: skip
+           dparams._g_partials_kernel, dgamma._dgamma_partials_kernel, _reduce._sum_partials_kernel]  # fmt: skip
 # Token counts chosen to hit T = 1, odd, and multiples of 16 (which Triton would otherwise specialise).
 TOKEN_COUNTS = (1, 37, 64, 1000, 4096)
 
