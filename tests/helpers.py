@@ -6,7 +6,6 @@ import contextlib
 import os
 
 import torch
-
 from mhc_ops.golden import judge, run_golden
 from mhc_ops.stages import STAGES
 

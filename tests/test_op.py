@@ -3,10 +3,10 @@ backends, a few training steps, and bad input."""
 
 import pytest
 import torch
-
-import mhc_ops
 from mhc_ops.golden import Case, judge, mhc_pre_backward, mhc_pre_forward
 from mhc_ops.golden.fixtures import make_inputs
+
+import mhc_ops
 from tests.helpers import KERNEL_DEVICE
 
 needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
@@ -43,7 +43,9 @@ def test_forward_and_backward_functions(case, backend):
 
 
 def _leaves(t):
-    return {k: t[k].clone().requires_grad_() if t[k] is not None else None for k in ("x", "phi", "alpha", "bias", "gamma")}
+    return {
+        k: t[k].clone().requires_grad_() if t[k] is not None else None for k in ("x", "phi", "alpha", "bias", "gamma")
+    }
 
 
 def _loss(outs, t):
@@ -84,10 +86,16 @@ class _TinyMhcModel(torch.nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         O = n * n + 2 * n
-        self.phi = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(O, n * D, generator=g) / (n * D) ** 0.5) for _ in range(layers)])
+        self.phi = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(O, n * D, generator=g) / (n * D) ** 0.5) for _ in range(layers)]
+        )
         self.alpha = torch.nn.ParameterList([torch.nn.Parameter(torch.tensor([1.1, 0.9, 1.05])) for _ in range(layers)])
-        self.bias = torch.nn.ParameterList([torch.nn.Parameter(0.1 * torch.randn(O, generator=g)) for _ in range(layers)])
-        self.gamma = torch.nn.ParameterList([torch.nn.Parameter(1 + 0.1 * torch.randn(n, D, generator=g)) for _ in range(layers)])
+        self.bias = torch.nn.ParameterList(
+            [torch.nn.Parameter(0.1 * torch.randn(O, generator=g)) for _ in range(layers)]
+        )
+        self.gamma = torch.nn.ParameterList(
+            [torch.nn.Parameter(1 + 0.1 * torch.randn(n, D, generator=g)) for _ in range(layers)]
+        )
         self.branch = torch.nn.ModuleList([torch.nn.Linear(D, D) for _ in range(layers)])
         for lin in self.branch:
             lin.weight.data = torch.randn(D, D, generator=g) / D**0.5

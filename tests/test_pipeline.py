@@ -3,10 +3,10 @@ chain at every stage boundary (accuracy rule against the float64 chain)."""
 
 import pytest
 import torch
-
 from mhc_ops.golden import STAGE_IO, STAGE_NAMES, Case, judge, mhc_pre_backward, mhc_pre_forward
 from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.stages import STAGES, Pipeline
+
 from tests.helpers import KERNEL_DEVICE, nan_filled_outputs
 
 CHAIN_CASES = [
@@ -39,9 +39,7 @@ def test_chain_matches_golden_at_every_boundary(case, backends):
     golden = Pipeline("golden").run(**t)
     with nan_filled_outputs():
         mixed = Pipeline("golden", **backends).run(**t)
-    verdicts = [
-        judge(k, mixed[k], ref64[k], golden[k]) for k in BOUNDARY if not (k == "dgamma" and t["gamma"] is None)
-    ]
+    verdicts = [judge(k, mixed[k], ref64[k], golden[k]) for k in BOUNDARY if not (k == "dgamma" and t["gamma"] is None)]
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
     if t["gamma"] is None:
         assert mixed["dgamma"] is None
