@@ -81,14 +81,14 @@ def _noncontiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
-def test_noncontiguous_inputs_give_identical_results(stage):
+def test_noncontiguous_inputs(stage):
+    """Strided inputs are read in place through their strides (on the GPU the code generated for other
+    strides may sum in another order, so the check is the accuracy rule, not bitwise equality)."""
     bundle = _bundle(KERNEL_CASES[3], KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
     strided = {k: _noncontiguous(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     assert not strided["x"].is_contiguous()
-    a, b = run_triton_stage(stage, inputs), run_triton_stage(stage, strided)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_stage_accurate(stage, bundle, run_triton_stage(stage, strided))
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="realistic shapes need a CUDA device")
