@@ -52,3 +52,10 @@ def fixtures(session: nox.Session) -> None:
     """Regenerate the frozen golden fixtures under tests/fixtures/frozen."""
     _install(session)
     session.run("python", "-m", "mhc_ops.golden", "--write", "tests/fixtures/frozen")
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """nox -s bench -- [args]: python -m benchmarks.run in the current environment (its torch and
+    triton, e.g. a GPU machine's); --help lists the options."""
+    session.run("python", "-m", "benchmarks.run", *session.posargs)

@@ -1,0 +1,65 @@
+"""The benchmark's shapes and input options, in one place.
+
+Every shape runs in the BSND layout with bf16 x, fp32 phi and a gamma. A shape's T tokens are split
+into sequences of SEQ_LEN tokens, ``lead = (B, S) = (T // SEQ_LEN, SEQ_LEN)``, when T is a multiple
+of SEQ_LEN, and form one sequence (B = 1, S = T) otherwise: the kernels see only T, so the split
+changes nothing but the leading dims.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SEQ_LEN = 4096
+X_DTYPE = "bfloat16"
+GAMMA = True
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Shape:
+    T: int
+    n: int
+    D: int
+
+    @property
+    def lead(self) -> tuple[int, int]:
+        S = SEQ_LEN if self.T % SEQ_LEN == 0 else self.T
+        return self.T // S, S
+
+    @property
+    def label(self) -> str:
+        return f"{self.T}x{self.n}x{self.D}"
+
+
+DEFAULT_SHAPES = (
+    *(Shape(T, 4, D) for T in (4096, 16384) for D in (2560, 4096, 7168)),
+    Shape(8192, 6, 4096),
+    Shape(8192, 8, 2048),
+)
+# Named sets for --shapes; "tiny" is the CPU smoke test (Triton kernels through the interpreter).
+SHAPE_SETS = {
+    "default": DEFAULT_SHAPES,
+    "target": (Shape(16384, 4, 7168),),
+    "tiny": (Shape(32, 4, 64),),
+}
+
+
+def parse_shapes(text: str) -> list[Shape]:
+    """'default', 'tiny', 'target' or 'TxnxD' (e.g. '16384x4x7168'), comma separated, in order."""
+    shapes: list[Shape] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if item in SHAPE_SETS:
+            shapes += SHAPE_SETS[item]
+            continue
+        m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", item)
+        if m is None or min(map(int, m.groups())) < 1:
+            raise ValueError(
+                f"shape {item!r}: expected TxnxD with positive integers (e.g. 16384x4x7168) "
+                f"or one of {', '.join(SHAPE_SETS)}"
+            )
+        shapes.append(Shape(*map(int, m.groups())))
+    if not shapes:
+        raise ValueError("--shapes: expected at least one shape")
+    return list(dict.fromkeys(shapes))
