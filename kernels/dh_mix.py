@@ -109,15 +109,12 @@ def coeff_grads(
 
 
 @triton.jit
-def dvecX_mm_tile(dh_mix, phi_ptr, cols, i, d, d_mask, n, D, sphi_o, sphi_k):
-    """[BLOCK_T, BLOCK_D] slice of dvecX_mm = dh_mix @ phi for stream i, columns d."""
+def phi_tile(phi_ptr, cols, k, k_mask, n, sphi_o, sphi_k):
+    """[O_PAD, BLOCK_D] tile phi[:, k] in fp32 (rows past O are zero): the right operand of
+    dvecX_mm = dh_mix @ phi."""
     O = n * n + 2 * n
-    phi = tl.load(
-        phi_ptr + cols[:, None] * sphi_o + (i * D + d)[None, :] * sphi_k,
-        mask=(cols < O)[:, None] & d_mask[None, :],
-        other=0.0,
-    ).to(tl.float32)
-    return fp32_dot(dh_mix, phi)
+    return tl.load(phi_ptr + cols[:, None] * sphi_o + k[None, :] * sphi_k,
+                   mask=(cols < O)[:, None] & k_mask[None, :], other=0.0).to(tl.float32)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -191,7 +188,7 @@ def _dh_mix_kernel(
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             d_mask = d < D
-            mm = dvecX_mm_tile(dh_mix, phi_ptr, cols, i, d, d_mask, n, D, sphi_o, sphi_k)
+            mm = fp32_dot(dh_mix, phi_tile(phi_ptr, cols, i * D + d, d_mask, n, sphi_o, sphi_k))
             tl.store(
                 dvecX_mm_ptr + rows[:, None] * nD + (i * D + d)[None, :], mm, mask=row_mask[:, None] & d_mask[None, :]
             )

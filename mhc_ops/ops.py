@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .kernels._common import check_inputs
-from .stages import Pipeline
+from .stages import PLANS, Pipeline
 
 BACKEND_CHOICES = ("auto", "golden", "triton")
 
@@ -44,8 +44,12 @@ def mhc_pre_backward(
     hc_eps=1e-6,
     grad_x_post=None,
     backend="auto",
+    plan="fused",
 ):
-    """-> (dx, dphi, dalpha, dbias, dgamma); dgamma is None when gamma is None."""
+    """-> (dx, dphi, dalpha, dbias, dgamma); dgamma is None when gamma is None.
+
+    plan: "fused" (the default: two passes over x, no [T, nD] intermediate) or "staged" (the four
+    stage kernels); it selects Triton kernels, so the golden backend ignores it."""
     check_inputs(
         x,
         phi=phi,
@@ -70,7 +74,10 @@ def mhc_pre_backward(
         "h_pre": h_pre,
         "h_post": h_post,
     }
-    env = Pipeline(_backend(backend, x)).backward(
+    resolved = _backend(backend, x)
+    if plan not in PLANS:
+        raise ValueError(f"plan: expected one of {PLANS}, got {plan!r}")
+    env = Pipeline(resolved, plan=plan if resolved == "triton" else "staged").backward(
         saved, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, grad_x_post=grad_x_post, hc_eps=hc_eps
     )
     return tuple(env[k] for k in ("dx", "dphi", "dalpha", "dbias", "dgamma"))

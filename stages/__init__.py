@@ -18,9 +18,13 @@ from ..kernels.dgamma import mhc_pre_dgamma
 from ..kernels.dh_mix import mhc_pre_dh_mix
 from ..kernels.dparams import mhc_pre_dparams
 from ..kernels.dx import mhc_pre_dx
+from ..kernels.fused_bwd import mhc_pre_backward_fused
 from ..kernels.fwd import mhc_pre_fwd
 
 BACKENDS = ("golden", "triton")
+# staged: the four backward stage kernels (how a stage is debugged); fused: dx, dparams and dgamma
+# in two passes over x with no [T, nD] intermediate (kernels/fused_bwd.py), Triton only.
+PLANS = ("staged", "fused")
 FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
 BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
 
@@ -73,11 +77,16 @@ STAGES = {
 class Pipeline:
     """Chains the stages fwd -> dh_mix -> dx -> dparams -> dgamma.
 
-    ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. Each call
-    returns a dict of every named tensor of the chain (inputs, intermediates and outputs).
+    ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. With
+    ``plan="fused"`` the backward is the fused Triton kernels instead of the four stages (the
+    per-stage backends then apply to fwd only). Each call returns a dict of every named tensor of
+    the chain that the plan produces (inputs, intermediates and outputs).
     """
 
-    def __init__(self, default: str = "golden", **per_stage: str):
+    def __init__(self, default: str = "golden", *, plan: str = "staged", **per_stage: str):
+        if plan not in PLANS:
+            raise ValueError(f"plan: expected one of {PLANS}, got {plan!r}")
+        self.plan = plan
         for name, backend in {"default": default, **per_stage}.items():
             if name != "default" and name not in STAGES:
                 raise ValueError(f"stage: expected one of {STAGE_NAMES}, got {name!r}")
@@ -99,6 +108,10 @@ class Pipeline:
         """env holds the forward's inputs and saved tensors (x, phi, alpha, gamma, inv_rms, h_mix,
         h_pre, h_post); returns it extended with every backward intermediate and output."""
         env = dict(env) | {"dh_in": dh_in, "dh_post": dh_post, "dh_res": dh_res, "grad_x_post": grad_x_post}
+        if self.plan == "fused":
+            names = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
+            env.update(mhc_pre_backward_fused(**{k: env[k] for k in names}, grad_x_post=grad_x_post, hc_eps=hc_eps))
+            return env
         for name in ("dh_mix", "dx", "dparams"):
             self._run(name, env, {"hc_eps": hc_eps})
         if env.get("gamma") is not None:
@@ -116,4 +129,4 @@ class Pipeline:
                              hc_eps=hc_eps)  # fmt: skip
 
 
-__all__ = ["BACKENDS", "STAGES", "Pipeline", "Stage"]
+__all__ = ["BACKENDS", "PLANS", "STAGES", "Pipeline", "Stage"]

@@ -4,16 +4,18 @@ interpreter compiles nothing)."""
 import pytest
 import torch
 from mhc_ops.golden import Case, build
-from mhc_ops.kernels import _reduce, dgamma, dh_mix, dparams, dx, fwd
+from mhc_ops.kernels import _reduce, dgamma, dh_mix, dparams, dx, fused_bwd, fwd
 from mhc_ops.stages import STAGES
 
 from tests.helpers import HAS_CUDA, INTERPRETING
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="compiled kernels need a GPU")]
 KERNELS = [fwd._fwd_kernel, dh_mix._dh_mix_kernel, dx._dx_kernel, dparams._dcoeff_partials_kernel,
-           dparams._g_partials_kernel, dgamma._dgamma_partials_kernel, _reduce._sum_partials_kernel]  # fmt: skip
+           dparams._g_partials_kernel, dgamma._dgamma_partials_kernel, _reduce._sum_partials_kernel,
+           fused_bwd._pass_a_kernel, fused_bwd._pass_b_kernel, fused_bwd._finish_kernel]  # fmt: skip
 # Token counts chosen to hit T = 1, odd, and multiples of 16 (which Triton would otherwise specialise).
 TOKEN_COUNTS = (1, 37, 64, 1000, 4096)
+FUSED_ARGS = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
 
 
 def _compiled() -> int:
@@ -26,6 +28,8 @@ def test_token_count_changes_do_not_recompile():
         bundle = build(Case(lead=(T,), n=4, D=96, seed=T), "cuda")
         for stage in bundle.stages():
             STAGES[stage].run("triton", **bundle.stage_inputs(stage))
+        t = bundle.tensors
+        fused_bwd.mhc_pre_backward_fused(**{k: t[k] for k in FUSED_ARGS})
         torch.cuda.synchronize()
         sizes.append(_compiled())
     assert sizes[0] > 0 and len(set(sizes)) == 1, sizes

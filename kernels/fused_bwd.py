@@ -1,0 +1,177 @@
+"""The fused backward plan: dx, dparams and dgamma in two passes over x, no [T, nD] fp32 tensor.
+
+Pass A (one program per token block) reads x and dh_in for dh_pre, and writes the per-token
+coefficient gradients dh_mix [T, O] and rms_coef = -dinv_rms*inv_rms^3/nD [T], plus per-program
+partials of dbias and dalpha.
+Pass B (programs own a BLOCK_D column slice of one stream and one of ``splits`` token ranges)
+recomputes dvecX_mm = dh_mix @ phi per tile, writes dx (+ grad_x_post), and accumulates
+G = sum_t dh_mix^T v for its slice. The finish kernel reduces the G partials in a fixed order and
+applies the identity dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md).
+The tile math is the staged kernels' own (imported, not copied).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    check_block,
+    check_inputs,
+    fp32_dot,
+    load_coeff_part,
+    o_pad,
+    round_to,
+    store_coeff_part,
+    token_splits,
+    tokens,
+)
+from ._reduce import sum_partials
+from .dh_mix import coeff_grads, phi_tile
+from .dparams import dcoeff_sums, g_update
+from .dx import dx_tile
+
+
+@triton.jit(do_not_specialize=["T"])
+def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
+                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_bias_ptr, ws_alpha_ptr,
+                   T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    O = n * n + 2 * n
+    _, g2, dh_mix, dinv_rms = coeff_grads(
+        x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
+        rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_T, BLOCK_D, O_PAD)  # fmt: skip
+    inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+    tl.store(rms_coef_ptr + rows, -dinv_rms * inv_rms * inv_rms * inv_rms / (n * D), mask=row_mask)
+    store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
+    m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
+    dbias, d_pre, d_post, d_res = dcoeff_sums(g2, m, cols, n)
+    tl.store(ws_bias_ptr + pid * O + cols, dbias, mask=cols < O)
+    tl.store(ws_alpha_ptr + pid * 3, d_pre)
+    tl.store(ws_alpha_ptr + pid * 3 + 1, d_post)
+    tl.store(ws_alpha_ptr + pid * 3 + 2, d_res)
+
+
+@triton.jit(do_not_specialize=["T", "splits"])
+def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
+                   ws_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
+                   sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+    # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
+    # about the same time and all but the first find it in L2.
+    i = tl.program_id(0) % n
+    d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    k = i * D + d
+    split = tl.program_id(1)
+    cols = tl.arange(0, O_PAD)
+    O = n * n + 2 * n
+    phi = phi_tile(phi_ptr, cols, k, d_mask, n, sphi_o, sphi_k)
+    if HAS_GAMMA:
+        g = tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)
+    acc = tl.zeros([O_PAD, BLOCK_D], dtype=tl.float32)
+    for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
+        rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+        row_mask = rows < T
+        mask = row_mask[:, None] & d_mask[None, :]
+        dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
+        rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
+        h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
+        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0).to(tl.float32)
+        dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
+        mm = fp32_dot(dh_mix, phi)  # dvecX_mm slice, never stored
+        if HAS_GAMMA:
+            mm = mm * g[None, :]
+        dx = dx_tile(mm, xt, dh_in, rms_coef, h_pre_i)
+        if HAS_GXP:
+            dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask,
+                          other=0.0).to(tl.float32)  # fmt: skip
+        tl.store(dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d, round_to(dx, dx_ptr.dtype.element_ty),
+                 mask=mask)  # fmt: skip
+        acc = g_update(acc, dh_mix, xt)
+    nD = n * D
+    offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + k[None, :]
+    tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
+
+
+@triton.jit(do_not_specialize=["splits"])
+def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, splits, n, D, sphi_o, sphi_k,
+                   HAS_GAMMA: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+    nD = n * D
+    O = n * n + 2 * n
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_mask = k < nD
+    cols = tl.arange(0, O_PAD)
+    mask = (cols < O)[:, None] & k_mask[None, :]
+    G = tl.zeros([O_PAD, BLOCK_K], dtype=tl.float32)
+    for s in range(splits):
+        G += tl.load(ws_ptr + s * O * nD + cols[:, None] * nD + k[None, :], mask=mask, other=0.0)
+    if HAS_GAMMA:
+        g = tl.load(gamma_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+        tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G * g[None, :], mask=mask)
+        phi = phi_tile(phi_ptr, cols, k, k_mask, n, sphi_o, sphi_k)
+        tl.store(dgamma_ptr + k, tl.sum(phi * G, axis=0), mask=k_mask)
+    else:
+        tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
+
+
+def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
+                           grad_x_post=None, hc_eps=1e-6, block_t=16, block_d=64, splits=None):  # fmt: skip
+    """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma."""
+    lead, n, D = check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms,
+                              h_mix=h_mix, h_pre=h_pre, h_post=h_post, gamma=gamma, grad_x_post=grad_x_post)  # fmt: skip
+    check_block("block_t", block_t, 16)
+    check_block("block_d", block_d, 16)
+    O, nD = n * n + 2 * n, n * D
+    dev, f32 = x.device, torch.float32
+    dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
+    out = {
+        "dx": dx,
+        "dphi": torch.empty((O, nD), device=dev, dtype=f32),
+        "dalpha": torch.empty(3, device=dev, dtype=f32),
+        "dbias": torch.empty(O, device=dev, dtype=f32),
+        "dgamma": torch.empty((n, D), device=dev, dtype=f32) if gamma is not None else None,
+        "dh_mix": torch.empty((*lead, O), device=dev, dtype=f32),
+    }
+    xt, dh_in_t, dx_t = tokens(x, 2), tokens(dh_in, 1), dx.view(-1, n, D)
+    T = xt.shape[0]
+    if T == 0:
+        for k in ("dphi", "dalpha", "dbias", "dgamma"):
+            if out[k] is not None:
+                out[k].zero_()
+        return out
+    alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post = (
+        t.contiguous() for t in (alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post)
+    )
+    token_blocks = triton.cdiv(T, block_t)
+    rms_coef = torch.empty(T, device=dev, dtype=f32)
+    ws_bias = torch.empty((token_blocks, O), device=dev, dtype=f32)
+    ws_alpha = torch.empty((token_blocks, 3), device=dev, dtype=f32)
+    _pass_a_kernel[(token_blocks,)](
+        xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_bias,
+        ws_alpha, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t, BLOCK_D=block_d,
+        O_PAD=o_pad(n),
+    )  # fmt: skip
+    sum_partials(ws_bias, out["dbias"])
+    sum_partials(ws_alpha, out["dalpha"])
+    col_programs = n * triton.cdiv(D, block_d)
+    splits = splits or token_splits(dev, col_programs, token_blocks)
+    ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
+    gxp = tokens(grad_x_post, 2) if grad_x_post is not None else xt  # never read without HAS_GXP
+    gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
+    _pass_b_kernel[(col_programs, splits)](
+        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_pre, ws_g, T, n, D, *xt.stride(),
+        *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
+        HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+    )  # fmt: skip
+    block_k = 128
+    _finish_kernel[(triton.cdiv(nD, block_k),)](
+        ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, splits, n, D, *phi.stride(),
+        HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n),
+    )  # fmt: skip
+    return out

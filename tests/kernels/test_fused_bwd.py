@@ -1,0 +1,68 @@
+"""The fused backward plan against the float64 golden backward (accuracy rule), on the saved tensors
+of the golden fixtures: CPU through the interpreter, GPU at realistic shapes."""
+
+import pytest
+import torch
+
+from mhc_ops.golden import build, judge, mhc_pre_backward
+from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
+from tests.cases import EMPTY_CASES, GPU_CASES, KERNEL_BLOCKS, KERNEL_CASES
+from tests.helpers import HAS_CUDA, KERNEL_DEVICE, nan_filled_outputs
+
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+ARGS = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
+OUTPUTS = ("dx", "dphi", "dalpha", "dbias", "dgamma")
+
+
+def _fused(t, **launch):
+    with nan_filled_outputs():
+        return mhc_pre_backward_fused(**{k: t[k] for k in ARGS}, grad_x_post=t["grad_x_post"], **launch)
+
+
+def _assert_accurate(t, out):
+    args = [t[k] for k in ARGS]
+    up = [a.double() if a is not None else None for a in args]
+    gxp = t["grad_x_post"]
+    ref64 = mhc_pre_backward(*up, grad_x_post=gxp.double() if gxp is not None else None, compute_dtype=torch.float64)
+    ref32 = mhc_pre_backward(*args, grad_x_post=gxp)
+    verdicts = [judge(k, out[k], r64, r32) for k, r64, r32 in zip(OUTPUTS, ref64, ref32) if r64 is not None]
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+    assert (out["dgamma"] is None) == (t["gamma"] is None)
+    assert out["dx"].dtype == t["x"].dtype and out["dx"].shape == t["x"].shape
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
+def test_fused_backward(case):
+    t = build(case, KERNEL_DEVICE).tensors
+    _assert_accurate(t, _fused(t))
+
+
+@pytest.mark.parametrize(("block_t", "block_d"), KERNEL_BLOCKS)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_fused_backward_blocks_and_splits(block_t, block_d, splits):
+    t = build(KERNEL_CASES[3], KERNEL_DEVICE).tensors
+    _assert_accurate(t, _fused(t, block_t=block_t, block_d=block_d, splits=splits))
+
+
+def test_fused_backward_is_deterministic():
+    t = build(KERNEL_CASES[0], KERNEL_DEVICE).tensors
+    a, b = _fused(t, splits=2), _fused(t, splits=2)
+    for k in OUTPUTS:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("case", EMPTY_CASES, ids=str)
+def test_fused_backward_zero_tokens(case):
+    t = build(case, KERNEL_DEVICE).tensors
+    out = _fused(t)
+    assert out["dx"].shape == t["x"].shape
+    for k in ("dphi", "dalpha", "dbias", "dgamma"):
+        assert torch.equal(out[k], torch.zeros_like(out[k])), k
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="realistic shapes need a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_fused_backward_on_gpu_at_realistic_shapes(case):
+    t = build(case, "cuda").tensors
+    _assert_accurate(t, _fused(t))
