@@ -74,10 +74,13 @@ class Ratio:
 
     @property
     def kind(self) -> str:
-        """ "one", "constant" (a scale error) or "varies" (a computation error)."""
+        """one: ~1; constant: a scale error; varies: a computation error; single: one element away
+        from 1, which cannot tell the two apart."""
         if not self.std <= RATIO_SPREAD * abs(self.mean):
             return "varies"
-        return "one" if abs(self.mean - 1) <= RATIO_SPREAD else "constant"
+        if abs(self.mean - 1) <= RATIO_SPREAD:
+            return "one"
+        return "constant" if self.count > 1 else "single"
 
     @property
     def reading(self) -> str:
@@ -85,11 +88,17 @@ class Ratio:
             "one": "ratio ~ 1: no scale error",
             "constant": f"constant ratio {self.mean:.4g}: a scale error (a factor missing or applied twice)",
             "varies": "the ratio varies: a computation error (wrong or missing terms), not a scale",
+            "single": f"ratio {self.mean:.4g} of a single element: scale or computation error, cannot tell",
         }[self.kind]
 
     @property
     def tag(self) -> str:
-        return {"one": "ratio ~ 1", "constant": f"ratio const {self.mean:.4g}", "varies": "ratio varies"}[self.kind]
+        return {
+            "one": "ratio ~ 1",
+            "constant": f"ratio const {self.mean:.4g}",
+            "varies": "ratio varies",
+            "single": f"ratio {self.mean:.4g}",
+        }[self.kind]
 
 
 @dataclass(frozen=True)
