@@ -404,6 +404,11 @@ def parse_args(argv: list[str] | None, impls: Mapping[str, Mapping[str, Factory]
     args.device = torch.device(args.device)
     if args.device.type not in ("cuda", "cpu"):
         p.error(f"--device: expected cuda[:i] or cpu, got {args.device}")
+    if args.device.type == "cuda":
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device here (--device cpu runs the interpreter smoke test)")
+        if args.device.index is None:
+            args.device = torch.device("cuda", torch.cuda.current_device())
     return args
 
 
