@@ -54,6 +54,20 @@ def fixtures(session: nox.Session) -> None:
     session.run("python", "-m", "mhc_ops.golden", "--write", "tests/fixtures/frozen")
 
 
+@nox.session
+def bugs(session: nox.Session) -> None:
+    """The bug regression tests, tests/bugs (their records are docs/bugs)."""
+    _install(session)
+    session.run("pytest", "-n", "auto", "tests/bugs", *session.posargs, env=INTERPRET)
+
+
+@nox.session
+def diagnose(session: nox.Session) -> None:
+    """nox -s diagnose -- STAGE [options]: python -m mhc_ops.diagnose on CPU; --help lists the options."""
+    _install(session)
+    session.run("python", "-m", "mhc_ops.diagnose", *session.posargs, env=INTERPRET)
+
+
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """nox -s bench -- [args]: python -m benchmarks.run in the current environment (its torch and
