@@ -7,6 +7,7 @@ Validation runs before any launch and raises ``TypeError`` (dtype, not a tensor)
 from __future__ import annotations
 
 import functools
+import os
 import math
 
 import torch
@@ -162,3 +163,61 @@ def round_to(v, dtype: tl.constexpr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
         v = bits.to(tl.float32, bitcast=True)
     return v.to(dtype)
+
+
+@triton.jit
+def split_bf16(v, PARTS: tl.constexpr):
+    """fp32 tile -> PARTS bf16 tiles (2 or 3) whose fp32 sum is v: each part carries the next 8
+    bits, so three parts hold all 24 bits of an fp32 significand and two hold 16."""
+    hi = v.to(tl.bfloat16)
+    r = v - hi.to(tl.float32)
+    mid = r.to(tl.bfloat16)
+    if PARTS == 3:
+        lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
+    else:
+        lo = tl.zeros_like(mid)
+    return hi, mid, lo
+
+
+@triton.jit
+def bf16_dot(a, b, acc, INTERPRET: tl.constexpr):
+    """acc + a @ b for bf16 tiles on tensor cores. Triton's interpreter multiplies the raw bit
+    patterns of bf16 dot operands (upstream issue 11584), so there the exact fp32 upcasts are used."""
+    if INTERPRET:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def split_dot_rhs_bf16(a, b, acc, INTERPRET: tl.constexpr):
+    """acc + a @ b at fp32 grade for an fp32 tile a and a bf16 tile b (exact in bf16, such as x):
+    a is split into three bf16 parts, three bf16 tensor-core products summed in fp32."""
+    hi, mid, lo = split_bf16(a, 3)
+    acc = bf16_dot(lo, b, acc, INTERPRET)
+    acc = bf16_dot(mid, b, acc, INTERPRET)
+    return bf16_dot(hi, b, acc, INTERPRET)
+
+
+@triton.jit
+def split_dot_lhs_bf16(a, b, acc, INTERPRET: tl.constexpr):
+    """acc + a @ b at fp32 grade for a bf16 tile a (exact in bf16, such as x) and an fp32 tile b."""
+    hi, mid, lo = split_bf16(b, 3)
+    acc = bf16_dot(a, lo, acc, INTERPRET)
+    acc = bf16_dot(a, mid, acc, INTERPRET)
+    return bf16_dot(a, hi, acc, INTERPRET)
+
+
+@triton.jit
+def split_dot_16bit(a, b, INTERPRET: tl.constexpr):
+    """a @ b for fp32 tiles to about 2^-16 relative: two-part bf16 splits, three products
+    (hi*hi + hi*lo + lo*hi). Enough for a result that is rounded to a 16-bit float next (dx)."""
+    a_hi, a_lo, _ = split_bf16(a, 2)
+    b_hi, b_lo, _ = split_bf16(b, 2)
+    acc = bf16_dot(a_lo, b_hi, tl.zeros([a.shape[0], b.shape[1]], dtype=tl.float32), INTERPRET)
+    acc = bf16_dot(a_hi, b_lo, acc, INTERPRET)
+    return bf16_dot(a_hi, b_hi, acc, INTERPRET)
+
+
+def interpreting() -> bool:
+    """True when kernels run through Triton's interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"

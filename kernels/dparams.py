@@ -11,7 +11,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_block, check_inputs, fp32_dot, load_coeff_part, o_pad, token_splits, tokens
+from ._common import (
+    check_block,
+    check_inputs,
+    fp32_dot,
+    interpreting,
+    load_coeff_part,
+    o_pad,
+    split_dot_rhs_bf16,
+    token_splits,
+    tokens,
+)
 from ._reduce import sum_partials
 
 
@@ -27,9 +37,12 @@ def dcoeff_sums(g2, m, cols, n):
 
 
 @triton.jit
-def g_update(acc, dh_mix, xt):
-    """acc [O_PAD, BLOCK_D] += dh_mix^T [O_PAD, BLOCK_T] @ x [BLOCK_T, BLOCK_D]."""
-    return acc + fp32_dot(tl.trans(dh_mix), xt)
+def g_update(acc, dh_mix, xt, INTERPRET: tl.constexpr):
+    """acc [O_PAD, BLOCK_D] += dh_mix^T [O_PAD, BLOCK_T] @ x [BLOCK_T, BLOCK_D], fp32 grade; xt in
+    x's dtype. bf16 x is exact in bf16, so dh_mix is split into bf16 parts (bf16 tensor cores)."""
+    if xt.dtype == tl.bfloat16:
+        return split_dot_rhs_bf16(tl.trans(dh_mix), xt, acc, INTERPRET)
+    return acc + fp32_dot(tl.trans(dh_mix), xt.to(tl.float32))
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -80,6 +93,7 @@ def _g_partials_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     d_blocks = tl.cdiv(D, BLOCK_D)
     i = tl.program_id(0) // d_blocks
@@ -97,8 +111,8 @@ def _g_partials_kernel(
             x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
             mask=row_mask[:, None] & d_mask[None, :],
             other=0.0,
-        ).to(tl.float32)
-        acc = g_update(acc, dh_mix, xt)
+        )
+        acc = g_update(acc, dh_mix, xt, INTERPRET)
     nD = n * D
     offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + (i * D + d)[None, :]
     tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
@@ -139,7 +153,18 @@ def mhc_pre_dparams(
     splits = splits or token_splits(dev, col_programs, token_blocks)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     _g_partials_kernel[(col_programs, splits)](
-        xt, dm, ws_g, T, n, D, *xt.stride(), splits, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n)
+        xt,
+        dm,
+        ws_g,
+        T,
+        n,
+        D,
+        *xt.stride(),
+        splits,
+        BLOCK_T=block_t,
+        BLOCK_D=block_d,
+        O_PAD=o_pad(n),
+        INTERPRET=interpreting(),
     )
     sum_partials(ws_g, out["dphi"], scale=gamma.reshape(-1).contiguous() if gamma is not None else None)
     return out

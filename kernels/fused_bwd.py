@@ -20,9 +20,11 @@ from ._common import (
     check_block,
     check_inputs,
     fp32_dot,
+    interpreting,
     load_coeff_part,
     o_pad,
     round_to,
+    split_dot_16bit,
     store_coeff_part,
     token_splits,
     tokens,
@@ -61,7 +63,8 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
 def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
                    ws_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
+                   INTERPRET: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2.
     i = tl.program_id(0) % n
@@ -82,18 +85,22 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
         h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
-        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0).to(tl.float32)
+        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
-        mm = fp32_dot(dh_mix, phi)  # dvecX_mm slice, never stored
+        # The dvecX_mm slice, never stored: it only feeds dx, so its precision follows dx's dtype.
+        if dx_ptr.dtype.element_ty == tl.float32:
+            mm = fp32_dot(dh_mix, phi)
+        else:
+            mm = split_dot_16bit(dh_mix, phi, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[None, :]
-        dx = dx_tile(mm, xt, dh_in, rms_coef, h_pre_i)
+        dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
         if HAS_GXP:
             dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask,
                           other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d, round_to(dx, dx_ptr.dtype.element_ty),
                  mask=mask)  # fmt: skip
-        acc = g_update(acc, dh_mix, xt)
+        acc = g_update(acc, dh_mix, xt, INTERPRET)
     nD = n * D
     offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + k[None, :]
     tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
@@ -121,7 +128,8 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, splits, n, 
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
-                           grad_x_post=None, hc_eps=1e-6, block_t=16, block_d=64, splits=None):  # fmt: skip
+                           grad_x_post=None, hc_eps=1e-6, block_t=16, block_d=64, splits=None,
+                           num_warps=4):  # fmt: skip
     """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma."""
     lead, n, D = check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms,
                               h_mix=h_mix, h_pre=h_pre, h_post=h_post, gamma=gamma, grad_x_post=grad_x_post)  # fmt: skip
@@ -155,7 +163,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
     _pass_a_kernel[(token_blocks,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_bias,
         ws_alpha, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t, BLOCK_D=block_d,
-        O_PAD=o_pad(n),
+        O_PAD=o_pad(n), num_warps=num_warps,
     )  # fmt: skip
     sum_partials(ws_bias, out["dbias"])
     sum_partials(ws_alpha, out["dalpha"])
@@ -168,6 +176,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
         xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_pre, ws_g, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+        INTERPRET=interpreting(), num_warps=num_warps,
     )  # fmt: skip
     block_k = 128
     _finish_kernel[(triton.cdiv(nD, block_k),)](

@@ -16,8 +16,10 @@ from ._common import (
     check_block,
     check_inputs,
     fp32_dot,
+    interpreting,
     o_pad,
     round_to,
+    split_dot_lhs_bf16,
     store_coeff_part,
     tokens,
 )
@@ -42,6 +44,7 @@ def mix_tile(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the n*D elements of each token."""
     O = n * n + 2 * n
@@ -55,8 +58,9 @@ def mix_tile(
                 x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
                 mask=row_mask[:, None] & d_mask[None, :],
                 other=0.0,
-            ).to(tl.float32)
-            sumsq += tl.sum(xt * xt, axis=1)
+            )
+            xf = xt.to(tl.float32)
+            sumsq += tl.sum(xf * xf, axis=1)
             k = i * D + d
             w = tl.load(
                 phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
@@ -65,7 +69,10 @@ def mix_tile(
             ).to(tl.float32)
             if HAS_GAMMA:
                 w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-            h_mix += fp32_dot(xt, w)
+            if xt.dtype == tl.bfloat16:  # x is exact in bf16: bf16 tensor cores on split w
+                h_mix = split_dot_lhs_bf16(xt, w, h_mix, INTERPRET)
+            else:
+                h_mix += fp32_dot(xf, w)
     return h_mix, sumsq
 
 
@@ -113,6 +120,7 @@ def _fwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -136,6 +144,7 @@ def _fwd_kernel(
         BLOCK_T,
         BLOCK_D,
         O_PAD,
+        INTERPRET,
     )
     inv_rms = tl.rsqrt(sumsq / (n * D) + norm_eps)
     coef = coefficients(h_mix, inv_rms, alpha_ptr, bias_ptr, cols, n, hc_eps)
@@ -154,7 +163,7 @@ def _fwd_kernel(
         tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
-def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, block_t=16, block_d=64):
+def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, block_t=16, block_d=64, num_warps=4):
     """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden."""
     lead, n, D = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_block("block_t", block_t, 16)
@@ -180,5 +189,6 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
         out["h_in"], out["h_post"], out["h_res"], out["inv_rms"], out["h_mix"], out["h_pre"],
         T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
         HAS_GAMMA=gamma is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+        INTERPRET=interpreting(), num_warps=num_warps,
     )  # fmt: skip
     return out
