@@ -234,13 +234,19 @@ def _buckets(values: torch.Tensor, edges: tuple[float, ...]) -> tuple[int, ...]:
     return tuple(torch.bincount(idx, minlength=len(edges) + 1).tolist())
 
 
+def _abs_stats(diff: torch.Tensor) -> tuple[float, float, float]:
+    """(max, mean, std) of |error| over the finite elements; NaN when there are none."""
+    if diff.numel() == 0:
+        return math.nan, math.nan, math.nan
+    return diff.max().item(), diff.mean().item(), diff.std().item() if diff.numel() > 1 else 0.0
+
+
 def _slice(name: str, label: str, out, ref64, ref32, unwritten) -> Slice:
     finite = out.isfinite()
-    diff = (out - ref64).abs()[finite]
     return Slice(
         label,
         judge(f"{name} {label}", out, ref64, ref32),
-        diff.max().item() if diff.numel() else math.nan,
+        _abs_stats((out - ref64).abs()[finite])[0],
         int((~finite).sum()),
         int(unwritten.sum()),
         out.numel(),
@@ -282,7 +288,7 @@ def analyse(
     diff = (o - r64).abs()[finite]
     rel = diff / r64.abs()[finite]  # inf where ref is 0 and out is not, nan (dropped) where both are
     rel = rel[~rel.isnan()]
-    stats = (diff.max().item(), diff.mean().item(), diff.std().item() if diff.numel() > 1 else 0.0)
+    max_abs, mean_abs, std_abs = _abs_stats(diff)
     stream_views = [_by_stream(name, t, n, D) for t in (o, r64, r32, unw)]
     streams = tuple(_slice(name, f"stream {i}", *sl) for i, sl in enumerate(zip(*stream_views)))
     part_views = [_by_part(name, t, n) for t in (o, r64, r32, unw)]
@@ -292,9 +298,9 @@ def analyse(
         shape=tuple(out.shape),
         dtype=out.dtype,
         verdict=judge(name, o, r64, r32),
-        max_abs=stats[0] if diff.numel() else math.nan,
-        mean_abs=stats[1] if diff.numel() else math.nan,
-        std_abs=stats[2] if diff.numel() else math.nan,
+        max_abs=max_abs,
+        mean_abs=mean_abs,
+        std_abs=std_abs,
         abs_buckets=_buckets(diff, ABS_EDGES),
         rel_buckets=_buckets(rel, REL_EDGES),
         nan=int((~finite).sum()),

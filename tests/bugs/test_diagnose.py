@@ -11,7 +11,7 @@ import pytest
 import torch
 from mhc_ops.golden import Case, build, stage_dx
 
-from mhc_ops.diagnose import analyse, analyse_stage, main
+from mhc_ops.diagnose import analyse, analyse_stage, format_stage, main
 
 from .test_dgamma_missing_inv_rms import dh_mix_res_without_inv_rms
 from .test_dx_grid_one_stream import dx_one_stream_grid
@@ -97,3 +97,12 @@ def test_command_line_starts_the_interpreter_itself():
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "stage dx: PASS" in run.stdout
+
+
+@pytest.mark.stage("dgamma")
+def test_output_never_written_at_all():
+    bundle = build(Case(lead=(2,), n=2, D=3, seed=8))
+    report = analyse_stage("dgamma", bundle, lambda **inputs: {"dgamma": torch.empty(2, 3)})
+    dgamma = report["dgamma"]
+    assert not dgamma.ok and dgamma.unwritten == dgamma.size == 6 and math.isnan(dgamma.max_abs)
+    assert "6 unwritten" in format_stage(report)
