@@ -10,10 +10,12 @@ from mhc_ops.kernels.dparams import mhc_pre_dparams
 from mhc_ops.stages import STAGES
 
 from mhc_ops.diagnose import analyse_chain, analyse_stage, format_stage
+from tests.helpers import KERNEL_DEVICE
 
 from .cases import HISTORICAL_ROW_BLOCK, ROW_BLOCKS_D, ROW_CASE
 
 RECORD = "docs/bugs/dalpha-block-smaller-than-row.md"
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 
 def dh_mix_block_smaller_than_row(**inputs):
@@ -31,7 +33,7 @@ def dh_mix_block_smaller_than_row(**inputs):
 def test_dalpha_from_rows_wider_than_a_block(block_d):
     assert ROW_CASE.D > block_d or ROW_CASE.D % block_d, "the row must not fit one block exactly"
     chain = analyse_chain(
-        build(ROW_CASE),
+        build(ROW_CASE, KERNEL_DEVICE),
         {
             "dh_mix": functools.partial(mhc_pre_dh_mix, block_d=block_d),
             "dparams": functools.partial(mhc_pre_dparams, block_d=block_d),
@@ -45,14 +47,18 @@ def test_dalpha_from_rows_wider_than_a_block(block_d):
 @pytest.mark.parametrize("block_d", ROW_BLOCKS_D)
 @pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.stage(s)) for s in STAGE_NAMES])
 def test_every_loop_over_d_covers_the_row(stage, block_d):
-    report = analyse_stage(stage, build(ROW_CASE), functools.partial(STAGES[stage].triton, block_d=block_d))
+    report = analyse_stage(
+        stage, build(ROW_CASE, KERNEL_DEVICE), functools.partial(STAGES[stage].triton, block_d=block_d)
+    )
     assert report.ok and all(o.nan == 0 for o in report.outputs), format_stage(report)
 
 
 @pytest.mark.stage("dh_mix")
 @pytest.mark.stage("dparams")
 def test_check_catches_block_smaller_than_row():
-    chain = analyse_chain(build(ROW_CASE), {"dh_mix": dh_mix_block_smaller_than_row, "dparams": mhc_pre_dparams})
+    chain = analyse_chain(
+        build(ROW_CASE, KERNEL_DEVICE), {"dh_mix": dh_mix_block_smaller_than_row, "dparams": mhc_pre_dparams}
+    )
     assert not chain["dh_mix"]["dh_pre"].ok
     # The signature: dalpha_pre wrong, dalpha_post and dalpha_res right.
     pre, post, res = chain["dparams"]["dalpha"].parts

@@ -10,10 +10,12 @@ from mhc_ops.kernels.dgamma import mhc_pre_dgamma
 from mhc_ops.kernels.dparams import mhc_pre_dparams
 
 from mhc_ops.diagnose import analyse_stage, format_stage
+from tests.helpers import KERNEL_DEVICE
 
 from .cases import ACCUM_BLOCK_T, ACCUM_CASE, ACCUM_SPLITS, HISTORICAL_RES_BLOCK
 
 RECORD = "docs/bugs/dbias-repeated-accumulation.md"
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 
 def dparams_repeated_accumulation(*, x, dh_mix, inv_rms, **inputs):
@@ -35,7 +37,7 @@ def dparams_repeated_accumulation(*, x, dh_mix, inv_rms, **inputs):
 @pytest.mark.parametrize("splits", ACCUM_SPLITS)
 def test_dparams_adds_each_program_once(splits):
     impl = functools.partial(mhc_pre_dparams, block_t=ACCUM_BLOCK_T, block_d=16, splits=splits)
-    report = analyse_stage("dparams", build(ACCUM_CASE), impl)
+    report = analyse_stage("dparams", build(ACCUM_CASE, KERNEL_DEVICE), impl)
     assert report.ok and all(o.nan == 0 for o in report.outputs), format_stage(report)
     assert all(p.verdict.ok for o in report.outputs for p in o.parts), format_stage(report)
 
@@ -44,13 +46,13 @@ def test_dparams_adds_each_program_once(splits):
 @pytest.mark.parametrize("splits", ACCUM_SPLITS)
 def test_dgamma_adds_each_program_once(splits):
     impl = functools.partial(mhc_pre_dgamma, block_t=ACCUM_BLOCK_T, block_d=16, splits=splits)
-    report = analyse_stage("dgamma", build(ACCUM_CASE), impl)
+    report = analyse_stage("dgamma", build(ACCUM_CASE, KERNEL_DEVICE), impl)
     assert report.ok and report["dgamma"].nan == 0, format_stage(report)
 
 
 @pytest.mark.stage("dparams")
 def test_check_catches_repeated_accumulation():
-    bundle = build(ACCUM_CASE)
+    bundle = build(ACCUM_CASE, KERNEL_DEVICE)
     report = analyse_stage("dparams", bundle, dparams_repeated_accumulation)
     dbias = report["dbias"]
     # The signature: dbias_res wrong, dbias_pre and dbias_post right ...

@@ -12,6 +12,7 @@ import torch
 from mhc_ops.golden import Case, build, stage_dx
 
 from mhc_ops.diagnose import analyse, analyse_stage, format_stage, main
+from tests.helpers import KERNEL_DEVICE
 
 from .test_dgamma_missing_inv_rms import dh_mix_res_without_inv_rms
 from .test_dx_grid_one_stream import dx_one_stream_grid
@@ -19,7 +20,7 @@ from .test_dx_grid_one_stream import dx_one_stream_grid
 RECORD = "docs/bugs/README.md"
 ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 # Tiny shapes: the interpreter is slow.
-SMALL = ["--device", "cpu", "--lead", "2,4", "--n", "4", "--D", "12"]
+SMALL = ["--device", KERNEL_DEVICE or "cpu", "--lead", "2,4", "--n", "4", "--D", "12"]
 
 
 def _stream_lines(text: str) -> dict[int, str]:

@@ -9,10 +9,12 @@ from mhc_ops.kernels import dx as dx_module
 from mhc_ops.kernels.dx import mhc_pre_dx
 
 from mhc_ops.diagnose import analyse_stage, format_stage
+from tests.helpers import KERNEL_DEVICE
 
 from .cases import DX_BLOCKS, DX_CASES
 
 RECORD = "docs/bugs/dx-grid-one-stream.md"
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 
 class _OneStreamGrid:
@@ -36,7 +38,9 @@ def dx_one_stream_grid(**inputs):
 @pytest.mark.parametrize("block_t, block_d", DX_BLOCKS)
 @pytest.mark.parametrize("case", DX_CASES, ids=str)
 def test_dx_writes_every_stream(case, block_t, block_d):
-    report = analyse_stage("dx", build(case), functools.partial(mhc_pre_dx, block_t=block_t, block_d=block_d))
+    report = analyse_stage(
+        "dx", build(case, KERNEL_DEVICE), functools.partial(mhc_pre_dx, block_t=block_t, block_d=block_d)
+    )
     dx = report["dx"]
     assert dx.ok and dx.nan == 0, format_stage(report)
     assert len(dx.streams) == case.n
@@ -46,7 +50,7 @@ def test_dx_writes_every_stream(case, block_t, block_d):
 @pytest.mark.stage("dx")
 @pytest.mark.parametrize("case", DX_CASES, ids=str)
 def test_check_catches_one_stream_grid(case):
-    report = analyse_stage("dx", build(case), dx_one_stream_grid)
+    report = analyse_stage("dx", build(case, KERNEL_DEVICE), dx_one_stream_grid)
     dx = report["dx"]
     assert not dx.ok
     # The signature: stream 0 right, every element of streams 1..n-1 never written (still NaN).

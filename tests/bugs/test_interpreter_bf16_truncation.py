@@ -1,19 +1,18 @@
 """Regression: Triton 3.6's interpreter converts fp32 -> bf16 by truncation; kernels store bf16
 through kernels/_common.py::round_to, which rounds to nearest even on the bits."""
 
-import os
-
 import pytest
 import torch
 import triton
 import triton.language as tl
 from mhc_ops.kernels._common import round_to
 
+from tests.helpers import INTERPRETING, KERNEL_DEVICE
+
 from .cases import ROUNDING_SEED, ROUNDING_VALUES
 
 RECORD = "docs/bugs/interpreter-bf16-truncation.md"
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRETING else "cuda"
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 
 @triton.jit
@@ -53,7 +52,7 @@ def _fp32_values() -> torch.Tensor:
         v = v[(v == 0) | (v.abs() >= torch.finfo(torch.float32).tiny)]
     ties = v.view(torch.int32) & 0x1FFFF
     assert (ties == 0x8000).any() and (ties == 0x18000).any(), "ties on even and on odd mantissas"
-    return v.to(DEVICE)
+    return v.to(KERNEL_DEVICE)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -90,5 +89,5 @@ def test_check_catches_plain_cast_under_interpreter(cast):
     "(0x7FFFFFFF, what GPU arithmetic produces) wraps to -0.0 and 0xFFFFFFFF to +0.0",
 )
 def test_round_to_keeps_nan_a_nan():
-    x = torch.tensor([0x7FFFFFFF, -1, 0x7FC00000], dtype=torch.int32).view(torch.float32).to(DEVICE)
+    x = torch.tensor([0x7FFFFFFF, -1, 0x7FC00000], dtype=torch.int32).view(torch.float32).to(KERNEL_DEVICE)
     assert _store_bf16(x, "round_to").isnan().all()
