@@ -7,8 +7,8 @@ Validation runs before any launch and raises ``TypeError`` (dtype, not a tensor)
 from __future__ import annotations
 
 import functools
-import os
 import math
+import os
 
 import torch
 import triton
@@ -168,7 +168,8 @@ def round_to(v, dtype: tl.constexpr):
 @triton.jit
 def split_bf16(v, PARTS: tl.constexpr):
     """fp32 tile -> PARTS bf16 tiles (2 or 3) whose fp32 sum is v: each part carries the next 8
-    bits, so three parts hold all 24 bits of an fp32 significand and two hold 16."""
+    bits, so three parts hold all 24 bits of an fp32 significand and two hold 16.
+    (split_bf16_host is the same split in torch.)"""
     hi = v.to(tl.bfloat16)
     r = v - hi.to(tl.float32)
     mid = r.to(tl.bfloat16)
@@ -199,23 +200,22 @@ def split_dot_rhs_bf16(a, b, acc, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def split_dot_lhs_bf16(a, b, acc, INTERPRET: tl.constexpr):
-    """acc + a @ b at fp32 grade for a bf16 tile a (exact in bf16, such as x) and an fp32 tile b."""
-    hi, mid, lo = split_bf16(b, 3)
-    acc = bf16_dot(a, lo, acc, INTERPRET)
-    acc = bf16_dot(a, mid, acc, INTERPRET)
-    return bf16_dot(a, hi, acc, INTERPRET)
-
-
-@triton.jit
-def split_dot_16bit(a, b, INTERPRET: tl.constexpr):
-    """a @ b for fp32 tiles to about 2^-16 relative: two-part bf16 splits, three products
-    (hi*hi + hi*lo + lo*hi). Enough for a result that is rounded to a 16-bit float next (dx)."""
+def split_dot_16bit(a, b_hi, b_lo, INTERPRET: tl.constexpr):
+    """a @ b for an fp32 tile a and b = b_hi + b_lo (split_bf16(b, 2), split once by the caller when
+    b is loop-invariant), to about 2^-16 relative: three bf16 products (hi*hi + hi*lo + lo*hi).
+    Enough for a result that is rounded to a 16-bit float next (dx)."""
     a_hi, a_lo, _ = split_bf16(a, 2)
-    b_hi, b_lo, _ = split_bf16(b, 2)
-    acc = bf16_dot(a_lo, b_hi, tl.zeros([a.shape[0], b.shape[1]], dtype=tl.float32), INTERPRET)
+    acc = bf16_dot(a_lo, b_hi, tl.zeros([a.shape[0], b_hi.shape[1]], dtype=tl.float32), INTERPRET)
     acc = bf16_dot(a_hi, b_lo, acc, INTERPRET)
     return bf16_dot(a_hi, b_hi, acc, INTERPRET)
+
+
+def split_bf16_host(v: torch.Tensor) -> torch.Tensor:
+    """fp32 tensor -> [3, *v.shape] bf16 parts hi, mid, lo with hi + mid + lo == v (split_bf16)."""
+    hi = v.to(torch.bfloat16)
+    r = v - hi.float()
+    mid = r.to(torch.bfloat16)
+    return torch.stack([hi, mid, (r - mid.float()).to(torch.bfloat16)])
 
 
 def interpreting() -> bool:

@@ -24,6 +24,7 @@ from ._common import (
     load_coeff_part,
     o_pad,
     round_to,
+    split_bf16,
     split_dot_16bit,
     store_coeff_part,
     token_splits,
@@ -75,6 +76,8 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
     phi = phi_tile(phi_ptr, cols, k, d_mask, n, sphi_o, sphi_k)
+    if dx_ptr.dtype.element_ty != tl.float32:
+        phi_hi, phi_lo, _ = split_bf16(phi, 2)  # loop-invariant operand of dvecX_mm
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)
     acc = tl.zeros([O_PAD, BLOCK_D], dtype=tl.float32)
@@ -91,7 +94,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         if dx_ptr.dtype.element_ty == tl.float32:
             mm = fp32_dot(dh_mix, phi)
         else:
-            mm = split_dot_16bit(dh_mix, phi, INTERPRET)
+            mm = split_dot_16bit(dh_mix, phi_hi, phi_lo, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[None, :]
         dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)

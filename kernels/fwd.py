@@ -13,13 +13,14 @@ import triton.language as tl
 
 from ._common import (
     alpha_per_col,
+    bf16_dot,
     check_block,
     check_inputs,
     fp32_dot,
     interpreting,
     o_pad,
     round_to,
-    split_dot_lhs_bf16,
+    split_bf16_host,
     store_coeff_part,
     tokens,
 )
@@ -30,6 +31,7 @@ def mix_tile(
     x_ptr,
     phi_ptr,
     gamma_ptr,
+    w_ptr,
     rows,
     row_mask,
     cols,
@@ -41,12 +43,17 @@ def mix_tile(
     sphi_o,
     sphi_k,
     HAS_GAMMA: tl.constexpr,
+    W_SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the n*D elements of each token."""
+    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the n*D elements of each token.
+
+    W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
+    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
+    phi and gamma are read in fp32 and multiplied by fp32_dot."""
     O = n * n + 2 * n
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -62,16 +69,20 @@ def mix_tile(
             xf = xt.to(tl.float32)
             sumsq += tl.sum(xf * xf, axis=1)
             k = i * D + d
-            w = tl.load(
-                phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
-                mask=d_mask[:, None] & (cols < O)[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            if HAS_GAMMA:
-                w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-            if xt.dtype == tl.bfloat16:  # x is exact in bf16: bf16 tensor cores on split w
-                h_mix = split_dot_lhs_bf16(xt, w, h_mix, INTERPRET)
+            if W_SPLIT:
+                w_offs = k[:, None] * O_PAD + cols[None, :]
+                part = n * D * O_PAD
+                for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
+                    w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
+                    h_mix = bf16_dot(xt, w, h_mix, INTERPRET)
             else:
+                w = tl.load(
+                    phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
+                    mask=d_mask[:, None] & (cols < O)[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                if HAS_GAMMA:
+                    w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
                 h_mix += fp32_dot(xf, w)
     return h_mix, sumsq
 
@@ -98,6 +109,7 @@ def _fwd_kernel(
     x_ptr,
     phi_ptr,
     gamma_ptr,
+    w_ptr,
     alpha_ptr,
     bias_ptr,
     h_in_ptr,
@@ -117,6 +129,7 @@ def _fwd_kernel(
     norm_eps,
     hc_eps,
     HAS_GAMMA: tl.constexpr,
+    W_SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
@@ -130,6 +143,7 @@ def _fwd_kernel(
         x_ptr,
         phi_ptr,
         gamma_ptr,
+        w_ptr,
         rows,
         row_mask,
         cols,
@@ -141,6 +155,7 @@ def _fwd_kernel(
         sphi_o,
         sphi_k,
         HAS_GAMMA,
+        W_SPLIT,
         BLOCK_T,
         BLOCK_D,
         O_PAD,
@@ -184,11 +199,17 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
         return out
     alpha, bias = alpha.contiguous(), bias.contiguous()
     gamma_arg = gamma.contiguous() if gamma is not None else alpha  # never read without HAS_GAMMA
+    w_split = x.dtype == torch.bfloat16
+    if w_split:  # (gamma*phi)^T [nD, O_PAD] in three bf16 parts, for bf16 tensor cores
+        wg = phi.float() if gamma is None else phi.float() * gamma.reshape(1, -1).float()
+        w_arg = split_bf16_host(torch.nn.functional.pad(wg.t(), (0, o_pad(n) - O)).contiguous())
+    else:
+        w_arg = alpha  # never read without W_SPLIT
     _fwd_kernel[(triton.cdiv(T, block_t),)](
-        xt, phi, gamma_arg, alpha, bias,
+        xt, phi, gamma_arg, w_arg, alpha, bias,
         out["h_in"], out["h_post"], out["h_res"], out["inv_rms"], out["h_mix"], out["h_pre"],
         T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
-        HAS_GAMMA=gamma is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+        HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
         INTERPRET=interpreting(), num_warps=num_warps,
     )  # fmt: skip
     return out
