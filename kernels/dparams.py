@@ -41,7 +41,7 @@ def g_update(acc, dh_mix, xt, INTERPRET: tl.constexpr):
     """acc [O_PAD, BLOCK_D] += dh_mix^T [O_PAD, BLOCK_T] @ x [BLOCK_T, BLOCK_D], fp32 grade; xt in
     x's dtype. bf16 x is exact in bf16, so dh_mix is split into bf16 parts (bf16 tensor cores)."""
     if xt.dtype == tl.bfloat16:
-        return split_dot_rhs_bf16(tl.trans(dh_mix), xt, acc, INTERPRET)
+        return acc + split_dot_rhs_bf16(tl.trans(dh_mix), xt, INTERPRET)
     return acc + fp32_dot(tl.trans(dh_mix), xt.to(tl.float32))
 
 

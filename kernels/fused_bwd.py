@@ -131,7 +131,7 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, splits, n, 
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
-                           grad_x_post=None, hc_eps=1e-6, block_t=16, block_d=64, splits=None,
+                           grad_x_post=None, hc_eps=1e-6, block_t=32, block_d=128, splits=None,
                            num_warps=4):  # fmt: skip
     """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma."""
     lead, n, D = check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms,

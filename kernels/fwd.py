@@ -70,11 +70,14 @@ def mix_tile(
             sumsq += tl.sum(xf * xf, axis=1)
             k = i * D + d
             if W_SPLIT:
+                # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
                 w_offs = k[:, None] * O_PAD + cols[None, :]
                 part = n * D * O_PAD
+                chunk = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
                 for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
                     w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
-                    h_mix = bf16_dot(xt, w, h_mix, INTERPRET)
+                    chunk = bf16_dot(xt, w, chunk, INTERPRET)
+                h_mix += chunk
             else:
                 w = tl.load(
                     phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
@@ -178,7 +181,7 @@ def _fwd_kernel(
         tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
-def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, block_t=16, block_d=64, num_warps=4):
+def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, block_t=64, block_d=128, num_warps=4):
     """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden."""
     lead, n, D = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_block("block_t", block_t, 16)

@@ -13,6 +13,7 @@ from mhc_ops.golden.fixtures import make_inputs
 import mhc_ops
 from benchmarks import run
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, Shape, parse_shapes
+from tests.helpers import INTERPRETING
 from mhc_ops import golden
 
 REQUIRED_KEYS = {
@@ -110,6 +111,8 @@ def _broken_factory() -> run.OpFn:
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
+    if not INTERPRETING:
+        pytest.skip("the CPU run of the Triton impls needs TRITON_INTERPRET=1")
     out = tmp_path_factory.mktemp("bench")
     impls = {op: dict(table) for op, table in run.IMPLS.items()}
     impls["fwd"]["mhc_ops.mutant"] = _mutant("fwd", "h_mix", 1 + 1e-3)
