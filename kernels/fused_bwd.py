@@ -19,6 +19,7 @@ import triton.language as tl
 from ._common import (
     check_block,
     check_inputs,
+    default_block_d,
     fp32_dot,
     interpreting,
     load_coeff_part,
@@ -131,12 +132,13 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, splits, n, 
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
-                           grad_x_post=None, hc_eps=1e-6, block_t=32, block_d=128, splits=None,
-                           num_warps=4):  # fmt: skip
+                           grad_x_post=None, hc_eps=1e-6, block_t=32, block_d=None, splits=None,
+                           num_warps=4, num_stages=None):  # fmt: skip
     """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma."""
     lead, n, D = check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms,
                               h_mix=h_mix, h_pre=h_pre, h_post=h_post, gamma=gamma, grad_x_post=grad_x_post)  # fmt: skip
     check_block("block_t", block_t, 16)
+    block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
     O, nD = n * n + 2 * n, n * D
     dev, f32 = x.device, torch.float32
@@ -166,7 +168,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
     _pass_a_kernel[(token_blocks,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_bias,
         ws_alpha, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t, BLOCK_D=block_d,
-        O_PAD=o_pad(n), num_warps=num_warps,
+        O_PAD=o_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     sum_partials(ws_bias, out["dbias"])
     sum_partials(ws_alpha, out["dalpha"])
@@ -179,7 +181,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
         xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_pre, ws_g, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-        INTERPRET=interpreting(), num_warps=num_warps,
+        INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128
     _finish_kernel[(triton.cdiv(nD, block_k),)](

@@ -16,6 +16,7 @@ from ._common import (
     bf16_dot,
     check_block,
     check_inputs,
+    default_block_d,
     fp32_dot,
     interpreting,
     o_pad,
@@ -181,10 +182,24 @@ def _fwd_kernel(
         tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
-def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, block_t=64, block_d=128, num_warps=4):
+def mhc_pre_fwd(
+    *,
+    x,
+    phi,
+    alpha,
+    bias,
+    gamma=None,
+    norm_eps=1e-6,
+    hc_eps=1e-6,
+    block_t=64,
+    block_d=None,
+    num_warps=4,
+    num_stages=None,
+):
     """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden."""
     lead, n, D = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_block("block_t", block_t, 16)
+    block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
     O = n * n + 2 * n
     xt = tokens(x, 2)
@@ -213,6 +228,6 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
         out["h_in"], out["h_post"], out["h_res"], out["inv_rms"], out["h_mix"], out["h_pre"],
         T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
         HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-        INTERPRET=interpreting(), num_warps=num_warps,
+        INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
