@@ -40,11 +40,11 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
-from mhc_ops.golden.accuracy import Verdict  # noqa: E402
-from mhc_ops.golden.fixtures import make_inputs  # noqa: E402
 
 import mhc_ops  # noqa: E402
 from mhc_ops import golden  # noqa: E402
+from mhc_ops.golden.accuracy import Verdict  # noqa: E402
+from mhc_ops.golden.fixtures import make_inputs  # noqa: E402
 
 from . import plots  # noqa: E402
 from .shapes import GAMMA, SEED, SHAPE_SETS, X_DTYPE, Shape, parse_shapes  # noqa: E402

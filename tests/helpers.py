@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 
 import torch
+
+from mhc_ops.diagnose import prefilled_empty
 from mhc_ops.golden import judge, run_golden
 from mhc_ops.stages import STAGES
 
@@ -15,21 +17,10 @@ HAS_CUDA = torch.cuda.is_available()
 KERNEL_DEVICE = "cpu" if INTERPRETING else ("cuda" if HAS_CUDA else None)
 
 
-@contextlib.contextmanager
 def nan_filled_outputs():
-    """Every torch.empty of a float dtype returns NaN-filled memory, so an output element (or a
-    per-program partial) that a kernel forgets to write shows up as NaN."""
-    empty = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    torch.empty = nan_empty
-    try:
-        yield
-    finally:
-        torch.empty = empty
+    """Every torch.empty of a float dtype returns NaN-filled memory while active, so an output element
+    (or a per-program partial) that a kernel forgets to write shows up as NaN."""
+    return prefilled_empty(math.nan)
 
 
 def run_triton_stage(stage: str, inputs: dict, **launch) -> dict:

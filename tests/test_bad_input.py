@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from mhc_ops.golden import Case, build
-from mhc_ops.stages import STAGES, Pipeline
 
 import mhc_ops
+from mhc_ops.golden import Case, build
+from mhc_ops.stages import STAGES, Pipeline
 
 CASE = Case(lead=(2, 3), n=4, D=8, grad_x_post=True)  # O = 24, nD = 32
 FWD_ARGS = ("x", "phi", "alpha", "bias", "gamma")

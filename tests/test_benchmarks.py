@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
-from mhc_ops.golden.fixtures import make_inputs
 
 import mhc_ops
 from benchmarks import run
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, Shape, parse_shapes
-from tests.helpers import INTERPRETING
 from mhc_ops import golden
+from mhc_ops.golden.fixtures import make_inputs
+from tests.helpers import INTERPRETING
 
 REQUIRED_KEYS = {
     "op", "impl", "T", "n", "D", "ms", "floor_ms", "x_floor", "speedup_vs_compile", "gpu",

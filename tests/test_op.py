@@ -3,10 +3,10 @@ backends, a few training steps, and bad input."""
 
 import pytest
 import torch
-from mhc_ops.golden import Case, judge, mhc_pre_backward, mhc_pre_forward
-from mhc_ops.golden.fixtures import make_inputs
 
 import mhc_ops
+from mhc_ops.golden import Case, judge, mhc_pre_backward, mhc_pre_forward
+from mhc_ops.golden.fixtures import make_inputs
 from tests.helpers import KERNEL_DEVICE
 
 needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

@@ -3,10 +3,10 @@ chain at every stage boundary (accuracy rule against the float64 chain)."""
 
 import pytest
 import torch
+
 from mhc_ops.golden import STAGE_IO, STAGE_NAMES, Case, judge, mhc_pre_backward, mhc_pre_forward
 from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.stages import STAGES, Pipeline
-
 from tests.helpers import KERNEL_DEVICE, nan_filled_outputs
 
 CHAIN_CASES = [

@@ -4,12 +4,12 @@ only the first elements of each row; the masked loads read the rest as 0."""
 import functools
 
 import pytest
+
+from mhc_ops.diagnose import analyse_chain, analyse_stage, format_stage
 from mhc_ops.golden import STAGE_NAMES, build, stage_dh_mix
 from mhc_ops.kernels.dh_mix import mhc_pre_dh_mix
 from mhc_ops.kernels.dparams import mhc_pre_dparams
 from mhc_ops.stages import STAGES
-
-from mhc_ops.diagnose import analyse_chain, analyse_stage, format_stage
 from tests.helpers import KERNEL_DEVICE
 
 from .cases import HISTORICAL_ROW_BLOCK, ROW_BLOCKS_D, ROW_CASE

@@ -5,11 +5,11 @@ import functools
 
 import pytest
 import torch
+
+from mhc_ops.diagnose import analyse_stage, format_stage
 from mhc_ops.golden import build, stage_dparams
 from mhc_ops.kernels.dgamma import mhc_pre_dgamma
 from mhc_ops.kernels.dparams import mhc_pre_dparams
-
-from mhc_ops.diagnose import analyse_stage, format_stage
 from tests.helpers import KERNEL_DEVICE
 
 from .cases import ACCUM_BLOCK_T, ACCUM_CASE, ACCUM_SPLITS, HISTORICAL_RES_BLOCK

@@ -2,11 +2,11 @@
 the inv_rms factor; invisible to inputs with inv_rms near 1."""
 
 import pytest
+
+from mhc_ops.diagnose import analyse_chain, analyse_stage, format_stage
 from mhc_ops.golden import build, stage_dh_mix
 from mhc_ops.kernels.dgamma import mhc_pre_dgamma
 from mhc_ops.kernels.dh_mix import mhc_pre_dh_mix
-
-from mhc_ops.diagnose import analyse_chain, analyse_stage, format_stage
 from tests.helpers import KERNEL_DEVICE
 
 from .cases import INV_RMS_FAR, RMS_CASES

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
-from mhc_ops.golden import Case, build, stage_dx
 
 from mhc_ops.diagnose import analyse, analyse_stage, format_stage, main
+from mhc_ops.golden import Case, build, stage_dx
 from tests.helpers import INTERPRETING, KERNEL_DEVICE
 
 from .test_dgamma_missing_inv_rms import dh_mix_res_without_inv_rms

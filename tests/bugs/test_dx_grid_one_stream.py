@@ -4,11 +4,11 @@ import functools
 from unittest import mock
 
 import pytest
+
+from mhc_ops.diagnose import analyse_stage, format_stage
 from mhc_ops.golden import build
 from mhc_ops.kernels import dx as dx_module
 from mhc_ops.kernels.dx import mhc_pre_dx
-
-from mhc_ops.diagnose import analyse_stage, format_stage
 from tests.helpers import KERNEL_DEVICE
 
 from .cases import DX_BLOCKS, DX_CASES

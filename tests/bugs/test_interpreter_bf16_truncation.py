@@ -5,8 +5,8 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from mhc_ops.kernels._common import round_to
 
+from mhc_ops.kernels._common import round_to
 from tests.helpers import INTERPRETING, KERNEL_DEVICE
 
 from .cases import ROUNDING_SEED, ROUNDING_VALUES

@@ -4,6 +4,7 @@ import pathlib
 
 import pytest
 import torch
+
 from mhc_ops.golden import STAGE_IO, Case, build, rel_err, run_golden
 from mhc_ops.golden.fixtures import FROZEN_CASES, load, storage_dtype
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+
 from mhc_ops.golden import Case, mhc_pre_backward, mhc_pre_forward, rel_err
 from mhc_ops.golden.fixtures import make_inputs
-
 from tests.cases import AUTOGRAD_CASES, GRADCHECK_CASES
 
 F64_TOL = 1e-10

@@ -3,10 +3,10 @@ interpreter compiles nothing)."""
 
 import pytest
 import torch
+
 from mhc_ops.golden import Case, build
 from mhc_ops.kernels import _reduce, dgamma, dh_mix, dparams, dx, fused_bwd, fwd
 from mhc_ops.stages import STAGES
-
 from tests.helpers import HAS_CUDA, INTERPRETING
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="compiled kernels need a GPU")]

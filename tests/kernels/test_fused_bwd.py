@@ -3,9 +3,9 @@ of the golden fixtures: CPU through the interpreter, GPU at realistic shapes."""
 
 import pytest
 import torch
+
 from mhc_ops.golden import build, judge, mhc_pre_backward
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
-
 from tests.cases import EMPTY_CASES, GPU_CASES, KERNEL_BLOCKS, KERNEL_CASES
 from tests.helpers import HAS_CUDA, KERNEL_DEVICE, nan_filled_outputs
 

@@ -4,8 +4,8 @@ CPU: through the interpreter at tiny shapes; GPU: compiled, at realistic shapes.
 
 import pytest
 import torch
-from mhc_ops.golden import STAGE_NAMES, build
 
+from mhc_ops.golden import STAGE_NAMES, build
 from tests.cases import ELEMENTWISE_BLOCKS, EMPTY_CASES, GPU_CASES, KERNEL_BLOCKS, KERNEL_CASES
 from tests.helpers import HAS_CUDA, KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
 
