@@ -11,7 +11,7 @@ nox.options.reuse_existing_virtualenvs = True
 # numpy 2.4 turned int() of a one-element array into an error, which breaks the 3.6 interpreter's
 # `range(n)` over a runtime argument (docs/bugs/numpy-interpreter-range.md).
 CPU_PINS = ("torch==2.13.0", "triton==3.6.0", "numpy<2.4")
-TEST_DEPS = ("pytest", "pytest-xdist", "hypothesis")
+TEST_DEPS = ("pytest", "pytest-xdist", "hypothesis", "matplotlib")  # matplotlib: the benchmark's plots
 # Triton kernels run on CPU tensors through the interpreter; a GPU machine runs them compiled.
 INTERPRET = {"TRITON_INTERPRET": "1"}
 
