@@ -209,16 +209,19 @@ def split_dot_bf16(a, b, INTERPRET: tl.constexpr):
     one is split into three bf16 parts, three bf16 tensor-core products. The product starts from a
     zero accumulator and the caller adds it in fp32: chaining a large running sum through the tensor
     cores' accumulator loses bits (h_mix and dphi failed the accuracy rule on an H100 that way)."""
+    # if/else with one return: Triton compiles the code after an early return for either branch.
     acc = tl.zeros([a.shape[0], b.shape[1]], dtype=tl.float32)
     if a.dtype == tl.bfloat16:
         hi, mid, lo = split_bf16(b, 3)
         acc = bf16_dot(a, lo, acc, INTERPRET)
         acc = bf16_dot(a, mid, acc, INTERPRET)
-        return bf16_dot(a, hi, acc, INTERPRET)
-    hi, mid, lo = split_bf16(a, 3)
-    acc = bf16_dot(lo, b, acc, INTERPRET)
-    acc = bf16_dot(mid, b, acc, INTERPRET)
-    return bf16_dot(hi, b, acc, INTERPRET)
+        acc = bf16_dot(a, hi, acc, INTERPRET)
+    else:
+        hi, mid, lo = split_bf16(a, 3)
+        acc = bf16_dot(lo, b, acc, INTERPRET)
+        acc = bf16_dot(mid, b, acc, INTERPRET)
+        acc = bf16_dot(hi, b, acc, INTERPRET)
+    return acc
 
 
 @triton.jit
