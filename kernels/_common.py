@@ -180,17 +180,18 @@ def round_to(v, dtype: tl.constexpr):
 
 
 @triton.jit
-def split_bf16(v, PARTS: tl.constexpr):
-    """fp32 tile -> PARTS bf16 tiles (2 or 3) whose fp32 sum is v: each part carries the next 8
-    bits, so three parts hold all 24 bits of an fp32 significand and two hold 16.
-    (split_bf16_host is the same split in torch.)"""
+def split2_bf16(v):
+    """fp32 tile -> (hi, lo) bf16 tiles with hi + lo == v to 16 bits: each part carries the next 8."""
     hi = v.to(tl.bfloat16)
-    r = v - hi.to(tl.float32)
-    mid = r.to(tl.bfloat16)
-    if PARTS == 3:
-        lo = (r - mid.to(tl.float32)).to(tl.bfloat16)
-    else:
-        lo = tl.zeros_like(mid)
+    return hi, (v - hi.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
+def split3_bf16(v):
+    """fp32 tile -> (hi, mid, lo) bf16 tiles whose fp32 sum is v: all 24 bits of an fp32
+    significand (split_bf16_host is the same split in torch)."""
+    hi = v.to(tl.bfloat16)
+    mid, lo = split2_bf16(v - hi.to(tl.float32))
     return hi, mid, lo
 
 
@@ -212,12 +213,12 @@ def split_dot_bf16(a, b, INTERPRET: tl.constexpr):
     # if/else with one return: Triton compiles the code after an early return for either branch.
     acc = tl.zeros([a.shape[0], b.shape[1]], dtype=tl.float32)
     if a.dtype == tl.bfloat16:
-        hi, mid, lo = split_bf16(b, 3)
+        hi, mid, lo = split3_bf16(b)
         acc = bf16_dot(a, lo, acc, INTERPRET)
         acc = bf16_dot(a, mid, acc, INTERPRET)
         acc = bf16_dot(a, hi, acc, INTERPRET)
     else:
-        hi, mid, lo = split_bf16(a, 3)
+        hi, mid, lo = split3_bf16(a)
         acc = bf16_dot(lo, b, acc, INTERPRET)
         acc = bf16_dot(mid, b, acc, INTERPRET)
         acc = bf16_dot(hi, b, acc, INTERPRET)
@@ -226,7 +227,7 @@ def split_dot_bf16(a, b, INTERPRET: tl.constexpr):
 
 @triton.jit
 def split_dot_16bit(a_hi, a_lo, b_hi, b_lo, INTERPRET: tl.constexpr):
-    """a @ b for fp32 tiles given as two-part bf16 splits (split_bf16(v, 2)), to about 2^-16
+    """a @ b for fp32 tiles given as two-part bf16 splits (split2_bf16), to about 2^-16
     relative: three bf16 products (hi*hi + hi*lo + lo*hi). Enough for a result that is rounded to a
     16-bit float next (dx). The caller splits, so a loop-invariant operand is split once."""
     acc = bf16_dot(a_lo, b_hi, tl.zeros([a_hi.shape[0], b_hi.shape[1]], dtype=tl.float32), INTERPRET)
@@ -235,7 +236,7 @@ def split_dot_16bit(a_hi, a_lo, b_hi, b_lo, INTERPRET: tl.constexpr):
 
 
 def split_bf16_host(v: torch.Tensor) -> torch.Tensor:
-    """fp32 tensor -> [3, *v.shape] bf16 parts hi, mid, lo with hi + mid + lo == v (split_bf16)."""
+    """fp32 tensor -> [3, *v.shape] bf16 parts hi, mid, lo with hi + mid + lo == v (split3_bf16)."""
     hi = v.to(torch.bfloat16)
     r = v - hi.float()
     mid = r.to(torch.bfloat16)

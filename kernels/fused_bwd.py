@@ -26,7 +26,7 @@ from ._common import (
     load_coeff_part,
     o_pad,
     round_to,
-    split_bf16,
+    split2_bf16,
     split_dot_16bit,
     store_coeff_part,
     token_splits,
@@ -81,7 +81,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     O = n * n + 2 * n
     phi_t = tl.trans(phi_tile(phi_ptr, cols, k, d_mask, n, sphi_o, sphi_k))  # [BLOCK_D, O_PAD]
     if dx_ptr.dtype.element_ty != tl.float32:
-        phi_hi, phi_lo, _ = split_bf16(phi_t, 2)  # loop-invariant operand of dvecX_mm
+        phi_hi, phi_lo = split2_bf16(phi_t)  # loop-invariant operand of dvecX_mm
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)
     acc = tl.zeros([BLOCK_D, O_PAD], dtype=tl.float32)  # G^T for this column slice
@@ -100,7 +100,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         if dx_ptr.dtype.element_ty == tl.float32:
             mm = fp32_dot(phi_t, dh_mix_t)
         else:
-            dh_hi, dh_lo, _ = split_bf16(dh_mix_t, 2)
+            dh_hi, dh_lo = split2_bf16(dh_mix_t)
             mm = split_dot_16bit(phi_hi, phi_lo, dh_hi, dh_lo, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[:, None]
