@@ -38,13 +38,14 @@ def dcoeff_sums(g2, m, cols, n):
 
 
 @triton.jit
-def g_update(acc, xt, dh_mix, INTERPRET: tl.constexpr):
-    """acc [BLOCK_D, O_PAD] += x^T [BLOCK_D, BLOCK_T] @ dh_mix [BLOCK_T, O_PAD]: one column slice of
-    G^T at fp32 grade, xt in x's dtype and already transposed. The slice is the product's long M
-    dimension (tensor-core friendly); bf16 x is exact, so dh_mix is split into bf16 parts."""
+def g_update(acc, dh_mix, xt, INTERPRET: tl.constexpr):
+    """acc [O_PAD, BLOCK_D] += dh_mix^T [O_PAD, BLOCK_T] @ x [BLOCK_T, BLOCK_D], fp32 grade; xt in
+    x's dtype. bf16 x is exact in bf16, so dh_mix is split into bf16 parts (bf16 tensor cores)."""
     if xt.dtype == tl.bfloat16:
-        return acc + split_dot_bf16(xt, dh_mix, INTERPRET)
-    return acc + fp32_dot(xt.to(tl.float32), dh_mix)
+        acc += split_dot_bf16(tl.trans(dh_mix), xt, INTERPRET)
+    else:
+        acc += fp32_dot(tl.trans(dh_mix), xt.to(tl.float32))
+    return acc
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -104,20 +105,20 @@ def _g_partials_kernel(
     split = tl.program_id(1)
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    acc = tl.zeros([BLOCK_D, O_PAD], dtype=tl.float32)  # G^T for this column slice
+    acc = tl.zeros([O_PAD, BLOCK_D], dtype=tl.float32)
     for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
         rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         row_mask = rows < T
         dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
         xt = tl.load(
-            x_ptr + rows[None, :] * sx_t + i * sx_i + d[:, None] * sx_d,
-            mask=d_mask[:, None] & row_mask[None, :],
+            x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+            mask=row_mask[:, None] & d_mask[None, :],
             other=0.0,
         )
-        acc = g_update(acc, xt, dh_mix, INTERPRET)
+        acc = g_update(acc, dh_mix, xt, INTERPRET)
     nD = n * D
-    offs = split.to(tl.int64) * O * nD + cols[None, :] * nD + (i * D + d)[:, None]
-    tl.store(ws_ptr + offs, acc, mask=(cols < O)[None, :] & d_mask[:, None])
+    offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + (i * D + d)[None, :]
+    tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
 
 
 def mhc_pre_dparams(

@@ -15,10 +15,9 @@ from ._common import check_block, check_inputs, round_to, tokens
 
 @triton.jit
 def dx_tile(mm, xt, dh_in, rms_coef, h_pre_i):
-    """dx slice in fp32 from dvecX_mm*gamma, x and dh_in tiles (fp32, one orientation: [BT, BD] or
-    [BD, BT]) and the per-token rms_coef = -dinv_rms*inv_rms^3/nD and h_pre[:, i], shaped by the
-    caller to broadcast along the token axis of that orientation."""
-    return mm + rms_coef * xt + h_pre_i * dh_in
+    """dx slice in fp32 from dvecX_mm*gamma [BT, BD], x [BT, BD], dh_in [BT, BD],
+    rms_coef = -dinv_rms*inv_rms^3/nD [BT] and h_pre[:, i] [BT]."""
+    return mm + rms_coef[:, None] * xt + h_pre_i[:, None] * dh_in
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -68,7 +67,7 @@ def _dx_kernel(
             mm = mm * tl.load(gamma_ptr + i * D + d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
         xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0)
-        dx = dx_tile(mm, xt.to(tl.float32), dh_in.to(tl.float32), rms_coef[:, None], h_pre_i[:, None])
+        dx = dx_tile(mm, xt.to(tl.float32), dh_in.to(tl.float32), rms_coef, h_pre_i)
         if HAS_GXP:
             dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask, other=0.0).to(
                 tl.float32

@@ -70,8 +70,6 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                    INTERPRET: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2.
-    # Tiles are [BLOCK_D, BLOCK_T] (the column slice first): then both products, dvecX_mm^T =
-    # phi^T @ dh_mix^T and G^T += x^T @ dh_mix, have the long column slice as M.
     i = tl.program_id(0) % n
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < D
@@ -79,41 +77,39 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     split = tl.program_id(1)
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    phi_t = tl.trans(phi_tile(phi_ptr, cols, k, d_mask, n, sphi_o, sphi_k))  # [BLOCK_D, O_PAD]
+    phi = phi_tile(phi_ptr, cols, k, d_mask, n, sphi_o, sphi_k)
     if dx_ptr.dtype.element_ty != tl.float32:
-        phi_hi, phi_lo = split2_bf16(phi_t)  # loop-invariant operand of dvecX_mm
+        phi_hi, phi_lo = split2_bf16(phi)  # loop-invariant operand of dvecX_mm
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)
-    acc = tl.zeros([BLOCK_D, O_PAD], dtype=tl.float32)  # G^T for this column slice
+    acc = tl.zeros([O_PAD, BLOCK_D], dtype=tl.float32)
     for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
         rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         row_mask = rows < T
-        mask = d_mask[:, None] & row_mask[None, :]
-        dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)  # [BLOCK_T, O_PAD]
-        dh_mix_t = tl.load(dh_mix_ptr + rows[None, :] * O + cols[:, None],
-                           mask=(cols < O)[:, None] & row_mask[None, :], other=0.0)  # fmt: skip
+        mask = row_mask[:, None] & d_mask[None, :]
+        dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
         h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
-        xt = tl.load(x_ptr + rows[None, :] * sx_t + i * sx_i + d[:, None] * sx_d, mask=mask, other=0.0)
-        dh_in = tl.load(dh_in_ptr + rows[None, :] * sdh_t + d[:, None] * sdh_d, mask=mask, other=0.0).to(tl.float32)
+        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
+        dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
         # The dvecX_mm slice, never stored: it only feeds dx, so its precision follows dx's dtype.
         if dx_ptr.dtype.element_ty == tl.float32:
-            mm = fp32_dot(phi_t, dh_mix_t)
+            mm = fp32_dot(dh_mix, phi)
         else:
-            dh_hi, dh_lo = split2_bf16(dh_mix_t)
-            mm = split_dot_16bit(phi_hi, phi_lo, dh_hi, dh_lo, INTERPRET)
+            dh_hi, dh_lo = split2_bf16(dh_mix)
+            mm = split_dot_16bit(dh_hi, dh_lo, phi_hi, phi_lo, INTERPRET)
         if HAS_GAMMA:
-            mm = mm * g[:, None]
-        dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef[None, :], h_pre_i[None, :])
+            mm = mm * g[None, :]
+        dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
         if HAS_GXP:
-            dx += tl.load(gxp_ptr + rows[None, :] * sg_t + i * sg_i + d[:, None] * sg_d, mask=mask,
+            dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask,
                           other=0.0).to(tl.float32)  # fmt: skip
-        tl.store(dx_ptr + rows[None, :] * so_t + i * so_i + d[:, None] * so_d, round_to(dx, dx_ptr.dtype.element_ty),
+        tl.store(dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d, round_to(dx, dx_ptr.dtype.element_ty),
                  mask=mask)  # fmt: skip
-        acc = g_update(acc, xt, dh_mix, INTERPRET)
+        acc = g_update(acc, dh_mix, xt, INTERPRET)
     nD = n * D
-    offs = split.to(tl.int64) * O * nD + cols[None, :] * nD + k[:, None]
-    tl.store(ws_ptr + offs, acc, mask=(cols < O)[None, :] & d_mask[:, None])
+    offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + k[None, :]
+    tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["splits"])
