@@ -39,3 +39,27 @@ HISTORICAL_RES_BLOCK = 2
 # fp32 -> bf16 rounding: random finite values over the whole exponent range, plus exact ties.
 ROUNDING_VALUES = 4096
 ROUNDING_SEED = 441
+
+# Chained tensor-core accumulators: a running sum carried through many split products. fwd chains it
+# over the D chunks of each token (4 * 640 / 16 = 160 chunks with block_d = 16), dparams over the
+# token blocks of each program (2048 / 16 = 128 with one split). x scaled by 8: a large h_mix.
+CHAIN_FWD_CASE = Case(lead=(32,), n=4, D=640, dtype="bfloat16", seed=451, x_scale=8.0)
+CHAIN_FWD_LAUNCH = {"block_d": 16}
+CHAIN_DPARAMS_CASE = Case(lead=(2048,), n=4, D=16, dtype="bfloat16", seed=452, x_scale=8.0)
+CHAIN_DPARAMS_LAUNCH = {"block_t": 16, "block_d": 16, "splits": 1}
+# The shape at which the H100 showed the bug (h_mix err 8.9e-5 against a bound of 3.1e-6); GPU only.
+CHAIN_GPU_CASE = Case(lead=(4096,), n=4, D=7168, dtype="bfloat16", seed=453, x_scale=8.0)
+# The mutant h_mix kernel's tile: a program per 64 tokens, n*D in chunks of 128 (fwd's tile at n = 4).
+CHAIN_BLOCK_T = 64
+CHAIN_BLOCK_K = 128
+
+# Partials reduced in fp32 one after the other: M columns of standard normal partials, plus +c and -c
+# in half the rows each (random rows), so the sum (~sqrt(P)) is far below the partials (~c).
+PARTIALS_ROWS = (64, 4096)  # the running sum's error grows with P: right at 64, wrong at 4096
+PARTIALS_COLS = 24
+PARTIALS_C = 64.0
+PARTIALS_SEED = 461
+PARTIALS_GROWTH = 2.0  # least growth of the running sum's error from 64 to 4096 rows (sqrt(64) = 8 expected)
+# dparams end to end with many partials: 2048 tokens in blocks of 16 are 128 partials per sum.
+PARTIALS_DPARAMS_CASE = Case(lead=(2048,), n=2, D=8, dtype="bfloat16", seed=462)
+PARTIALS_DPARAMS_BLOCK_T = 16
