@@ -29,6 +29,14 @@ FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
 BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
 
 
+def _require_kernel_device(what: str, x: torch.Tensor) -> None:
+    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"{what}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
+            "imported (or move the tensors to a CUDA device)"
+        )
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -44,12 +52,7 @@ class Stage:
         if backend == "golden":
             return self.golden(**kwargs, compute_dtype=torch.float32)
         if backend == "triton":
-            x = kwargs["x"]
-            if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-                raise RuntimeError(
-                    f"stage {self.name}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
-                    "set before triton is imported (or move the tensors to a CUDA device)"
-                )
+            _require_kernel_device(f"stage {self.name}", kwargs["x"])
             return self.triton(**kwargs)
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
@@ -109,6 +112,7 @@ class Pipeline:
         h_pre, h_post); returns it extended with every backward intermediate and output."""
         env = dict(env) | {"dh_in": dh_in, "dh_post": dh_post, "dh_res": dh_res, "grad_x_post": grad_x_post}
         if self.plan == "fused":
+            _require_kernel_device("fused backward", env["x"])
             names = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
             env.update(mhc_pre_backward_fused(**{k: env[k] for k in names}, grad_x_post=grad_x_post, hc_eps=hc_eps))
             return env
