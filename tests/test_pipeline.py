@@ -68,3 +68,12 @@ def test_registry_describes_the_five_stages():
     for name, stage in STAGES.items():
         assert stage.inputs == STAGE_IO[name]["inputs"] and stage.outputs == STAGE_IO[name]["outputs"]
         assert callable(stage.golden) and callable(stage.triton)
+
+
+@pytest.mark.parametrize("plan", ["staged", "fused"])
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch, plan):
+    t = make_inputs(CHAIN_CASES[0])
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    env = Pipeline("golden").forward(**{k: t[k] for k in ("x", "phi", "alpha", "bias", "gamma")})
+    with pytest.raises(RuntimeError, match="needs TRITON_INTERPRET=1"):
+        Pipeline("triton", plan=plan).backward(env, dh_in=t["dh_in"], dh_post=t["dh_post"], dh_res=t["dh_res"])
