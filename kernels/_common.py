@@ -120,7 +120,11 @@ def token_splits(device: torch.device, other_programs: int, token_blocks: int, m
     sixteen per SM (fewer leave a tail wave: pass B of the fused plan took 1.83 ms with 2 splits,
     1.64 ms with 8 and 1.60 ms with 16 on an H100 at T=16384, n=4, D=7168), at most one per token
     block and at most max_splits (the caller's bound on the per-split partials' memory)."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 4
+    sms = (
+        _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        if device.type == "cuda"
+        else 4
+    )
     want = math.ceil(16 * sms / max(other_programs, 1))
     return max(1, min(want, token_blocks, max_splits))
 

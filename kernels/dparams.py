@@ -27,14 +27,16 @@ from ._reduce import sum_partials
 
 
 @triton.jit
-def dcoeff_sums(g2, m, cols, n):
-    """Column sums of a [BLOCK_T, O_PAD] block: (dbias part [O_PAD], dalpha parts (pre, post, res))."""
-    dbias = tl.sum(g2, axis=0)
+def store_dcoeff_partials(ws_bias_ptr, ws_alpha_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n):
+    """One program's partials of dbias ([O] into row pid of ws_bias) and dalpha ((pre, post, res)
+    into row pid of ws_alpha) from g2 = [dh_pre2 | dh_post2 | dh_res] and m = h_mix*inv_rms."""
+    O = n * n + 2 * n
+    m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
     gm = tl.sum(g2 * m, axis=0)
-    d_pre = tl.sum(tl.where(cols < n, gm, 0.0), axis=0)
-    d_post = tl.sum(tl.where((cols >= n) & (cols < 2 * n), gm, 0.0), axis=0)
-    d_res = tl.sum(tl.where(cols >= 2 * n, gm, 0.0), axis=0)
-    return dbias, d_pre, d_post, d_res
+    tl.store(ws_bias_ptr + pid * O + cols, tl.sum(g2, axis=0), mask=cols < O)
+    tl.store(ws_alpha_ptr + pid * 3, tl.sum(tl.where(cols < n, gm, 0.0), axis=0))
+    tl.store(ws_alpha_ptr + pid * 3 + 1, tl.sum(tl.where((cols >= n) & (cols < 2 * n), gm, 0.0), axis=0))
+    tl.store(ws_alpha_ptr + pid * 3 + 2, tl.sum(tl.where(cols >= 2 * n, gm, 0.0), axis=0))
 
 
 @triton.jit
@@ -66,19 +68,13 @@ def _dcoeff_partials_kernel(
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    O = n * n + 2 * n
     g2 = (
         load_coeff_part(dh_pre2_ptr, rows, row_mask, cols, 0, n)
         + load_coeff_part(dh_post2_ptr, rows, row_mask, cols, n, n)
         + load_coeff_part(dh_res_ptr, rows, row_mask, cols, 2 * n, n * n)
     )
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-    m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
-    dbias, d_pre, d_post, d_res = dcoeff_sums(g2, m, cols, n)
-    tl.store(ws_bias_ptr + pid * O + cols, dbias, mask=cols < O)
-    tl.store(ws_alpha_ptr + pid * 3, d_pre)
-    tl.store(ws_alpha_ptr + pid * 3 + 1, d_post)
-    tl.store(ws_alpha_ptr + pid * 3 + 2, d_res)
+    store_dcoeff_partials(ws_bias_ptr, ws_alpha_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
 @triton.jit(do_not_specialize=["T", "splits"])

@@ -20,6 +20,12 @@ def dx_tile(mm, xt, dh_in, rms_coef, h_pre_i):
     return mm + rms_coef[:, None] * xt + h_pre_i[:, None] * dh_in
 
 
+@triton.jit
+def rms_coef_of(dinv_rms, inv_rms, nD):
+    """rms_coef = -dinv_rms*inv_rms^3/nD per token: dvecX_inv = rms_coef * v."""
+    return -dinv_rms * inv_rms * inv_rms * inv_rms / nD
+
+
 @triton.jit(do_not_specialize=["T"])
 def _dx_kernel(
     x_ptr,
@@ -56,7 +62,7 @@ def _dx_kernel(
     nD = n * D
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     dinv_rms = tl.load(dinv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-    rms_coef = -dinv_rms * inv_rms * inv_rms * inv_rms / nD
+    rms_coef = rms_coef_of(dinv_rms, inv_rms, nD)
     h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)

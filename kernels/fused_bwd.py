@@ -34,8 +34,8 @@ from ._common import (
 )
 from ._reduce import sum_partials
 from .dh_mix import coeff_grads, phi_tile
-from .dparams import dcoeff_sums, g_update
-from .dx import dx_tile
+from .dparams import g_update, store_dcoeff_partials
+from .dx import dx_tile, rms_coef_of
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -52,14 +52,9 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
         x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
         rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_T, BLOCK_D, O_PAD)  # fmt: skip
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-    tl.store(rms_coef_ptr + rows, -dinv_rms * inv_rms * inv_rms * inv_rms / (n * D), mask=row_mask)
+    tl.store(rms_coef_ptr + rows, rms_coef_of(dinv_rms, inv_rms, n * D), mask=row_mask)
     store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
-    m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
-    dbias, d_pre, d_post, d_res = dcoeff_sums(g2, m, cols, n)
-    tl.store(ws_bias_ptr + pid * O + cols, dbias, mask=cols < O)
-    tl.store(ws_alpha_ptr + pid * 3, d_pre)
-    tl.store(ws_alpha_ptr + pid * 3 + 1, d_post)
-    tl.store(ws_alpha_ptr + pid * 3 + 2, d_res)
+    store_dcoeff_partials(ws_bias_ptr, ws_alpha_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
 @triton.jit(do_not_specialize=["T", "splits"])
