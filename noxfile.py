@@ -1,4 +1,4 @@
-"""Sessions: tests (CI), test_stage -- NAME, bugs, lint, fixtures, diagnose, bench."""
+"""Sessions: tests (CI), train (the main job), test_stage -- NAME, bugs, lint, fixtures, diagnose, bench."""
 
 import nox
 
@@ -11,7 +11,8 @@ nox.options.reuse_existing_virtualenvs = True
 # numpy 2.4 turned int() of a one-element array into an error, which breaks the 3.6 interpreter's
 # `range(n)` over a runtime argument (docs/bugs/numpy-interpreter-range.md).
 CPU_PINS = ("torch==2.13.0", "triton==3.6.0", "numpy<2.4")
-TEST_DEPS = ("pytest", "pytest-xdist", "hypothesis", "matplotlib")  # matplotlib: the benchmark's plots
+# matplotlib: the benchmark's and the training run's plots; transformers: the DeepSeek-V4 drop-in's tests.
+TEST_DEPS = ("pytest", "pytest-xdist", "hypothesis", "matplotlib", "tqdm", "transformers==5.23.0")
 # Triton kernels run on CPU tensors through the interpreter; a GPU machine runs them compiled.
 INTERPRET = {"TRITON_INTERPRET": "1"}
 
@@ -27,6 +28,15 @@ def tests(session: nox.Session) -> None:
     """The whole CPU suite: golden, interpreter kernel tests, bug regressions."""
     _install(session)
     session.run("pytest", "-n", "auto", *session.posargs, env=INTERPRET)
+
+
+@nox.session
+def train(session: nox.Session) -> None:
+    """nox -s train -- [options]: the main job, python -m mhc_ops.train (--help lists the options)."""
+    session.install(*CPU_PINS)
+    session.install("matplotlib", "tqdm")
+    session.install("--no-deps", "-e", ".")
+    session.run("python", "-m", "mhc_ops.train", *session.posargs)
 
 
 @nox.session

@@ -1,10 +1,9 @@
-"""Golden PyTorch reference of mhc_pre (mhc_ops.golden): the contract every kernel is tested against."""
+"""Golden PyTorch reference of the mHC ops (mhc_ops.golden): the contract every kernel is tested against."""
 
 from .accuracy import judge, rel_err
 from .fixtures import Bundle, Case, build, run_golden
+from .registry import OP_STAGES, OPS, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
 from .mhc_pre import (
-    STAGE_IO,
-    STAGE_NAMES,
     mhc_pre_backward,
     mhc_pre_forward,
     stage_dgamma,
@@ -15,6 +14,9 @@ from .mhc_pre import (
 )
 
 __all__ = [
+    "OPS",
+    "OP_STAGES",
+    "PRE_STAGE_NAMES",
     "STAGE_IO",
     "STAGE_NAMES",
     "Bundle",

@@ -19,20 +19,20 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .mhc_pre import STAGE_IO, STAGE_NAMES
+from .registry import OP_STAGES, STAGE_IO
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Tensors stored in x's dtype; every other float tensor is stored in float32.
-X_DTYPE_TENSORS = ("x", "h_in", "dh_in", "grad_x_post", "dx")
+X_DTYPE_TENSORS = ("x", "h_in", "dh_in", "grad_x_post", "dx", "h_out", "dh_out", "dout", "out")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One fixture: shape, layout (from ``lead``), x dtype, seed and options."""
+    """One fixture of one op: shape, layout (from ``lead``), x dtype, seed and options."""
 
     lead: tuple[int, ...]  # (B, S) for BSND, (T,) for TND
     n: int
-    D: int
+    D: int = 1  # unused by sinkhorn
     dtype: str = "bfloat16"
     seed: int = 0
     gamma: bool = True
@@ -40,6 +40,10 @@ class Case:
     x_scale: float = 1.0  # far from 1 moves inv_rms far from 1
     norm_eps: float = 1e-6
     hc_eps: float = 1e-6
+    op: str = "mhc_pre"  # an op of golden.registry.OPS: which inputs are made and which stages run
+    iters: int = 20  # sinkhorn
+    eps: float = 1e-6  # sinkhorn
+    logits_init: str = "random"  # sinkhorn: "random", or "identity" (6*I - 3 plus noise: not converged)
 
     @property
     def layout(self) -> str:
@@ -58,6 +62,10 @@ class Case:
         return DTYPES[self.dtype]
 
     def __str__(self) -> str:
+        if self.op == "sinkhorn":
+            return f"sinkhorn-lead{'x'.join(map(str, self.lead))}-n{self.n}-it{self.iters}-{self.logits_init}-seed{self.seed}"
+        if self.op == "mhc_post":
+            return f"post-lead{'x'.join(map(str, self.lead))}-n{self.n}-D{self.D}-{self.dtype}-seed{self.seed}"
         opts = [self.layout, self.dtype, f"seed{self.seed}"]
         opts += ["gamma" if self.gamma else "nogamma"]
         opts += ["gxp"] if self.grad_x_post else []
@@ -66,12 +74,37 @@ class Case:
 
 
 def make_inputs(case: Case, device: str | torch.device = "cpu") -> dict[str, torch.Tensor | None]:
-    """Fresh random inputs: phi scaled so m = h_mix*inv_rms is O(1); upstream gradients random."""
+    """Fresh random inputs of ``case.op``; never zeros, upstream gradients random.
+
+    mhc_pre: phi scaled so m = h_mix*inv_rms is O(1). sinkhorn: logits of spread ~2 (or near-identity),
+    dP. mhc_post: a doubly stochastic h_res (not symmetric: a transposed h_res gives another answer),
+    h_post in (0, 2), dout."""
+    if case.op not in OP_STAGES:
+        raise ValueError(f"case.op: expected one of {tuple(OP_STAGES)}, got {case.op!r}")
     g = torch.Generator(device=device).manual_seed(case.seed)
     n, D, O, lead, dt = case.n, case.D, case.O, case.lead, case.torch_dtype
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+
+    if case.op == "sinkhorn":
+        if case.logits_init == "identity":
+            logits = 6 * torch.eye(n, device=device) - 3 + 0.1 * randn(*lead, n, n)
+        else:
+            logits = 2 * randn(*lead, n, n)
+        return {"logits": logits, "dP": randn(*lead, n, n)}
+    if case.op == "mhc_post":
+        h_res = torch.softmax(2 * randn(*lead, n, n).double(), dim=-1)
+        for _ in range(10):  # alternate normalisations: close to doubly stochastic
+            h_res = h_res / h_res.sum(-2, keepdim=True)
+            h_res = h_res / h_res.sum(-1, keepdim=True)
+        return {
+            "x": (randn(*lead, n, D) * case.x_scale).to(dt),
+            "h_res": h_res.float(),
+            "h_out": randn(*lead, D).to(dt),
+            "h_post": 2 * torch.sigmoid(randn(*lead, n)),
+            "dout": randn(*lead, n, D).to(dt),
+        }
 
     x = (randn(*lead, n, D) * case.x_scale).to(dt)
     phi = randn(O, n * D) / math.sqrt(n * D)
@@ -122,8 +155,8 @@ class Bundle:
     reference: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # stage -> fp64 outputs
 
     def stages(self) -> tuple[str, ...]:
-        """The stages this case runs (dgamma only with gamma)."""
-        return tuple(s for s in STAGE_NAMES if s != "dgamma" or self.case.gamma)
+        """The stages of the case's op that it runs (dgamma only with gamma)."""
+        return tuple(s for s in OP_STAGES[self.case.op] if s != "dgamma" or self.case.gamma)
 
     def stage_inputs(self, stage: str) -> dict:
         """The golden inputs of one stage, as keyword arguments (tensors and options)."""
@@ -146,7 +179,8 @@ def build(case: Case, device: str | torch.device = "cpu") -> Bundle:
         bundle.reference[stage] = {k: out64[k] for k in STAGE_IO[stage]["outputs"]}
         for k, v in out64.items():
             tensors[k] = v.to(storage_dtype(k, case.torch_dtype))
-    tensors.setdefault("dgamma", None)
+    if case.op == "mhc_pre":
+        tensors.setdefault("dgamma", None)
     return bundle
 
 

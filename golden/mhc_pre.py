@@ -257,39 +257,43 @@ def mhc_pre_backward(
     return (outs, t) if return_intermediates else outs
 
 
-# The five stages of the staged plan: the named tensors each one reads and writes, the scalar
-# options it takes, and its golden implementation. Outputs are the ones a kernel must produce;
+# The five stages of mhc_pre's staged plan: the op they belong to, the named tensors each one reads
+# and writes, the scalar options it takes, and its golden implementation. Outputs are the ones a kernel must produce;
 # the golden may return more (dh_mix_tmp, dvecX_inv, dvecX_hin, G) for inspection.
 STAGE_IO = {
     "fwd": {
+        "op": "mhc_pre",
         "inputs": ("x", "phi", "alpha", "bias", "gamma"),
         "options": ("norm_eps", "hc_eps"),
         "outputs": ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre"),
         "golden": stage_fwd,
     },
     "dh_mix": {
+        "op": "mhc_pre",
         "inputs": ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma"),
         "options": ("hc_eps",),
         "outputs": ("dh_pre", "dh_pre2", "dh_post2", "dh_mix", "dinv_rms", "dvecX_mm"),
         "golden": stage_dh_mix,
     },
     "dx": {
+        "op": "mhc_pre",
         "inputs": ("x", "dvecX_mm", "dinv_rms", "inv_rms", "h_pre", "dh_in", "gamma", "grad_x_post"),
         "options": (),
         "outputs": ("dx",),
         "golden": stage_dx,
     },
     "dparams": {
+        "op": "mhc_pre",
         "inputs": ("x", "dh_pre2", "dh_post2", "dh_res", "dh_mix", "h_mix", "inv_rms", "gamma"),
         "options": (),
         "outputs": ("dphi", "dalpha", "dbias"),
         "golden": stage_dparams,
     },
     "dgamma": {
+        "op": "mhc_pre",
         "inputs": ("x", "dvecX_mm"),
         "options": (),
         "outputs": ("dgamma",),
         "golden": stage_dgamma,
     },
 }
-STAGE_NAMES = tuple(STAGE_IO)

@@ -6,7 +6,8 @@ partials of dbias and dalpha.
 Pass B (programs own a BLOCK_D column slice of one stream and one of ``splits`` token ranges)
 recomputes dvecX_mm = dh_mix @ phi per tile, writes dx (+ grad_x_post), and accumulates
 G = sum_t dh_mix^T v for its slice. The finish kernel reduces the G partials in a fixed order and
-applies the identity dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md).
+applies the identity dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md); its last
+program reduces the dbias/dalpha partials. Three launches in all.
 The tile math is the staged kernels' own (imported, not copied).
 """
 
@@ -32,7 +33,7 @@ from ._common import (
     token_splits,
     tokens,
 )
-from ._reduce import sum_partials
+from ._reduce import column_sums
 from .dh_mix import coeff_grads, phi_tile
 from .dparams import g_update, store_dcoeff_partials
 from .dx import dx_tile, rms_coef_of
@@ -40,7 +41,7 @@ from .dx import dx_tile, rms_coef_of
 
 @triton.jit(do_not_specialize=["T"])
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_bias_ptr, ws_alpha_ptr,
+                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
@@ -54,7 +55,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(rms_coef_ptr + rows, rms_coef_of(dinv_rms, inv_rms, n * D), mask=row_mask)
     store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
-    store_dcoeff_partials(ws_bias_ptr, ws_alpha_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
+    store_dcoeff_partials(ws_dcoeff_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
 @triton.jit(do_not_specialize=["T", "splits"])
@@ -107,73 +108,89 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["splits"])
-def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, splits, n, D, sphi_o, sphi_k,
-                   HAS_GAMMA: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+@triton.jit(do_not_specialize=["splits", "blocks_a"])
+def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_ptr, dcoeff_ptr, splits, blocks_a, n, D,
+                   sphi_o, sphi_k, HAS_GAMMA: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr,
+                   BLOCK_P: tl.constexpr):  # fmt: skip
+    # Programs 0 .. cdiv(nD, BLOCK_K)-1 reduce a column slice of G; the last one reduces pass A's
+    # [blocks_a, O + 3] dbias/dalpha partials (one launch fewer than a separate reduce).
     nD = n * D
     O = n * n + 2 * n
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    k_mask = k < nD
     cols = tl.arange(0, O_PAD)
-    mask = (cols < O)[:, None] & k_mask[None, :]
-    G = tl.zeros([O_PAD, BLOCK_K], dtype=tl.float32)
-    for s in range(splits):
-        G += tl.load(ws_ptr + s * O * nD + cols[:, None] * nD + k[None, :], mask=mask, other=0.0)
-    if HAS_GAMMA:
-        g = tl.load(gamma_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-        tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G * g[None, :], mask=mask)
-        phi = phi_tile(phi_ptr, cols, k, k_mask, n, sphi_o, sphi_k)
-        tl.store(dgamma_ptr + k, tl.sum(phi * G, axis=0), mask=k_mask)
+    if tl.program_id(0) == tl.num_programs(0) - 1:
+        m = tl.arange(0, 2 * O_PAD)  # O + 3 <= 2 * O_PAD columns
+        acc = column_sums(ws_dcoeff_ptr, blocks_a, O + 3, m, m < O + 3, BLOCK_P, 2 * O_PAD)
+        tl.store(dcoeff_ptr + m, acc.to(tl.float32), mask=m < O + 3)
     else:
-        tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
+        k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_mask = k < nD
+        mask = (cols < O)[:, None] & k_mask[None, :]
+        G = tl.zeros([O_PAD, BLOCK_K], dtype=tl.float32)
+        for s in range(splits):
+            G += tl.load(ws_ptr + s * O * nD + cols[:, None] * nD + k[None, :], mask=mask, other=0.0)
+        if HAS_GAMMA:
+            g = tl.load(gamma_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+            tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G * g[None, :], mask=mask)
+            phi = phi_tile(phi_ptr, cols, k, k_mask, n, sphi_o, sphi_k)
+            tl.store(dgamma_ptr + k, tl.sum(phi * G, axis=0), mask=k_mask)
+        else:
+            tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
-                           grad_x_post=None, hc_eps=1e-6, block_t=32, block_d=None, splits=None, block_t_a=64,
-                           num_warps=4, num_stages=2):  # fmt: skip
-    """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma.
+                           grad_x_post=None, hc_eps=1e-6, **launch):  # fmt: skip
+    """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma. Validates the
+    inputs, then launch_backward_fused (launch: its tile options)."""
+    check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms, h_mix=h_mix,
+                 h_pre=h_pre, h_post=h_post, gamma=gamma, grad_x_post=grad_x_post)  # fmt: skip
+    return launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma,
+                                 grad_x_post, hc_eps, **launch)  # fmt: skip
+
+
+def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
+                          hc_eps, block_t=32, block_d=None, splits=None, block_t_a=64, num_warps=4,
+                          num_stages=2):  # fmt: skip
+    """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     block_t_a: tokens per pass-A program; block_t, block_d: the pass-B tile; splits: token ranges of
-    pass B (default: enough programs for about two per SM). The defaults are the fastest measured on
-    an H100 at T=16384, n=4, D=7168 (docs/perf.md)."""
-    lead, n, D = check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms,
-                              h_mix=h_mix, h_pre=h_pre, h_post=h_post, gamma=gamma, grad_x_post=grad_x_post)  # fmt: skip
+    pass B (default: token_splits). The defaults are the fastest measured on an H100 at T=16384, n=4,
+    D=7168 (docs/perf.md)."""
+    n, D = x.shape[-2:]
     check_block("block_t", block_t, 16)
     check_block("block_t_a", block_t_a, 16)
     block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
     O, nD = n * n + 2 * n, n * D
     dev, f32 = x.device, torch.float32
+    dcoeff = torch.empty(O + 3, device=dev, dtype=f32)  # [dbias (O) | dalpha (3)]
     dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
     out = {
         "dx": dx,
         "dphi": torch.empty((O, nD), device=dev, dtype=f32),
-        "dalpha": torch.empty(3, device=dev, dtype=f32),
-        "dbias": torch.empty(O, device=dev, dtype=f32),
+        "dalpha": dcoeff[O:],
+        "dbias": dcoeff[:O],
         "dgamma": torch.empty((n, D), device=dev, dtype=f32) if gamma is not None else None,
-        "dh_mix": torch.empty((*lead, O), device=dev, dtype=f32),
+        "dh_mix": torch.empty((*x.shape[:-2], O), device=dev, dtype=f32),
     }
     xt, dh_in_t, dx_t = tokens(x, 2), tokens(dh_in, 1), dx.view(-1, n, D)
     T = xt.shape[0]
     if T == 0:
-        for k in ("dphi", "dalpha", "dbias", "dgamma"):
+        for k in ("dphi", "dgamma"):
             if out[k] is not None:
                 out[k].zero_()
+        dcoeff.zero_()
         return out
     alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post = (
         t.contiguous() for t in (alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post)
     )
-    token_blocks_a = triton.cdiv(T, block_t_a)
+    blocks_a = triton.cdiv(T, block_t_a)
     rms_coef = torch.empty(T, device=dev, dtype=f32)
-    ws_bias = torch.empty((token_blocks_a, O), device=dev, dtype=f32)
-    ws_alpha = torch.empty((token_blocks_a, 3), device=dev, dtype=f32)
-    _pass_a_kernel[(token_blocks_a,)](
-        xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_bias,
-        ws_alpha, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d,
+    ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
+    _pass_a_kernel[(blocks_a,)](
+        xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
+        T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d,
         O_PAD=o_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    sum_partials(ws_bias, out["dbias"])
-    sum_partials(ws_alpha, out["dalpha"])
     col_programs = n * triton.cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, triton.cdiv(T, block_t), g_split_cap(x, O, nD))
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
@@ -186,8 +203,8 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
         INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128
-    _finish_kernel[(triton.cdiv(nD, block_k),)](
-        ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, splits, n, D, *phi.stride(),
-        HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n),
+    _finish_kernel[(triton.cdiv(nD, block_k) + 1,)](
+        ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, ws_dcoeff, dcoeff, splits,
+        blocks_a, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=64,
     )  # fmt: skip
     return out

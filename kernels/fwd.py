@@ -7,6 +7,8 @@ Pass 2 reads x again for h_in = sum_i h_pre[i] * x[i].
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,7 @@ from ._common import (
     store_coeff_part,
     tokens,
 )
+from ._cache import weight_derived
 
 
 @triton.jit
@@ -182,52 +185,50 @@ def _fwd_kernel(
         tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
-def mhc_pre_fwd(
-    *,
-    x,
-    phi,
-    alpha,
-    bias,
-    gamma=None,
-    norm_eps=1e-6,
-    hc_eps=1e-6,
-    block_t=64,
-    block_d=None,
-    num_warps=4,
-    num_stages=None,
-):
-    """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden."""
-    lead, n, D = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
+def split_weights(phi: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+    """(gamma*phi)^T [nD, O_PAD] in three bf16 parts [3, nD, O_PAD] (split_bf16_host), for the bf16
+    tensor cores; depends on the weights only, so the op caches it (kernels/_cache.py)."""
+    O = phi.shape[0]
+    n = (math.isqrt(O + 1)) - 1  # O = n*n + 2*n
+    wg = phi.float() if gamma is None else phi.float() * gamma.reshape(1, -1).float()
+    return split_bf16_host(torch.nn.functional.pad(wg.t(), (0, o_pad(n) - O)).contiguous())
+
+
+def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, **launch):
+    """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden.
+    Validates the inputs, then launch_fwd (launch: its tile options)."""
+    check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
+    names = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
+    return dict(zip(names, launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps, **launch)))
+
+
+def launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None):
+    """The forward on validated inputs, one launch -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre)."""
     check_block("block_t", block_t, 16)
+    n, D = x.shape[-2:]
+    lead = x.shape[:-2]
     block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
     O = n * n + 2 * n
     xt = tokens(x, 2)
     T = xt.shape[0]
     dev, f32 = x.device, torch.float32
-    out = {
-        "h_in": torch.empty((*lead, D), device=dev, dtype=x.dtype),
-        "h_post": torch.empty((*lead, n), device=dev, dtype=f32),
-        "h_res": torch.empty((*lead, n, n), device=dev, dtype=f32),
-        "inv_rms": torch.empty(lead, device=dev, dtype=f32),
-        "h_mix": torch.empty((*lead, O), device=dev, dtype=f32),
-        "h_pre": torch.empty((*lead, n), device=dev, dtype=f32),
-    }
-    if T == 0:
-        return out
-    alpha, bias = alpha.contiguous(), bias.contiguous()
-    gamma_arg = gamma.contiguous() if gamma is not None else alpha  # never read without HAS_GAMMA
-    w_split = x.dtype == torch.bfloat16
-    if w_split:  # (gamma*phi)^T [nD, O_PAD] in three bf16 parts, for bf16 tensor cores
-        wg = phi.float() if gamma is None else phi.float() * gamma.reshape(1, -1).float()
-        w_arg = split_bf16_host(torch.nn.functional.pad(wg.t(), (0, o_pad(n) - O)).contiguous())
-    else:
-        w_arg = alpha  # never read without W_SPLIT
-    _fwd_kernel[(triton.cdiv(T, block_t),)](
-        xt, phi, gamma_arg, w_arg, alpha, bias,
-        out["h_in"], out["h_post"], out["h_res"], out["inv_rms"], out["h_mix"], out["h_pre"],
-        T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
-        HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-        INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
-    return out
+    h_in = torch.empty((*lead, D), device=dev, dtype=x.dtype)
+    h_post = torch.empty((*lead, n), device=dev, dtype=f32)
+    h_res = torch.empty((*lead, n, n), device=dev, dtype=f32)
+    inv_rms = torch.empty(lead, device=dev, dtype=f32)
+    h_mix = torch.empty((*lead, O), device=dev, dtype=f32)
+    h_pre = torch.empty((*lead, n), device=dev, dtype=f32)
+    if T > 0:
+        alpha, bias = alpha.contiguous(), bias.contiguous()
+        gamma_arg = gamma.contiguous() if gamma is not None else alpha  # never read without HAS_GAMMA
+        w_split = x.dtype == torch.bfloat16
+        # (gamma*phi)^T split for bf16 tensor cores, cached per weight version; never read without W_SPLIT
+        w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
+        _fwd_kernel[(triton.cdiv(T, block_t),)](
+            xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
+            T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
+            HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+            INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
+    return h_in, h_post, h_res, inv_rms, h_mix, h_pre

@@ -1,7 +1,8 @@
 """mhc-ops: Triton kernels for mHC (manifold-constrained hyper-connections).
 
-Subpackages: ``mhc_ops.golden`` (PyTorch reference), ``mhc_ops.kernels`` (Triton stage kernels),
-``mhc_ops.stages`` (stage registry and pipeline composer).
+The ops ``mhc_pre``, ``sinkhorn`` and ``mhc_post`` (differentiable, torch.compile-traceable) and the
+module ``mhc_ops.nn.HyperConnection``. Subpackages: ``mhc_ops.golden`` (PyTorch reference),
+``mhc_ops.kernels`` (Triton stage kernels), ``mhc_ops.stages`` (stage registry and pipeline composer).
 """
 
 import pathlib as _pathlib
@@ -13,7 +14,8 @@ _here = _pathlib.Path(__file__).resolve().parent
 if not (_here / "golden").is_dir() and (_here.parent / "golden" / "__init__.py").is_file():
     __path__.append(str(_here.parent))
 
-from .ops import mhc_pre, mhc_pre_backward, mhc_pre_forward  # noqa: E402
+from .kernels._cache import clear as clear_weight_cache  # noqa: E402
+from .ops import mhc_post, mhc_pre, mhc_pre_backward, mhc_pre_forward, sinkhorn  # noqa: E402
 
-__version__ = "0.1.0"
-__all__ = ["mhc_pre", "mhc_pre_backward", "mhc_pre_forward"]
+__version__ = "0.2.0"
+__all__ = ["clear_weight_cache", "mhc_post", "mhc_pre", "mhc_pre_backward", "mhc_pre_forward", "sinkhorn"]

@@ -1,10 +1,11 @@
-"""Diagnose one stage of mhc_pre, or the whole chain, against the golden reference.
+"""Diagnose one stage (of mhc_pre, sinkhorn or mhc_post), or mhc_pre's whole chain, against the golden reference.
 
     python -m mhc_ops.diagnose STAGE [--lead 2,64] [--n 4] [--D 128] [--dtype bfloat16] [--seed 42]
                                [--x-scale 1] [--no-gamma] [--grad-x-post] [--device cpu|cuda]
                                [--backend golden|triton]
 
-STAGE is fwd, dh_mix, dx, dparams, dgamma or ``pipeline``; ``--lead`` sets the layout (``2,64`` is
+STAGE is fwd, dh_mix, dx, dparams, dgamma, sinkhorn_fwd, sinkhorn_bwd, post_fwd, post_bwd or ``pipeline``
+(mhc_pre's chain); ``--lead`` sets the layout (``2,64`` is
 BSND with B=2, S=64; ``128`` is TND). A stage runs on its golden inputs (the fixture builder's chain,
 rounded as stored) and each output is judged by the accuracy rule (mhc_ops.golden.accuracy), then
 broken down the ways the historical bugs showed themselves (docs/bugs/): error buckets, the ratio
@@ -446,7 +447,7 @@ def _lead(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mhc_ops.diagnose",
-        description="Run one stage of mhc_pre (or the chain) on golden inputs and analyse its error.",
+        description="Run one stage (or mhc_pre's chain) on golden inputs and analyse its error.",
     )
     p.add_argument("stage", choices=(*STAGE_NAMES, "pipeline"))
     p.add_argument("--lead", type=_lead, default=(2, 64), help="B,S for layout BSND or T for TND (default 2,64)")
@@ -482,14 +483,18 @@ def main(argv: list[str] | None = None, impls: Mapping[str, Impl] | None = None)
         gamma=not args.no_gamma,
         grad_x_post=args.grad_x_post,
         x_scale=args.x_scale,
+        op=STAGE_IO[args.stage]["op"] if args.stage != "pipeline" else "mhc_pre",
     )
     device = _device(args)
     bundle = build(case, device)
-    inv_rms = bundle.tensors["inv_rms"]
-    print(
-        f"case {case} on {device}: T={case.T} n={case.n} D={case.D} nD={case.n * case.D} O={case.O};"
-        f" inv_rms in [{inv_rms.min().item():.4g}, {inv_rms.max().item():.4g}]"
-    )
+    if case.op == "mhc_pre":
+        inv_rms = bundle.tensors["inv_rms"]
+        print(
+            f"case {case} on {device}: T={case.T} n={case.n} D={case.D} nD={case.n * case.D} O={case.O};"
+            f" inv_rms in [{inv_rms.min().item():.4g}, {inv_rms.max().item():.4g}]"
+        )
+    else:
+        print(f"case {case} on {device}: T={case.T} n={case.n} D={case.D}")
     impls = impls or {}
     if args.stage == "pipeline":
         report = analyse_pipeline(bundle, impls, args.backend)

@@ -1,8 +1,11 @@
 """Stage registry and pipeline composer (mhc_ops.stages).
 
-``STAGES[name]`` describes one stage of the staged plan: the named tensors it reads and writes and
-its golden and Triton implementations. ``Pipeline`` chains fwd and the backward stages with the
-backend of each stage chosen separately, and keeps every named tensor of the chain for inspection.
+``STAGES[name]`` describes one stage of one op (mhc_pre, sinkhorn, mhc_post): the named tensors it
+reads and writes and its golden and Triton implementations. ``Pipeline`` chains an op's stages with
+the backend of each stage chosen separately, and keeps every named tensor of the chain for
+inspection. It is the debugging and mixing tool: the differentiable ops take one (or a dict of
+per-stage backends) as ``stages=`` and route the stages through it, while the all-Triton default
+calls the kernels directly (mhc_ops/ops.py).
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..golden.mhc_pre import STAGE_IO, STAGE_NAMES
+from ..golden.registry import OP_STAGES, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
 from ..kernels.dgamma import mhc_pre_dgamma
 from ..kernels.dh_mix import mhc_pre_dh_mix
 from ..kernels.dparams import mhc_pre_dparams
 from ..kernels.dx import mhc_pre_dx
 from ..kernels.fused_bwd import mhc_pre_backward_fused
 from ..kernels.fwd import mhc_pre_fwd
+from ..kernels.post import post_bwd, post_fwd
+from ..kernels.sinkhorn import sinkhorn_bwd, sinkhorn_fwd
 
 BACKENDS = ("golden", "triton")
 # staged: the four backward stage kernels (how a stage is debugged); fused: dx, dparams and dgamma
@@ -27,10 +32,12 @@ BACKENDS = ("golden", "triton")
 PLANS = ("staged", "fused")
 FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
 BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
+PRE_BACKWARD_STAGES = ("dh_mix", "dx", "dparams", "dgamma")
 
 
-def _require_kernel_device(what: str, x: torch.Tensor) -> None:
-    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+def require_kernel_device(what: str, t: torch.Tensor) -> None:
+    """Triton kernels run on CUDA tensors, or on CPU tensors through the interpreter only."""
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
             f"{what}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
             "imported (or move the tensors to a CUDA device)"
@@ -40,6 +47,7 @@ def _require_kernel_device(what: str, x: torch.Tensor) -> None:
 @dataclass(frozen=True)
 class Stage:
     name: str
+    op: str
     inputs: tuple[str, ...]
     options: tuple[str, ...]
     outputs: tuple[str, ...]
@@ -52,7 +60,7 @@ class Stage:
         if backend == "golden":
             return self.golden(**kwargs, compute_dtype=torch.float32)
         if backend == "triton":
-            _require_kernel_device(f"stage {self.name}", kwargs["x"])
+            require_kernel_device(f"stage {self.name}", kwargs[self.inputs[0]])
             return self.triton(**kwargs)
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
@@ -63,25 +71,23 @@ _TRITON = {
     "dx": mhc_pre_dx,
     "dparams": mhc_pre_dparams,
     "dgamma": mhc_pre_dgamma,
+    "sinkhorn_fwd": sinkhorn_fwd,
+    "sinkhorn_bwd": sinkhorn_bwd,
+    "post_fwd": post_fwd,
+    "post_bwd": post_bwd,
 }
 STAGES = {
-    name: Stage(
-        name,
-        inputs=io["inputs"],
-        options=io["options"],
-        outputs=io["outputs"],
-        golden=io["golden"],
-        triton=_TRITON[name],
-    )
+    name: Stage(name, io["op"], io["inputs"], io["options"], io["outputs"], io["golden"], _TRITON[name])
     for name, io in STAGE_IO.items()
 }
 
 
 class Pipeline:
-    """Chains the stages fwd -> dh_mix -> dx -> dparams -> dgamma.
+    """Chains each op's stages: mhc_pre fwd -> dh_mix -> dx -> dparams -> dgamma, sinkhorn
+    sinkhorn_fwd -> sinkhorn_bwd, mhc_post post_fwd -> post_bwd.
 
     ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. With
-    ``plan="fused"`` the backward is the fused Triton kernels instead of the four stages (the
+    ``plan="fused"`` mhc_pre's backward is the fused Triton kernels instead of its four stages (its
     per-stage backends then apply to fwd only). Each call returns a dict of every named tensor of
     the chain that the plan produces (inputs, intermediates and outputs).
     """
@@ -97,22 +103,26 @@ class Pipeline:
                 raise ValueError(f"{name}: expected a backend in {BACKENDS}, got {backend!r}")
         self.backends = {name: per_stage.get(name, default) for name in STAGE_NAMES}
 
+    def __repr__(self) -> str:
+        return f"Pipeline(plan={self.plan!r}, {', '.join(f'{k}={v!r}' for k, v in self.backends.items())})"
+
     def _run(self, name: str, env: dict, options: Mapping) -> None:
         stage = STAGES[name]
         kwargs = {k: env[k] for k in stage.inputs} | {k: options[k] for k in stage.options}
         env.update(stage.run(self.backends[name], **kwargs))
 
     def forward(self, *, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6) -> dict:
+        """mhc_pre's forward."""
         env = {"x": x, "phi": phi, "alpha": alpha, "bias": bias, "gamma": gamma}
         self._run("fwd", env, {"norm_eps": norm_eps, "hc_eps": hc_eps})
         return env
 
     def backward(self, env: Mapping, *, dh_in, dh_post, dh_res, grad_x_post=None, hc_eps=1e-6) -> dict:
-        """env holds the forward's inputs and saved tensors (x, phi, alpha, gamma, inv_rms, h_mix,
-        h_pre, h_post); returns it extended with every backward intermediate and output."""
+        """mhc_pre's backward. env holds the forward's inputs and saved tensors (x, phi, alpha, gamma,
+        inv_rms, h_mix, h_pre, h_post); returns it extended with every backward intermediate and output."""
         env = dict(env) | {"dh_in": dh_in, "dh_post": dh_post, "dh_res": dh_res, "grad_x_post": grad_x_post}
         if self.plan == "fused":
-            _require_kernel_device("fused backward", env["x"])
+            require_kernel_device("fused backward", env["x"])
             names = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
             env.update(mhc_pre_backward_fused(**{k: env[k] for k in names}, grad_x_post=grad_x_post, hc_eps=hc_eps))
             return env
@@ -127,10 +137,18 @@ class Pipeline:
     def run(
         self, *, x, phi, alpha, bias, dh_in, dh_post, dh_res, gamma=None, grad_x_post=None, norm_eps=1e-6, hc_eps=1e-6
     ) -> dict:
-        """Forward then backward with the given upstream gradients."""
+        """mhc_pre's forward then backward with the given upstream gradients."""
         env = self.forward(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps, hc_eps=hc_eps)
         return self.backward(env, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, grad_x_post=grad_x_post,
                              hc_eps=hc_eps)  # fmt: skip
 
+    def stage(self, name: str, **inputs) -> dict:
+        """One stage of any op on named inputs and options, on this pipeline's backend for it."""
+        if name not in STAGES:
+            raise ValueError(f"stage: expected one of {STAGE_NAMES}, got {name!r}")
+        env = dict(inputs)
+        self._run(name, env, inputs)
+        return env
 
-__all__ = ["BACKENDS", "PLANS", "STAGES", "Pipeline", "Stage"]
+
+__all__ = ["BACKENDS", "OP_STAGES", "PLANS", "PRE_STAGE_NAMES", "STAGES", "Pipeline", "Stage"]

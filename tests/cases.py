@@ -47,3 +47,12 @@ GPU_CASES = [
     Case(lead=(1000,), n=3, D=129, dtype="float16", seed=206, grad_x_post=True),
     Case(lead=(777,), n=8, D=67, dtype="float32", seed=207, x_scale=0.125),
 ]
+
+# The whole layer (HyperConnection: pre + sinkhorn + post around a linear branch), through the
+# interpreter: n = 1 and 6, odd D, both layouts, with and without gamma.
+LAYER_CASES = [
+    Case(lead=(2, 3), n=4, D=24, dtype="float32", seed=501),
+    Case(lead=(5,), n=3, D=13, dtype="bfloat16", seed=502, gamma=False),
+    Case(lead=(4,), n=1, D=9, dtype="float16", seed=503),
+    Case(lead=(3,), n=6, D=7, dtype="float32", seed=504, gamma=False),
+]

@@ -5,14 +5,16 @@ import pytest
 import torch
 
 from mhc_ops.golden import Case, build
-from mhc_ops.kernels import _reduce, dgamma, dh_mix, dparams, dx, fused_bwd, fwd
+from mhc_ops.kernels import _reduce, dgamma, dh_mix, dparams, dx, fused_bwd, fwd, post, sinkhorn
 from mhc_ops.stages import STAGES
 from tests.helpers import HAS_CUDA, INTERPRETING
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="compiled kernels need a GPU")]
 KERNELS = [fwd._fwd_kernel, dh_mix._dh_mix_kernel, dx._dx_kernel, dparams._dcoeff_partials_kernel,
            dparams._g_partials_kernel, dgamma._dgamma_partials_kernel, _reduce._sum_partials_kernel,
-           fused_bwd._pass_a_kernel, fused_bwd._pass_b_kernel, fused_bwd._finish_kernel]  # fmt: skip
+           fused_bwd._pass_a_kernel, fused_bwd._pass_b_kernel, fused_bwd._finish_kernel,
+           sinkhorn._sinkhorn_fwd_kernel, sinkhorn._sinkhorn_bwd_kernel, post._post_fwd_kernel,
+           post._post_bwd_kernel]  # fmt: skip
 # Token counts chosen to hit T = 1, odd, and multiples of 16 (which Triton would otherwise specialise).
 TOKEN_COUNTS = (1, 37, 64, 1000, 4096)
 FUSED_ARGS = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
@@ -25,9 +27,11 @@ def _compiled() -> int:
 def test_token_count_changes_do_not_recompile():
     sizes = []
     for T in TOKEN_COUNTS:
+        for op in ("mhc_pre", "sinkhorn", "mhc_post"):
+            bundle = build(Case(lead=(T,), n=4, D=96, seed=T, op=op), "cuda")
+            for stage in bundle.stages():
+                STAGES[stage].run("triton", **bundle.stage_inputs(stage))
         bundle = build(Case(lead=(T,), n=4, D=96, seed=T), "cuda")
-        for stage in bundle.stages():
-            STAGES[stage].run("triton", **bundle.stage_inputs(stage))
         t = bundle.tensors
         fused_bwd.mhc_pre_backward_fused(**{k: t[k] for k in FUSED_ARGS})
         torch.cuda.synchronize()

@@ -1,0 +1,52 @@
+"""Tensors derived from weights only, computed once per weight version instead of once per call.
+
+A training step calls an op with the same parameters many times between optimizer steps (every
+layer, forward and backward, every micro-batch), and what depends only on them (the bf16 split of
+gamma*phi for the tensor cores) costs several torch launches to build. ``weight_derived`` keeps it
+until a weight changes: in place (its version counter moves, as for every optimizer step), by a new
+storage (``.data = ...``), or when the weight is freed. Changing a weight through ``.data`` in place
+bypasses version counting, as it does for autograd: call ``clear()`` after doing that.
+
+Bypassed while a CUDA graph is being captured (the derived tensor must then be rebuilt inside the
+graph, so a replay after an optimizer step sees the new weights) and for inference-mode tensors,
+which carry no version counter.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+
+_ENTRIES: dict[tuple, tuple] = {}
+
+
+def _stamp(w: torch.Tensor | None) -> tuple:
+    return (None,) if w is None else (w.data_ptr(), w._version, w.shape, w.dtype)
+
+
+def weight_derived(name: str, fn: Callable[..., torch.Tensor], *weights: torch.Tensor | None) -> torch.Tensor:
+    """fn(*weights), cached under (name, the weights' identities) while their versions hold."""
+    if any(w is not None and w.is_inference() for w in weights) or (
+        weights[0].is_cuda and torch.cuda.is_current_stream_capturing()
+    ):
+        return fn(*weights)
+    key = (name, *(id(w) for w in weights))
+    stamp = tuple(_stamp(w) for w in weights)
+    entry = _ENTRIES.get(key)
+    if entry is not None and entry[1] == stamp and all(r() is w for r, w in zip(entry[0], weights)):
+        return entry[2]
+    value = fn(*weights)
+    refs = tuple(weakref.ref(w, lambda _, key=key: _ENTRIES.pop(key, None)) if w is not None else _none for w in weights)
+    _ENTRIES[key] = (refs, stamp, value)
+    return value
+
+
+def _none() -> None:
+    return None
+
+
+def clear() -> None:
+    """Forget every cached tensor."""
+    _ENTRIES.clear()

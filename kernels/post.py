@@ -1,0 +1,329 @@
+"""Stages post_fwd and post_bwd: mhc_post forward and backward, one launch each.
+
+Per token (../shared/spec/mhc-math.md, section mhc_post; the first index of h_res is the input stream)::
+
+    out[j]       = h_post[j] * h_out + sum_i h_res[i, j] * x[i]            (post_fwd)
+    dx[i]        = sum_j h_res[i, j] * dout[j]                               (post_bwd)
+    dh_res[i, j] = sum_d dout[j, d] * x[i, d],   dh_post[j] = sum_d dout[j, d] * h_out[d]
+    dh_out       = sum_j h_post[j] * dout[j]
+
+Both are bound by device-memory traffic: the floors per token are ``2*s*nD + s*D + 4*(n*n + n)`` bytes
+forward and ``3*s*nD + 2*s*D + 4*(2*n*n + 2*n)`` backward (s: bytes per element of x), and each kernel
+reads every input element once and writes every output element once. All arithmetic is fp32; outputs
+in x's dtype are rounded to nearest even by ``round_to``.
+
+Tiles. A program holds ``[BLOCK_T, N_PAD, BLOCK_D]`` tiles: BLOCK_T tokens, every stream (the stream
+axis padded to a power of two and masked: for n = 6 two rows are never loaded or stored) and BLOCK_D
+columns. n is a compile-time constant (one compilation per n, none per token count) and the stream
+loops are static, so the loads of all streams are independent instructions. ``mix_in`` is the tile
+math both kernels share: one [BLOCK_T, BLOCK_D] input tile, weighted per token by a coefficient vector
+over the streams, added into all N_PAD output streams at once (no reduction over streams, so no data
+moves between threads).
+
+post_fwd: grid (token blocks, D blocks). Each program loads h_out and the n tiles of x of its slice
+once, accumulates the n output tiles in registers (h_out enters like one more input stream, with the
+coefficients h_post) and stores them once.
+
+post_bwd: grid (token blocks); each program loops over all of D. dx and dh_out are finished per D
+chunk; dh_res and dh_post, per-token sums over D, are accumulated in registers across the loop and
+stored once at the end: no workspace, no atomics, and the order of every sum depends only on the
+block sizes, so two runs are bitwise identical. The loop is software-pipelined (``num_stages``): the
+loads of the next chunks are in flight while a chunk is computed, which is what makes it fast.
+Measured on an H200 (copy bandwidth 4.25 TB/s) at T = 16384, n = 4, D = 7168, bf16: this kernel runs at
+1.05x its floor; the alternative, a grid over D slices too, with per-slice partials of dh_res and
+dh_post in a ``[D_blocks, T, n*n + n]`` workspace and a fixed-order second reduce (more programs, 1 %
+more bytes at this shape), ran at 1.6x at best, and the same loop without pipelining at 1.8x. At
+T = 1024 the loop runs 256 programs (2 per SM) at about 1.5-1.7x: the D split would give more
+programs there, but its per-slice reductions cost more than they win.
+
+Measured there with the default blocks, bf16, n = 4, D = 7168: forward 1.06x floor at T = 16384
+(0.52 ms), backward 1.05x (0.81 ms); fp32 1.05x and 1.04x; n = 6, D = 1280: 1.20x and 1.8x (the
+padded stream rows cost arithmetic). An H100 has the same SMs with 30 % less bandwidth, so these
+kernels are further from their arithmetic limit there: about 1.05x forward and backward expected.
+
+Offsets: the row index is int64, so tensors past 2**31 elements are addressed correctly; the strides
+of every tensor are runtime arguments (x may have a stride-0 or any stream stride) and the token count
+is not specialised on (``do_not_specialize``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_block, check_x, round_to, tokens
+
+
+def check_post_inputs(x, h_res, h_out, h_post, dout=None) -> tuple[tuple[int, ...], int, int]:
+    """Validate mhc_post's inputs -> (leading dims, n, D). Raises TypeError (not a tensor, dtype) or
+    ValueError (shape, device) naming the argument and the expected value, before any launch.
+
+    x ``[B, S, n, D]`` or ``[T, n, D]`` in bf16, fp16 or fp32; h_res ``[.., n, n]``; h_out ``[.., D]``
+    in x's dtype; h_post ``[.., n]``; dout (backward) x's shape and dtype; floats, same leading dims
+    and device as x."""
+    lead, n, D = check_x(x)
+    want = {"h_res": (n, n), "h_out": (D,), "h_post": (n,), "dout": (n, D)}
+    tensors = {"h_res": h_res, "h_out": h_out, "h_post": h_post}
+    if dout is not None:
+        tensors["dout"] = dout
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+        if name in ("h_out", "dout") and t.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} (x's dtype), got {t.dtype}")
+        if name == "h_res" and (t.dim() < 2 or t.shape[-1] != t.shape[-2]):
+            raise ValueError(f"h_res: expected a square [.., n, n] matrix per token, got shape {list(t.shape)}")
+        shape = [*lead, *want[name]]
+        if list(t.shape) != shape:
+            raise ValueError(
+                f"{name}: expected shape {shape} (x has leading dims {list(lead)}, n={n}, D={D}), got {list(t.shape)}"
+            )
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
+    return lead, n, D
+
+
+@triton.jit
+def mix_in(acc, coef, src):
+    """acc [BLOCK_T, N_PAD, BLOCK_D] + coef [BLOCK_T, N_PAD] (x) src [BLOCK_T, BLOCK_D], all fp32: the
+    input tile src, weighted per token and output stream by coef, added into every output stream."""
+    return acc + coef[:, :, None] * src[:, None, :]
+
+
+@triton.jit
+def load_tile(ptr, rows, cols, s_t, s_c, mask):
+    """[BLOCK_T, BLOCK_D] (or [BLOCK_T, N_PAD]) tile ptr[rows, cols] of a strided tensor, in fp32."""
+    return tl.load(ptr + rows[:, None] * s_t + cols[None, :] * s_c, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _post_fwd_kernel(
+    x_ptr,
+    h_res_ptr,
+    h_out_ptr,
+    h_post_ptr,
+    out_ptr,
+    T,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sr_t,
+    sr_i,
+    sr_j,
+    sho_t,
+    sho_d,
+    shp_t,
+    shp_j,
+    so_t,
+    so_j,
+    so_d,
+    N: tl.constexpr,
+    N_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT] int64
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    s = tl.arange(0, N_PAD)  # output stream j
+    row_mask = rows < T
+    mask_d = row_mask[:, None] & (d < D)[None, :]  # [BT, BD]
+    mask_s = row_mask[:, None] & (s < N)[None, :]  # [BT, N_PAD]
+    h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask_d)
+    h_post = load_tile(h_post_ptr, rows, s, shp_t, shp_j, mask_s)
+    acc = mix_in(tl.zeros([BLOCK_T, N_PAD, BLOCK_D], dtype=tl.float32), h_post, h_out)
+    for i in tl.static_range(N):
+        x_i = load_tile(x_ptr + i * sx_i, rows, d, sx_t, sx_d, mask_d)  # input stream i
+        res_i = load_tile(h_res_ptr + i * sr_i, rows, s, sr_t, sr_j, mask_s)  # h_res[:, i, j] over j
+        acc = mix_in(acc, res_i, x_i)
+    offs = rows[:, None, None] * so_t + s[None, :, None] * so_j + d[None, None, :] * so_d
+    tl.store(out_ptr + offs, round_to(acc, out_ptr.dtype.element_ty), mask=mask_d[:, None, :] & (s < N)[None, :, None])
+
+
+@triton.jit(do_not_specialize=["T"])
+def _post_bwd_kernel(
+    x_ptr,
+    h_res_ptr,
+    h_out_ptr,
+    h_post_ptr,
+    dout_ptr,
+    dx_ptr,
+    dh_res_ptr,
+    dh_out_ptr,
+    dh_post_ptr,
+    T,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sr_t,
+    sr_i,
+    sr_j,
+    sho_t,
+    sho_d,
+    shp_t,
+    shp_j,
+    sg_t,
+    sg_j,
+    sg_d,
+    sdx_t,
+    sdx_i,
+    sdx_d,
+    sdr_t,
+    sdr_i,
+    sdr_j,
+    sdo_t,
+    sdo_d,
+    sdp_t,
+    sdp_j,
+    N: tl.constexpr,
+    N_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT] int64
+    s = tl.arange(0, N_PAD)  # stream index: i for x, dx and the rows of dh_res; j for dout
+    row_mask = rows < T
+    s_mask = s < N
+    mask_s = row_mask[:, None] & s_mask[None, :]  # [BT, N_PAD]
+    dh_res = tl.zeros([BLOCK_T, N_PAD, N_PAD], dtype=tl.float32)  # [t, i, j]
+    dh_post = tl.zeros([BLOCK_T, N_PAD], dtype=tl.float32)  # [t, j]
+    for d0 in tl.range(0, D, BLOCK_D, num_stages=NUM_STAGES):  # loads of the next chunks in flight
+        d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = row_mask[:, None] & (d < D)[None, :]  # [BT, BD]
+        mask3 = mask_d[:, None, :] & s_mask[None, :, None]  # [BT, N_PAD, BD]
+        x = tl.load(
+            x_ptr + rows[:, None, None] * sx_t + s[None, :, None] * sx_i + d[None, None, :] * sx_d,
+            mask=mask3,
+            other=0.0,
+        ).to(tl.float32)  # [t, i, d]
+        h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask_d)
+        dx = tl.zeros([BLOCK_T, N_PAD, BLOCK_D], dtype=tl.float32)  # [t, i, d]
+        dh_out = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for j in tl.static_range(N):
+            g_j = load_tile(dout_ptr + j * sg_j, rows, d, sg_t, sg_d, mask_d)  # dout[:, j, d]
+            res_j = load_tile(h_res_ptr + j * sr_j, rows, s, sr_t, sr_i, mask_s)  # h_res[:, i, j] over i
+            h_post_j = tl.load(h_post_ptr + rows * shp_t + j * shp_j, mask=row_mask, other=0.0).to(tl.float32)
+            dx = mix_in(dx, res_j, g_j)
+            dh_out += h_post_j[:, None] * g_j
+            # This chunk's part of dh_res[:, :, j] (over i) and of dh_post[:, j].
+            dh_res += tl.where(s[None, None, :] == j, tl.sum(x * g_j[:, None, :], axis=2)[:, :, None], 0.0)
+            dh_post += tl.where(s[None, :] == j, tl.sum(g_j * h_out, axis=1)[:, None], 0.0)
+        dx_offs = rows[:, None, None] * sdx_t + s[None, :, None] * sdx_i + d[None, None, :] * sdx_d
+        tl.store(dx_ptr + dx_offs, round_to(dx, dx_ptr.dtype.element_ty), mask=mask3)
+        dh_out_offs = rows[:, None] * sdo_t + d[None, :] * sdo_d
+        tl.store(dh_out_ptr + dh_out_offs, round_to(dh_out, dh_out_ptr.dtype.element_ty), mask=mask_d)
+    res_offs = rows[:, None, None] * sdr_t + s[None, :, None] * sdr_i + s[None, None, :] * sdr_j
+    res_mask = mask_s[:, :, None] & s_mask[None, None, :]
+    tl.store(dh_res_ptr + res_offs, dh_res, mask=res_mask)
+    tl.store(dh_post_ptr + rows[:, None] * sdp_t + s[None, :] * sdp_j, dh_post, mask=mask_s)
+
+
+def fwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None = None) -> tuple[int, int]:
+    """(BLOCK_T, BLOCK_D) of post_fwd: the caller's, or a [BLOCK_T, N_PAD, BLOCK_D] tile of 4096 elements
+    (64 fp32 accumulators per thread with 2 warps) whose last D block is at most 1/8 padding (n = 6,
+    D = 1280: 2 x 256 columns ran at 1.20x floor on an H200, 1 x 512 at 1.9x)."""
+    n_pad = triton.next_power_of_2(n)
+    if block_d is None:
+        block_d = min(triton.next_power_of_2(D), 4096 // n_pad)
+        while block_d > 64 and triton.cdiv(D, block_d) * block_d - D > D // 8:
+            block_d //= 2
+    if block_t is None:
+        block_t = max(1, 4096 // (n_pad * block_d))
+    return block_t, block_d
+
+
+def bwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None = None) -> tuple[int, int]:
+    """(BLOCK_T, BLOCK_D) of post_bwd: the caller's, or a [BLOCK_T, N_PAD, BLOCK_D] tile of 2048 elements
+    per loop step, 256 columns (128 from n = 5 on), the rest tokens: the best of a sweep on an H200 at
+    n = 1, 3, 4 (2 x 256 at n = 4: 1.05x floor, 4 x 128: 1.07x, 1 x 512: 1.7x)."""
+    n_pad = triton.next_power_of_2(n)
+    if block_d is None:
+        block_d = min(triton.next_power_of_2(D), 256 if n_pad <= 4 else 128)
+    if block_t is None:
+        block_t = max(1, 2048 // (n_pad * block_d))
+    return block_t, block_d
+
+
+def _views(x, h_res, h_out, h_post):
+    """Token views [T, n, D], [T, n, n], [T, D], [T, n] of the inputs (views whenever the strides allow)."""
+    return tokens(x, 2), tokens(h_res, 2), tokens(h_out, 1), tokens(h_post, 1)
+
+
+def launch_post_fwd(x, h_res, h_out, h_post, out, block_t=None, block_d=None, num_warps=2):
+    """post_fwd on validated inputs into a preallocated ``out`` (x's shape and dtype, viewable as
+    [T, n, D]): the grid and one launch, nothing else (the library's hot path). T = 0 launches nothing."""
+    n, D = x.shape[-2:]
+    xt, rt, ht, pt = _views(x, h_res, h_out, h_post)
+    ot = out.view(-1, n, D)
+    T = xt.shape[0]
+    if T == 0:
+        return
+    block_t, block_d = fwd_blocks(n, D, block_t, block_d)
+    _post_fwd_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+        xt, rt, ht, pt, ot, T, D,
+        *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *ot.stride(),
+        N=n, N_PAD=triton.next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, num_warps=num_warps,
+    )  # fmt: skip
+
+
+def launch_post_bwd(
+    x, h_res, h_out, h_post, dout, dx, dh_res, dh_out, dh_post, block_t=None, block_d=None, num_warps=2, num_stages=3
+):
+    """post_bwd on validated inputs into preallocated outputs (dx: x's shape and dtype, dh_res
+    [.., n, n] fp32, dh_out [.., D] x's dtype, dh_post [.., n] fp32, each viewable with its tokens
+    flattened): the grid and one launch, nothing else. T = 0 launches nothing."""
+    n, D = x.shape[-2:]
+    xt, rt, ht, pt = _views(x, h_res, h_out, h_post)
+    gt = tokens(dout, 2)
+    dxt, drt, dot, dpt = dx.view(-1, n, D), dh_res.view(-1, n, n), dh_out.view(-1, D), dh_post.view(-1, n)
+    T = xt.shape[0]
+    if T == 0:
+        return
+    block_t, block_d = bwd_blocks(n, D, block_t, block_d)
+    _post_bwd_kernel[(triton.cdiv(T, block_t),)](
+        xt, rt, ht, pt, gt, dxt, drt, dot, dpt, T, D,
+        *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *gt.stride(),
+        *dxt.stride(), *drt.stride(), *dot.stride(), *dpt.stride(),
+        N=n, N_PAD=triton.next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, NUM_STAGES=num_stages,
+        num_warps=num_warps,
+    )  # fmt: skip
+
+
+def _check_blocks(block_t, block_d) -> None:
+    for name, value in (("block_t", block_t), ("block_d", block_d)):
+        if value is not None:
+            check_block(name, value, 1)
+
+
+def post_fwd(*, x, h_res, h_out, h_post, block_t=None, block_d=None) -> dict[str, torch.Tensor]:
+    """Triton stage post_fwd -> dict(out), x's shape and dtype. Validates, then one launch."""
+    check_post_inputs(x, h_res, h_out, h_post)
+    _check_blocks(block_t, block_d)
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    launch_post_fwd(x, h_res, h_out, h_post, out, block_t, block_d)
+    return {"out": out}
+
+
+def post_bwd(*, x, h_res, h_out, h_post, dout, block_t=None, block_d=None) -> dict[str, torch.Tensor]:
+    """Triton stage post_bwd -> dict(dx, dh_res, dh_out, dh_post): dx and dh_out in x's dtype, dh_res
+    and dh_post in fp32. Validates, then one launch."""
+    if not isinstance(dout, torch.Tensor):  # check_post_inputs takes None for "no dout" (the forward)
+        raise TypeError(f"dout: expected a torch.Tensor, got {type(dout).__name__}")
+    lead, n, D = check_post_inputs(x, h_res, h_out, h_post, dout)
+    _check_blocks(block_t, block_d)
+    dev = x.device
+    out = {
+        "dx": torch.empty(x.shape, device=dev, dtype=x.dtype),
+        "dh_res": torch.empty((*lead, n, n), device=dev, dtype=torch.float32),
+        "dh_out": torch.empty((*lead, D), device=dev, dtype=x.dtype),
+        "dh_post": torch.empty((*lead, n), device=dev, dtype=torch.float32),
+    }
+    launch_post_bwd(
+        x, h_res, h_out, h_post, dout, out["dx"], out["dh_res"], out["dh_out"], out["dh_post"], block_t, block_d
+    )
+    return out

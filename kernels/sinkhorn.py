@@ -1,0 +1,270 @@
+"""Stages sinkhorn_fwd and sinkhorn_bwd: DeepSeek's Sinkhorn-Knopp projection of per-token logits
+``[T, n, n]`` (or ``[B, S, n, n]``), forward and its exact reverse-mode gradient (docs/sinkhorn.md).
+
+Tiles. One program owns BLOCK_T tokens as a ``[BLOCK_T, N_PAD, N_PAD]`` fp32 tile in registers
+(N_PAD = n rounded up to a power of two). Entries outside ``[n, n]`` are masked out of the softmax
+(-inf before the max) and are exactly 0 in every P, so they never enter a row or column sum; a padded
+row or column gets a divisor reciprocal of 0, not 1/eps (finite with eps = 0 too). Logits are read in
+their dtype (fp32, bf16, fp16) and upcast; P is always fp32; dlogits is rounded to logits' dtype
+(``round_to``). ``iters`` and ``T`` are runtime arguments: a new token count or iteration count reuses
+the compiled kernel (one compilation per n, block size and logits dtype).
+
+Divisions. Each pass divides by ``sum + eps``: the kernels take the n reciprocals of a pass rounded to
+nearest (``tl.math.div_rn``; Triton's ``/`` is an approximate division on the GPU) and multiply the
+n*n entries by them.
+
+The backward's memory. The adjoint of a pass needs that pass's output and divisor, in reverse order:
+2*iters passes of n divisors per token. Triton has no indexable per-thread arrays, so a history of
+them would live in device memory (n*iters floats per token, written and read back by the same program)
+or in a register tile updated by masked selects (``[BLOCK_T, 2*ITERS_PAD, N_PAD]``: a compile-time
+bound on iters, and a select over the whole history at every pass, as costly as the pass itself).
+Neither is used: the backward recomputes the forward in registers from the logits, with one
+checkpoint level. The iterations 1 .. iters-1 (a row pass and a column pass each; iteration 0 is the
+softmax and the first column pass) are cut into segments of ``seg = isqrt(iters - 1)``; for each
+segment, last first, the forward is rerun from the output of iteration 0 to the segment's start (one
+checkpoint tile, Xs), and for each iteration of the segment, last first, from Xs to that iteration's
+input, then that iteration's two passes are redone keeping their outputs and divisors and their
+adjoints applied. That is about ``iters**1.5`` passes instead of the ``iters**2 / 2`` of rerunning from
+the start for every step: for iters = 20, 86 iterations recomputed plus 19 adjoints, against 190 plus
+19, and against the forward's 20; only five tiles stay live (softmax, iteration 0's output, Xs, the
+running gradient, and the pass being undone). The recomputation runs the same helpers as the forward
+kernel, so the backward sees bitwise the forward's values. No device memory beyond the inputs and
+dlogits is touched; the cost is arithmetic on data already in registers (the op reads 4*n*n bytes
+per token per tensor and does ~100 passes of ~3*n*n flops on them, so it is compute bound either way).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import X_DTYPES, check_block, round_to
+
+MAX_N = 8  # one token's n x n matrix lives in registers
+# Elements of a [BLOCK_T, N_PAD, N_PAD] tile per program at the default block size: 4 per thread of
+# 4 warps, so the backward's live tiles stay well inside the register file.
+TILE_ELEMENTS = 512
+
+
+@triton.jit
+def token_tile(T, N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """This program's tile of a contiguous [T, N, N] tensor -> (offsets [BLOCK_T, N_PAD, N_PAD] int64,
+    load/store mask, valid [1, N_PAD, N_PAD] (entry inside [N, N]), row_valid [1, N_PAD] (i < N),
+    col_valid [1, N_PAD] (j < N))."""
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    i = tl.arange(0, N_PAD)
+    j = tl.arange(0, N_PAD)
+    row_valid = (i < N)[None, :]
+    col_valid = (j < N)[None, :]
+    valid = row_valid[:, :, None] & col_valid[:, None, :]
+    offs = tok[:, None, None] * (N * N) + (i * N)[None, :, None] + j[None, None, :]
+    mask = (tok < T)[:, None, None] & valid
+    return offs, mask, valid, row_valid, col_valid
+
+
+@triton.jit
+def reciprocal(s, eps, line_valid):
+    """1 / (s + eps) rounded to nearest, for each row (or column) sum s [BLOCK_T, N_PAD]; 0 on padded lines."""
+    return tl.where(line_valid, tl.math.div_rn(1.0, s + eps), 0.0)
+
+
+@triton.jit
+def row_pass(P, row_valid, eps):
+    """Q = P / (rowsum(P) + eps) -> (Q, the reciprocals [BLOCK_T, N_PAD, 1])."""
+    inv = reciprocal(tl.sum(P, axis=2), eps, row_valid)[:, :, None]
+    return P * inv, inv
+
+
+@triton.jit
+def col_pass(P, col_valid, eps):
+    """Q = P / (colsum(P) + eps) -> (Q, the reciprocals [BLOCK_T, 1, N_PAD])."""
+    inv = reciprocal(tl.sum(P, axis=1), eps, col_valid)[:, None, :]
+    return P * inv, inv
+
+
+@triton.jit
+def row_pass_adjoint(dQ, Q, inv, valid):
+    """Gradient of the row pass's input: (dQ - sum_j dQ*Q) / (rowsum + eps); 0 outside [n, n]."""
+    return tl.where(valid, (dQ - tl.sum(dQ * Q, axis=2)[:, :, None]) * inv, 0.0)
+
+
+@triton.jit
+def col_pass_adjoint(dQ, Q, inv, valid):
+    """Gradient of the column pass's input: (dQ - sum_i dQ*Q) / (colsum + eps); 0 outside [n, n]."""
+    return tl.where(valid, (dQ - tl.sum(dQ * Q, axis=1)[:, None, :]) * inv, 0.0)
+
+
+@triton.jit
+def iteration_zero(L, valid, col_valid, eps):
+    """S = softmax(L) over each row (max-subtracted, padded columns excluded), then
+    X1 = (S + eps) / (colsum + eps) -> (S, X1, the column pass's reciprocals). Padded rows of L are 0
+    (masked loads), so their softmax stays finite; it is dropped by the mask before any sum."""
+    Lm = tl.where(col_valid[:, None, :], L, float("-inf"))
+    e = tl.exp(Lm - tl.max(Lm, axis=2)[:, :, None])
+    S = e * tl.math.div_rn(1.0, tl.sum(e, axis=2))[:, :, None]
+    X1, inv_c = col_pass(tl.where(valid, S + eps, 0.0), col_valid, eps)
+    return S, X1, inv_c
+
+
+@triton.jit
+def iterations(P, count, row_valid, col_valid, eps):
+    """``count`` Sinkhorn iterations of P: a row pass, then a column pass, each."""
+    for _ in range(count):
+        P, inv_r = row_pass(P, row_valid, eps)
+        P, inv_c = col_pass(P, col_valid, eps)
+    return P
+
+
+@triton.jit(do_not_specialize=["T", "iters"])
+def _sinkhorn_fwd_kernel(
+    logits_ptr,
+    P_ptr,
+    T,
+    iters,
+    eps,
+    N: tl.constexpr,
+    N_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    offs, mask, valid, row_valid, col_valid = token_tile(T, N, N_PAD, BLOCK_T)
+    L = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    S, P, inv_c = iteration_zero(L, valid, col_valid, eps)
+    P = iterations(P, iters - 1, row_valid, col_valid, eps)
+    tl.store(P_ptr + offs, P, mask=mask)
+
+
+@triton.jit(do_not_specialize=["T", "iters", "seg"])
+def _sinkhorn_bwd_kernel(
+    logits_ptr,
+    dP_ptr,
+    dlogits_ptr,
+    T,
+    iters,
+    seg,
+    eps,
+    N: tl.constexpr,
+    N_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    offs, mask, valid, row_valid, col_valid = token_tile(T, N, N_PAD, BLOCK_T)
+    L = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    G = tl.load(dP_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # gradient of the current P
+    S, X1, inv_c0 = iteration_zero(L, valid, col_valid, eps)
+    # Iterations 1 .. iters-1 in segments of seg, the last segment first (see the module docstring).
+    num_segs = (iters - 1 + seg - 1) // seg
+    for s in range(num_segs):
+        lo = 1 + (num_segs - 1 - s) * seg  # the segment's first iteration
+        hi = tl.minimum(lo + seg, iters)  # one past its last
+        Xs = iterations(X1, lo - 1, row_valid, col_valid, eps)  # the input of iteration lo
+        for t in range(hi - lo):
+            X = iterations(Xs, hi - 1 - t - lo, row_valid, col_valid, eps)  # input of iteration hi-1-t
+            M, inv_r = row_pass(X, row_valid, eps)
+            Q, inv_c = col_pass(M, col_valid, eps)
+            G = col_pass_adjoint(G, Q, inv_c, valid)
+            G = row_pass_adjoint(G, M, inv_r, valid)
+    G = col_pass_adjoint(G, X1, inv_c0, valid)  # now the gradient of S + eps, i.e. of S
+    dL = S * (G - tl.sum(G * S, axis=2)[:, :, None])  # the row softmax's adjoint
+    tl.store(dlogits_ptr + offs, round_to(dL, dlogits_ptr.dtype.element_ty), mask=mask)
+
+
+def _n_pad(n: int) -> int:
+    return triton.next_power_of_2(n)
+
+
+def default_block_t(n: int) -> int:
+    """Tokens per program: TILE_ELEMENTS entries of [BLOCK_T, N_PAD, N_PAD] (8 tokens at n = 8, 32 at n = 4)."""
+    return max(1, TILE_ELEMENTS // _n_pad(n) ** 2)
+
+
+def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6) -> tuple[tuple[int, ...], int]:
+    """logits [T, n, n] or [B, S, n, n] (any leading dims) in bf16, fp16 or fp32 with 1 <= n <= 8;
+    dP (when given) of logits' shape and device; iters an int >= 1; eps a number >= 0.
+    -> (leading dims, n). Raises TypeError / ValueError naming the argument and the expected value."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in X_DTYPES:
+        raise TypeError(f"logits: expected dtype bfloat16, float16 or float32, got {logits.dtype}")
+    if logits.dim() < 3:
+        raise ValueError(f"logits: expected shape [T, n, n] or [B, S, n, n], got {list(logits.shape)}")
+    n = logits.shape[-1]
+    if logits.shape[-2] != n:
+        raise ValueError(f"logits: expected square last two dims [..., n, n], got {list(logits.shape)}")
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"logits: expected n from 1 to {MAX_N} (one token's n x n matrix in registers), got n={n}")
+    if dP is not None:
+        if not isinstance(dP, torch.Tensor):
+            raise TypeError(f"dP: expected a torch.Tensor, got {type(dP).__name__}")
+        if dP.dtype not in X_DTYPES:
+            raise TypeError(f"dP: expected dtype bfloat16, float16 or float32, got {dP.dtype}")
+        if dP.shape != logits.shape:
+            raise ValueError(f"dP: expected shape {list(logits.shape)} (logits' shape), got {list(dP.shape)}")
+        if dP.device != logits.device:
+            raise ValueError(f"dP: expected a tensor on {logits.device} (logits' device), got {dP.device}")
+    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral):
+        raise TypeError(f"iters: expected an int >= 1, got {iters!r} ({type(iters).__name__})")
+    if iters < 1:
+        raise ValueError(f"iters: expected an int >= 1, got {iters}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps: expected a number >= 0, got {eps!r} ({type(eps).__name__})")
+    if not eps >= 0 or math.isinf(eps):  # `not >=` also rejects NaN
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+    return tuple(logits.shape[:-2]), n
+
+
+def launch_sinkhorn_fwd(logits, P, iters, eps, *, block_t=None) -> None:
+    """Unchecked: logits [..., n, n] contiguous (fp32/bf16/fp16), P fp32 of its shape, contiguous.
+    Computes the grid and launches one kernel (none for zero tokens)."""
+    n = logits.shape[-1]
+    T = logits.numel() // (n * n)
+    if T == 0:
+        return
+    block_t = block_t or default_block_t(n)
+    _sinkhorn_fwd_kernel[(triton.cdiv(T, block_t),)](
+        logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
+    )  # fmt: skip
+
+
+def launch_sinkhorn_bwd(logits, dP, dlogits, iters, eps, *, block_t=None, seg=None) -> None:
+    """Unchecked: logits, dP and dlogits [..., n, n] contiguous, dlogits in logits' dtype.
+    Computes the grid and the checkpoint segment length (``seg``, default isqrt(iters - 1); any
+    seg >= 1 gives bitwise the same dlogits, only the recomputation's cost changes), and launches one
+    kernel (none for zero tokens)."""
+    n = logits.shape[-1]
+    T = logits.numel() // (n * n)
+    if T == 0:
+        return
+    block_t = block_t or default_block_t(n)
+    seg = seg or max(1, math.isqrt(int(iters) - 1))
+    _sinkhorn_bwd_kernel[(triton.cdiv(T, block_t),)](
+        logits, dP, dlogits, T, int(iters), seg, float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
+    )  # fmt: skip
+
+
+def _block_t(n: int, block_t: int | None) -> int:
+    block_t = default_block_t(n) if block_t is None else block_t
+    check_block("block_t", block_t, 1)
+    return block_t
+
+
+def sinkhorn_fwd(*, logits, iters=20, eps=1e-6, block_t=None) -> dict[str, torch.Tensor]:
+    """Triton stage sinkhorn_fwd -> dict(P): fp32, logits' shape."""
+    _, n = check_sinkhorn_inputs(logits, iters=iters, eps=eps)
+    block_t = _block_t(n, block_t)
+    P = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
+    launch_sinkhorn_fwd(logits.contiguous(), P, iters, eps, block_t=block_t)
+    return {"P": P}
+
+
+def sinkhorn_bwd(*, logits, dP, iters=20, eps=1e-6, block_t=None) -> dict[str, torch.Tensor]:
+    """Triton stage sinkhorn_bwd -> dict(dlogits): logits' shape and dtype."""
+    if not isinstance(dP, torch.Tensor):  # check_sinkhorn_inputs takes dP=None to mean the forward
+        raise TypeError(f"dP: expected a torch.Tensor, got {type(dP).__name__}")
+    _, n = check_sinkhorn_inputs(logits, dP, iters=iters, eps=eps)
+    block_t = _block_t(n, block_t)
+    dlogits = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
+    launch_sinkhorn_bwd(logits.contiguous(), dP.contiguous(), dlogits, iters, eps, block_t=block_t)
+    return {"dlogits": dlogits}

@@ -1,0 +1,245 @@
+"""The mHC layer as a module: ``HyperConnection`` wraps a block, and its functional halves.
+
+Per token, around a block F (``[.., D] -> [.., D]``):
+
+    (h_in, h_post, h_res) = mhc_pre(x, phi, alpha, bias, gamma)
+    x_next = mhc_post(x, sinkhorn(h_res), F(h_in), h_post)
+
+``hc_pre`` (mhc_pre + sinkhorn, one autograd node) and ``hc_post`` (mhc_post) share a ``Link``: in
+backward, the gradient mhc_post gives x goes through the link into the pre backward as
+``grad_x_post``, which adds it while it writes dx. Autograd would otherwise store two ``[T, n, D]``
+gradients and add them in a separate kernel. (The post backward runs first: the pre node's outputs
+h_post and h_res feed the post node.) Under torch.compile the halves fall back to the three custom ops
+and the compiler fuses the add.
+
+A model expands its embedding into n streams once (``expand_streams``), keeps ``[.., n, D]`` through
+every wrapped block and reduces once before the final norm (``reduce_streams``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .kernels._common import check_inputs
+from .ops import (
+    Route,
+    _post_backward,
+    _post_forward,
+    _pre_backward,
+    _pre_forward,
+    _sinkhorn_backward,
+    _sinkhorn_forward,
+    _zero_grads,
+    check_post_inputs,
+    check_sinkhorn_iters,
+    mhc_post,
+    mhc_pre,
+    resolve_route,
+    sinkhorn,
+)
+
+INITS = ("identity", "zero")
+
+
+class Link:
+    """Carries dx of one layer's mhc_post backward to the same layer's pre backward."""
+
+    __slots__ = ("route", "dx")
+
+    def __init__(self, route: Route):
+        self.route = route
+        self.dx: torch.Tensor | None = None
+
+
+class _HcPre(torch.autograd.Function):
+    """mhc_pre then sinkhorn: -> (h_in, h_post, h_res = sinkhorn(logits)). With recompute, only x and
+    the parameters are saved; the forward kernels run again in backward."""
+
+    @staticmethod
+    def forward(ctx, x, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, link, recompute):
+        route = link.route
+        h_in, h_post, logits, inv_rms, h_mix, h_pre = _pre_forward(route, x, phi, alpha, bias, gamma, norm_eps, hc_eps)
+        h_res = _sinkhorn_forward(route, logits, iters, eps)
+        if recompute:
+            ctx.save_for_backward(x, phi, alpha, bias, gamma)
+        else:
+            ctx.save_for_backward(x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits)
+        ctx.norm_eps, ctx.hc_eps, ctx.iters, ctx.eps, ctx.link, ctx.recompute = (
+            norm_eps, hc_eps, iters, eps, link, recompute
+        )  # fmt: skip
+        return h_in, h_post, h_res
+
+    @staticmethod
+    def backward(ctx, dh_in, dh_post, dh_res):
+        route = ctx.link.route
+        if ctx.recompute:
+            x, phi, alpha, bias, gamma = ctx.saved_tensors
+            _, h_post, logits, inv_rms, h_mix, h_pre = _pre_forward(
+                route, x, phi, alpha, bias, gamma, ctx.norm_eps, ctx.hc_eps
+            )
+        else:
+            x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits = ctx.saved_tensors
+        dh_in, dh_post, dh_res = _zero_grads(x, h_post, dh_in, dh_post, dh_res)
+        dlogits = _sinkhorn_backward(route, logits, dh_res, ctx.iters, ctx.eps)
+        grad_x_post, ctx.link.dx = ctx.link.dx, None
+        saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post)
+        dx, dphi, dalpha, dbias, dgamma = _pre_backward(route, saved, dh_in, dh_post, dlogits, grad_x_post, ctx.hc_eps)
+        return dx, dphi, dalpha, dbias, dgamma, None, None, None, None, None, None
+
+
+class _HcPost(torch.autograd.Function):
+    """mhc_post whose dx goes to the link instead of autograd (x enters detached)."""
+
+    @staticmethod
+    def forward(ctx, x, h_res, h_out, h_post, link):
+        ctx.save_for_backward(x, h_res, h_out, h_post)
+        ctx.link = link
+        return _post_forward(link.route, x, h_res, h_out, h_post)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, h_res, h_out, h_post = ctx.saved_tensors
+        ctx.link.dx, dh_res, dh_out, dh_post = _post_backward(ctx.link.route, x, h_res, h_out, h_post, dout)
+        return None, dh_res, dh_out, dh_post, None
+
+
+def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkhorn_iters=20, sinkhorn_eps=1e-6,
+           backend="auto", stages=None, recompute=False):  # fmt: skip
+    """-> (h_in, h_post, h_res, link): mhc_pre, then sinkhorn of its h_res logits. Pass link to hc_post
+    of the same block. Arguments as mhc_pre and sinkhorn; recompute: save only x and the parameters."""
+    check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
+    check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
+    route = resolve_route(backend, stages, x)
+    if torch.compiler.is_compiling():
+        h_in, h_post, logits = mhc_pre(x, phi, alpha, bias, gamma, norm_eps=norm_eps, hc_eps=hc_eps, stages=stages,
+                                       backend=backend)  # fmt: skip
+        return h_in, h_post, sinkhorn(logits, sinkhorn_iters, sinkhorn_eps, backend=backend, stages=stages), None
+    link = Link(route)
+    with torch.autocast(x.device.type, enabled=False):
+        h_in, h_post, h_res = _HcPre.apply(x, phi, alpha, bias, gamma, float(norm_eps), float(hc_eps),
+                                           int(sinkhorn_iters), float(sinkhorn_eps), link, bool(recompute))  # fmt: skip
+    return h_in, h_post, h_res, link
+
+
+def hc_post(x, h_res, h_out, h_post, link=None, *, backend="auto", stages=None):
+    """mhc_post(x, h_res, h_out, h_post); with the link from hc_pre of the same block, its dx enters the
+    pre backward (the route is then the link's: backend and stages are hc_pre's)."""
+    if link is None:
+        return mhc_post(x, h_res, h_out, h_post, backend=backend, stages=stages)
+    check_post_inputs(x, h_res, h_out, h_post)
+    with torch.autocast(x.device.type, enabled=False):
+        return _HcPost.apply(x.detach(), h_res, h_out, h_post, link)
+
+
+def expand_streams(h: torch.Tensor, n: int) -> torch.Tensor:
+    """[.., D] -> [.., n, D], every stream a copy of h (contiguous)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    return h.unsqueeze(-2).expand(*h.shape[:-1], n, h.shape[-1]).contiguous()
+
+
+def reduce_streams(x: torch.Tensor) -> torch.Tensor:
+    """[.., n, D] -> [.., D]: the sum over streams."""
+    return x.sum(dim=-2)
+
+
+class HyperConnection(torch.nn.Module):
+    """A block wrapped by mHC: ``x [.., n, D] -> mhc_post(x, sinkhorn(h_res), branch(h_in), h_post)``.
+
+    dim: D; n: streams; branch: the block, ``[.., D] -> [.., D]`` (None: the identity); extra
+    arguments of a call go to it. layer_index: which stream the ``identity`` init reads (index mod n).
+    init: "identity" or "zero" (below). recompute: keep only x (and h_out, which h_post's gradient
+    needs) and recompute the mHC intermediates in backward. disable: a plain residual
+    ``x + branch(x)`` on ``[.., D]``, with no parameters, for A/B runs. stages / backend: as for the ops.
+    use_gamma: a learned per-element scale gamma [n, D] inside the projection.
+
+    Parameters (fp32, kept so when the model is cast to bf16, and used outside autocast):
+    phi [n*n + 2n, n*D], alpha [3], bias [n*n + 2n], gamma [n, D] (use_gamma).
+
+    Init presets, with k = layer_index mod n (docs/layer.md):
+    - "identity": bias pre +4 on stream k, -4 elsewhere (h_pre ~ one-hot k), bias post 0 (h_post = 1),
+      bias res 6*I - 3 (sinkhorn(h_res) ~ I), alpha 0.01, phi ~ N(0, 1/(n*D)). The block starts near
+      a pre-norm residual on stream k. PaddleFleet's preset with pre logits +-4 instead of +-3.
+    - "zero": zero bias (h_pre = 0.5, h_post = 1, sinkhorn(h_res) = J/n: streams averaged), alpha 0.01,
+      phi ~ N(0, 1/(n*D)). Megatron's zero bias and alpha with a normal phi instead of xavier.
+    """
+
+    def __init__(self, dim, n, branch=None, *, layer_index=0, sinkhorn_iters=20, init="identity", recompute=False,
+                 disable=False, stages=None, backend="auto", use_gamma=False):  # fmt: skip
+        super().__init__()
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim: expected an int >= 1, got {dim!r}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n: expected an int >= 1, got {n!r}")
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+        check_sinkhorn_iters(sinkhorn_iters, 1e-6)
+        self.dim, self.n, self.layer_index, self.sinkhorn_iters = dim, n, layer_index, sinkhorn_iters
+        self.init, self.recompute, self.disable, self.stages, self.backend = init, recompute, disable, stages, backend
+        self.branch = branch
+        self.last_h_res: torch.Tensor | None = None  # sinkhorn(h_res) of the last eager forward, detached
+        if disable:
+            self.register_parameter("phi", None)
+            self.register_parameter("alpha", None)
+            self.register_parameter("bias", None)
+            self.register_parameter("gamma", None)
+            return
+        O = n * n + 2 * n
+        self.phi = torch.nn.Parameter(torch.empty(O, n * dim))
+        self.alpha = torch.nn.Parameter(torch.empty(3))
+        self.bias = torch.nn.Parameter(torch.empty(O))
+        self.gamma = torch.nn.Parameter(torch.empty(n, dim)) if use_gamma else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.disable:
+            return
+        n, D = self.n, self.dim
+        self.phi.normal_(0.0, 1.0 / math.sqrt(n * D))
+        self.alpha.fill_(0.01)
+        self.bias.zero_()
+        if self.init == "identity":
+            k = self.layer_index % n
+            self.bias[:n] = -4.0
+            self.bias[k] = 4.0
+            self.bias[2 * n :] = (6.0 * torch.eye(n) - 3.0).reshape(-1)
+        if self.gamma is not None:
+            self.gamma.fill_(1.0)
+
+    def _apply(self, fn, recurse=True):
+        # The branch follows the model's casts; the mHC parameters stay fp32 (their gradients are
+        # fp32 reductions over all tokens, and the kernels take them in fp32).
+        if recurse:
+            for module in self.children():
+                module._apply(fn)
+
+        def keep_fp32(t):
+            out = fn(t)
+            return out.float() if out.is_floating_point() else out
+
+        return super()._apply(keep_fp32, recurse=False)
+
+    def _branch(self, h, *args, **kwargs):
+        return h if self.branch is None else self.branch(h, *args, **kwargs)
+
+    def forward(self, x, *args, **kwargs):
+        if self.disable:
+            return x + self._branch(x, *args, **kwargs)
+        h_in, h_post, h_res, link = hc_pre(x, self.phi, self.alpha, self.bias, self.gamma,
+                                           sinkhorn_iters=self.sinkhorn_iters, backend=self.backend,
+                                           stages=self.stages, recompute=self.recompute)  # fmt: skip
+        if not torch.compiler.is_compiling():
+            self.last_h_res = h_res.detach()
+        h_out = self._branch(h_in, *args, **kwargs).to(x.dtype)
+        return hc_post(x, h_res, h_out, h_post, link, backend=self.backend, stages=self.stages)
+
+    def extra_repr(self) -> str:
+        opts = f"dim={self.dim}, n={self.n}, layer_index={self.layer_index}, init={self.init!r}"
+        opts += f", sinkhorn_iters={self.sinkhorn_iters}, recompute={self.recompute}, backend={self.backend!r}"
+        return opts + (", disable=True" if self.disable else "") + (f", stages={self.stages!r}" if self.stages else "")
+
+
+__all__ = ["HyperConnection", "Link", "expand_streams", "hc_post", "hc_pre", "reduce_streams"]

@@ -1,0 +1,249 @@
+"""The Triton stages post_fwd and post_bwd, fed golden inputs, against the float64 golden (accuracy
+rule), plus the properties the contract asks of them.
+
+CPU: through the interpreter at tiny shapes. GPU: the same tests compiled, plus realistic shapes."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mhc_ops.golden import Case, build, judge, run_golden
+from mhc_ops.golden.mhc_post import STAGE_IO
+from mhc_ops.kernels import post as kp
+from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs
+
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+TRITON = {"post_fwd": kp.post_fwd, "post_bwd": kp.post_bwd}
+STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in TRITON]
+# Stored in x's dtype; dh_res and dh_post in fp32.
+X_DTYPE_OUTPUTS = ("out", "dx", "dh_out")
+
+
+def _case(lead, n, D, dtype="bfloat16", seed=0, x_scale=1.0) -> Case:
+    return Case(op="mhc_post", lead=lead, n=n, D=D, dtype=dtype, seed=seed, x_scale=x_scale)
+
+
+# Every n of the issue (1, 3, 4, 6, 8; 3 and 6 padded to 4 and 8 and masked), odd D, one token, BSND and
+# TND, bf16/fp16/fp32, x far from unit scale.
+CASES = [
+    _case((2, 3), 4, 67, "bfloat16", seed=1),
+    _case((5,), 1, 5, "float32", seed=2),
+    _case((1,), 3, 67, "float16", seed=3, x_scale=8.0),
+    _case((3, 7), 6, 5, "bfloat16", seed=4, x_scale=0.125),
+    _case((19,), 8, 13, "float32", seed=5),
+    _case((1, 1), 6, 33, "float16", seed=6),
+]
+# (block_t, block_d): blocks smaller than D (the backward loops over D, the forward's grid covers it),
+# one token a program, and blocks larger than D and than the token count.
+BLOCKS = [(1, 1), (2, 16), (4, 32), (1, 128), (8, 64)]
+
+_bundles = {}
+
+
+def _bundle(case: Case):
+    """The fixture bundle of ``case`` on the kernel device, built once per test process."""
+    if case not in _bundles:
+        _bundles[case] = build(case, KERNEL_DEVICE)
+    return _bundles[case]
+
+
+def run_stage(stage: str, inputs: dict, **launch) -> dict:
+    """The Triton stage with every torch.empty NaN-filled: an unwritten output element shows up."""
+    with nan_filled_outputs():
+        return TRITON[stage](**inputs, **launch)
+
+
+def assert_accurate(stage: str, inputs: dict, out: dict) -> None:
+    """Every output passes the accuracy rule against the fp64 golden on ``inputs``, in its storage dtype."""
+    ref64, ref32 = run_golden(stage, inputs, "fp64"), run_golden(stage, inputs, "fp32")
+    verdicts = []
+    for k in STAGE_IO[stage]["outputs"]:
+        want = inputs["x"].dtype if k in X_DTYPE_OUTPUTS else torch.float32
+        assert out[k].shape == ref64[k].shape and out[k].dtype == want, (k, out[k].shape, out[k].dtype)
+        verdicts.append(judge(k, out[k], ref64[k], ref32[k]))
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+@pytest.mark.parametrize("stage", STAGE_PARAMS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_stage_on_golden_inputs(stage, case):
+    bundle = _bundle(case)
+    inputs, _ = bundle.stage_view(stage)
+    assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
+
+
+@pytest.mark.parametrize("stage", STAGE_PARAMS)
+@pytest.mark.parametrize(("block_t", "block_d"), BLOCKS)
+def test_block_sizes(stage, block_t, block_d):
+    bundle = _bundle(CASES[0])
+    inputs, _ = bundle.stage_view(stage)
+    assert_stage_accurate(stage, bundle, run_stage(stage, inputs, block_t=block_t, block_d=block_d))
+
+
+class _NotLaunched:
+    def __getitem__(self, grid):
+        raise AssertionError("a kernel was launched")
+
+
+@pytest.mark.parametrize("stage", STAGE_PARAMS)
+@pytest.mark.parametrize("lead", [(0,), (2, 0)], ids=str)
+def test_zero_tokens(stage, lead, monkeypatch):
+    """No tokens: empty outputs of the right shapes and dtypes, and no launch."""
+    monkeypatch.setattr(kp, "_post_fwd_kernel", _NotLaunched())
+    monkeypatch.setattr(kp, "_post_bwd_kernel", _NotLaunched())
+    bundle = build(_case(lead, 3, 5), KERNEL_DEVICE)
+    inputs, ref = bundle.stage_view(stage)
+    out = run_stage(stage, inputs)
+    for k, r in ref.items():
+        assert out[k].shape == r.shape and out[k].dtype == bundle.tensors[k].dtype, k
+
+
+@pytest.mark.parametrize("stage", STAGE_PARAMS)
+def test_nan_stays_in_its_token(stage):
+    """A NaN in one token's x (and dout) makes that token's outputs NaN and leaves the tokens that share
+    its program bitwise as they were."""
+    inputs, _ = _bundle(_case((6,), 4, 9, seed=7)).stage_view(stage)
+    spoiled = dict(inputs)
+    for k in ("x", "dout"):
+        if k in inputs:
+            spoiled[k] = inputs[k].clone()
+            spoiled[k][2, 1, 3] = math.nan
+    a = run_stage(stage, inputs, block_t=8)
+    b = run_stage(stage, spoiled, block_t=8)
+    others = [0, 1, 3, 4, 5]
+    for k in a:
+        assert torch.isfinite(a[k]).all() and b[k][2].isnan().any(), k
+        assert torch.equal(a[k][others], b[k][others]), k
+
+
+@pytest.mark.parametrize("stage", STAGE_PARAMS)
+def test_two_runs_are_bitwise_identical(stage):
+    inputs, _ = _bundle(CASES[3]).stage_view(stage)
+    a, b = run_stage(stage, inputs, block_d=2), run_stage(stage, inputs, block_d=2)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _transposed_storage(t: torch.Tensor) -> torch.Tensor:
+    """The same values with the last two dims transposed in memory."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def _every_other(t: torch.Tensor) -> torch.Tensor:
+    """The same values at every other element of a buffer whose other elements are NaN (stride 2)."""
+    return torch.stack([t, torch.full_like(t, math.nan)], dim=-1)[..., 0]
+
+
+@pytest.mark.parametrize("stage", STAGE_PARAMS)
+def test_strided_inputs(stage):
+    """Inputs are read in place through their strides: x with a stride-0 stream axis (one stream
+    broadcast to all, as a model's first layer sees it), x and dout transposed in memory, h_out a
+    strided slice, h_res and h_post transposed in memory."""
+    inputs, _ = _bundle(_case((3, 2), 4, 9, seed=8)).stage_view(stage)
+    common = {
+        "h_out": _every_other(inputs["h_out"]),
+        "h_res": _transposed_storage(inputs["h_res"]),
+        "h_post": _every_other(inputs["h_post"]),
+    }
+    variants = [{"x": inputs["x"][..., :1, :].expand(inputs["x"].shape)}, {"x": _transposed_storage(inputs["x"])}]
+    if "dout" in inputs:
+        variants[1]["dout"] = _transposed_storage(inputs["dout"])
+    for variant in variants:
+        strided = inputs | common | variant
+        assert strided["h_out"].stride(-1) == 2 and strided["h_post"].stride(-1) == 2
+        assert not strided["x"].is_contiguous()
+        assert_accurate(stage, strided, run_stage(stage, strided))
+
+
+def _meta(t):
+    return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
+# (argument, how it is spoiled, expected exception, text the message must contain); x is [2, 3, 4, 5].
+BAD = [
+    ("h_res", lambda t: t[..., :3, :3], ValueError, r"h_res: expected shape \[2, 3, 4, 4\] .*n=4.*got \[2, 3, 3, 3\]"),
+    ("h_res", lambda t: t[..., :3], ValueError, r"h_res: expected a square .*got shape \[2, 3, 4, 3\]"),
+    ("h_res", lambda t: t[0], ValueError, r"h_res: expected shape \[2, 3, 4, 4\] .*got \[3, 4, 4\]"),
+    ("h_res", lambda t: t.to(torch.int32), TypeError, "h_res: expected a floating-point tensor, got torch.int32"),
+    ("h_res", _meta, ValueError, r"h_res: expected a tensor on \S+ \(x's device\), got meta"),
+    ("h_out", lambda t: t.float(), TypeError, r"h_out: expected dtype torch.bfloat16 \(x's dtype\), got torch.float32"),
+    ("h_out", lambda t: t[..., :4], ValueError, r"h_out: expected shape \[2, 3, 5\] .*D=5.*got \[2, 3, 4\]"),
+    ("h_post", lambda t: t[:, :2], ValueError, r"h_post: expected shape \[2, 3, 4\] .*leading dims \[2, 3\].*"),
+    ("h_post", _meta, ValueError, r"h_post: expected a tensor on \S+ \(x's device\), got meta"),
+    ("h_post", lambda t: t.tolist(), TypeError, "h_post: expected a torch.Tensor, got list"),
+    ("dout", lambda t: t.float(), TypeError, r"dout: expected dtype torch.bfloat16 \(x's dtype\), got torch.float32"),
+    ("dout", lambda t: t[..., :3, :], ValueError, r"dout: expected shape \[2, 3, 4, 5\] .*got \[2, 3, 3, 5\]"),
+    ("dout", lambda t: None, TypeError, "dout: expected a torch.Tensor, got NoneType"),
+    ("x", lambda t: t.to(torch.int16), TypeError, "x: expected dtype bfloat16, float16 or float32, got torch.int16"),
+    ("x", lambda t: t[0, 0], ValueError, r"x: expected shape \[B, S, n, D\] or \[T, n, D\], got \(4, 5\)"),
+    ("block_d", lambda v: 3, ValueError, "block_d: expected a power of two >= 1, got 3"),
+    ("block_t", lambda v: 0, ValueError, "block_t: expected a power of two >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("arg", "spoil", "exc", "msg"), BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_is_rejected_before_launch(arg, spoil, exc, msg, monkeypatch):
+    monkeypatch.setattr(kp, "_post_fwd_kernel", _NotLaunched())
+    monkeypatch.setattr(kp, "_post_bwd_kernel", _NotLaunched())
+    good = dict(_bundle(_case((2, 3), 4, 5, seed=9)).tensors) | {"block_t": None, "block_d": None}
+    bad = good | {arg: spoil(good[arg])}
+    stages = ["post_bwd"] if arg == "dout" else list(TRITON)
+    for stage in stages:
+        kwargs = {k: bad[k] for k in (*STAGE_IO[stage]["inputs"], "block_t", "block_d")}
+        with pytest.raises(exc, match=msg):
+            TRITON[stage](**kwargs)
+    if not arg.startswith("block") and bad[arg] is not None:  # check_post_inputs reads dout=None as "forward"
+        with pytest.raises(exc, match=msg):
+            kp.check_post_inputs(*(bad[k] for k in STAGE_IO["post_bwd"]["inputs"]))
+
+
+@st.composite
+def fuzz_cases(draw):
+    """Shapes the lists above may miss: any n from 1 to 8, odd D, leading dims with 0 and 1 in them,
+    and any block sizes."""
+    lead = draw(st.sampled_from([(0,), (1,), (2,), (7,), (1, 1), (1, 5), (3, 2), (2, 0), (0, 3)]))
+    case = _case(
+        lead,
+        draw(st.integers(1, 8)),
+        draw(st.sampled_from([1, 3, 7, 15, 33])),
+        draw(st.sampled_from(["bfloat16", "float16", "float32"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+    blocks = draw(st.sampled_from([(None, None), (1, 4), (4, 8), (2, 64)]))
+    return case, blocks
+
+
+@pytest.mark.stage("post_fwd")
+@pytest.mark.stage("post_bwd")
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fuzz_cases())
+def test_fuzz_shapes(case_blocks):
+    case, (block_t, block_d) = case_blocks
+    bundle = build(case, KERNEL_DEVICE)
+    for stage in TRITON:
+        inputs, _ = bundle.stage_view(stage)
+        assert_stage_accurate(stage, bundle, run_stage(stage, inputs, block_t=block_t, block_d=block_d))
+
+
+# Compiled only: realistic shapes, the issue's benchmark shape among them.
+GPU_CASES = [
+    _case((16384,), 4, 7168, "bfloat16", seed=201),
+    _case((2, 2048), 4, 2560, "bfloat16", seed=202),
+    _case((4096,), 6, 1280, "float16", seed=203),
+    _case((777,), 8, 67, "float32", seed=204, x_scale=0.125),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.stage("post_fwd")
+@pytest.mark.stage("post_bwd")
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="realistic shapes need a CUDA device")
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_stages_on_gpu_at_realistic_shapes(case):
+    bundle = build(case, "cuda")
+    for stage in TRITON:
+        inputs, _ = bundle.stage_view(stage)
+        assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
