@@ -184,11 +184,16 @@ def build(case: Case, device: str | torch.device = "cpu") -> Bundle:
     return bundle
 
 
-# Tiny cases committed under tests/fixtures/frozen: one of each layout, one with inv_rms far from 1.
+# Tiny cases committed under tests/fixtures/frozen: mhc_pre in each layout and one with inv_rms far
+# from 1; sinkhorn with random and near-identity (not converged) logits; mhc_post in bf16 and fp32.
 FROZEN_CASES = {
     "bsnd_bf16_gamma": Case(lead=(2, 3), n=4, D=7, dtype="bfloat16", seed=1),
     "tnd_fp32_nogamma_gxp": Case(lead=(5,), n=3, D=5, dtype="float32", seed=2, gamma=False, grad_x_post=True),
     "tnd_fp16_xscale": Case(lead=(4,), n=2, D=9, dtype="float16", seed=3, grad_x_post=True, x_scale=8.0),
+    "sinkhorn_bsnd_random": Case(lead=(2, 3), n=4, seed=4, op="sinkhorn"),
+    "sinkhorn_tnd_identity_n6": Case(lead=(5,), n=6, seed=5, op="sinkhorn", logits_init="identity"),
+    "post_bsnd_bf16": Case(lead=(2, 3), n=4, D=7, dtype="bfloat16", seed=6, op="mhc_post"),
+    "post_tnd_fp32_n3": Case(lead=(5,), n=3, D=5, dtype="float32", seed=7, op="mhc_post"),
 }
 
 

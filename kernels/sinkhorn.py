@@ -180,10 +180,11 @@ def default_block_t(n: int) -> int:
     return max(1, TILE_ELEMENTS // _n_pad(n) ** 2)
 
 
-def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6) -> tuple[tuple[int, ...], int]:
-    """logits [T, n, n] or [B, S, n, n] (any leading dims) in bf16, fp16 or fp32 with 1 <= n <= 8;
-    dP (when given) of logits' shape and device; iters an int >= 1; eps a number >= 0.
-    -> (leading dims, n). Raises TypeError / ValueError naming the argument and the expected value."""
+def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6, max_n=MAX_N) -> tuple[tuple[int, ...], int]:
+    """logits [T, n, n] or [B, S, n, n] (any leading dims) in bf16, fp16 or fp32 with 1 <= n <= max_n
+    (the kernel's 8; None: any n, for the golden); dP (when given) of logits' shape and device; iters
+    an int >= 1; eps a number >= 0. -> (leading dims, n). Raises TypeError / ValueError naming the
+    argument and the expected value."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
     if logits.dtype not in X_DTYPES:
@@ -193,8 +194,8 @@ def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6) -> tuple[tuple[in
     n = logits.shape[-1]
     if logits.shape[-2] != n:
         raise ValueError(f"logits: expected square last two dims [..., n, n], got {list(logits.shape)}")
-    if not 1 <= n <= MAX_N:
-        raise ValueError(f"logits: expected n from 1 to {MAX_N} (one token's n x n matrix in registers), got n={n}")
+    if n < 1 or (max_n is not None and n > max_n):
+        raise ValueError(f"logits: expected n from 1 to {max_n} (one token's n x n matrix in registers), got n={n}")
     if dP is not None:
         if not isinstance(dP, torch.Tensor):
             raise TypeError(f"dP: expected a torch.Tensor, got {type(dP).__name__}")
@@ -204,6 +205,12 @@ def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6) -> tuple[tuple[in
             raise ValueError(f"dP: expected shape {list(logits.shape)} (logits' shape), got {list(dP.shape)}")
         if dP.device != logits.device:
             raise ValueError(f"dP: expected a tensor on {logits.device} (logits' device), got {dP.device}")
+    check_sinkhorn_iters(iters, eps)
+    return tuple(logits.shape[:-2]), n
+
+
+def check_sinkhorn_iters(iters, eps) -> None:
+    """iters an int >= 1 and eps a finite number >= 0, else TypeError / ValueError naming them."""
     if isinstance(iters, bool) or not isinstance(iters, numbers.Integral):
         raise TypeError(f"iters: expected an int >= 1, got {iters!r} ({type(iters).__name__})")
     if iters < 1:
@@ -212,7 +219,6 @@ def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6) -> tuple[tuple[in
         raise TypeError(f"eps: expected a number >= 0, got {eps!r} ({type(eps).__name__})")
     if not eps >= 0 or math.isinf(eps):  # `not >=` also rejects NaN
         raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
-    return tuple(logits.shape[:-2]), n
 
 
 def launch_sinkhorn_fwd(logits, P, iters, eps, *, block_t=None) -> None:

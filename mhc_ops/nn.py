@@ -38,6 +38,7 @@ from .ops import (
     mhc_pre,
     resolve_route,
     sinkhorn,
+    sinkhorn_max_n,
 )
 
 INITS = ("identity", "zero")
@@ -109,9 +110,13 @@ def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkh
            backend="auto", stages=None, recompute=False):  # fmt: skip
     """-> (h_in, h_post, h_res, link): mhc_pre, then sinkhorn of its h_res logits. Pass link to hc_post
     of the same block. Arguments as mhc_pre and sinkhorn; recompute: save only x and the parameters."""
-    check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
+    _, n, _ = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
     route = resolve_route(backend, stages, x)
+    max_n = sinkhorn_max_n(route)
+    if max_n is not None and n > max_n:
+        raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
+                         "sinkhorn_bwd on the golden with stages=)")  # fmt: skip
     if torch.compiler.is_compiling():
         h_in, h_post, logits = mhc_pre(x, phi, alpha, bias, gamma, norm_eps=norm_eps, hc_eps=hc_eps, stages=stages,
                                        backend=backend)  # fmt: skip

@@ -27,7 +27,7 @@ from .kernels._common import check_inputs
 from .kernels.fused_bwd import launch_backward_fused
 from .kernels.fwd import launch_fwd
 from .kernels.post import check_post_inputs, launch_post_bwd, launch_post_fwd
-from .kernels.sinkhorn import check_sinkhorn_inputs, launch_sinkhorn_bwd, launch_sinkhorn_fwd
+from .kernels.sinkhorn import MAX_N, check_sinkhorn_inputs, check_sinkhorn_iters, launch_sinkhorn_bwd, launch_sinkhorn_fwd
 from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline, require_kernel_device
 
 BACKEND_CHOICES = ("auto", "golden", "triton")
@@ -283,9 +283,9 @@ def mhc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, back
     return _MhcPre.apply(x, phi, alpha, bias, gamma, float(norm_eps), float(hc_eps), route)
 
 
-def check_sinkhorn_iters(iters, eps) -> None:
-    """iters an int >= 1, eps a finite number >= 0 (sinkhorn's options), as check_sinkhorn_inputs."""
-    check_sinkhorn_inputs(torch.empty(0, 1, 1), iters=iters, eps=eps)
+def sinkhorn_max_n(route: Route) -> int | None:
+    """The largest n the route's sinkhorn stages take: the kernel's MAX_N, or any n on the golden."""
+    return MAX_N if "triton" in (route.of("sinkhorn_fwd"), route.of("sinkhorn_bwd")) else None
 
 
 # --- sinkhorn ------------------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def _sinkhorn_forward(route: Route, logits, iters, eps) -> torch.Tensor:
     """-> P [.., n, n] fp32."""
     if route.of("sinkhorn_fwd") == "triton":
         P = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
-        launch_sinkhorn_fwd(logits, P, iters, eps)
+        launch_sinkhorn_fwd(logits.contiguous(), P, iters, eps)
         return P
     return golden_sinkhorn.stage_sinkhorn_fwd(logits=logits, iters=iters, eps=eps)["P"].float()
 
@@ -304,7 +304,7 @@ def _sinkhorn_backward(route: Route, logits, dP, iters, eps) -> torch.Tensor:
     """-> dlogits in logits' dtype."""
     if route.of("sinkhorn_bwd") == "triton":
         dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        launch_sinkhorn_bwd(logits, dP.contiguous(), dlogits, iters, eps)
+        launch_sinkhorn_bwd(logits.contiguous(), dP.contiguous(), dlogits, iters, eps)
         return dlogits
     return golden_sinkhorn.stage_sinkhorn_bwd(logits=logits, dP=dP, iters=iters, eps=eps)["dlogits"].to(logits.dtype)
 
@@ -362,8 +362,8 @@ def sinkhorn(logits, iters=20, eps=1e-6, *, backend="auto", stages=None):
     """DeepSeek's Sinkhorn-Knopp projection of per-token logits [.., n, n] onto (nearly) doubly
     stochastic matrices: row softmax + eps, a column pass, then iters - 1 row/column passes.
     -> P [.., n, n] fp32, differentiable (the exact gradient of the finite iteration)."""
-    check_sinkhorn_inputs(logits, iters=iters, eps=eps)
     route = resolve_route(backend, stages, logits)
+    check_sinkhorn_inputs(logits, iters=iters, eps=eps, max_n=sinkhorn_max_n(route))
     if torch.compiler.is_compiling():
         return _sinkhorn_fwd_op(logits, int(iters), float(eps), route.key)
     return _Sinkhorn.apply(logits, int(iters), float(eps), route)

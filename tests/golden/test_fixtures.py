@@ -43,7 +43,7 @@ def test_mixing_logits_are_order_one():
 
 @pytest.mark.parametrize("stage", list(STAGE_IO))
 def test_stage_view_has_the_stage_names(stage):
-    bundle = build(Case(lead=(2, 2), n=3, D=5, grad_x_post=True))
+    bundle = build(Case(lead=(2, 2), n=3, D=5, grad_x_post=True, op=STAGE_IO[stage]["op"]))
     inputs, expected = bundle.stage_view(stage)
     io = STAGE_IO[stage]
     assert set(inputs) == set(io["inputs"]) | set(io["options"])

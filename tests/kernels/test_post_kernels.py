@@ -38,7 +38,7 @@ CASES = [
 ]
 # (block_t, block_d): blocks smaller than D (the backward loops over D, the forward's grid covers it),
 # one token a program, and blocks larger than D and than the token count.
-BLOCKS = [(1, 1), (2, 16), (4, 32), (1, 128), (8, 64)]
+BLOCKS = [(1, 32), (2, 16), (4, 128), (8, 64)]
 
 _bundles = {}
 
@@ -122,7 +122,7 @@ def test_nan_stays_in_its_token(stage):
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 def test_two_runs_are_bitwise_identical(stage):
     inputs, _ = _bundle(CASES[3]).stage_view(stage)
-    a, b = run_stage(stage, inputs, block_d=2), run_stage(stage, inputs, block_d=2)
+    a, b = run_stage(stage, inputs, block_d=8), run_stage(stage, inputs, block_d=8)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -212,13 +212,13 @@ def fuzz_cases(draw):
         draw(st.sampled_from(["bfloat16", "float16", "float32"])),
         seed=draw(st.integers(0, 2**16)),
     )
-    blocks = draw(st.sampled_from([(None, None), (1, 4), (4, 8), (2, 64)]))
+    blocks = draw(st.sampled_from([(None, None), (4, 16), (2, 64)]))
     return case, blocks
 
 
 @pytest.mark.stage("post_fwd")
 @pytest.mark.stage("post_bwd")
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fuzz_cases())
 def test_fuzz_shapes(case_blocks):
     case, (block_t, block_d) = case_blocks
@@ -247,3 +247,24 @@ def test_stages_on_gpu_at_realistic_shapes(case):
     for stage in TRITON:
         inputs, _ = bundle.stage_view(stage)
         assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="needs a GPU with 24 GB free")
+def test_tokens_past_two_to_the_31():
+    """64-bit offsets: the last tokens start past element 2**31 of x, dout, out and dx. Per-token outputs
+    depend on that token alone, so they are checked against the golden on those tokens only."""
+    n, D, tail = 4, 7168, 32
+    T = 2**31 // (n * D) + 64
+    g = torch.Generator(device="cuda").manual_seed(12)
+    x, dout = (torch.randn((T, n, D), generator=g, device="cuda").to(torch.bfloat16) for _ in range(2))
+    h_out = torch.randn((T, D), generator=g, device="cuda").to(torch.bfloat16)
+    h_res = torch.softmax(torch.randn((T, n, n), generator=g, device="cuda"), dim=-1)
+    h_post = 2 * torch.sigmoid(torch.randn((T, n), generator=g, device="cuda"))
+    assert (T - tail) * n * D > 2**31
+    full = {"x": x, "h_res": h_res, "h_out": h_out, "h_post": h_post, "dout": dout}
+    last = {k: v[-tail:] for k, v in full.items()}
+    for stage in TRITON:
+        names = STAGE_IO[stage]["inputs"]
+        out = TRITON[stage](**{k: full[k] for k in names})
+        assert_accurate(stage, {k: last[k] for k in names}, {k: v[-tail:] for k, v in out.items()})

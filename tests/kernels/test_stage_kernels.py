@@ -5,12 +5,12 @@ CPU: through the interpreter at tiny shapes; GPU: compiled, at realistic shapes.
 import pytest
 import torch
 
-from mhc_ops.golden import STAGE_NAMES, build
+from mhc_ops.golden import PRE_STAGE_NAMES, build
 from tests.cases import ELEMENTWISE_BLOCKS, EMPTY_CASES, GPU_CASES, KERNEL_BLOCKS, KERNEL_CASES
 from tests.helpers import HAS_CUDA, KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in STAGE_NAMES]
+STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in PRE_STAGE_NAMES]
 # Stages whose tiles feed tl.dot (block sizes >= 16) and elementwise/reduction stages.
 BLOCKS = {"fwd": KERNEL_BLOCKS, "dh_mix": KERNEL_BLOCKS, "dparams": KERNEL_BLOCKS, "dx": ELEMENTWISE_BLOCKS,
           "dgamma": ELEMENTWISE_BLOCKS}  # fmt: skip
