@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+
 import torch
 
 from .golden import mhc_post as golden_post
@@ -27,7 +28,12 @@ from .kernels._common import check_inputs
 from .kernels.fused_bwd import launch_backward_fused
 from .kernels.fwd import launch_fwd
 from .kernels.post import check_post_inputs, launch_post_bwd, launch_post_fwd
-from .kernels.sinkhorn import MAX_N, check_sinkhorn_inputs, check_sinkhorn_iters, launch_sinkhorn_bwd, launch_sinkhorn_fwd
+from .kernels.sinkhorn import (
+    MAX_N,
+    check_sinkhorn_inputs,
+    launch_sinkhorn_bwd,
+    launch_sinkhorn_fwd,
+)
 from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline, require_kernel_device
 
 BACKEND_CHOICES = ("auto", "golden", "triton")
@@ -185,7 +191,7 @@ class _MhcPre(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh_in, dh_post, dh_res):
         saved = ctx.saved_tensors
-        x, phi, alpha, gamma, h_post = saved[0], saved[1], saved[2], saved[3], saved[7]
+        x, phi, alpha, h_post = saved[0], saved[1], saved[2], saved[7]
         dh_in, dh_post, dh_res = _zero_grads(x, h_post, dh_in, dh_post, dh_res)
         dx, dphi, dalpha, dbias, dgamma = _pre_backward(ctx.route, saved, dh_in, dh_post, dh_res, None, ctx.hc_eps)
         return dx, dphi.to(phi.dtype), dalpha.to(alpha.dtype), dbias, dgamma, None, None, None
@@ -409,7 +415,9 @@ class _MhcPost(torch.autograd.Function):
 
 
 @torch.library.custom_op("mhc_ops::post_fwd", mutates_args=())
-def _post_fwd_op(x: torch.Tensor, h_res: torch.Tensor, h_out: torch.Tensor, h_post: torch.Tensor, route: str) -> torch.Tensor:
+def _post_fwd_op(
+    x: torch.Tensor, h_res: torch.Tensor, h_out: torch.Tensor, h_post: torch.Tensor, route: str
+) -> torch.Tensor:
     out = _post_forward(Route.from_key(route), x, h_res, h_out, h_post)
     return out.clone() if out._base is not None else out
 
