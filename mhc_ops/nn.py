@@ -23,6 +23,7 @@ import math
 import torch
 
 from .kernels._common import check_inputs
+from .kernels.sinkhorn import check_sinkhorn_iters
 from .ops import (
     Route,
     _post_backward,
@@ -33,7 +34,6 @@ from .ops import (
     _sinkhorn_forward,
     _zero_grads,
     check_post_inputs,
-    check_sinkhorn_iters,
     mhc_post,
     mhc_pre,
     resolve_route,

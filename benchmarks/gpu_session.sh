@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
+# machine with torch and triton installed; no nox, no venv):
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf]      (default: all four)
+# Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
+# limit, so a failing part leaves the others' results.
+set -uo pipefail
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/mhc-gpu}
+R=/tmp/mhc-results
+mkdir -p "$R" "$OUT"
+parts=${*:-tests bench train hf}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$R/gpu.txt"
+
+for part in $parts; do case $part in
+tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recompiles per T
+  timeout 110 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v '^DEBUG' \
+    | tail -25 | tee "$R/gpu_tests.txt" ;;
+bench)  # kernels against their floors and torch.compile of the golden, and host time per call
+  timeout 200 python3 -m benchmarks.run --shapes 16384x4x7168,4096x4x4096,1024x4x4096,8192x8x2048 --quick \
+    --host auto --out "$R" 2>&1 | tail -70 | tee "$R/bench.txt" ;;
+train)  # val loss vs step: plain, mHC on Triton, on the golden, two stages swapped; --compile, --recompute
+  T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 50"
+  for run in "plain 250 --residual plain" "triton 250 --backend triton" "golden 250 --backend golden" \
+             "swapped 250 --backend triton --stages sinkhorn_bwd=golden,dx=golden" \
+             "compile 100 --backend triton --compile" "recompute 100 --backend triton --recompute"; do
+    set -- $run
+    name=$1 steps=$2; shift 2
+    timeout 75 $T --steps "$steps" --out "$R/train-$name" "$@" 2>&1 | tail -5 | tee -a "$R/train.txt"
+  done ;;
+hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
+  timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
+*) echo "unknown part $part (tests, bench, train, hf)"; exit 2 ;;
+esac; done
+tar czf "$OUT/results.tgz" -C "$R" .
