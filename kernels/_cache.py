@@ -38,7 +38,9 @@ def weight_derived(name: str, fn: Callable[..., torch.Tensor], *weights: torch.T
     if entry is not None and entry[1] == stamp and all(r() is w for r, w in zip(entry[0], weights)):
         return entry[2]
     value = fn(*weights)
-    refs = tuple(weakref.ref(w, lambda _, key=key: _ENTRIES.pop(key, None)) if w is not None else _none for w in weights)
+    refs = tuple(
+        weakref.ref(w, lambda _, key=key: _ENTRIES.pop(key, None)) if w is not None else _none for w in weights
+    )
     _ENTRIES[key] = (refs, stamp, value)
     return value
 

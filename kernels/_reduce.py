@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import cdiv, next_power_of_2
+
 
 @triton.jit
 def column_sums(ws_ptr, P, M, cols, col_mask, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -42,10 +44,10 @@ def sum_partials(ws: torch.Tensor, out: torch.Tensor, scale: torch.Tensor | None
 
     ws: [P, M] fp32 or fp64, contiguous; out: contiguous with M elements; scale: 1-D, contiguous."""
     P, M = ws.shape
-    block_m = min(1024, triton.next_power_of_2(M))
+    block_m = min(1024, next_power_of_2(M))
     block_p = max(1, 4096 // block_m)
     scale_arg = scale if scale is not None else ws
     period = scale.numel() if scale is not None else 1
-    _sum_partials_kernel[(triton.cdiv(M, block_m),)](
+    _sum_partials_kernel[(cdiv(M, block_m),)](
         ws, scale_arg, out, P, M, period, HAS_SCALE=scale is not None, BLOCK_P=block_p, BLOCK_M=block_m
     )

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_block, check_inputs, token_splits, tokens
+from ._common import cdiv, check_block, check_inputs, token_splits, tokens
 from ._reduce import sum_partials
 
 
@@ -44,8 +44,8 @@ def mhc_pre_dgamma(*, x, dvecX_mm, block_t=16, block_d=64, splits=None):
     dgamma = torch.empty((n, D), device=x.device, dtype=torch.float32)
     if T == 0:
         return {"dgamma": dgamma.zero_()}
-    token_blocks = triton.cdiv(T, block_t)
-    col_programs = n * triton.cdiv(D, block_d)
+    token_blocks = cdiv(T, block_t)
+    col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(x.device, col_programs, token_blocks)
     ws = torch.empty((splits, n * D), device=x.device, dtype=torch.float32)
     _dgamma_partials_kernel[(col_programs, splits)](

@@ -13,6 +13,7 @@ import triton.language as tl
 
 from ._common import (
     alpha_per_col,
+    cdiv,
     check_block,
     check_inputs,
     fp32_dot,
@@ -246,7 +247,7 @@ def mhc_pre_dh_mix(
         return out
     small = [t.contiguous() for t in (alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post)]
     alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post = small
-    _dh_mix_kernel[(triton.cdiv(T, block_t),)](
+    _dh_mix_kernel[(cdiv(T, block_t),)](
         xt, phi, alpha, dh_in_t, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post,
         out["dh_pre"], out["dh_pre2"], out["dh_post2"], out["dh_mix"], out["dinv_rms"], out["dvecX_mm"],
         T, n, D, *xt.stride(), *dh_in_t.stride(), *phi.stride(), float(hc_eps),

@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    cdiv,
     check_block,
     check_inputs,
     fp32_dot,
@@ -140,11 +141,11 @@ def mhc_pre_dparams(
         dcoeff.zero_()
         return out
     p2, q2, r, hm, ir, dm = (t.contiguous() for t in (dh_pre2, dh_post2, dh_res, h_mix, inv_rms, dh_mix))
-    token_blocks = triton.cdiv(T, block_t)
+    token_blocks = cdiv(T, block_t)
     ws_dcoeff = torch.empty((token_blocks, O + 3), device=dev, dtype=torch.float64)
     _dcoeff_partials_kernel[(token_blocks,)](p2, q2, r, hm, ir, ws_dcoeff, T, n, BLOCK_T=block_t, O_PAD=o_pad(n))
     sum_partials(ws_dcoeff, dcoeff)
-    col_programs = n * triton.cdiv(D, block_d)
+    col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, token_blocks, g_split_cap(x, O, nD))
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     _g_partials_kernel[(col_programs, splits)](

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_block, check_inputs, round_to, tokens
+from ._common import cdiv, check_block, check_inputs, round_to, tokens
 
 
 @triton.jit
@@ -107,7 +107,7 @@ def mhc_pre_dx(*, x, dvecX_mm, dinv_rms, inv_rms, h_pre, dh_in, gamma=None, grad
     gxp = tokens(grad_x_post, 2) if grad_x_post is not None else xt  # never read without HAS_GXP
     mm, dinv, inv, hp = (t.contiguous() for t in (dvecX_mm, dinv_rms, inv_rms, h_pre))
     gamma_arg = gamma.contiguous() if gamma is not None else inv  # never read without HAS_GAMMA
-    _dx_kernel[(triton.cdiv(T, block_t), n)](
+    _dx_kernel[(cdiv(T, block_t), n)](
         xt, mm, dinv, inv, hp, dh_in_t, gamma_arg, gxp, dx_t,
         T, n, D, *xt.stride(), *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(),
         HAS_GAMMA=gamma is not None, HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d,

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    cdiv,
     check_block,
     check_inputs,
     default_block_d,
@@ -183,7 +184,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post = (
         t.contiguous() for t in (alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post)
     )
-    blocks_a = triton.cdiv(T, block_t_a)
+    blocks_a = cdiv(T, block_t_a)
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
     _pass_a_kernel[(blocks_a,)](
@@ -191,8 +192,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d,
         O_PAD=o_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    col_programs = n * triton.cdiv(D, block_d)
-    splits = splits or token_splits(dev, col_programs, triton.cdiv(T, block_t), g_split_cap(x, O, nD))
+    col_programs = n * cdiv(D, block_d)
+    splits = splits or token_splits(dev, col_programs, cdiv(T, block_t), g_split_cap(x, O, nD))
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     gxp = tokens(grad_x_post, 2) if grad_x_post is not None else xt  # never read without HAS_GXP
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
@@ -203,7 +204,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128
-    _finish_kernel[(triton.cdiv(nD, block_k) + 1,)](
+    _finish_kernel[(cdiv(nD, block_k) + 1,)](
         ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, ws_dcoeff, dcoeff, splits,
         blocks_a, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=64,
     )  # fmt: skip

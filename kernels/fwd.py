@@ -13,9 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._cache import weight_derived
 from ._common import (
     alpha_per_col,
     bf16_dot,
+    cdiv,
     check_block,
     check_inputs,
     default_block_d,
@@ -27,7 +29,6 @@ from ._common import (
     store_coeff_part,
     tokens,
 )
-from ._cache import weight_derived
 
 
 @triton.jit
@@ -225,7 +226,7 @@ def launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d
         w_split = x.dtype == torch.bfloat16
         # (gamma*phi)^T split for bf16 tensor cores, cached per weight version; never read without W_SPLIT
         w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
-        _fwd_kernel[(triton.cdiv(T, block_t),)](
+        _fwd_kernel[(cdiv(T, block_t),)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
             T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
             HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),

@@ -28,18 +28,21 @@ post_bwd: grid (token blocks); each program loops over all of D. dx and dh_out a
 chunk; dh_res and dh_post, per-token sums over D, are accumulated in registers across the loop and
 stored once at the end: no workspace, no atomics, and the order of every sum depends only on the
 block sizes, so two runs are bitwise identical. The loop is software-pipelined (``num_stages``): the
-loads of the next chunks are in flight while a chunk is computed, which is what makes it fast.
-Measured on an H200 (copy bandwidth 4.25 TB/s) at T = 16384, n = 4, D = 7168, bf16: this kernel runs at
-1.05x its floor; the alternative, a grid over D slices too, with per-slice partials of dh_res and
-dh_post in a ``[D_blocks, T, n*n + n]`` workspace and a fixed-order second reduce (more programs, 1 %
-more bytes at this shape), ran at 1.6x at best, and the same loop without pipelining at 1.8x. At
-T = 1024 the loop runs 256 programs (2 per SM) at about 1.5-1.7x: the D split would give more
-programs there, but its per-slice reductions cost more than they win.
+loads of the next chunks are in flight while a chunk is computed, which is what makes it fast. On an
+H200 at T = 16384, n = 4, D = 7168, bf16 the same loop without pipelining ran at 1.8x its floor, and
+the alternative, a grid over D slices too with per-slice partials of dh_res and dh_post in a
+``[D_blocks, T, n*n + n]`` workspace and a fixed-order second reduce (more programs, 1 % more bytes at
+this shape, one more launch), at 1.6x at best: each program then pays the cross-thread reductions of
+its slice with no loop to overlap them. At T = 1024 the loop has only 512 programs (4 per SM) and
+still ran at 1.3x, as the forward did, so the single launch is kept at every T.
 
-Measured there with the default blocks, bf16, n = 4, D = 7168: forward 1.06x floor at T = 16384
-(0.52 ms), backward 1.05x (0.81 ms); fp32 1.05x and 1.04x; n = 6, D = 1280: 1.20x and 1.8x (the
-padded stream rows cost arithmetic). An H100 has the same SMs with 30 % less bandwidth, so these
-kernels are further from their arithmetic limit there: about 1.05x forward and backward expected.
+Measured with the default blocks on an H200 (copy bandwidth 4.25 TB/s; time / floor): at T = 16384,
+n = 4, D = 7168, bf16, forward 1.06x (0.525 ms) and backward 1.05x (0.806 ms); fp32 1.05x and 1.05x;
+T = 1024 1.3x and 1.3x (floors of 31 and 48 us: launch and ramp-up show); n = 1 and 3 at most 1.07x; n = 6
+(D = 1280) and n = 8 (D = 2560) 1.2x forward but 1.8-1.9x backward, where the padded stream axis and
+the n*n products per element make the backward arithmetic-bound. An H100 runs the same code against
+about 30 % less bandwidth, so at the target shape these kernels sit further below their arithmetic
+limit there: about 1.05x forward and backward expected (floors 0.72 ms and 1.12 ms at ~2.95 TB/s).
 
 Offsets: the row index is int64, so tensors past 2**31 elements are addressed correctly; the strides
 of every tensor are runtime arguments (x may have a stride-0 or any stream stride) and the token count
@@ -52,7 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_block, check_x, round_to, tokens
+from ._common import cdiv, check_block, check_x, next_power_of_2, round_to, tokens
 
 
 def check_post_inputs(x, h_res, h_out, h_post, dout=None) -> tuple[tuple[int, ...], int, int]:
@@ -226,11 +229,11 @@ def _post_bwd_kernel(
 def fwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None = None) -> tuple[int, int]:
     """(BLOCK_T, BLOCK_D) of post_fwd: the caller's, or a [BLOCK_T, N_PAD, BLOCK_D] tile of 4096 elements
     (64 fp32 accumulators per thread with 2 warps) whose last D block is at most 1/8 padding (n = 6,
-    D = 1280: 2 x 256 columns ran at 1.20x floor on an H200, 1 x 512 at 1.9x)."""
-    n_pad = triton.next_power_of_2(n)
+    D = 1280 on an H200: 2 x 256 columns ran at 1.20x floor, 1 x 512 with 4 warps at 1.9x)."""
+    n_pad = next_power_of_2(n)
     if block_d is None:
-        block_d = min(triton.next_power_of_2(D), 4096 // n_pad)
-        while block_d > 64 and triton.cdiv(D, block_d) * block_d - D > D // 8:
+        block_d = min(next_power_of_2(D), 4096 // n_pad)
+        while block_d > 64 and cdiv(D, block_d) * block_d - D > D // 8:
             block_d //= 2
     if block_t is None:
         block_t = max(1, 4096 // (n_pad * block_d))
@@ -240,10 +243,10 @@ def fwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None =
 def bwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None = None) -> tuple[int, int]:
     """(BLOCK_T, BLOCK_D) of post_bwd: the caller's, or a [BLOCK_T, N_PAD, BLOCK_D] tile of 2048 elements
     per loop step, 256 columns (128 from n = 5 on), the rest tokens: the best of a sweep on an H200 at
-    n = 1, 3, 4 (2 x 256 at n = 4: 1.05x floor, 4 x 128: 1.07x, 1 x 512: 1.7x)."""
-    n_pad = triton.next_power_of_2(n)
+    n = 1, 3, 4 (at n = 4, D = 7168: 2 x 256 at 1.05x floor, 4 x 128 at 1.07x, 1 x 512 with 4 warps at 1.7x)."""
+    n_pad = next_power_of_2(n)
     if block_d is None:
-        block_d = min(triton.next_power_of_2(D), 256 if n_pad <= 4 else 128)
+        block_d = min(next_power_of_2(D), 256 if n_pad <= 4 else 128)
     if block_t is None:
         block_t = max(1, 2048 // (n_pad * block_d))
     return block_t, block_d
@@ -264,10 +267,10 @@ def launch_post_fwd(x, h_res, h_out, h_post, out, block_t=None, block_d=None, nu
     if T == 0:
         return
     block_t, block_d = fwd_blocks(n, D, block_t, block_d)
-    _post_fwd_kernel[(triton.cdiv(T, block_t), triton.cdiv(D, block_d))](
+    _post_fwd_kernel[(cdiv(T, block_t), cdiv(D, block_d))](
         xt, rt, ht, pt, ot, T, D,
         *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *ot.stride(),
-        N=n, N_PAD=triton.next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, num_warps=num_warps,
+        N=n, N_PAD=next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
 
 
@@ -285,11 +288,11 @@ def launch_post_bwd(
     if T == 0:
         return
     block_t, block_d = bwd_blocks(n, D, block_t, block_d)
-    _post_bwd_kernel[(triton.cdiv(T, block_t),)](
+    _post_bwd_kernel[(cdiv(T, block_t),)](
         xt, rt, ht, pt, gt, dxt, drt, dot, dpt, T, D,
         *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *gt.stride(),
         *dxt.stride(), *drt.stride(), *dot.stride(), *dpt.stride(),
-        N=n, N_PAD=triton.next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, NUM_STAGES=num_stages,
+        N=n, N_PAD=next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, NUM_STAGES=num_stages,
         num_warps=num_warps,
     )  # fmt: skip
 

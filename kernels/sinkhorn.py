@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import X_DTYPES, check_block, round_to
+from ._common import X_DTYPES, cdiv, check_block, next_power_of_2, round_to
 
 MAX_N = 8  # one token's n x n matrix lives in registers
 # Elements of a [BLOCK_T, N_PAD, N_PAD] tile per program at the default block size: 4 per thread of
@@ -172,7 +172,7 @@ def _sinkhorn_bwd_kernel(
 
 
 def _n_pad(n: int) -> int:
-    return triton.next_power_of_2(n)
+    return next_power_of_2(n)
 
 
 def default_block_t(n: int) -> int:
@@ -229,7 +229,7 @@ def launch_sinkhorn_fwd(logits, P, iters, eps, *, block_t=None) -> None:
     if T == 0:
         return
     block_t = block_t or default_block_t(n)
-    _sinkhorn_fwd_kernel[(triton.cdiv(T, block_t),)](
+    _sinkhorn_fwd_kernel[(cdiv(T, block_t),)](
         logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
     )  # fmt: skip
 
@@ -245,7 +245,7 @@ def launch_sinkhorn_bwd(logits, dP, dlogits, iters, eps, *, block_t=None, seg=No
         return
     block_t = block_t or default_block_t(n)
     seg = seg or max(1, math.isqrt(int(iters) - 1))
-    _sinkhorn_bwd_kernel[(triton.cdiv(T, block_t),)](
+    _sinkhorn_bwd_kernel[(cdiv(T, block_t),)](
         logits, dP, dlogits, T, int(iters), seg, float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
     )  # fmt: skip
 
