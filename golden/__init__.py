@@ -2,7 +2,6 @@
 
 from .accuracy import judge, rel_err
 from .fixtures import Bundle, Case, build, run_golden
-from .registry import OP_STAGES, OPS, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
 from .mhc_pre import (
     mhc_pre_backward,
     mhc_pre_forward,
@@ -12,6 +11,7 @@ from .mhc_pre import (
     stage_dx,
     stage_fwd,
 )
+from .registry import OP_STAGES, OPS, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
 
 __all__ = [
     "OPS",
