@@ -4,6 +4,9 @@ Every shape runs in the BSND layout with bf16 x, fp32 phi and a gamma. A shape's
 into sequences of SEQ_LEN tokens, ``lead = (B, S) = (T // SEQ_LEN, SEQ_LEN)``, when T is a multiple
 of SEQ_LEN, and form one sequence (B = 1, S = T) otherwise: the kernels see only T, so the split
 changes nothing but the leading dims.
+
+The host-time rows (benchmarks/host.py) run at their own shapes: T = 1, where the GPU is never the
+bottleneck, and T = 4096, where a training step should be GPU-bound.
 """
 
 from __future__ import annotations
@@ -34,20 +37,24 @@ class Shape:
 
 
 DEFAULT_SHAPES = (
+    Shape(1024, 4, 4096),
     *(Shape(T, 4, D) for T in (4096, 16384) for D in (2560, 4096, 7168)),
     Shape(8192, 6, 4096),
     Shape(8192, 8, 2048),
 )
-# Named sets for --shapes; "tiny" is the CPU smoke test (Triton kernels through the interpreter).
+# Named sets for --shapes and --host; "tiny" and "host-tiny" are the CPU smoke test (Triton kernels
+# through the interpreter).
 SHAPE_SETS = {
     "default": DEFAULT_SHAPES,
     "target": (Shape(16384, 4, 7168),),
     "tiny": (Shape(32, 4, 64),),
+    "host": (Shape(1, 4, 4096), Shape(4096, 4, 4096)),
+    "host-tiny": (Shape(1, 4, 64), Shape(32, 4, 64)),
 }
 
 
 def parse_shapes(text: str) -> list[Shape]:
-    """'default', 'tiny', 'target' or 'TxnxD' (e.g. '16384x4x7168'), comma separated, in order."""
+    """Names of SHAPE_SETS or 'TxnxD' (e.g. '16384x4x7168'), comma separated, in order."""
     shapes: list[Shape] = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         if item in SHAPE_SETS:

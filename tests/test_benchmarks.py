@@ -1,6 +1,6 @@
 """The benchmark module: floor arithmetic by hand, and one CPU run end to end at a tiny shape (Triton
-kernels through the interpreter) with mutants injected into the impl table. Nothing here is a speed
-target: the CPU run only checks that rows are produced, judged and written."""
+kernels through the interpreter) with mutants injected into the impl table, host rows included.
+Nothing here is a speed target: the CPU run only checks that rows are produced, judged and written."""
 
 from __future__ import annotations
 
@@ -10,33 +10,55 @@ import pytest
 import torch
 
 import mhc_ops
-from benchmarks import run
-from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, Shape, parse_shapes
+from benchmarks import host, plots, run
+from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, SHAPE_SETS, Shape, parse_shapes
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
 from tests.helpers import INTERPRETING
 
 REQUIRED_KEYS = {
     "op", "impl", "T", "n", "D", "ms", "floor_ms", "x_floor", "speedup_vs_compile", "gpu",
-    "copy_bw_GBps", "bytes", "ok", "worst_err", "extra_mem_frac_x", "status",
+    "copy_bw_GBps", "bytes", "ok", "worst_err", "extra_mem_frac_x", "status", "parts_ms", "vs_parts",
 }  # fmt: skip
+HOST_KEYS = {"op", "call", "T", "n", "D", "host_us", "host_sync_us", "gpu_us", "gpu_method", "status", "gpu"}
 
 
 # ---- floors and shapes ----------------------------------------------------------------------------
+
+# n=4, D=7168, bf16 (s = 2, nD = 28672): the pre floors of docs/perf.md, and the parts of the composites.
+PRE_FWD = 57344 + 14336 + 196  # read x, write h_in, side 4*(32 + 16 + 1)
+PRE_BWD = 2 * 57344 + 14336 + 196
+PRE_BWD_GXP = 3 * 57344 + 14336 + 196
+SINKHORN_FWD = 4 * 2 * 16  # read logits, write P: fp32 [4, 4]
+SINKHORN_BWD = 4 * 3 * 16  # read logits, dP; write dlogits
+POST_FWD = 2 * 57344 + 14336 + 4 * (16 + 4)  # read x, write out; read h_out; read h_res, h_post
+POST_BWD = 3 * 57344 + 2 * 14336 + 4 * (32 + 8)  # read dout, x, write dx; read h_out, write dh_out; 4 fp32 sides
 
 
 @pytest.mark.parametrize(
     "op, n, D, x_bytes, gxp, expected",
     [
-        # n=4, D=7168, bf16: x 2*28672 = 57344, h_in 2*7168 = 14336, side 4*(32 + 16 + 1) = 196.
-        ("fwd", 4, 7168, 2, False, 57344 + 14336 + 196),
-        ("bwd", 4, 7168, 2, False, 2 * 57344 + 14336 + 196),
-        ("bwd", 4, 7168, 2, True, 3 * 57344 + 14336 + 196),
-        # n=1, D=1, fp32: x 4, h_in 4, side 4*(2 + 4 + 1) = 28.
+        ("fwd", 4, 7168, 2, False, PRE_FWD),
+        ("bwd", 4, 7168, 2, False, PRE_BWD),
+        ("bwd", 4, 7168, 2, True, PRE_BWD_GXP),
+        ("bwd_gxp", 4, 7168, 2, False, PRE_BWD_GXP),
+        ("sinkhorn_fwd", 4, 7168, 2, False, 128),
+        ("sinkhorn_bwd", 4, 7168, 2, False, 192),
+        ("post_fwd", 4, 7168, 2, False, 129104),
+        ("post_bwd", 4, 7168, 2, False, 200864),
+        ("step", 4, 7168, 2, False, PRE_FWD + PRE_BWD),
+        ("layer_fwd", 4, 7168, 2, False, PRE_FWD + SINKHORN_FWD + POST_FWD),
+        ("layer_bwd", 4, 7168, 2, False, PRE_BWD_GXP + SINKHORN_BWD + POST_BWD),
+        ("layer_step", 4, 7168, 2, False, 201108 + 387620),
+        # n=1, D=1, fp32: x 4, h_in 4, side 4*(2 + 4 + 1) = 28; post 2*4 + 4 + 4*2, post bwd 3*4 + 2*4 + 4*4.
         ("fwd", 1, 1, 4, False, 4 + 4 + 28),
         ("bwd", 1, 1, 4, False, 8 + 4 + 28),
-        # n=6, D=10, fp16: x 120, h_in 20, side 4*(72 + 24 + 1) = 388.
+        ("post_fwd", 1, 1, 4, False, 20),
+        ("post_bwd", 1, 1, 4, False, 36),
+        # n=6, D=10, fp16: x 120, h_in 20, side 4*(72 + 24 + 1) = 388; sinkhorn 4*2*36 and 4*3*36 whatever x is.
         ("fwd", 6, 10, 2, False, 120 + 20 + 388),
+        ("sinkhorn_fwd", 6, 10, 2, False, 288),
+        ("sinkhorn_bwd", 6, 10, 4, False, 432),
     ],
 )
 def test_bytes_per_token(op, n, D, x_bytes, gxp, expected):
@@ -52,6 +74,10 @@ def test_op_bytes_and_floor_at_the_target_shape():
     assert run.floor_ms(fwd, 3000.0) == pytest.approx(0.392538795, rel=1e-9)
     assert run.floor_ms(bwd, 3000.0) == pytest.approx(0.705713493, rel=1e-9)
     assert run.floor_ms(3_000_000, 3000.0) == pytest.approx(1e-3)
+    # post at the target: 16384 * 129104 B = 2.115 GB -> 0.70508 ms; the step is the sum of its parts.
+    post = run.op_bytes("post_fwd", 16384, 4, 7168, 2)
+    assert post == 2_115_239_936 and run.floor_ms(post, 3000.0) == pytest.approx(0.705079979, rel=1e-9)
+    assert run.op_bytes("step", 16384, 4, 7168, 2) == fwd + bwd
 
 
 def test_bytes_per_token_rejects_unknown_op():
@@ -74,39 +100,116 @@ def test_gpu_tag(name, tag):
 
 
 def test_shapes():
-    assert len(DEFAULT_SHAPES) == 8 and Shape(16384, 4, 7168) in DEFAULT_SHAPES
+    assert (
+        len(DEFAULT_SHAPES) == 9 and Shape(16384, 4, 7168) in DEFAULT_SHAPES and Shape(1024, 4, 4096) in DEFAULT_SHAPES
+    )
     assert Shape(16384, 4, 7168).lead == (16384 // SEQ_LEN, SEQ_LEN)
     assert Shape(32, 4, 64).lead == (1, 32)
+    assert Shape(1, 4, 4096).lead == (1, 1)
     assert parse_shapes("16384x4x7168, tiny") == [Shape(16384, 4, 7168), Shape(32, 4, 64)]
     assert parse_shapes("default") == list(DEFAULT_SHAPES)
+    assert parse_shapes("host") == [Shape(1, 4, 4096), Shape(4096, 4, 4096)] == list(SHAPE_SETS["host"])
     for bad in ("16384x4", "0x4x8", "huge", ""):
         with pytest.raises(ValueError):
             parse_shapes(bad)
 
 
+def _timed(op, impl, ms, T=8, n=4, D=16):
+    return {"op": op, "impl": impl, "T": T, "n": n, "D": D, "ms": ms}
+
+
+def test_parts_are_the_sum_of_the_separately_timed_rows():
+    # Sinkhorn ran once for (T=8, n=4), at D=32: it counts for the layer at D=16 too.
+    rows = [_timed("fwd", "mhc_ops", 1.0), _timed("bwd", "mhc_ops.fused", 2.0), _timed("bwd", "mhc_ops.staged", 9.0),
+            _timed("bwd_gxp", "mhc_ops.fused", 3.0), _timed("sinkhorn_fwd", "mhc_ops", 0.25, D=32),
+            _timed("sinkhorn_bwd", "mhc_ops", 0.5, D=32), _timed("post_fwd", "mhc_ops", 1.5),
+            _timed("post_bwd", "mhc_ops", 2.5), _timed("step", "mhc_ops", 4.5), _timed("step", "golden.compile", 5.0),
+            _timed("layer_fwd", "mhc_ops", 2.75), _timed("layer_bwd", "mhc_ops", 6.0),
+            _timed("layer_step", "mhc_ops", None)]  # fmt: skip
+    run.add_parts(rows)
+    by = {(r["op"], r["impl"]): r for r in rows}
+    assert by["step", "mhc_ops"]["parts_ms"] == 1.0 + 2.0 and by["step", "mhc_ops"]["vs_parts"] == 1.5
+    assert by["layer_fwd", "mhc_ops"]["parts_ms"] == 1.0 + 0.25 + 1.5 and by["layer_fwd", "mhc_ops"]["vs_parts"] == 1.0
+    assert by["layer_bwd", "mhc_ops"]["parts_ms"] == 3.0 + 0.5 + 2.5 and by["layer_bwd", "mhc_ops"]["vs_parts"] == 1.0
+    assert "parts_ms" not in by["step", "golden.compile"]  # only PARTS_IMPL rows are compared with their parts
+    assert "parts_ms" not in by["layer_step", "mhc_ops"]  # not timed (e.g. failed): nothing to compare
+    del rows[0]  # a part missing: no comparison
+    for row in rows:
+        row.pop("parts_ms", None)
+    run.add_parts(rows)
+    assert "parts_ms" not in by["step", "mhc_ops"] and by["layer_bwd", "mhc_ops"]["parts_ms"] == 6.0
+
+
+def test_sinkhorn_runs_once_per_token_count_and_streams():
+    impls = {op: {"golden.eager": run.IMPLS[op]["golden.eager"]} for op in ("sinkhorn_fwd", "post_fwd")}
+    env = run.run_env(torch.device("cpu"), quick=True)
+    written = []
+    rows = run.run([Shape(8, 2, 4), Shape(8, 2, 6)], tuple(impls), impls, env, sink=written.append)
+    assert [(r["op"], r["D"]) for r in rows] == [("sinkhorn_fwd", 4), ("post_fwd", 4), ("post_fwd", 6)]
+    assert all(r["status"] == "ok" for r in rows)
+    assert written == [rows[:2], rows[2:]]  # each shape's rows as soon as they are complete
+    assert run.run([Shape(8, 2, 4)], tuple(impls), impls, env, time_budget_s=0.0) == []  # spent: nothing starts
+
+
+def test_host_bwd_and_step_do_not_accumulate_gradients():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    training = host.Training(lambda: (w * w,), (w,), (torch.ones(2),))
+    for variant in ("bwd", "step"):
+        call = host.make_call(training, variant)
+        call()
+        call()
+        assert torch.equal(w.grad, 2 * w.detach()), variant
+
+
 # ---- end to end on CPU ----------------------------------------------------------------------------
 
 
-def _mutant(op: str, wrong: str, factor: float) -> run.Factory:
-    """The fp32 golden with one output scaled by `factor`: plausible numbers, wrong beyond the rule."""
+def _mutant(op: str, wrong: str, factor: float, calls: dict) -> run.Factory:
+    """The fp32 golden with one output scaled by `factor`: plausible numbers, wrong beyond the rule.
+    calls[op] counts its calls: a failing row is never timed, so it is called once."""
 
     def call(t):
+        calls[op] = calls.get(op, 0) + 1
         outs = dict(zip(run.OP_OUTPUTS[op], run.GOLDEN[op](*(t[k] for k in run.OP_ARGS[op]))))
         outs[wrong] = outs[wrong] * factor
         return tuple(outs.values())
 
-    return lambda: call
+    return lambda _args: call
 
 
-def _not_implemented() -> run.OpFn:
+def _not_implemented(_args) -> run.OpFn:
     def call(t):
         raise NotImplementedError("plan 'future' is not there yet")
 
     return call
 
 
-def _broken_factory() -> run.OpFn:
+def _broken_factory(_args) -> run.OpFn:
     raise RuntimeError("the factory itself fails")
+
+
+def _broken_setup(shape, device) -> host.Training:
+    raise RuntimeError("this op's setup fails")
+
+
+# (op, the output made wrong, by what factor): fp32-grade outputs by 1e-3; the layer's gradients are
+# held only to bf16 grade (h_in, dh_out and post's dx are rounded to x's dtype on the way), so by 1e-2.
+MUTANTS = [
+    ("fwd", "h_mix", 1 + 1e-3),
+    ("bwd", "dphi", 1 + 1e-3),
+    ("sinkhorn_bwd", "dlogits", 1 + 1e-3),
+    ("post_bwd", "dh_res", 1 + 1e-3),
+    ("step", "dalpha", 1 + 1e-3),
+    ("layer_bwd", "dalpha", 1 + 1e-2),
+]
+HOST_ROWS_AT = Shape(1, 4, 64)
+# The fixture's run draws every figure, each from one op's rows: all the panels would take about ten
+# more seconds on two cores.
+PLOTTED_OPS = ("fwd", "bwd_gxp", "sinkhorn_bwd", "post_fwd", "step", "layer_step", "host")
+
+
+def _plot_fewer_panels(write_plots):
+    return lambda rows, out, stem: write_plots([r for r in rows if r["op"] in PLOTTED_OPS], out, stem)
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +218,25 @@ def cpu_run(tmp_path_factory):
         pytest.skip("the CPU run of the Triton impls needs TRITON_INTERPRET=1")
     out = tmp_path_factory.mktemp("bench")
     impls = {op: dict(table) for op, table in run.IMPLS.items()}
-    impls["fwd"]["mhc_ops.mutant"] = _mutant("fwd", "h_mix", 1 + 1e-3)
-    impls["bwd"]["mhc_ops.mutant"] = _mutant("bwd", "dphi", 1 + 1e-3)
+    calls = {}
+    for op, wrong, factor in MUTANTS:
+        impls[op]["mhc_ops.mutant"] = _mutant(op, wrong, factor, calls)
     # The Triton backward as the op runs it today (no plan argument), so a triton bwd row is always timed.
-    impls["bwd"]["mhc_ops.default"] = lambda: run.positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton")
+    impls["bwd"]["mhc_ops.default"] = lambda _: run.positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton")
     impls["bwd"]["mhc_ops.future"] = _not_implemented
     impls["bwd"]["mhc_ops.broken"] = _broken_factory
-    rows = run.main(["--device", "cpu", "--quick", "--shapes", "tiny", "--out", str(out)], impls=impls)
-    return rows, out, impls
+    impls["layer_bwd"]["mhc_ops.broken"] = _broken_factory
+    host_ops = dict(host.OPS) | {"broken": _broken_setup}
+    argv = ["--device", "cpu", "--quick", "--shapes", "tiny", "--host", HOST_ROWS_AT.label, "--out", str(out)]
+    # The compile baselines are captured by dynamo (fullgraph: a graph break is still an error) and run
+    # eagerly: inductor's C++ compiler would take minutes on two cores.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(run.COMPILE_OPTIONS, "backend", "eager")
+        mp.setattr(plots, "write_plots", _plot_fewer_panels(plots.write_plots))
+        rows = run.main(argv, impls=impls, host_ops=host_ops)
+    device_rows = [r for r in rows if r["op"] != "host"]
+    host_rows = [r for r in rows if r["op"] == "host"]
+    return device_rows, host_rows, out, impls, calls
 
 
 def _row(rows, op, impl):
@@ -131,7 +245,7 @@ def _row(rows, op, impl):
 
 
 def test_every_impl_gives_one_row_with_the_required_keys(cpu_run):
-    rows, _, impls = cpu_run
+    rows, _, _, impls, _ = cpu_run
     assert sorted((r["op"], r["impl"]) for r in rows) == sorted((op, name) for op in impls for name in impls[op])
     for row in rows:
         assert REQUIRED_KEYS <= row.keys(), REQUIRED_KEYS - row.keys()
@@ -141,37 +255,56 @@ def test_every_impl_gives_one_row_with_the_required_keys(cpu_run):
 
 
 def test_json_lines_match_the_rows(cpu_run):
-    rows, out, _ = cpu_run
+    rows, host_rows, out, _, _ = cpu_run
     (path,) = out.glob("cpu-*.jsonl")
     written = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(written) == len(rows)
-    for row, obj in zip(rows, written):
-        assert REQUIRED_KEYS <= obj.keys()
+    assert len(written) == len(rows) + len(host_rows)
+    for row, obj in zip(host_rows + rows, written):  # the host rows are measured and written first
+        assert REQUIRED_KEYS | HOST_KEYS <= obj.keys()
         assert (obj["op"], obj["impl"], obj["status"], obj["ms"]) == (row["op"], row["impl"], row["status"], row["ms"])
-    assert {p.name.rsplit("-", 1)[1] for p in out.glob("*.png")} == {"fwd.png", "bwd.png", "speedup.png"}
+        assert (obj["call"], obj["host_us"]) == (row["call"], row["host_us"])
+    figures = {p.name.rsplit("-", 1)[1] for p in out.glob("*.png")}
+    assert figures == {f"{name}.png" for name in plots.FLOOR_FIGURES} | {"speedup.png", "host.png"}
 
 
-def test_passing_rows_are_timed_against_the_floor_and_compile(cpu_run):
-    rows, _, _ = cpu_run
-    for op, impl in [("fwd", "mhc_ops"), ("fwd", "golden.eager"), ("fwd", "golden.compile"),
-                     ("bwd", "mhc_ops.default"), ("bwd", "golden.eager"), ("bwd", "golden.compile")]:  # fmt: skip
-        row = _row(rows, op, impl)
-        assert row["status"] == "ok" and row["ok"] is True, row
-        assert row["ms"] > 0
-        assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
-        compiled = _row(rows, op, "golden.compile")["ms"]
+# Every row of the real table: each op's Triton impls, the golden and its compiled baseline.
+REAL_ROWS = [(op, impl) for op, table in run.IMPLS.items() for impl in table if impl not in ("mhc_ops.staged",)]
+
+
+@pytest.mark.parametrize("op, impl", REAL_ROWS + [("bwd", "mhc_ops.default")])
+def test_passing_rows_are_timed_against_the_floor_and_compile(cpu_run, op, impl):
+    rows, _, _, _, _ = cpu_run
+    row = _row(rows, op, impl)
+    assert row["status"] == "ok" and row["ok"] is True, row
+    assert row["ms"] > 0
+    assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
+    if run.COMPILE_IMPL in run.IMPLS[op]:
+        compiled = _row(rows, op, run.COMPILE_IMPL)["ms"]
         assert row["speedup_vs_compile"] == pytest.approx(compiled / row["ms"])
-        assert row["worst_err"] <= row["worst_bound"]
-        assert row["extra_mem_frac_x"] is None  # measured on CUDA only
+    else:
+        assert row["speedup_vs_compile"] is None
+    assert row["worst_err"] <= row["worst_bound"]
+    assert row["extra_mem_frac_x"] is None  # measured on CUDA only
 
 
-@pytest.mark.parametrize("op, wrong", [("fwd", "h_mix"), ("bwd", "dphi")])
+@pytest.mark.parametrize("op", run.PARTS)
+def test_composite_rows_are_compared_with_their_parts(cpu_run, op):
+    rows, _, _, _, _ = cpu_run
+    row = _row(rows, op, run.PARTS_IMPL)
+    parts = sum(_row(rows, part, impl)["ms"] for part, impl in run.PARTS[op])
+    assert row["parts_ms"] == pytest.approx(parts) and row["vs_parts"] == pytest.approx(row["ms"] / parts)
+    line = next(line for line in run.format_table(rows).splitlines() if f"| {op} | {run.PARTS_IMPL} |" in line)
+    assert line.split("|")[1 + run.TABLE_COLUMNS.index("vs_parts")].strip() == format(row["vs_parts"], ".3g")
+
+
+@pytest.mark.parametrize("op, wrong", [m[:2] for m in MUTANTS])
 def test_a_wrong_impl_is_a_failure_not_a_speed(cpu_run, op, wrong):
-    rows, _, _ = cpu_run
+    rows, _, _, _, calls = cpu_run
     row = _row(rows, op, "mhc_ops.mutant")
     assert row["status"] == "FAIL" and row["ok"] is False
     assert row["worst_output"] == wrong and row["worst_err"] > row["worst_bound"]
     assert row["ms"] is None and row["x_floor"] is None and row["speedup_vs_compile"] is None
+    assert calls[op] == 1  # judged on its first call, never timed
     line = next(line for line in run.format_table(rows).splitlines() if f"| {op} | mhc_ops.mutant |" in line)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[run.TABLE_COLUMNS.index("ms")] == "-"
@@ -179,14 +312,33 @@ def test_a_wrong_impl_is_a_failure_not_a_speed(cpu_run, op, wrong):
 
 
 def test_missing_and_broken_impls_are_reported_not_raised(cpu_run):
-    rows, _, _ = cpu_run
+    rows, _, _, _, _ = cpu_run
     future = _row(rows, "bwd", "mhc_ops.future")
     assert future["status"] == "unavailable" and future["ms"] is None and "NotImplementedError" in future["reason"]
-    broken = _row(rows, "bwd", "mhc_ops.broken")
-    assert broken["status"] == "error" and broken["ok"] is False and broken["ms"] is None
+    for op in ("bwd", "layer_bwd"):
+        broken = _row(rows, op, "mhc_ops.broken")
+        assert broken["status"] == "error" and broken["ok"] is False and broken["ms"] is None
+        assert "the factory itself fails" in broken["reason"]
     # The plans of the real table: timed when the op takes `plan`, unavailable until then; never a failure.
     for impl in ("mhc_ops.staged", "mhc_ops.fused"):
         assert _row(rows, "bwd", impl)["status"] in ("ok", "unavailable")
+
+
+def test_host_rows_for_every_call_of_every_op(cpu_run):
+    _, host_rows, _, _, _ = cpu_run
+    calls = [f"{op}.{variant}" for op in (*host.OPS, "broken") for variant in host.VARIANTS]
+    assert [r["call"] for r in host_rows] == calls
+    for row in host_rows:
+        assert HOST_KEYS <= row.keys()
+        assert (row["T"], row["n"], row["D"], row["gpu"], row["impl"]) == (1, 4, 64, "cpu", "mhc_ops")
+        if row["call"].startswith("broken."):
+            assert row["status"] == "error" and row["host_us"] is None and "setup fails" in row["reason"]
+            continue
+        assert row["status"] == "ok", row
+        assert 0 < row["host_us"] <= row["host_sync_us"]
+        assert row["gpu_us"] is None and row["target"] is None  # no GPU here: no GPU time, no target
+    table = host.format_table(host_rows)
+    assert all(f"| {call} | 1 |" in table for call in calls)
 
 
 def test_judge_outputs_fails_a_missing_or_misshapen_output():
