@@ -1,0 +1,237 @@
+"""python -m mhc_ops.train: train a small byte-level GPT whose residual is mHC (docs/train.md).
+
+Every option is validated before anything is built: a bad value prints one line naming the option on
+stderr and exits with status 2. Under torchrun, ``--dist ddp|fsdp`` runs data-parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import traceback
+
+import torch
+
+from mhc_ops.golden import STAGE_NAMES
+from mhc_ops.stages import BACKENDS
+
+from . import data as data_mod
+from . import loop
+
+PROG = "python -m mhc_ops.train"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, no usage block: the message already names the option.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    d = " (default: %(default)s)"
+    model = p.add_argument_group("model")
+    model.add_argument("--residual", choices=("mhc", "plain"), default="mhc", help="mHC streams, or h + F(h)" + d)
+    model.add_argument("--n", type=int, default=4, help="mHC streams" + d)
+    model.add_argument("--layers", type=int, default=4, help="transformer layers, two mHC blocks each" + d)
+    model.add_argument("--dim", type=int, default=128, help="model width D" + d)
+    model.add_argument("--heads", type=int, default=4, help="attention heads, a divisor of --dim" + d)
+    model.add_argument("--seq", type=int, default=128, help="context length in bytes" + d)
+    kernels = p.add_argument_group("mHC kernels")
+    kernels.add_argument(
+        "--backend", choices=("auto", "golden", "triton"), default="auto", help="auto: Triton on CUDA, golden on CPU"
+    )
+    kernels.add_argument(
+        "--stages", metavar="NAME=BACKEND,...", help=f"per-stage backends; names: {', '.join(STAGE_NAMES)}"
+    )
+    kernels.add_argument("--gamma", action="store_true", help="learned gamma [n, D] in mhc_pre (the dgamma stage)")
+    kernels.add_argument(
+        "--recompute", action="store_true", help="recompute the mHC intermediates in backward instead of saving them"
+    )
+    kernels.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run = p.add_argument_group("training")
+    run.add_argument("--steps", type=int, default=400, help="optimizer steps" + d)
+    run.add_argument("--batch", type=int, default=8, help="global batch in sequences, split over the ranks" + d)
+    run.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)" + d)
+    run.add_argument("--warmup", type=int, help="warmup steps (default: a tenth of --steps)")
+    run.add_argument("--weight-decay", type=float, default=0.1, help="on the Linear weights" + d)
+    run.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm" + d)
+    run.add_argument("--seed", type=int, default=0, help="initial weights and batches" + d)
+    run.add_argument("--data", metavar="PATH", help="a UTF-8 file (default: the Python stdlib's source)")
+    run.add_argument("--eval-every", type=int, default=50, metavar="STEPS", help="steps between evaluations" + d)
+    run.add_argument("--eval-batches", type=int, default=8, help="validation batches of --batch sequences" + d)
+    run.add_argument("--out", metavar="DIR", help="output folder (default: runs/RESIDUAL)")
+    system = p.add_argument_group("system")
+    system.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
+    system.add_argument(
+        "--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU"
+    )
+    system.add_argument(
+        "--dist", choices=("none", "ddp", "fsdp"), default="none", help="ddp / fsdp: run under torchrun"
+    )
+    return p
+
+
+def parse_stages(text: str) -> dict[str, str]:
+    """'dgamma=golden,dx=triton' -> {"dgamma": "golden", "dx": "triton"}; ValueError says what is wrong."""
+    stages = {}
+    for item in text.split(","):
+        name, sep, backend = item.strip().partition("=")
+        if not sep or not name or not backend:
+            raise ValueError(f"expected NAME=BACKEND[,NAME=BACKEND...], got {text!r}")
+        if name not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} for stage {name}; backends: {', '.join(BACKENDS)}")
+        if name in stages:
+            raise ValueError(f"stage {name} given twice")
+        stages[name] = backend
+    return stages
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[loop.TrainConfig, data_mod.Corpus]:
+    """Every check that does not need the model; parser.error (exit 2) on the first failure."""
+    for name in ("steps", "n", "layers", "dim", "heads", "seq", "batch", "eval_every", "eval_batches"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    for name in ("lr", "grad_clip"):
+        if not getattr(args, name) > 0:
+            parser.error(f"argument --{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    if args.weight_decay < 0:
+        parser.error(f"argument --weight-decay: must be non-negative, got {args.weight_decay}")
+    if args.warmup is not None and not 0 <= args.warmup <= args.steps:
+        parser.error(f"argument --warmup: must be between 0 and --steps ({args.steps}), got {args.warmup}")
+    if args.dim % args.heads:
+        parser.error(f"argument --heads: must divide --dim ({args.dim}), got {args.heads}")
+
+    stages = None
+    if args.stages is not None:
+        try:
+            stages = parse_stages(args.stages)
+        except ValueError as e:
+            parser.error(f"argument --stages: {e}")
+    if args.residual == "plain":
+        for flag, used in (
+            ("--stages", stages is not None),
+            ("--gamma", args.gamma),
+            ("--recompute", args.recompute),
+            ("--backend", args.backend != "auto"),
+        ):
+            if used:
+                parser.error(f"argument {flag}: only applies to --residual mhc")
+
+    if stages and "dgamma" in stages and not args.gamma:
+        parser.error("argument --stages: stage dgamma runs only with --gamma (without gamma there is no dgamma)")
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda asked for, but torch sees no CUDA device on this machine")
+    if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if args.backend == "triton":
+            parser.error(
+                "argument --backend: triton on CPU needs TRITON_INTERPRET=1 in the environment (or --device cuda)"
+            )
+        if stages and "triton" in stages.values():
+            parser.error(
+                "argument --stages: triton on CPU needs TRITON_INTERPRET=1 in the environment (or --device cuda)"
+            )
+
+    torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else 1
+    if args.dist != "none" and not torchrun:
+        parser.error(
+            f"argument --dist: {args.dist} runs under torchrun (torchrun --nproc_per_node=N -m mhc_ops.train ...)"
+        )
+    if args.dist == "none" and world > 1:
+        parser.error(f"argument --dist: none, but torchrun started {world} processes; use --dist ddp or fsdp")
+    if args.batch % world:
+        parser.error(f"argument --batch: {args.batch} does not split over {world} processes")
+
+    out = pathlib.Path(args.out if args.out is not None else f"runs/{args.residual}")
+    if out.exists() and not out.is_dir():
+        parser.error(f"argument --out: {out} exists and is not a folder")
+    try:
+        corpus = data_mod.load(args.data, args.seq)
+    except data_mod.DataError as e:
+        parser.error(f"argument --data: {e}")
+
+    cfg = loop.TrainConfig(
+        steps=args.steps,
+        n=args.n,
+        layers=args.layers,
+        dim=args.dim,
+        heads=args.heads,
+        seq=args.seq,
+        batch=args.batch,
+        lr=args.lr,
+        residual=args.residual,
+        backend=args.backend,
+        stages=stages,
+        gamma=args.gamma,
+        compile=args.compile,
+        recompute=args.recompute,
+        seed=args.seed,
+        out=str(out),
+        data=args.data,
+        device=args.device,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        dist=args.dist,
+        dtype=args.dtype if args.dtype != "auto" else ("bf16" if args.device == "cuda" else "fp32"),
+        warmup=args.warmup if args.warmup is not None else args.steps // 10,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+    )
+    return cfg, corpus
+
+
+def format_summary(cfg: loop.TrainConfig, summary: dict, world: int) -> str:
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    label = f"{cfg.residual}" + (f" n={cfg.n}, backend {cfg.backend}" if cfg.residual == "mhc" else "")
+    if cfg.stages:
+        label += ", stages " + ",".join(f"{k}={v}" for k, v in cfg.stages.items())
+    rows = [
+        ("run", f"{label}; {cfg.device} {cfg.dtype}, {world} process(es), dist {cfg.dist}"),
+        ("final train loss", num(summary["final_train_loss"], ".4f")),
+        ("final val loss", num(summary["final_val_loss"], ".4f")),
+        ("tokens/s", num(summary["tokens_per_s"], ",.0f")),
+        ("peak memory", f"{summary['peak_mem_bytes'] / 2**20:,.1f} MiB ({summary['peak_mem_source']})"),
+        ("wall time", f"{summary['wall_s']:.1f} s"),
+        ("sinkhorn max dev", num(summary["sinkhorn_max_dev"], ".2e")),
+        ("h_res gain", num(summary["h_res_gain"], ".4f")),
+        ("output", cfg.out),
+    ]
+    width = max(len(k) for k, _ in rows)
+    rule = "-" * (width + 2 + max(len(v) for _, v in rows))
+    return "\n".join([rule, *(f"{k:<{width}}  {v}" for k, v in rows), rule])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    cfg, corpus = validate(parser.parse_args(argv), parser)
+    ctx = loop.setup(cfg)
+    try:
+        summary = loop.train(cfg, corpus, ctx)
+    except Exception as e:
+        if cfg.dist == "none":
+            raise
+        # torchrun sees the non-zero exit and stops the other ranks (which may wait in a collective).
+        traceback.print_exc()
+        print(
+            f"{PROG}: error: rank {ctx.rank} of {ctx.world} failed: {type(e).__name__}: {e}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    finally:
+        loop.teardown(cfg)
+    if ctx.main:
+        print(format_summary(cfg, summary, ctx.world))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

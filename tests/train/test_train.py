@@ -1,0 +1,207 @@
+"""python -m mhc_ops.train on CPU: a short run and its outputs, plain residual, per-stage backends,
+recompute, bad input, the data split, and the plot command.
+
+Runs are tiny (one layer, D = 32, a few steps) so the folder stays within CI's budget; the default
+configuration is what nox -s train runs. The training runs call ``main`` in-process (no interpreter
+start-up per test); one bad-input case and the plot command run as subprocesses, as a user runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mhc_ops.train import data, plot
+from mhc_ops.train.__main__ import main
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = [
+    "--layers",
+    "1",
+    "--dim",
+    "32",
+    "--heads",
+    "2",
+    "--seq",
+    "32",
+    "--batch",
+    "4",
+    "--eval-batches",
+    "2",
+    "--lr",
+    "1e-2",
+]
+KEYS = {"step", "train_loss", "val_loss", "tokens_per_s", "peak_mem_bytes", "sinkhorn_max_dev", "h_res_gain"}
+
+
+def train(tmp_path: pathlib.Path, name: str, *args: str) -> tuple[pathlib.Path, list[dict]]:
+    out = tmp_path / name
+    assert main([*TINY, "--out", str(out), *args]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out, metrics
+
+
+def run_module(*args: str, module: str = "mhc_ops.train") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_short_run_writes_outputs_and_learns(tmp_path, capsys):
+    out, metrics = train(tmp_path, "mhc", "--steps", "16", "--eval-every", "8")
+    assert [m["step"] for m in metrics] == [0, 8, 16]
+    assert all(KEYS <= m.keys() for m in metrics)
+    assert abs(metrics[0]["val_loss"] - math.log(256)) < 0.3  # untrained: near uniform
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 1.0
+    assert metrics[-1]["train_loss"] < metrics[1]["train_loss"]
+    for m in metrics:
+        # Sinkhorn after 20 iterations: doubly stochastic to well under a percent; its product over
+        # the blocks neither amplifies nor damps the streams.
+        assert 0 <= m["sinkhorn_max_dev"] < 1e-2
+        assert abs(m["h_res_gain"] - 1) < 0.05
+        assert m["peak_mem_bytes"] > 0
+    assert metrics[-1]["tokens_per_s"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["residual"] == "mhc" and config["n"] == 4 and config["world_size"] == 1
+    assert config["mhc_params"] == 2 * (24 * 4 * 32 + 3 + 24)  # two blocks: phi [24, 128], alpha, bias
+    assert config["corpus"]["source"].startswith("stdlib:")
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_val_loss"] == metrics[-1]["val_loss"]
+    printed = capsys.readouterr().out
+    assert "final val loss" in printed and "tokens/s" in printed and "wall time" in printed
+
+
+def test_plain_residual(tmp_path):
+    out, metrics = train(tmp_path, "plain", "--residual", "plain", "--steps", "8", "--eval-every", "8")
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 0.5
+    assert metrics[-1]["sinkhorn_max_dev"] is None and metrics[-1]["h_res_gain"] is None
+    config = json.loads((out / "config.json").read_text())
+    assert config["residual"] == "plain" and config["mhc_params"] == 0
+
+
+def test_stages_on_triton_and_recompute_match_golden(tmp_path):
+    """Two backward stages swapped to Triton (interpreter) through --stages, and --recompute, give the
+    golden run's losses: the same math in fp32. With --gamma, so that the dgamma stage runs."""
+    args = ("--steps", "3", "--eval-every", "3", "--backend", "golden", "--gamma")
+    _, golden = train(tmp_path, "golden", *args)
+    _, staged = train(tmp_path, "staged", *args, "--stages", "dgamma=triton,dx=triton")
+    _, recomputed = train(tmp_path, "recompute", *args, "--recompute")
+    for other in (staged, recomputed):
+        for a, b in zip(golden, other):
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-5)
+
+
+def test_custom_data_file(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    out, metrics = train(tmp_path, "custom", "--data", str(text), "--steps", "8", "--eval-every", "8")
+    assert json.loads((out / "config.json").read_text())["corpus"]["source"] == str(text)
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 1.0
+
+
+def _bad_cases(tmp_path: pathlib.Path) -> list[tuple[list[str], str]]:
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"\xff\xfe\x00" * 100)
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    cases = [
+        (["--residual", "hyper"], "--residual"),
+        (["--backend", "cuda"], "--backend"),
+        (["--device", "tpu"], "--device"),
+        (["--dist", "mpi"], "--dist"),
+        (["--n", "0"], "--n"),
+        (["--steps", "ten"], "--steps"),
+        (["--lr", "-1"], "--lr"),
+        (["--heads", "3"], "--heads"),
+        (["--data", str(tmp_path / "missing.txt")], "--data"),
+        (["--data", str(binary)], "--data"),
+        (["--data", str(short)], "--data"),
+        (["--stages", "nosuchstage=golden"], "--stages"),
+        (["--stages", "dgamma=cuda"], "--stages"),
+        (["--stages", "dgamma"], "--stages"),
+        (["--stages", "dgamma=golden,,dx=golden"], "--stages"),
+        (["--stages", "dgamma=golden,dgamma=triton"], "--stages"),
+        (["--stages", "dgamma=golden"], "--stages"),  # no gamma, no dgamma stage
+        (["--residual", "plain", "--stages", "dx=golden"], "--stages"),
+        (["--residual", "plain", "--recompute"], "--recompute"),
+        (["--dist", "ddp"], "--dist"),
+        (["--out", str(short)], "--out"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device"))
+    return cases
+
+
+def test_bad_input_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for argv, option in _bad_cases(tmp_path):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--out", str(tmp_path / "never")] if "--out" not in argv else argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, argv
+        assert len(err.strip().splitlines()) == 1 and option in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "never").exists()  # validation fails before anything is built or written
+
+
+def test_triton_on_cpu_needs_the_interpreter(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for argv, option in ((["--backend", "triton"], "--backend"), (["--stages", "dx=triton"], "--stages")):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--device", "cpu", "--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and option in err and "TRITON_INTERPRET" in err
+
+
+def test_bad_input_subprocess_has_no_traceback(tmp_path):
+    proc = run_module("--stages", "nosuchstage=golden", "--out", str(tmp_path / "never"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--stages" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_split_and_batches_are_deterministic_and_disjoint_per_rank():
+    corpus = data.load(None, seq=32)
+    assert corpus.sha256 == data.load(None, seq=32).sha256
+    assert len(corpus.val) * 8 < len(corpus.train) < len(corpus.val) * 10
+    x, y = data.train_batch(corpus, 5, seed=1, batch=8, seq=32)
+    assert x.shape == (8, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(x, data.train_batch(corpus, 5, seed=1, batch=8, seq=32)[0])
+    assert not torch.equal(x, data.train_batch(corpus, 6, seed=1, batch=8, seq=32)[0])
+    # Two ranks read the rows one process reads, each its own half.
+    halves = [data.train_batch(corpus, 5, seed=1, batch=8, seq=32, rank=r, world=2)[0] for r in range(2)]
+    assert torch.equal(torch.cat(halves), x)
+    val = data.val_batches(corpus, count=2, batch=8, seq=32)
+    val_halves = [data.val_batches(corpus, count=2, batch=8, seq=32, rank=r, world=2) for r in range(2)]
+    for i in range(2):
+        assert torch.equal(torch.cat([val_halves[0][i][0], val_halves[1][i][0]]), val[i][0])
+
+
+def _fake_run(folder: pathlib.Path, losses: list[float]) -> pathlib.Path:
+    folder.mkdir()
+    rows = [{"step": 10 * i, "train_loss": None if i == 0 else v + 0.1, "val_loss": v} for i, v in enumerate(losses)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_plot_overlays_runs(tmp_path):
+    a = _fake_run(tmp_path / "mhc", [5.5, 3.0, 2.5])
+    b = _fake_run(tmp_path / "plain", [5.5, 3.2, 2.7])
+    figure = tmp_path / "both.png"
+    proc = run_module(str(a), str(b), "--out", str(figure), module="mhc_ops.train.plot")
+    assert proc.returncode == 0, proc.stderr
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_names_a_folder_without_metrics(tmp_path, capsys):
+    a = _fake_run(tmp_path / "mhc", [5.5, 3.0])
+    assert plot.main([str(a), str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nothing" in err
+    assert not (tmp_path / "x.png").exists()
