@@ -104,3 +104,29 @@ def test_bad_block_sizes(tensors, block):
 def test_unknown_backend(tensors):
     with pytest.raises(ValueError, match="backend: expected one of"):
         mhc_ops.mhc_pre_forward(*(tensors[k] for k in FWD_ARGS), backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "call, exc, msg",
+    [
+        (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 5)), ValueError, r"logits: expected square last two dims"),
+        (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), iters=0), ValueError, "iters: expected an int >= 1"),
+        (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), eps=-1.0), ValueError, "eps: expected a finite number >= 0"),
+        (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), backend="cuda"), ValueError, "backend: expected one of"),
+        (lambda: mhc_ops.sinkhorn(torch.randn(3, 9, 9), backend="triton"), ValueError, "logits: expected n from 1 to 8"),
+        (lambda: mhc_ops.mhc_post(torch.randn(2, 4, 8), torch.rand(2, 3, 3), torch.randn(2, 8), torch.rand(2, 4)),
+         ValueError, "h_res"),
+        (lambda: mhc_ops.mhc_post(torch.randn(2, 4, 8), torch.rand(2, 4, 4), torch.randn(2, 8).double(),
+                                  torch.rand(2, 4)), TypeError, "h_out"),
+        (lambda: mhc_ops.mhc_pre(*(build(CASE).tensors[k] for k in FWD_ARGS), stages={"dgama": "golden"}),
+         ValueError, "stages: expected stage names"),
+    ],
+)
+def test_new_ops_reject_bad_input(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+def test_sinkhorn_golden_takes_any_n():
+    P = mhc_ops.sinkhorn(torch.randn(2, 9, 9), backend="golden")
+    assert P.shape == (2, 9, 9) and torch.allclose(P.sum(-2), torch.ones(2, 9), atol=1e-5)
