@@ -113,13 +113,28 @@ def test_unknown_backend(tensors):
         (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), iters=0), ValueError, "iters: expected an int >= 1"),
         (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), eps=-1.0), ValueError, "eps: expected a finite number >= 0"),
         (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), backend="cuda"), ValueError, "backend: expected one of"),
-        (lambda: mhc_ops.sinkhorn(torch.randn(3, 9, 9), backend="triton"), ValueError, "logits: expected n from 1 to 8"),
-        (lambda: mhc_ops.mhc_post(torch.randn(2, 4, 8), torch.rand(2, 3, 3), torch.randn(2, 8), torch.rand(2, 4)),
-         ValueError, "h_res"),
-        (lambda: mhc_ops.mhc_post(torch.randn(2, 4, 8), torch.rand(2, 4, 4), torch.randn(2, 8).double(),
-                                  torch.rand(2, 4)), TypeError, "h_out"),
-        (lambda: mhc_ops.mhc_pre(*(build(CASE).tensors[k] for k in FWD_ARGS), stages={"dgama": "golden"}),
-         ValueError, "stages: expected stage names"),
+        (
+            lambda: mhc_ops.sinkhorn(torch.randn(3, 9, 9), backend="triton"),
+            ValueError,
+            "logits: expected n from 1 to 8",
+        ),
+        (
+            lambda: mhc_ops.mhc_post(torch.randn(2, 4, 8), torch.rand(2, 3, 3), torch.randn(2, 8), torch.rand(2, 4)),
+            ValueError,
+            "h_res",
+        ),
+        (
+            lambda: mhc_ops.mhc_post(
+                torch.randn(2, 4, 8), torch.rand(2, 4, 4), torch.randn(2, 8).double(), torch.rand(2, 4)
+            ),
+            TypeError,
+            "h_out",
+        ),
+        (
+            lambda: mhc_ops.mhc_pre(*(build(CASE).tensors[k] for k in FWD_ARGS), stages={"dgama": "golden"}),
+            ValueError,
+            "stages: expected stage names",
+        ),
     ],
 )
 def test_new_ops_reject_bad_input(call, exc, msg):

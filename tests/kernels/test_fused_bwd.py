@@ -66,4 +66,3 @@ def test_fused_backward_zero_tokens(case):
 def test_fused_backward_on_gpu_at_realistic_shapes(case):
     t = build(case, "cuda").tensors
     _assert_accurate(t, _fused(t))
-
