@@ -217,7 +217,9 @@ def check_sinkhorn_iters(iters, eps) -> None:
         raise ValueError(f"iters: expected an int >= 1, got {iters}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps: expected a number >= 0, got {eps!r} ({type(eps).__name__})")
-    if not eps >= 0 or math.isinf(eps):  # `not >=` also rejects NaN
+    # Comparisons only (no math.isinf): torch.compile traces this with eps possibly symbolic, and
+    # `not (0 <= eps < inf)` also rejects NaN (docs/bugs/sinkhorn-validation-under-compile.md).
+    if not 0 <= eps < math.inf:
         raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
 
 

@@ -16,7 +16,6 @@ The path a training step takes, top to bottom:
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -108,7 +107,7 @@ def resolve_route(backend: str, stages, t: torch.Tensor, plan: str = "fused") ->
         raise TypeError(f"stages: expected None, a dict of stage -> backend or a Pipeline, got {type(stages).__name__}")
     resolve = _route.__wrapped__ if torch.compiler.is_compiling() else _route
     route = resolve(backend, per_stage, t.is_cuda, plan)
-    if route.uses_triton and t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if route.uses_triton:
         require_kernel_device("backend 'triton'", t)
     return route
 

@@ -132,3 +132,30 @@ def test_training_steps_agree_between_triton_and_golden():
     assert l_tri == pytest.approx(l_gold, rel=1e-5)
     for a, b in zip(g_tri, g_gold):
         assert torch.linalg.vector_norm(a - b) <= 1e-5 * torch.linalg.vector_norm(b) + 1e-7
+
+
+def test_the_three_ops_compile_once_for_every_token_count():
+    """torch.compile(fullgraph=True, dynamic=True) of mhc_pre -> sinkhorn -> mhc_post, forward and
+    backward: one graph for T = 5, 7 and 11 (no recompile per token count; token counts equal to n or
+    D would be duck-sized into their static value)."""
+    from torch._dynamo.testing import CompileCounter
+
+    n, D = 3, 8
+    t = make_inputs(Case(lead=(3,), n=n, D=D, dtype="float32", seed=9))
+    params = {k: t[k].clone().requires_grad_() for k in ("phi", "alpha", "bias")}
+
+    def layer(x):
+        h_in, h_post, h_res = mhc_ops.mhc_pre(x, **params, backend="golden")
+        return mhc_ops.mhc_post(x, mhc_ops.sinkhorn(h_res, backend="golden"), h_in, h_post, backend="golden")
+
+    counter = CompileCounter()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend=counter)
+    for T in (5, 7, 11):
+        x = torch.randn(T, n, D, requires_grad=True)
+        out = compiled(x)
+        out.square().sum().backward()
+        x_eager = x.detach().clone().requires_grad_()
+        ref = layer(x_eager)
+        ref.square().sum().backward()
+        assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(x.grad, x_eager.grad, atol=1e-5)
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations for three token counts"
