@@ -250,3 +250,29 @@ def test_module_under_torch_compile_fullgraph_matches_eager():
     eager = hc(x)
     compiled = torch.compile(hc, fullgraph=True, backend="eager")
     assert torch.allclose(compiled(x), eager, rtol=1e-6, atol=1e-6)
+
+
+def _saved_bytes(layers, x):
+    """Bytes of the distinct storages autograd saves for backward in one forward of layers(x)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layers(x)
+    return sum(seen.values())
+
+
+def test_recompute_drops_exactly_the_mhc_intermediates():
+    """Per token and layer, recompute=True saves 4*(2n^2 + 3n + 1) bytes fewer: inv_rms, h_mix, h_pre
+    and the logits (h_post and sinkhorn(h_res) stay, the post backward needs them; x stays); per layer
+    it saves bias (n^2 + 2n floats) in their place, to recompute the forward."""
+    T, n, D, L = 12, 3, 8, 3
+    x = torch.randn(T, n, D, requires_grad=True)
+    saved = {
+        r: _saved_bytes(torch.nn.Sequential(*(_layer(n, D, i, backend="golden", recompute=r) for i in range(L))), x)
+        for r in (False, True)
+    }
+    assert saved[False] - saved[True] == L * (T * 4 * (2 * n * n + 3 * n + 1) - 4 * (n * n + 2 * n))
