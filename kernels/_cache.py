@@ -9,7 +9,10 @@ bypasses version counting, as it does for autograd: call ``clear()`` after doing
 
 Bypassed while a CUDA graph is being captured (the derived tensor must then be rebuilt inside the
 graph, so a replay after an optimizer step sees the new weights) and for inference-mode tensors,
-which carry no version counter.
+which carry no version counter. A weight seen during a capture is never cached again: a replay
+changes its values without moving its version counter, so an eager call after replays could not tell.
+A weight changed only by replays of a graph that never called the op (a captured optimizer step
+alone) is the one case the cache cannot see: call ``clear()`` after such replays, or capture the op too.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 _ENTRIES: dict[tuple, tuple] = {}
+_CAPTURED: set[int] = set()  # ids of weights seen during a CUDA-graph capture
 
 
 def _stamp(w: torch.Tensor | None) -> tuple:
@@ -28,11 +32,13 @@ def _stamp(w: torch.Tensor | None) -> tuple:
 
 def weight_derived(name: str, fn: Callable[..., torch.Tensor], *weights: torch.Tensor | None) -> torch.Tensor:
     """fn(*weights), cached under (name, the weights' identities) while their versions hold."""
-    if any(w is not None and w.is_inference() for w in weights) or (
-        weights[0].is_cuda and torch.cuda.is_current_stream_capturing()
-    ):
-        return fn(*weights)
     key = (name, *(id(w) for w in weights))
+    if weights[0].is_cuda and torch.cuda.is_current_stream_capturing():
+        _CAPTURED.update(id(w) for w in weights if w is not None)
+        _ENTRIES.pop(key, None)
+        return fn(*weights)
+    if any(w is not None and (w.is_inference() or id(w) in _CAPTURED) for w in weights):
+        return fn(*weights)
     stamp = tuple(_stamp(w) for w in weights)
     entry = _ENTRIES.get(key)
     if entry is not None and entry[1] == stamp and all(r() is w for r, w in zip(entry[0], weights)):
@@ -52,3 +58,4 @@ def _none() -> None:
 def clear() -> None:
     """Forget every cached tensor."""
     _ENTRIES.clear()
+    _CAPTURED.clear()
