@@ -28,14 +28,17 @@ from .mhc_pre import _dims
 __all__ = ["mhc_post_forward", "mhc_post_backward", "stage_post_fwd", "stage_post_bwd"]
 
 
+def _token_views(x, h_res, h_out, h_post, cd):
+    """-> (lead, n, D, v [T, n (i), D], r [T, n (i), n (j)], ho [T, D], hp [T, n (j)]) in cd."""
+    lead, n, D = _dims(x)
+    v, r = x.reshape(-1, n, D).to(cd), h_res.reshape(-1, n, n).to(cd)
+    return lead, n, D, v, r, h_out.reshape(-1, D).to(cd), h_post.reshape(-1, n).to(cd)
+
+
 def stage_post_fwd(*, x, h_res, h_out, h_post, compute_dtype=torch.float32) -> dict[str, torch.Tensor]:
     """out = h_post (outer) h_out + h_res^T-mix of the streams, stored in x's dtype."""
-    lead, n, D = _dims(x)
     cd = compute_dtype
-    v = x.reshape(-1, n, D).to(cd)  # [T, n (i), D]
-    r = h_res.reshape(-1, n, n).to(cd)  # [T, n (i), n (j)]
-    ho = h_out.reshape(-1, D).to(cd)  # [T, D]
-    hp = h_post.reshape(-1, n).to(cd)  # [T, n (j)]
+    lead, n, D, v, r, ho, hp = _token_views(x, h_res, h_out, h_post, cd)
     out = hp[:, :, None] * ho[:, None, :] + torch.einsum("tij,tid->tjd", r, v)  # [T, n (j), D]
     return {"out": out.to(x.dtype).reshape(*lead, n, D)}
 
@@ -43,12 +46,8 @@ def stage_post_fwd(*, x, h_res, h_out, h_post, compute_dtype=torch.float32) -> d
 def stage_post_bwd(*, x, h_res, h_out, h_post, dout, compute_dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Gradients of all four inputs; dx and dh_out in x's (h_out's) dtype, dh_res and dh_post in the
     compute dtype."""
-    lead, n, D = _dims(x)
     cd = compute_dtype
-    v = x.reshape(-1, n, D).to(cd)  # [T, n (i), D]
-    r = h_res.reshape(-1, n, n).to(cd)  # [T, n (i), n (j)]
-    ho = h_out.reshape(-1, D).to(cd)  # [T, D]
-    hp = h_post.reshape(-1, n).to(cd)  # [T, n (j)]
+    lead, n, D, v, r, ho, hp = _token_views(x, h_res, h_out, h_post, cd)
     g = dout.reshape(-1, n, D).to(cd)  # [T, n (j), D]
     dx = torch.einsum("tij,tjd->tid", r, g)
     dh_res = torch.einsum("tjd,tid->tij", g, v)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..golden.registry import OP_STAGES, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
+from ..golden.registry import STAGE_IO, STAGE_NAMES
 from ..kernels.dgamma import mhc_pre_dgamma
 from ..kernels.dh_mix import mhc_pre_dh_mix
 from ..kernels.dparams import mhc_pre_dparams
@@ -142,13 +142,5 @@ class Pipeline:
         return self.backward(env, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, grad_x_post=grad_x_post,
                              hc_eps=hc_eps)  # fmt: skip
 
-    def stage(self, name: str, **inputs) -> dict:
-        """One stage of any op on named inputs and options, on this pipeline's backend for it."""
-        if name not in STAGES:
-            raise ValueError(f"stage: expected one of {STAGE_NAMES}, got {name!r}")
-        env = dict(inputs)
-        self._run(name, env, inputs)
-        return env
 
-
-__all__ = ["BACKENDS", "OP_STAGES", "PLANS", "PRE_STAGE_NAMES", "STAGES", "Pipeline", "Stage"]
+__all__ = ["BACKENDS", "PLANS", "STAGES", "Pipeline", "Stage"]
