@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf]      (default: all four)
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [profile]
+#     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
 set -uo pipefail
@@ -19,17 +20,33 @@ tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recom
 bench)  # kernels against their floors and torch.compile of the golden, and host time per call
   timeout 200 python3 -m benchmarks.run --shapes 16384x4x7168,4096x4x4096,1024x4x4096,8192x8x2048 --quick \
     --host auto --out "$R" 2>&1 | tail -70 | tee "$R/bench.txt" ;;
-train)  # val loss vs step: plain, mHC on Triton, on the golden, two stages swapped; --compile, --recompute
-  T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 50"
-  for run in "plain 250 --residual plain" "triton 250 --backend triton" "golden 250 --backend golden" \
-             "swapped 250 --backend triton --stages sinkhorn_bwd=golden,dx=golden" \
-             "compile 100 --backend triton --compile" "recompute 100 --backend triton --recompute"; do
+train)  # val loss vs step: plain, mHC on Triton, on the golden, two stages swapped; tokens/s and peak
+        # memory of golden eager / compiled and Triton, with and without --recompute
+  T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 25"
+  for run in "plain 250 60 --residual plain" "triton 250 60 --backend triton" "golden 250 90 --backend golden" \
+             "swapped 250 60 --backend triton --stages sinkhorn_bwd=golden,dx=golden" \
+             "triton-recompute 100 40 --backend triton --recompute" "golden-recompute 100 50 --backend golden --recompute"; do
     set -- $run
-    name=$1 steps=$2; shift 2
-    timeout 75 $T --steps "$steps" --out "$R/train-$name" "$@" 2>&1 | tail -5 | tee -a "$R/train.txt"
+    name=$1 steps=$2 limit=$3; shift 3
+    timeout "$limit" $T --steps "$steps" --out "$R/train-$name" "$@" 2>&1 | tr '\r' '\n' | tail -4 | tee -a "$R/train.txt"
   done ;;
+train-compile)  # the same model under torch.compile, on the golden and on Triton
+  T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 25"
+  for backend in triton golden; do
+    timeout 150 $T --steps 100 --compile --backend $backend --out "$R/train-$backend-compile" 2>&1 | tr '\r' '\n' \
+      | tail -4 | tee -a "$R/train.txt"
+  done ;;
+train-seeds)  # the run-to-run spread of mHC on Triton: seeds 1 and 2 (seed 0 is the train part's)
+  T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 25"
+  for seed in 1 2; do
+    timeout 60 $T --steps 250 --backend triton --seed $seed --out "$R/train-triton-seed$seed" 2>&1 | tr '\r' '\n' \
+      | tail -4 | tee -a "$R/train.txt"
+  done ;;
+profile)  # where the host time of a call goes (benchmarks/host_profile.py), at T = 1
+  timeout 120 python3 -m benchmarks.host_profile --shape 1x4x4096 --top 30 > "$R/host_profile.md" 2>&1
+  head -20 "$R/host_profile.md" ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, profile)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

@@ -205,3 +205,21 @@ def test_plot_names_a_folder_without_metrics(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "nothing" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_health_panels_leave_out_runs_without_mhc(tmp_path, monkeypatch):
+    mhc = _fake_run(tmp_path / "mhc", [5.5, 3.0, 2.5])
+    rows = [json.loads(line) for line in (mhc / "metrics.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r |= {"sinkhorn_max_dev": 1e-4 * (i + 1), "h_res_gain": 1.0 + 0.01 * i}
+    (mhc / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = _fake_run(tmp_path / "plain", [5.5, 3.2, 2.7])  # no health keys, as --residual plain logs None
+    closed = []
+    monkeypatch.setattr(plot.plt, "close", closed.append)
+    plot.plot_runs([mhc, plain], tmp_path / "h.png", health=True)
+    (fig,) = closed
+    loss_ax, dev_ax, gain_ax = fig.axes
+    assert len(loss_ax.get_lines()) == 5  # val + train per run, and the uniform line
+    assert [line.get_label() for line in dev_ax.get_lines()] == ["mhc"]
+    assert list(gain_ax.get_lines()[0].get_ydata()) == [r["h_res_gain"] for r in rows]
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,156 @@
+"""Where the host time of one training-path call goes: a diagnostic, not a benchmark row.
+
+    python -m benchmarks.host_profile [--ops pre,post,sinkhorn,layer] [--shape 1x4x4096] [--top 25]
+
+For each op of benchmarks/host.py (at T = 1 by default, where the GPU is never the bottleneck), each
+call (fwd, bwd, step) is measured three ways, per call:
+
+- ``call``: the call as training makes it (host.make_call), timed in a loop (host.host_loop_us);
+- ``launches``: every Triton launch the call made, recorded once (by wrapping ``JITFunction.run``)
+  and replayed alone with the same arguments through ``kernel[grid](...)``, and through the
+  compiled kernel's own launcher (``CompiledKernel.run``, the floor of a Triton launch from Python);
+- a cProfile of the call (``--top`` functions by own time), which names the Python that is left.
+
+The difference ``call - launches`` is ours (autograd, allocations, Python); ``launches - compiled
+launcher`` is Triton's binding and specialisation per call. Prints a table and the profiles; on CPU
+(the interpreter) it runs, but the numbers describe the interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from triton.runtime.jit import JITFunction
+
+from . import host
+from .shapes import parse_shapes
+
+CALLS = ("fwd", "bwd", "step")
+
+
+@contextlib.contextmanager
+def recorded_launches(into: list):
+    """Within it, every JITFunction launch appends (kernel, args, kwargs, grid) to ``into``."""
+    original = JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        if not warmup:
+            into.append((self, args, dict(kwargs), grid))
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    JITFunction.run = run
+    try:
+        yield into
+    finally:
+        JITFunction.run = original
+
+
+def _per_call_us(fn: Callable[[], object], device: torch.device, calls: int = 200, loops: int = 5) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(loops):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / calls * 1e6
+
+
+def _replays(launches: list) -> tuple[Callable[[], None], Callable[[], None] | None]:
+    """-> (replay through kernel[grid](...), replay through CompiledKernel.run or None on CPU)."""
+
+    def via_jit():
+        for kernel, args, kwargs, grid in launches:
+            kernel[grid](*args, **kwargs)
+
+    if not torch.cuda.is_available():
+        return via_jit, None
+    from triton import knobs
+    from triton.runtime import driver
+
+    compiled = []
+    for kernel, args, kwargs, grid in launches:
+        ck = kernel[grid](*args, **kwargs)  # returns the CompiledKernel it launched
+        # the launcher takes every parameter, constexprs included, in order (as JITFunction.run passes them)
+        bound = dict(zip([p.name for p in kernel.params], args)) | kwargs
+        values = [bound[p.name] if p.name in bound else p.default for p in kernel.params]
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        compiled.append((ck, g, values))
+
+    def via_compiled():
+        device = driver.active.get_current_device()
+        stream = driver.active.get_current_stream(device)
+        for ck, g, values in compiled:
+            ck.run(g[0], g[1], g[2], stream, ck.function, ck.packed_metadata, None,
+                   knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *values)  # fmt: skip
+
+    return via_jit, via_compiled
+
+
+def profile(fn: Callable[[], object], top: int, calls: int = 200) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.host_profile", description=__doc__.split("\n")[0])
+    parser.add_argument("--ops", default="pre,post,sinkhorn,layer", help=f"comma separated, of {list(host.OPS)}")
+    parser.add_argument("--shape", default="1x4x4096", help="one TxnxD")
+    parser.add_argument("--top", type=int, default=25, help="functions per cProfile listing (0: no profiles)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    ops = [o for o in args.ops.split(",") if o]
+    for o in ops:
+        if o not in host.OPS:
+            parser.error(f"--ops: expected names in {list(host.OPS)}, got {o!r}")
+    try:
+        (shape,) = parse_shapes(args.shape)
+    except ValueError as e:
+        parser.error(f"--shape: {e}")
+    device = torch.device(args.device)
+    calls = 200 if device.type == "cuda" else 1
+    rows, profiles = [], []
+    for name in ops:
+        training = host.OPS[name](shape, device)
+        for variant in CALLS:
+            fn = host.make_call(training, variant)
+            call_us = _per_call_us(fn, device, calls)
+            with recorded_launches([]) as launches:
+                fn()
+            via_jit, via_compiled = _replays(launches)
+            jit_us = _per_call_us(via_jit, device, calls)
+            compiled_us = _per_call_us(via_compiled, device, calls) if via_compiled else float("nan")
+            rows.append((f"{name}.{variant}", len(launches), call_us, jit_us, compiled_us))
+            if args.top:
+                profiles.append((f"{name}.{variant}", profile(fn, args.top, calls)))
+    print(f"# host time per call, {shape.label}, {device}, torch {torch.__version__}\n")
+    print("| call | launches | call us | launches via kernel[grid] us | via CompiledKernel.run us | ours (call - launches) us |")
+    print("|---|---|---|---|---|---|")
+    for call, k, c, j, ck in rows:
+        print(f"| {call} | {k} | {c:.1f} | {j:.1f} | {ck:.1f} | {c - j:.1f} |")
+    for call, text in profiles:
+        print(f"\n## cProfile of {call} ({calls} calls), by own time\n")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
