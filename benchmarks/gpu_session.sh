@@ -18,8 +18,9 @@ tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recom
   timeout 110 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v '^DEBUG' \
     | tail -25 | tee "$R/gpu_tests.txt" ;;
 bench)  # kernels against their floors and torch.compile of the golden, and host time per call
-  timeout 200 python3 -m benchmarks.run --shapes 16384x4x7168,4096x4x4096,1024x4x4096,8192x8x2048 --quick \
-    --host auto --out "$R" 2>&1 | tail -70 | tee "$R/bench.txt" ;;
+  timeout 290 python3 -m benchmarks.run --shapes 1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048,8192x6x4096 \
+    --ops fwd,bwd,step,layer_step --impls mhc_ops,mhc_ops.fused,golden.compile --quick --host auto \
+    --time-budget 240 --out "$R" 2>&1 | tail -70 | tee "$R/bench.txt" ;;
 train)  # val loss vs step: plain, mHC on Triton, on the golden, two stages swapped; tokens/s and peak
         # memory of golden eager / compiled and Triton, with and without --recompute
   T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 25"

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, next_power_of_2
+from ._launch import launched
 
 
 @triton.jit
@@ -27,7 +28,7 @@ def column_sums(ws_ptr, P, M, cols, col_mask, BLOCK_P: tl.constexpr, BLOCK_M: tl
     return acc
 
 
-@triton.jit(do_not_specialize=["P"])
+@launched(do_not_specialize=["P"])
 def _sum_partials_kernel(
     ws_ptr, scale_ptr, out_ptr, P, M, period, HAS_SCALE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr
 ):

@@ -7,14 +7,14 @@ reduced in a fixed order (deterministic).
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from ._common import cdiv, check_block, check_inputs, token_splits, tokens
+from ._launch import launched
 from ._reduce import sum_partials
 
 
-@triton.jit(do_not_specialize=["T", "splits"])
+@launched(do_not_specialize=["T", "splits"])
 def _dgamma_partials_kernel(
     x_ptr, dvecX_mm_ptr, ws_ptr, T, n, D, sx_t, sx_i, sx_d, splits, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr
 ):

@@ -22,6 +22,7 @@ from ._common import (
     store_coeff_part,
     tokens,
 )
+from ._launch import launched
 
 
 @triton.jit
@@ -118,7 +119,7 @@ def phi_tile(phi_ptr, cols, k, k_mask, n, sphi_o, sphi_k):
                    mask=(cols < O)[:, None] & k_mask[None, :], other=0.0).to(tl.float32)  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["T"])
+@launched(do_not_specialize=["T"])
 def _dh_mix_kernel(
     x_ptr,
     phi_ptr,

@@ -24,6 +24,7 @@ from ._common import (
     token_splits,
     tokens,
 )
+from ._launch import launched
 from ._reduce import sum_partials
 
 
@@ -55,7 +56,7 @@ def g_update(acc, dh_mix, xt, INTERPRET: tl.constexpr):
     return acc
 
 
-@triton.jit(do_not_specialize=["T"])
+@launched(do_not_specialize=["T"])
 def _dcoeff_partials_kernel(
     dh_pre2_ptr,
     dh_post2_ptr,
@@ -81,7 +82,7 @@ def _dcoeff_partials_kernel(
     store_dcoeff_partials(ws_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
-@triton.jit(do_not_specialize=["T", "splits"])
+@launched(do_not_specialize=["T", "splits"])
 def _g_partials_kernel(
     x_ptr,
     dh_mix_ptr,

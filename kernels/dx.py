@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, check_block, check_inputs, round_to, tokens
+from ._launch import launched
 
 
 @triton.jit
@@ -26,7 +27,7 @@ def rms_coef_of(dinv_rms, inv_rms, nD):
     return -dinv_rms * inv_rms * inv_rms * inv_rms / nD
 
 
-@triton.jit(do_not_specialize=["T"])
+@launched(do_not_specialize=["T"])
 def _dx_kernel(
     x_ptr,
     dvecX_mm_ptr,

@@ -14,7 +14,6 @@ The tile math is the staged kernels' own (imported, not copied).
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from ._common import (
@@ -34,13 +33,14 @@ from ._common import (
     token_splits,
     tokens,
 )
+from ._launch import launched
 from ._reduce import column_sums
 from .dh_mix import coeff_grads, phi_tile
 from .dparams import g_update, store_dcoeff_partials
 from .dx import dx_tile, rms_coef_of
 
 
-@triton.jit(do_not_specialize=["T"])
+@launched(do_not_specialize=["T"])
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
                    h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
@@ -59,7 +59,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
     store_dcoeff_partials(ws_dcoeff_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
-@triton.jit(do_not_specialize=["T", "splits"])
+@launched(do_not_specialize=["T", "splits"])
 def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
                    ws_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
@@ -109,7 +109,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
 
 
-@triton.jit(do_not_specialize=["splits", "blocks_a"])
+@launched(do_not_specialize=["splits", "blocks_a"])
 def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_ptr, dcoeff_ptr, splits, blocks_a, n, D,
                    sphi_o, sphi_k, HAS_GAMMA: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr,
                    BLOCK_P: tl.constexpr):  # fmt: skip

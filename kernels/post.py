@@ -56,6 +56,7 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, check_block, check_x, next_power_of_2, round_to, tokens
+from ._launch import launched
 
 
 def check_post_inputs(x, h_res, h_out, h_post, dout=None) -> tuple[tuple[int, ...], int, int]:
@@ -102,7 +103,7 @@ def load_tile(ptr, rows, cols, s_t, s_c, mask):
     return tl.load(ptr + rows[:, None] * s_t + cols[None, :] * s_c, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["T"])
+@launched(do_not_specialize=["T"])
 def _post_fwd_kernel(
     x_ptr,
     h_res_ptr,
@@ -146,7 +147,7 @@ def _post_fwd_kernel(
     tl.store(out_ptr + offs, round_to(acc, out_ptr.dtype.element_ty), mask=mask_d[:, None, :] & (s < N)[None, :, None])
 
 
-@triton.jit(do_not_specialize=["T"])
+@launched(do_not_specialize=["T"])
 def _post_bwd_kernel(
     x_ptr,
     h_res_ptr,

@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from ._common import X_DTYPES, cdiv, check_block, next_power_of_2, round_to
+from ._launch import launched
 
 MAX_N = 8  # one token's n x n matrix lives in registers
 # Elements of a [BLOCK_T, N_PAD, N_PAD] tile per program at the default block size: 4 per thread of
@@ -119,7 +120,7 @@ def iterations(P, count, row_valid, col_valid, eps):
     return P
 
 
-@triton.jit(do_not_specialize=["T", "iters"])
+@launched(do_not_specialize=["T", "iters"])
 def _sinkhorn_fwd_kernel(
     logits_ptr,
     P_ptr,
@@ -137,7 +138,7 @@ def _sinkhorn_fwd_kernel(
     tl.store(P_ptr + offs, P, mask=mask)
 
 
-@triton.jit(do_not_specialize=["T", "iters", "seg"])
+@launched(do_not_specialize=["T", "iters", "seg"])
 def _sinkhorn_bwd_kernel(
     logits_ptr,
     dP_ptr,

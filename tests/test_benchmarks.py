@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mhc_ops
-from benchmarks import host, plots, run
+from benchmarks import host, host_profile, plots, run
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, SHAPE_SETS, Shape, parse_shapes
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
@@ -159,6 +159,20 @@ def test_host_bwd_and_step_do_not_accumulate_gradients():
         call()
         call()
         assert torch.equal(w.grad, 2 * w.detach()), variant
+
+
+def test_host_profile_tables_every_call_and_profiles_it(capsys):
+    assert host_profile.main(["--ops", "sinkhorn", "--shape", "1x2x8", "--top", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| sinkhorn.")]
+    assert [r.split(" | ")[0] for r in rows] == ["| sinkhorn.fwd", "| sinkhorn.bwd", "| sinkhorn.step"]
+    assert out.count("## cProfile of sinkhorn.") == 3
+
+
+def test_host_profile_rejects_an_unknown_op(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        host_profile.main(["--ops", "nope", "--device", "cpu"])
+    assert exit_.value.code == 2 and "--ops" in capsys.readouterr().err
 
 
 # ---- end to end on CPU ----------------------------------------------------------------------------

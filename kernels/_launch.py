@@ -1,0 +1,85 @@
+"""Kernel launches with Triton's per-call work done once per specialisation.
+
+``kernel[grid](*args, **constexprs)`` on a ``triton.jit`` function costs 26 us more host time per
+launch than the compiled kernel's own launcher (measured on the H200 host with
+``benchmarks/host_profile.py``: 43.2 against 16.6 us for the forward's launch, 114 against 41 us for
+the fused backward's three): ``JITFunction.run`` binds the arguments, specialises each one, builds
+its cache key as a string of the options, checks the globals the kernel read and builds launch
+metadata, on every call. A training step makes eight launches per mHC layer.
+
+``@launched(...)`` (the arguments of ``triton.jit``) gives a kernel the same ``kernel[grid](...)``
+syntax with a shorter path once a specialisation has been seen:
+
+1. Triton's own binder (the function ``JITFunction.run`` calls) turns the arguments into their
+   specialisation: each tensor's dtype and 16-byte alignment, each integer's width and divisibility
+   by 16 (unless in ``do_not_specialize``), every constexpr's value. That is exactly Triton's rule,
+   not a copy of it;
+2. the specialisation, the launch options and the device look up the ``CompiledKernel`` that
+   ``JITFunction.run`` returned the first time it saw them (compiling, or finding its own cache);
+3. the compiled kernel's launcher runs on the current stream (so CUDA-graph capture records it).
+
+What the short path leaves out, each falling back to ``JITFunction.run``: the interpreter
+(``TRITON_INTERPRET=1``), a device's first launch of the kernel, launch hooks (profilers such as
+Proton set ``knobs.runtime.launch_enter_hook``) and ``knobs.runtime.debug``. It does not re-check the
+kernel's global values (our kernels read none that change) and keys on the compilation knobs of the
+first call (``knobs.compilation.instrumentation_mode`` changed at run time is not seen).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import triton
+from triton import knobs
+from triton.runtime import driver
+
+from ._common import interpreting
+
+
+class LaunchedKernel:
+    """A triton.jit kernel launched through a cache of its compiled specialisations (module doc).
+    Attributes other than ``[grid]`` are the JITFunction's (``device_caches``, ``fn``, ...)."""
+
+    def __init__(self, fn):
+        self.jit = fn
+        self._compiled: dict[tuple, object] = {}  # (device, specialisation, options) -> CompiledKernel
+
+    def __getattr__(self, name):
+        return getattr(self.jit, name)
+
+    def __getitem__(self, grid):
+        if interpreting():
+            return self.jit[grid]
+        return functools.partial(self._launch, grid)
+
+    def _launch(self, grid, *args, **kwargs):
+        device = driver.active.get_current_device()
+        caches = self.jit.device_caches.get(device)  # a defaultdict: .get does not create the entry
+        runtime = knobs.runtime
+        if caches is None or runtime.launch_enter_hook is not None or runtime.debug:
+            return self.jit[grid](*args, **kwargs)
+        bound, specialization, options = caches[4](*args, **kwargs)  # Triton's binder
+        key = (device, *specialization, *options.items())
+        kernel = self._compiled.get(key)
+        if kernel is None:
+            kernel = self.jit[grid](*args, **kwargs)  # compiles or finds it, and launches
+            self._compiled[key] = kernel
+            return kernel
+        size = len(grid)
+        kernel.run(
+            grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1, driver.active.get_current_stream(device),
+            kernel.function, kernel.packed_metadata, None, None, runtime.launch_exit_hook, *bound.values(),
+        )  # fmt: skip
+        return kernel
+
+    def compiled_count(self) -> int:
+        """Specialisations seen by the short path (a test's handle on recompilation)."""
+        return len(self._compiled)
+
+
+def launched(fn=None, **jit_kwargs):
+    """``@launched`` or ``@launched(do_not_specialize=[...])``: triton.jit, launched through
+    LaunchedKernel."""
+    if fn is None:
+        return lambda f: LaunchedKernel(triton.jit(f, **jit_kwargs))
+    return LaunchedKernel(triton.jit(fn, **jit_kwargs))
