@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [profile]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [splits] [profile]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -43,11 +43,13 @@ train-seeds)  # the run-to-run spread of mHC on Triton: seeds 1 and 2 (seed 0 is
     timeout 60 $T --steps 250 --backend triton --seed $seed --out "$R/train-triton-seed$seed" 2>&1 | tr '\r' '\n' \
       | tail -4 | tee -a "$R/train.txt"
   done ;;
+splits)  # the forward's GPU time by split count (benchmarks/fwd_splits.py), the auto choice included
+  timeout 150 python3 -m benchmarks.fwd_splits --quick 2>&1 | tee "$R/fwd_splits.md" | tail -45 ;;
 profile)  # where the host time of a call goes (benchmarks/host_profile.py), at T = 1
   timeout 120 python3 -m benchmarks.host_profile --shape 1x4x4096 --top 30 > "$R/host_profile.md" 2>&1
   head -20 "$R/host_profile.md" ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, profile)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, splits, profile)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

@@ -1,8 +1,30 @@
 """Stage fwd: h_mix and inv_rms from one pass over x, the coefficients, then h_in.
 
-One program owns BLOCK_T tokens. Pass 1 streams x in [BLOCK_T, BLOCK_D] tiles, stream by stream,
-accumulating sum(x^2) and the GEMM h_mix = (x*gamma) @ phi^T into a [BLOCK_T, O_PAD] tile.
-Pass 2 reads x again for h_in = sum_i h_pre[i] * x[i].
+Two paths, chosen by launch_fwd's ``splits`` (auto: by the number of token blocks per SM).
+
+Single kernel (``_fwd_kernel``, grid (cdiv(T, BLOCK_T),)): one program owns BLOCK_T tokens. Pass 1
+(mix_tile) streams x in [BLOCK_T, BLOCK_D] tiles, chunk by chunk over all n * cdiv(D, BLOCK_D)
+chunks of the nD columns, accumulating sum(x^2) and the GEMM h_mix = (x*gamma) @ phi^T into a
+[BLOCK_T, O_PAD] fp32 tile. Pass 2 (apply_tile) reads x again for h_in = sum_i h_pre[i] * x[i].
+Enough work per program when there are many token blocks; at T <= 4096 (<= 64 programs of 64
+tokens on a 132-SM H200) most SMs sit idle and each program walks all the chunks serially
+(226 us at T=1 for n=4, D=4096 against a memory floor of ~10 us).
+
+Split-K (``_fwd_partial_kernel`` then ``_fwd_finish_kernel``), for few token blocks:
+  partial, grid (token blocks, splits): program (b, s) reduces the chunk range s (an even split of
+    the chunks) of its BLOCK_T tokens with the same mix_tile and stores the fp32 partials h_mix
+    [splits, T, O_PAD] (columns < O) and sum(x^2) [splits, T] into one torch.empty workspace
+    (every element the finish kernel reads is written: no zero fill).
+  finish, grid (cdiv(T, min(BLOCK_T, FINISH_BLOCK_T)), cdiv(D, apply_cols)): sums the partials over
+    s = 0 .. splits-1 in that order (deterministic, no atomics), computes inv_rms and the
+    coefficients; D block 0 stores inv_rms, h_mix, h_pre, h_post, h_res, and every program writes
+    h_in for its apply_cols columns with apply_tile. Each D-block program recomputes the tiny
+    coefficient tile of its tokens (splits * (O + 1) floats per token) instead of a third launch.
+Both kernels of the split path read x once each, so it moves one more read of x than the floor;
+the single kernel's second pass re-reads x too. The shared tile math (mix_tile, coeff_tile,
+store_saved, apply_tile) is one set of jit helpers that all three kernels call.
+The kernels take T, splits and apply_cols as runtime arguments (no recompilation per T), address x
+and the workspace with 64-bit offsets, and keep every sum in fp32; only h_in is stored in x's dtype.
 """
 
 from __future__ import annotations
@@ -15,6 +37,7 @@ import triton.language as tl
 
 from ._cache import weight_derived
 from ._common import (
+    _sm_count,
     alpha_per_col,
     bf16_dot,
     cdiv,
@@ -29,6 +52,27 @@ from ._common import (
     store_coeff_part,
     tokens,
 )
+from ._launch import launched
+
+# Split-K heuristic (auto_splits). The single kernel is latency-bound when its programs are few: each
+# walks all n*cdiv(D, BLOCK_D) chunks serially, and below about two programs per SM most SMs idle
+# (measured on an H200, n=4, D=4096, bf16: 226 us at T=1, 246 us at T=1024, floor ~10 us).
+SPLIT_BELOW_PROGRAMS_PER_SM = 2  # split when the token blocks are fewer than this many per SM
+SPLIT_PROGRAMS_PER_SM = 4  # then aim the partial kernel at about this many programs per SM
+MAX_SPLITS = 64  # bounds the workspace (splits * (O_PAD + 1) floats per token) and the finish's re-reads
+# Finish kernel (finish_cols): about this many programs per SM, but each D-block program re-reads its
+# tokens' partials (splits * (O + 1) * 4 bytes per token, from L2), so once the grid fills the SMs
+# the D blocks are kept wide enough that those re-reads stay under FINISH_REREAD_LIMIT times the bytes
+# of x the program streams.
+FINISH_PROGRAMS_PER_SM = 4
+FINISH_REREAD_LIMIT = 2
+# Partials the finish kernel loads per step: independent loads in flight, added in order s, s+1, ...
+FINISH_UNROLL = 8
+# Tokens per finish program (at most block_t). Its [rows, BLOCK_D] h_in tile at 64 rows and 128 columns
+# needs 255 registers and spills ~750 bytes at 4 warps (ptxas -v, sm_90a); 16 rows take 158, no spill.
+# More token blocks also let the D blocks be wider for the same grid: fewer partial re-reads.
+FINISH_BLOCK_T = 16
+_CPU_SMS = 4  # the interpreter's stand-in SM count (as token_splits)
 
 
 @triton.jit
@@ -40,6 +84,8 @@ def mix_tile(
     rows,
     row_mask,
     cols,
+    c_start,
+    c_end,
     n,
     D,
     sx_t,
@@ -54,44 +100,47 @@ def mix_tile(
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the n*D elements of each token.
+    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the chunks c_start .. c_end-1
+    of each token's nD elements. Chunk c is stream i = c // d_chunks, columns d0 = (c % d_chunks) *
+    BLOCK_D .. d0 + BLOCK_D (d_chunks = cdiv(D, BLOCK_D)); the chunks are added in order.
 
     W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
     [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
     phi and gamma are read in fp32 and multiplied by fp32_dot."""
     O = n * n + 2 * n
+    d_chunks = tl.cdiv(D, BLOCK_D)
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    for i in range(n):
-        for d0 in range(0, D, BLOCK_D):
-            d = d0 + tl.arange(0, BLOCK_D)
-            d_mask = d < D
-            xt = tl.load(
-                x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
-                mask=row_mask[:, None] & d_mask[None, :],
+    for c in range(c_start, c_end):
+        i = c // d_chunks
+        d = (c - i * d_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_mask = d < D
+        xt = tl.load(
+            x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+            mask=row_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        xf = xt.to(tl.float32)
+        sumsq += tl.sum(xf * xf, axis=1)
+        k = i * D + d
+        if W_SPLIT:
+            # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
+            w_offs = k[:, None] * O_PAD + cols[None, :]
+            part = n * D * O_PAD
+            chunk = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+            for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
+                w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
+                chunk = bf16_dot(xt, w, chunk, INTERPRET)
+            h_mix += chunk
+        else:
+            w = tl.load(
+                phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
+                mask=d_mask[:, None] & (cols < O)[None, :],
                 other=0.0,
-            )
-            xf = xt.to(tl.float32)
-            sumsq += tl.sum(xf * xf, axis=1)
-            k = i * D + d
-            if W_SPLIT:
-                # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
-                w_offs = k[:, None] * O_PAD + cols[None, :]
-                part = n * D * O_PAD
-                chunk = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-                for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
-                    w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
-                    chunk = bf16_dot(xt, w, chunk, INTERPRET)
-                h_mix += chunk
-            else:
-                w = tl.load(
-                    phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
-                    mask=d_mask[:, None] & (cols < O)[None, :],
-                    other=0.0,
-                ).to(tl.float32)
-                if HAS_GAMMA:
-                    w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-                h_mix += fp32_dot(xf, w)
+            ).to(tl.float32)
+            if HAS_GAMMA:
+                w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+            h_mix += fp32_dot(xf, w)
     return h_mix, sumsq
 
 
@@ -112,7 +161,43 @@ def column(tile, cols, j):
     return tl.sum(tl.where(cols[None, :] == j, tile, 0.0), axis=1)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit
+def coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps):
+    """(inv_rms [BLOCK_T], coefficient tile [BLOCK_T, O_PAD]) from a token block's full h_mix and sum(x^2)."""
+    inv_rms = tl.rsqrt(sumsq / (n * D) + norm_eps)
+    return inv_rms, coefficients(h_mix, inv_rms, alpha_ptr, bias_ptr, cols, n, hc_eps)
+
+
+@triton.jit
+def store_saved(
+    inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n
+):
+    """Store inv_rms, h_mix and the h_pre, h_post, h_res parts of the coefficient tile."""
+    tl.store(inv_rms_ptr + rows, inv_rms, mask=row_mask)
+    store_coeff_part(h_mix_ptr, h_mix, rows, row_mask, cols, 0, n * n + 2 * n)
+    store_coeff_part(h_pre_ptr, coef, rows, row_mask, cols, 0, n)
+    store_coeff_part(h_post_ptr, coef, rows, row_mask, cols, n, n)
+    store_coeff_part(h_res_ptr, coef, rows, row_mask, cols, 2 * n, n * n)
+
+
+@triton.jit
+def apply_tile(
+    x_ptr, h_in_ptr, coef, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """h_in[rows, d_start:d_end] = sum_i h_pre[i] * x[rows, i, d_start:d_end] (h_pre: the pre columns
+    of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype."""
+    for d0 in range(d_start, d_end, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (d < d_end)[None, :]
+        h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for i in range(n):
+            xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
+            h_in += column(coef, cols, i)[:, None] * xt.to(tl.float32)
+        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
+
+
+@launched(do_not_specialize=["T"])
 def _fwd_kernel(
     x_ptr,
     phi_ptr,
@@ -146,44 +231,112 @@ def _fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    O = n * n + 2 * n
     h_mix, sumsq = mix_tile(
-        x_ptr,
-        phi_ptr,
-        gamma_ptr,
-        w_ptr,
-        rows,
-        row_mask,
-        cols,
-        n,
-        D,
-        sx_t,
-        sx_i,
-        sx_d,
-        sphi_o,
-        sphi_k,
-        HAS_GAMMA,
-        W_SPLIT,
-        BLOCK_T,
-        BLOCK_D,
-        O_PAD,
-        INTERPRET,
-    )
-    inv_rms = tl.rsqrt(sumsq / (n * D) + norm_eps)
-    coef = coefficients(h_mix, inv_rms, alpha_ptr, bias_ptr, cols, n, hc_eps)
-    tl.store(inv_rms_ptr + rows, inv_rms, mask=row_mask)
-    store_coeff_part(h_mix_ptr, h_mix, rows, row_mask, cols, 0, O)
-    store_coeff_part(h_pre_ptr, coef, rows, row_mask, cols, 0, n)
-    store_coeff_part(h_post_ptr, coef, rows, row_mask, cols, n, n)
-    store_coeff_part(h_res_ptr, coef, rows, row_mask, cols, 2 * n, n * n)
-    for d0 in range(0, D, BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (d < D)[None, :]
-        h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-        for i in range(n):
-            xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
-            h_in += column(coef, cols, i)[:, None] * xt.to(tl.float32)
-        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
+        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, 0, n * tl.cdiv(D, BLOCK_D), n, D,
+        sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
+    )  # fmt: skip
+    inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
+    store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
+    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_T, BLOCK_D)
+
+
+@launched(do_not_specialize=["T", "splits"])
+def _fwd_partial_kernel(
+    x_ptr,
+    phi_ptr,
+    gamma_ptr,
+    w_ptr,
+    ws_ptr,
+    T,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    sphi_o,
+    sphi_k,
+    splits,
+    HAS_GAMMA: tl.constexpr,
+    W_SPLIT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    """Program (b, s): chunks s*C//splits .. (s+1)*C//splits - 1 (C = n*cdiv(D, BLOCK_D), splits <= C)
+    of token block b -> ws h_mix partials [splits, T, O_PAD] (columns < O), then sum(x^2) partials
+    [splits, T]."""
+    s = tl.program_id(1)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    chunks = n * tl.cdiv(D, BLOCK_D)
+    h_mix, sumsq = mix_tile(
+        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, s * chunks // splits, (s + 1) * chunks // splits,
+        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
+    )  # fmt: skip
+    T64 = tl.full([], T, tl.int64)  # s * T * O_PAD can exceed 2**31
+    part_rows = s.to(tl.int64) * T64 + rows  # row of [splits * T]
+    O = n * n + 2 * n
+    tl.store(ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], h_mix, mask=row_mask[:, None] & (cols < O)[None, :])
+    tl.store(ws_ptr + splits * T64 * O_PAD + part_rows, sumsq, mask=row_mask)
+
+
+@launched(do_not_specialize=["T", "splits", "apply_cols"])
+def _fwd_finish_kernel(
+    x_ptr,
+    ws_ptr,
+    alpha_ptr,
+    bias_ptr,
+    h_in_ptr,
+    h_post_ptr,
+    h_res_ptr,
+    inv_rms_ptr,
+    h_mix_ptr,
+    h_pre_ptr,
+    T,
+    n,
+    D,
+    sx_t,
+    sx_i,
+    sx_d,
+    splits,
+    apply_cols,
+    norm_eps,
+    hc_eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    """Program (b, j): the partials of token block b summed over s = 0 .. splits-1 in order, the
+    coefficients; j == 0 stores the saved tensors; h_in for columns j*apply_cols .. (j+1)*apply_cols - 1."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    O = n * n + 2 * n
+    T64 = tl.full([], T, tl.int64)
+    sumsq_ptr = ws_ptr + splits * T64 * O_PAD
+    h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for s0 in range(0, splits, UNROLL):
+        # UNROLL independent loads in flight; a split past the end adds an exact 0.
+        for u in tl.static_range(UNROLL):
+            live = row_mask & (s0 + u < splits)
+            part_rows = (s0 + u) * T64 + rows
+            h_mix += tl.load(
+                ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], mask=live[:, None] & (cols < O)[None, :], other=0.0
+            )
+            sumsq += tl.load(sumsq_ptr + part_rows, mask=live, other=0.0)
+    inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
+    j = tl.program_id(1)
+    if j == 0:
+        store_saved(
+            inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n
+        )
+    d_start = j * apply_cols
+    d_end = tl.minimum(d_start + apply_cols, D)
+    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_T, BLOCK_D)
 
 
 def split_weights(phi: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
@@ -195,21 +348,55 @@ def split_weights(phi: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor
     return split_bf16_host(torch.nn.functional.pad(wg.t(), (0, o_pad(n) - O)).contiguous())
 
 
+def auto_splits(token_blocks: int, chunks: int, sms: int) -> int:
+    """splits=None: 1 (the single kernel) while there are at least SPLIT_BELOW_PROGRAMS_PER_SM token
+    blocks per SM; below that, as many chunk ranges as keep the partial programs at or under
+    SPLIT_PROGRAMS_PER_SM per SM (rounded down: programs past it would start a tail wave), at most
+    MAX_SPLITS and at most one per chunk."""
+    if token_blocks >= SPLIT_BELOW_PROGRAMS_PER_SM * sms:
+        return 1
+    return max(1, min(SPLIT_PROGRAMS_PER_SM * sms // token_blocks, MAX_SPLITS, chunks))
+
+
+def finish_cols(token_blocks: int, splits: int, n: int, D: int, itemsize: int, block_d: int, sms: int) -> int:
+    """block_d_apply=None: h_in columns per finish program, a multiple of block_d. About
+    FINISH_PROGRAMS_PER_SM programs per SM; once the grid has at least one program per SM, no more D
+    blocks than keep each program's partial re-reads (splits * (O + 1) * 4 bytes per token) within
+    FINISH_REREAD_LIMIT times its x bytes (n * columns * itemsize per token)."""
+    d_chunks = cdiv(D, block_d)
+    d_blocks = min(cdiv(FINISH_PROGRAMS_PER_SM * sms, token_blocks), d_chunks)
+    reread_cap = FINISH_REREAD_LIMIT * n * D * itemsize // (splits * (n * n + 2 * n + 1) * 4)
+    d_blocks = max(1, min(d_blocks, max(reread_cap, cdiv(sms, token_blocks))))
+    return block_d * cdiv(d_chunks, d_blocks)
+
+
 def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, **launch):
     """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden.
-    Validates the inputs, then launch_fwd (launch: its tile options)."""
+    Validates the inputs, then launch_fwd (launch: its tile options and ``splits``)."""
     check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     names = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
     return dict(zip(names, launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps, **launch)))
 
 
-def launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None):
-    """The forward on validated inputs, one launch -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre)."""
+def launch_fwd(
+    x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
+    splits=None, block_d_apply=None,
+):  # fmt: skip
+    """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
+
+    splits: 1 = the single kernel (one launch); an int > 1 = split-K over that many chunk ranges
+    (clamped to the n * cdiv(D, block_d) chunks; two launches); None = auto_splits on CUDA, 1 on CPU
+    (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
+    two >= 16; None = finish_cols)."""
+    if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
+        raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
     check_block("block_t", block_t, 16)
     n, D = x.shape[-2:]
     lead = x.shape[:-2]
     block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
+    if block_d_apply is not None:
+        check_block("block_d_apply", block_d_apply, 16)
     O = n * n + 2 * n
     xt = tokens(x, 2)
     T = xt.shape[0]
@@ -220,16 +407,45 @@ def launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d
     inv_rms = torch.empty(lead, device=dev, dtype=f32)
     h_mix = torch.empty((*lead, O), device=dev, dtype=f32)
     h_pre = torch.empty((*lead, n), device=dev, dtype=f32)
-    if T > 0:
-        alpha, bias = alpha.contiguous(), bias.contiguous()
-        gamma_arg = gamma.contiguous() if gamma is not None else alpha  # never read without HAS_GAMMA
-        w_split = x.dtype == torch.bfloat16
-        # (gamma*phi)^T split for bf16 tensor cores, cached per weight version; never read without W_SPLIT
-        w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
-        _fwd_kernel[(cdiv(T, block_t),)](
+    if T == 0:
+        return h_in, h_post, h_res, inv_rms, h_mix, h_pre
+    alpha, bias = alpha.contiguous(), bias.contiguous()
+    gamma_arg = gamma.contiguous() if gamma is not None else alpha  # never read without HAS_GAMMA
+    w_split = x.dtype == torch.bfloat16
+    # (gamma*phi)^T split for bf16 tensor cores, cached per weight version; never read without W_SPLIT
+    w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
+    token_blocks = cdiv(T, block_t)
+    chunks = n * cdiv(D, block_d)
+    sms = _CPU_SMS
+    if dev.type == "cuda":
+        sms = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
+    if splits is None:
+        splits = auto_splits(token_blocks, chunks, sms) if dev.type == "cuda" else 1
+        split_path = splits > 1
+    else:
+        split_path = splits > 1  # forced: stays the split path even when clamped to one chunk range
+        splits = min(splits, chunks)  # every split gets >= 1 chunk
+    common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+                  INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+    if not split_path:
+        _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
-            T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps),
-            HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-            INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
+            T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps), **common,
         )  # fmt: skip
+        return h_in, h_post, h_res, inv_rms, h_mix, h_pre
+    finish_t = min(block_t, FINISH_BLOCK_T)
+    finish_blocks = cdiv(T, finish_t)
+    if block_d_apply is None:
+        block_d_apply = finish_cols(finish_blocks, splits, n, D, x.element_size(), block_d, sms)
+    # One workspace: h_mix partials [splits, T, O_PAD], then sum(x^2) partials [splits, T]; each written
+    # before it is read (no zero fill).
+    ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)
+    _fwd_partial_kernel[(token_blocks, splits)](
+        xt, phi, gamma_arg, w_arg, ws, T, n, D, *xt.stride(), *phi.stride(), splits, **common,
+    )  # fmt: skip
+    _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
+        xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
+        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
+        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre

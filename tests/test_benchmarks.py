@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mhc_ops
-from benchmarks import host, host_profile, plots, run
+from benchmarks import fwd_splits, host, host_profile, plots, run
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, SHAPE_SETS, Shape, parse_shapes
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
@@ -167,6 +167,13 @@ def test_host_profile_tables_every_call_and_profiles_it(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| sinkhorn.")]
     assert [r.split(" | ")[0] for r in rows] == ["| sinkhorn.fwd", "| sinkhorn.bwd", "| sinkhorn.step"]
     assert out.count("## cProfile of sinkhorn.") == 3
+
+
+def test_fwd_splits_times_every_split_count_that_passes_the_rule(capsys):
+    assert fwd_splits.main(["--shapes", "3x2x40", "--splits", "1,3", "--device", "cpu", "--quick"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x2x40")]
+    assert [r[1] for r in rows] == ["1", "3", "auto"]
+    assert all(r[-1] == "ok |" and float(r[2]) > 0 for r in rows)
 
 
 def test_host_profile_rejects_an_unknown_op(capsys):

@@ -16,7 +16,6 @@ from mhc_ops.kernels._launch import LaunchedKernel
 from tests.helpers import HAS_CUDA, INTERPRETING, assert_stage_accurate
 
 
-
 def gpu(test):
     """GPU only: the interpreter launches through Triton's interpreted function, not this path."""
     test = pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="compiled kernels need a GPU")(test)
