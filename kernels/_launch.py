@@ -20,7 +20,8 @@ syntax with a shorter path once a specialisation has been seen:
 
 What the short path leaves out, each falling back to ``JITFunction.run``: the interpreter
 (``TRITON_INTERPRET=1``), a device's first launch of the kernel, launch hooks (profilers such as
-Proton set ``knobs.runtime.launch_enter_hook``) and ``knobs.runtime.debug``. It does not re-check the
+Proton add to ``knobs.runtime.launch_enter_hook``, a ``HookChain`` in Triton 3.6, empty unless one
+is installed) and ``knobs.runtime.debug``. It does not re-check the
 kernel's global values (our kernels read none that change) and keys on the compilation knobs of the
 first call (``knobs.compilation.instrumentation_mode`` changed at run time is not seen).
 """
@@ -34,6 +35,12 @@ from triton import knobs
 from triton.runtime import driver
 
 from ._common import interpreting
+
+
+def _hooked(hook) -> bool:
+    """A launch hook is installed: a non-empty HookChain (Triton 3.6), or any other callable set."""
+    calls = getattr(hook, "calls", None)
+    return bool(calls) if calls is not None else hook is not None
 
 
 class LaunchedKernel:
@@ -56,7 +63,7 @@ class LaunchedKernel:
         device = driver.active.get_current_device()
         caches = self.jit.device_caches.get(device)  # a defaultdict: .get does not create the entry
         runtime = knobs.runtime
-        if caches is None or runtime.launch_enter_hook is not None or runtime.debug:
+        if caches is None or runtime.debug or _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook):
             return self.jit[grid](*args, **kwargs)
         bound, specialization, options = caches[4](*args, **kwargs)  # Triton's binder
         key = (device, *specialization, *options.items())
@@ -68,7 +75,7 @@ class LaunchedKernel:
         size = len(grid)
         kernel.run(
             grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1, driver.active.get_current_stream(device),
-            kernel.function, kernel.packed_metadata, None, None, runtime.launch_exit_hook, *bound.values(),
+            kernel.function, kernel.packed_metadata, None, None, None, *bound.values(),
         )  # fmt: skip
         return kernel
 

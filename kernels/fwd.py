@@ -57,7 +57,9 @@ from ._launch import launched
 # Split-K heuristic (auto_splits). The single kernel is latency-bound when its programs are few: each
 # walks all n*cdiv(D, BLOCK_D) chunks serially, and below about two programs per SM most SMs idle
 # (measured on an H200, n=4, D=4096, bf16: 226 us at T=1, 246 us at T=1024, floor ~10 us).
-SPLIT_BELOW_PROGRAMS_PER_SM = 2  # split when the token blocks are fewer than this many per SM
+# At 256 token blocks on 132 SMs (T = 16384, n = 4, D = 7168) the single kernel took 0.686 ms and 2 splits
+# 0.978 ms (benchmarks/fwd_splits.py on an H200): split only below one block per SM.
+SPLIT_BELOW_PROGRAMS_PER_SM = 1  # split when the token blocks are fewer than this many per SM
 SPLIT_PROGRAMS_PER_SM = 4  # then aim the partial kernel at about this many programs per SM
 MAX_SPLITS = 64  # bounds the workspace (splits * (O_PAD + 1) floats per token) and the finish's re-reads
 # Finish kernel (finish_cols): about this many programs per SM, but each D-block program re-reads its

@@ -6,6 +6,7 @@ import torch
 import mhc_ops
 from mhc_ops.golden import Case, build
 from mhc_ops.stages import STAGES, Pipeline
+from tests.helpers import KERNEL_DEVICE
 
 CASE = Case(lead=(2, 3), n=4, D=8, grad_x_post=True)  # O = 24, nD = 32
 FWD_ARGS = ("x", "phi", "alpha", "bias", "gamma")
@@ -114,7 +115,8 @@ def test_unknown_backend(tensors):
         (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), eps=-1.0), ValueError, "eps: expected a finite number >= 0"),
         (lambda: mhc_ops.sinkhorn(torch.randn(3, 4, 4), backend="cuda"), ValueError, "backend: expected one of"),
         (
-            lambda: mhc_ops.sinkhorn(torch.randn(3, 9, 9), backend="triton"),
+            # on the device the Triton kernels run on here (CPU tensors need the interpreter)
+            lambda: mhc_ops.sinkhorn(torch.randn(3, 9, 9, device=KERNEL_DEVICE or "cpu"), backend="triton"),
             ValueError,
             "logits: expected n from 1 to 8",
         ),

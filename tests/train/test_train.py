@@ -20,6 +20,7 @@ import torch
 
 from mhc_ops.train import data, plot
 from mhc_ops.train.__main__ import main
+from tests.helpers import INTERPRETING
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = [
@@ -86,6 +87,7 @@ def test_plain_residual(tmp_path):
     assert config["residual"] == "plain" and config["mhc_params"] == 0
 
 
+@pytest.mark.skipif(not INTERPRETING, reason="Triton stages on the CPU run need the interpreter")
 def test_stages_on_triton_and_recompute_match_golden(tmp_path):
     """Two backward stages swapped to Triton (interpreter) through --stages, and --recompute, give the
     golden run's losses: the same math in fp32. With --gamma, so that the dgamma stage runs."""
