@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [splits] [profile]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$R/gpu.txt
 
 for part in $parts; do case $part in
 tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recompiles per T
-  timeout 110 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v '^DEBUG' \
+  timeout 160 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v '^DEBUG' \
     | tail -25 | tee "$R/gpu_tests.txt" ;;
 bench)  # kernels against their floors and torch.compile of the golden, and host time per call
   timeout 290 python3 -m benchmarks.run --shapes 1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048,8192x6x4096 \
@@ -43,6 +43,9 @@ train-seeds)  # the run-to-run spread of mHC on Triton: seeds 1 and 2 (seed 0 is
     timeout 60 $T --steps 250 --backend triton --seed $seed --out "$R/train-triton-seed$seed" 2>&1 | tr '\r' '\n' \
       | tail -4 | tee -a "$R/train.txt"
   done ;;
+host)  # the host-time rows alone (benchmarks/host.py at T = 1, 1024, 4096), with one op row
+  timeout 150 python3 -m benchmarks.run --shapes 1024x4x4096 --ops fwd --impls mhc_ops --quick \
+    --host 1x4x4096,1024x4x4096,4096x4x4096 --out "$R/host" 2>&1 | tail -60 | tee "$R/host.txt" ;;
 splits)  # the forward's GPU time by split count (benchmarks/fwd_splits.py), the auto choice included
   timeout 150 python3 -m benchmarks.fwd_splits --quick 2>&1 | tee "$R/fwd_splits.md" | tail -45 ;;
 profile)  # where the host time of a call goes (benchmarks/host_profile.py), at T = 1
@@ -50,6 +53,6 @@ profile)  # where the host time of a call goes (benchmarks/host_profile.py), at 
   head -20 "$R/host_profile.md" ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, splits, profile)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

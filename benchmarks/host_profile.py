@@ -5,14 +5,16 @@
 For each op of benchmarks/host.py (at T = 1 by default, where the GPU is never the bottleneck), each
 call (fwd, bwd, step) is measured three ways, per call:
 
-- ``call``: the call as training makes it (host.make_call), timed in a loop (host.host_loop_us);
+- ``call``: the call as training makes it (host.make_call), timed in a loop; and the same call
+  with kernels/_launch.py's short path turned off (every launch through ``JITFunction.run``);
 - ``launches``: every Triton launch the call made, recorded once (by wrapping ``JITFunction.run``)
-  and replayed alone with the same arguments through ``kernel[grid](...)``, and through the
-  compiled kernel's own launcher (``CompiledKernel.run``, the floor of a Triton launch from Python);
+  and replayed alone with the same arguments through ``JITFunction``'s ``kernel[grid](...)``, and
+  through the compiled kernel's own launcher (``CompiledKernel.run``, the floor of a launch from
+  Python, which the short path calls after Triton's binder);
 - a cProfile of the call (``--top`` functions by own time), which names the Python that is left.
 
-The difference ``call - launches`` is ours (autograd, allocations, Python); ``launches - compiled
-launcher`` is Triton's binding and specialisation per call. Prints a table and the profiles; on CPU
+The difference ``call (Triton's launch) - launches`` is ours (autograd, allocations, Python);
+``launches - compiled launcher`` is Triton's per-call work, which the short path mostly saves. Prints a table and the profiles; on CPU
 (the interpreter) it runs, but the numbers describe the interpreter.
 """
 
@@ -30,6 +32,8 @@ from collections.abc import Callable
 
 import torch
 from triton.runtime.jit import JITFunction
+
+from mhc_ops.kernels._launch import LaunchedKernel
 
 from . import host
 from .shapes import parse_shapes
@@ -52,6 +56,21 @@ def recorded_launches(into: list):
         yield into
     finally:
         JITFunction.run = original
+
+
+@contextlib.contextmanager
+def triton_launch_only():
+    """Within it, LaunchedKernel launches go through JITFunction.run (the short path off)."""
+    original = LaunchedKernel._launch
+
+    def launch(self, grid, *args, **kwargs):
+        return self.jit[grid](*args, **kwargs)
+
+    LaunchedKernel._launch = launch
+    try:
+        yield
+    finally:
+        LaunchedKernel._launch = original
 
 
 def _per_call_us(fn: Callable[[], object], device: torch.device, calls: int = 200, loops: int = 5) -> float:
@@ -133,19 +152,24 @@ def main(argv: list[str] | None = None) -> int:
         for variant in CALLS:
             fn = host.make_call(training, variant)
             call_us = _per_call_us(fn, device, calls)
-            with recorded_launches([]) as launches:
-                fn()
+            with triton_launch_only():
+                jit_call_us = _per_call_us(fn, device, calls)
+                with recorded_launches([]) as launches:
+                    fn()
             via_jit, via_compiled = _replays(launches)
             jit_us = _per_call_us(via_jit, device, calls)
             compiled_us = _per_call_us(via_compiled, device, calls) if via_compiled else float("nan")
-            rows.append((f"{name}.{variant}", len(launches), call_us, jit_us, compiled_us))
+            rows.append((f"{name}.{variant}", len(launches), call_us, jit_call_us, jit_us, compiled_us))
             if args.top:
                 profiles.append((f"{name}.{variant}", profile(fn, args.top, calls)))
     print(f"# host time per call, {shape.label}, {device}, torch {torch.__version__}\n")
-    print("| call | launches | call us | launches via kernel[grid] us | via CompiledKernel.run us | ours (call - launches) us |")
-    print("|---|---|---|---|---|---|")
-    for call, k, c, j, ck in rows:
-        print(f"| {call} | {k} | {c:.1f} | {j:.1f} | {ck:.1f} | {c - j:.1f} |")
+    print(
+        "| call | launches | call us | call us, Triton's launch | its launches via JITFunction us "
+        "| via CompiledKernel.run us | ours (call with Triton's launch - its launches) us |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for call, k, c, cj, j, ck in rows:
+        print(f"| {call} | {k} | {c:.1f} | {cj:.1f} | {j:.1f} | {ck:.1f} | {cj - j:.1f} |")
     for call, text in profiles:
         print(f"\n## cProfile of {call} ({calls} calls), by own time\n")
         print(text)

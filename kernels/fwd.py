@@ -55,12 +55,15 @@ from ._common import (
 from ._launch import launched
 
 # Split-K heuristic (auto_splits). The single kernel is latency-bound when its programs are few: each
-# walks all n*cdiv(D, BLOCK_D) chunks serially, and below about two programs per SM most SMs idle
+# walks all n*cdiv(D, BLOCK_D) chunks serially, and below about one program per SM most SMs idle
 # (measured on an H200, n=4, D=4096, bf16: 226 us at T=1, 246 us at T=1024, floor ~10 us).
 # At 256 token blocks on 132 SMs (T = 16384, n = 4, D = 7168) the single kernel took 0.686 ms and 2 splits
 # 0.978 ms (benchmarks/fwd_splits.py on an H200): split only below one block per SM.
 SPLIT_BELOW_PROGRAMS_PER_SM = 1  # split when the token blocks are fewer than this many per SM
-SPLIT_PROGRAMS_PER_SM = 4  # then aim the partial kernel at about this many programs per SM
+# then aim the partial kernel at about this many programs per SM: the fastest forced split counts of the
+# H200 sweep (CUDA-graph GPU time, n=4, D=4096) were 16 at T=1024 (75.5 us; 33 splits 84.8 us), 4 at
+# T=4096 (169 us; 8 splits 172 us) and 2 at T=8192, n=8, D=2048, which 2 per SM gives.
+SPLIT_PROGRAMS_PER_SM = 2
 MAX_SPLITS = 64  # bounds the workspace (splits * (O_PAD + 1) floats per token) and the finish's re-reads
 # Finish kernel (finish_cols): about this many programs per SM, but each D-block program re-reads its
 # tokens' partials (splits * (O + 1) * 4 bytes per token, from L2), so once the grid fills the SMs

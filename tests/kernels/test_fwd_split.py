@@ -163,7 +163,7 @@ def test_auto_heuristics():
     """auto_splits and finish_cols at the issue's shapes on a 132-SM GPU (n=4, D=4096, bf16, block_t=64,
     block_d=128: 128 chunks), and their bounds."""
     sms, chunks = 132, 128
-    assert [fwd.auto_splits(tb, chunks, sms) for tb in (1, 16, 64, 131, 132, 10**6)] == [64, 33, 8, 4, 1, 1]
+    assert [fwd.auto_splits(tb, chunks, sms) for tb in (1, 16, 64, 131, 132, 10**6)] == [64, 16, 4, 2, 1, 1]
     assert fwd.auto_splits(1, 3, sms) == 3  # at most one chunk per split
     assert fwd.auto_splits(1, 1, sms) == 1
     # Finish token blocks of 16 at T = 1, 1024, 4096: one D block per chunk while latency-bound, wider
