@@ -426,10 +426,8 @@ def launch_fwd(
         sms = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
     if splits is None:
         splits = auto_splits(token_blocks, chunks, sms) if dev.type == "cuda" else 1
-        split_path = splits > 1
-    else:
-        split_path = splits > 1  # forced: stays the split path even when clamped to one chunk range
-        splits = min(splits, chunks)  # every split gets >= 1 chunk
+    split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range
+    splits = min(splits, chunks)  # every split gets >= 1 chunk
     common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
                   INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     if not split_path:
