@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [liger]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -51,8 +51,16 @@ splits)  # the forward's GPU time by split count (benchmarks/fwd_splits.py), the
 profile)  # where the host time of a call goes (benchmarks/host_profile.py), at T = 1
   timeout 120 python3 -m benchmarks.host_profile --shape 1x4x4096 --top 30 > "$R/host_profile.md" 2>&1
   head -20 "$R/host_profile.md" ;;
+breakdown)  # GPU time per kernel of the forward and the fused backward, registers and spills
+  timeout 200 python3 -m benchmarks.kernel_breakdown --quick 2>&1 | tee "$R/breakdown.md" | tail -12 ;;
+sweep)  # the same per kernel over a grid of tile options, at the shapes furthest from their floors
+  timeout 330 python3 -m benchmarks.kernel_breakdown --shapes 8192x8x2048,8192x6x4096,1024x4x4096 --sweep --quick \
+    2>&1 | tee "$R/sweep.md" | tail -5 ;;
+liger)  # is Liger-Kernel (a peer mHC implementation) on the image?
+  python3 -c "import liger_kernel, importlib.metadata as m; print('liger_kernel', m.version('liger_kernel'))" 2>&1 \
+    | tail -1 | tee "$R/liger.txt" ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, liger)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

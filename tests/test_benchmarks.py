@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mhc_ops
-from benchmarks import fwd_splits, host, host_profile, plots, run
+from benchmarks import fwd_splits, host, host_profile, kernel_breakdown, plots, run
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, SHAPE_SETS, Shape, parse_shapes
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
@@ -176,6 +176,24 @@ def test_fwd_splits_times_every_split_count_that_passes_the_rule(capsys):
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x2x40")]
     assert [r[1].split(" ")[0] for r in rows] == ["1", "3", "auto"]
     assert all(r[-1] == "ok |" and float(r[2]) > 0 for r in rows)
+
+
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="the Triton kernels need the interpreter or a GPU")
+def test_kernel_breakdown_rows_every_op_and_checks_the_rule(capsys, monkeypatch):
+    monkeypatch.setattr(kernel_breakdown, "SWEEP", {"fwd": {"splits": (1, 2)}, "bwd": {"block_t": (16,)}})
+    argv = ["--shapes", "3x2x40", "--sweep", "--quick", "--device", KERNEL_DEVICE]
+    assert kernel_breakdown.main(argv) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x2x40")]
+    assert [(r[1], r[2]) for r in rows] == [
+        ("fwd", "default"), ("fwd", "splits=1"), ("fwd", "splits=2"), ("bwd", "default"), ("bwd", "block_t=16")
+    ]
+    assert all(r[-1] == "ok |" and float(r[3]) > 0 for r in rows)
+
+
+def test_kernel_breakdown_rejects_an_unknown_op(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        kernel_breakdown.main(["--ops", "post", "--device", "cpu"])
+    assert exit_.value.code == 2 and "--ops" in capsys.readouterr().err
 
 
 def test_host_profile_rejects_an_unknown_op(capsys):
