@@ -1,7 +1,7 @@
 """Where the forward's and the fused backward's GPU time goes, kernel by kernel, and a tile sweep.
 
     python -m benchmarks.kernel_breakdown [--shapes 1024x4x4096,8192x8x2048] [--ops fwd,bwd]
-                                          [--sweep] [--quick]
+                                          [--sweep [--grid 'block_t=32,64;block_d=64,128']] [--quick]
 
 For each shape (bf16 x, gamma, as the benchmark's rows) and op, each launch configuration (the
 default, and with ``--sweep`` the grid SWEEP of tile options) is checked against the fp64 golden by
@@ -40,10 +40,21 @@ SWEEP = {
 }
 
 
-def configs(op: str, sweep: bool) -> list[dict]:
+def parse_grid(text: str) -> dict[str, tuple]:
+    """'block_t=32,64;block_d=64,128' -> {'block_t': (32, 64), 'block_d': (64, 128)} ('None' for None)."""
+    grid = {}
+    for item in filter(None, text.split(";")):
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip() or not values:
+            raise ValueError(f"expected name=v1,v2;..., got {item!r}")
+        grid[name.strip()] = tuple(None if v.strip() == "None" else int(v) for v in values.split(","))
+    return grid
+
+
+def configs(op: str, sweep: bool, grid: dict | None = None) -> list[dict]:
     if not sweep:
         return [{}]
-    names, values = zip(*SWEEP[op].items())
+    names, values = zip(*(grid or SWEEP[op]).items())
     return [{}, *(dict(zip(names, combo)) for combo in itertools.product(*values))]
 
 
@@ -122,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"TxnxD, comma separated (default {DEFAULT_SHAPES})")
     parser.add_argument("--ops", default="fwd,bwd", help="fwd, bwd or both (default fwd,bwd)")
     parser.add_argument("--sweep", action="store_true", help="also every combination of SWEEP's tile options")
+    parser.add_argument("--grid", default=None,
+                        help="with --sweep and one op: its options to sweep, e.g. 'block_t=32,64;block_d=64,128'")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="fewer profiled calls")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -132,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     ops = [o for o in args.ops.split(",") if o]
     if not ops or any(o not in KERNELS for o in ops):
         parser.error(f"--ops: expected fwd and/or bwd, got {args.ops!r}")
+    try:
+        grid = parse_grid(args.grid) if args.grid else None
+    except ValueError as e:
+        parser.error(f"--grid: {e}")
+    if grid and len(ops) != 1:
+        parser.error("--grid: expected a single op in --ops")
     device = torch.device(args.device)
     copy_bw = run.copy_bandwidth_GBps(device, args.quick)
     print(f"# Kernel breakdown, {device}, copy bandwidth {copy_bw:.0f} GB/s\n")
@@ -142,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         t = run.shape_inputs(shape, device, tuple(ops))
         for op in ops:
             refs = run.references(op, t)
-            for options in configs(op, args.sweep):
+            for options in configs(op, args.sweep, grid):
                 print(format_row(measure(op, shape, options, t, refs, device, copy_bw, args.quick)), flush=True)
     return 0
 

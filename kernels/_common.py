@@ -120,6 +120,21 @@ def o_pad(n: int) -> int:
     return max(16, next_power_of_2(n * n + 2 * n))
 
 
+@functools.cache
+def n_pad(n: int) -> int:
+    """Streams of a [BLOCK_T, N_PAD, BLOCK_D] stream tile (stream_tile): n padded to a power of two."""
+    return next_power_of_2(n)
+
+
+# Elements of a [BLOCK_T, N_PAD, BLOCK_D] stream tile: 64 fp32 registers per thread at 4 warps.
+STREAM_TILE = 8192
+
+
+def stream_block_d(block_t: int, n: int) -> int:
+    """BLOCK_D of a stream tile of block_t tokens: STREAM_TILE elements, 16 to 128 columns."""
+    return max(16, min(128, STREAM_TILE // (block_t * n_pad(n))))
+
+
 def default_block_d(n: int, block_d: int | None) -> int:
     """BLOCK_D for kernels whose tiles meet a [BLOCK_D, O_PAD] operand: 128 columns at n <= 4,
     fewer as O_PAD grows, so the pipelined tiles stay inside shared memory (n = 8 in fp32 with
@@ -156,6 +171,42 @@ def fp32_dot(a, b):
     """An fp32-grade product of fp32 tiles on tensor cores: three TF32 products (a plain TF32 dot
     fails the accuracy rule). The interpreter computes it in fp32."""
     return tl.dot(a, b, input_precision="tf32x3")
+
+
+@triton.jit
+def stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD: tl.constexpr):
+    """[BLOCK_T, N_PAD, BLOCK_D] tile x[rows, i, d] of all n streams in x's dtype, zero for i >= n. One
+    load for every stream: a loop over the streams with a runtime n issues one load at a time and
+    waits for each (the forward's apply and pass A of the backward were latency-bound that way)."""
+    i = tl.arange(0, N_PAD)
+    offs = rows[:, None, None] * sx_t + i[None, :, None] * sx_i + d[None, None, :] * sx_d
+    mask = row_mask[:, None, None] & (i < n)[None, :, None] & d_mask[None, None, :]
+    return tl.load(x_ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def pre_columns(tile, cols, n, N_PAD: tl.constexpr):
+    """[BLOCK_T, O_PAD] coefficient tile -> [BLOCK_T, N_PAD] tile of its pre columns 0 .. n-1 (zero
+    past n). A handful of reductions, once per program, so the streams' loops need none."""
+    j = tl.arange(0, N_PAD)
+    out = tl.zeros([tile.shape[0], N_PAD], dtype=tl.float32)
+    for c in tl.static_range(N_PAD):
+        col = tl.sum(tl.where(cols[None, :] == c, tile, 0.0), axis=1)
+        out = tl.where((j[None, :] == c) & (c < n), col[:, None], out)
+    return out
+
+
+@triton.jit
+def from_pre_columns(v, cols, n, O_PAD: tl.constexpr):
+    """pre_columns' inverse: [BLOCK_T, N_PAD] -> [BLOCK_T, O_PAD] with v[:, i] in column i < n, zero
+    elsewhere."""
+    N_PAD: tl.constexpr = v.shape[1]
+    j = tl.arange(0, N_PAD)
+    out = tl.zeros([v.shape[0], O_PAD], dtype=tl.float32)
+    for c in tl.static_range(N_PAD):
+        col = tl.sum(tl.where(j[None, :] == c, v, 0.0), axis=1)
+        out = tl.where((cols[None, :] == c) & (c < n), col[:, None], out)
+    return out
 
 
 @triton.jit

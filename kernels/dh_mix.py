@@ -17,43 +17,32 @@ from ._common import (
     check_block,
     check_inputs,
     fp32_dot,
+    from_pre_columns,
     load_coeff_part,
+    n_pad,
     o_pad,
     store_coeff_part,
+    stream_tile,
     tokens,
 )
 from ._launch import launched
 
 
 @triton.jit
-def dh_pre_tile(
-    x_ptr,
-    dh_in_ptr,
-    rows,
-    row_mask,
-    cols,
-    n,
-    D,
-    sx_t,
-    sx_i,
-    sx_d,
-    sdh_t,
-    sdh_d,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    O_PAD: tl.constexpr,
-):
-    """[BLOCK_T, O_PAD] tile with dh_pre[i] = sum_d dh_in[d] * x[i, d] in pre column i."""
-    dh_pre = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+def dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
+                BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+    """[BLOCK_T, O_PAD] tile with dh_pre[i] = sum_d dh_in[d] * x[i, d] in pre column i. The products
+    are summed elementwise into a [BLOCK_T, N_PAD, BLOCK_D] fp32 tile, one stream_tile per chunk, and
+    reduced over d once at the end: no cross-thread reduction and no wait per stream in the loop."""
+    acc = tl.zeros([rows.shape[0], N_PAD, BLOCK_D], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (d < D)[None, :]
-        dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
-        for i in range(n):
-            xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
-            part = tl.sum(dh_in * xt.to(tl.float32), axis=1)
-            dh_pre += tl.where(cols[None, :] == i, part[:, None], 0.0)
-    return dh_pre
+        d_mask = d < D
+        dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d,
+                        mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)  # fmt: skip
+        xt = stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD)
+        acc += dh_in[:, None, :] * xt.to(tl.float32)
+    return from_pre_columns(tl.sum(acc, axis=2), cols, n, O_PAD)
 
 
 @triton.jit
@@ -88,14 +77,14 @@ def coeff_grads(
     sdh_t,
     sdh_d,
     hc_eps,
-    BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
+    N_PAD: tl.constexpr,
 ):
     """-> (dh_pre, g2 = [dh_pre2 | dh_post2 | dh_res], dh_mix, dinv_rms) for a block of tokens."""
     O = n * n + 2 * n
     dh_pre = dh_pre_tile(
-        x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_T, BLOCK_D, O_PAD
+        x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_D, O_PAD, N_PAD
     )
     h_pre = load_coeff_part(h_pre_ptr, rows, row_mask, cols, 0, n)
     h_post = load_coeff_part(h_post_ptr, rows, row_mask, cols, n, n)
@@ -151,6 +140,7 @@ def _dh_mix_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
+    N_PAD: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -176,9 +166,9 @@ def _dh_mix_kernel(
         sdh_t,
         sdh_d,
         hc_eps,
-        BLOCK_T,
         BLOCK_D,
         O_PAD,
+        N_PAD,
     )
     store_coeff_part(dh_pre_ptr, dh_pre, rows, row_mask, cols, 0, n)
     store_coeff_part(dh_pre2_ptr, g2, rows, row_mask, cols, 0, n)
@@ -252,6 +242,6 @@ def mhc_pre_dh_mix(
         xt, phi, alpha, dh_in_t, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post,
         out["dh_pre"], out["dh_pre2"], out["dh_post2"], out["dh_mix"], out["dinv_rms"], out["dvecX_mm"],
         T, n, D, *xt.stride(), *dh_in_t.stride(), *phi.stride(), float(hc_eps),
-        BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+        BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n), N_PAD=n_pad(n),
     )  # fmt: skip
     return out

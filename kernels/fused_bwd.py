@@ -25,11 +25,13 @@ from ._common import (
     g_split_cap,
     interpreting,
     load_coeff_part,
+    n_pad,
     o_pad,
     round_to,
     split2_bf16,
     split_dot_16bit,
     store_coeff_part,
+    stream_block_d,
     token_splits,
     tokens,
 )
@@ -44,7 +46,7 @@ from .dx import dx_tile, rms_coef_of
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
                    h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
-                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -52,7 +54,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
     O = n * n + 2 * n
     _, g2, dh_mix, dinv_rms = coeff_grads(
         x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
-        rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_T, BLOCK_D, O_PAD)  # fmt: skip
+        rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_D, O_PAD, N_PAD)  # fmt: skip
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(rms_coef_ptr + rows, rms_coef_of(dinv_rms, inv_rms, n * D), mask=row_mask)
     store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
@@ -149,16 +151,19 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 
 
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
-                          hc_eps, block_t=32, block_d=None, splits=None, block_t_a=64, num_warps=4,
+                          hc_eps, block_t=32, block_d=None, splits=None, block_t_a=16, block_d_a=None, num_warps=4,
                           num_stages=2):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
-    block_t_a: tokens per pass-A program; block_t, block_d: the pass-B tile; splits: token ranges of
-    pass B (default: token_splits). The defaults are the fastest measured on an H100 at T=16384, n=4,
-    D=7168 (docs/perf.md)."""
+    block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
+    stream_block_d); block_t, block_d: the pass-B tile; splits: token ranges of pass B (default:
+    token_splits). 16 tokens per pass-A program give 64 programs at T = 1024; the pass-B defaults
+    are the fastest measured on an H100 at T=16384, n=4, D=7168 (docs/perf.md)."""
     n, D = x.shape[-2:]
     check_block("block_t", block_t, 16)
     check_block("block_t_a", block_t_a, 16)
+    block_d_a = block_d_a if block_d_a is not None else stream_block_d(block_t_a, n)
+    check_block("block_d_a", block_d_a, 16)
     block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
     O, nD = n * n + 2 * n, n * D
@@ -189,8 +194,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
     _pass_a_kernel[(blocks_a,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
-        T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d,
-        O_PAD=o_pad(n), num_warps=num_warps, num_stages=num_stages,
+        T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d_a,
+        O_PAD=o_pad(n), N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T, block_t), g_split_cap(x, O, nD))

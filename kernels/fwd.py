@@ -46,10 +46,14 @@ from ._common import (
     default_block_d,
     fp32_dot,
     interpreting,
+    n_pad,
     o_pad,
+    pre_columns,
     round_to,
     split_bf16_host,
     store_coeff_part,
+    stream_block_d,
+    stream_tile,
     tokens,
 )
 from ._launch import launched
@@ -161,12 +165,6 @@ def coefficients(h_mix, inv_rms, alpha_ptr, bias_ptr, cols, n, hc_eps):
 
 
 @triton.jit
-def column(tile, cols, j):
-    """Column j of a [BLOCK_T, O_PAD] tile as a [BLOCK_T] vector."""
-    return tl.sum(tl.where(cols[None, :] == j, tile, 0.0), axis=1)
-
-
-@triton.jit
 def coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps):
     """(inv_rms [BLOCK_T], coefficient tile [BLOCK_T, O_PAD]) from a token block's full h_mix and sum(x^2)."""
     inv_rms = tl.rsqrt(sumsq / (n * D) + norm_eps)
@@ -188,18 +186,19 @@ def store_saved(
 @triton.jit
 def apply_tile(
     x_ptr, h_in_ptr, coef, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
 ):  # fmt: skip
     """h_in[rows, d_start:d_end] = sum_i h_pre[i] * x[rows, i, d_start:d_end] (h_pre: the pre columns
-    of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype."""
+    of coef), summed in fp32 over the streams of one stream_tile per BLOCK_D columns, stored in h_in's
+    dtype. h_pre's columns are taken out of coef once, before the loop."""
+    h_pre = pre_columns(coef, cols, n, N_PAD)
     for d0 in range(d_start, d_end, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (d < d_end)[None, :]
-        h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-        for i in range(n):
-            xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
-            h_in += column(coef, cols, i)[:, None] * xt.to(tl.float32)
-        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
+        d_mask = d < d_end
+        xt = stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD)
+        h_in = tl.sum(h_pre[:, :, None] * xt.to(tl.float32), axis=1)
+        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & d_mask[None, :])  # fmt: skip
 
 
 @launched(do_not_specialize=["T"])
@@ -232,6 +231,8 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
+    APPLY_D: tl.constexpr,
+    N_PAD: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -242,7 +243,7 @@ def _fwd_kernel(
     )  # fmt: skip
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
-    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_T, BLOCK_D)
+    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, APPLY_D, N_PAD)
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -313,6 +314,7 @@ def _fwd_finish_kernel(
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
     UNROLL: tl.constexpr,
+    N_PAD: tl.constexpr,
 ):
     """Program (b, j): the partials of token block b summed over s = 0 .. splits-1 in order, the
     coefficients; j == 0 stores the saved tensors; h_in for columns j*apply_cols .. (j+1)*apply_cols - 1."""
@@ -341,7 +343,7 @@ def _fwd_finish_kernel(
         )
     d_start = j * apply_cols
     d_end = tl.minimum(d_start + apply_cols, D)
-    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_T, BLOCK_D)
+    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD)
 
 
 def split_weights(phi: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
@@ -434,6 +436,7 @@ def launch_fwd(
         _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
             T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps), **common,
+            APPLY_D=stream_block_d(block_t, n), N_PAD=n_pad(n),
         )  # fmt: skip
         return h_in, h_post, h_res, inv_rms, h_mix, h_pre
     finish_t = min(block_t, FINISH_BLOCK_T)
@@ -448,7 +451,8 @@ def launch_fwd(
     )  # fmt: skip
     _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
         xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
-        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
-        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, num_warps=num_warps, num_stages=num_stages,
+        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t,
+        BLOCK_D=min(stream_block_d(finish_t, n), block_d_apply), O_PAD=o_pad(n), UNROLL=FINISH_UNROLL,
+        N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre

@@ -190,6 +190,13 @@ def test_kernel_breakdown_rows_every_op_and_checks_the_rule(capsys, monkeypatch)
     assert all(r[-1] == "ok |" and float(r[3]) > 0 for r in rows)
 
 
+def test_kernel_breakdown_grid_names_the_options_to_sweep():
+    assert kernel_breakdown.parse_grid("block_t=16,32;splits=None,2") == {"block_t": (16, 32), "splits": (None, 2)}
+    assert kernel_breakdown.configs("bwd", True, {"block_t": (16, 32)}) == [{}, {"block_t": 16}, {"block_t": 32}]
+    with pytest.raises(ValueError, match="name=v1"):
+        kernel_breakdown.parse_grid("block_t")
+
+
 def test_kernel_breakdown_rejects_an_unknown_op(capsys):
     with pytest.raises(SystemExit) as exit_:
         kernel_breakdown.main(["--ops", "post", "--device", "cpu"])
