@@ -56,8 +56,8 @@ breakdown)  # GPU time per kernel of the forward and the fused backward, registe
 sweep)  # the same per kernel over a grid of tile options, at the shapes furthest from their floors
   timeout 330 python3 -m benchmarks.kernel_breakdown --shapes 8192x8x2048,8192x6x4096,1024x4x4096 --sweep --quick \
     2>&1 | tee "$R/sweep.md" | tail -5 ;;
-sweep-b)  # pass B's tile at n = 4 (the backward's largest kernel there)
-  for shape in 16384x4x7168 4096x4x4096 1024x4x4096; do
+sweep-b)  # pass B's tile (the backward's largest kernel), at n = 4 unless SWEEP_B_SHAPES says otherwise
+  for shape in ${SWEEP_B_SHAPES:-16384x4x7168 4096x4x4096 1024x4x4096}; do
     timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
       --grid 'block_t=32,64,128;block_d=32,64,128' 2>&1 | grep '^|' | tee -a "$R/sweep-b.md" | tail -3
   done ;;
@@ -66,8 +66,8 @@ liger)  # is Liger-Kernel (a peer mHC implementation) on the image?
     | tail -1 | tee "$R/liger.txt" ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b)  # pass B's tile at n = 4 (the backward's largest kernel there)
-  for shape in 16384x4x7168 4096x4x4096 1024x4x4096; do
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b)  # pass B's tile (the backward's largest kernel), at n = 4 unless SWEEP_B_SHAPES says otherwise
+  for shape in ${SWEEP_B_SHAPES:-16384x4x7168 4096x4x4096 1024x4x4096}; do
     timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
       --grid 'block_t=32,64,128;block_d=32,64,128' 2>&1 | grep '^|' | tee -a "$R/sweep-b.md" | tail -3
   done ;;

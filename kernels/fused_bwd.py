@@ -14,18 +14,19 @@ The tile math is the staged kernels' own (imported, not copied).
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
 from ._common import (
     cdiv,
     check_block,
     check_inputs,
-    default_block_d,
     fp32_dot,
     g_split_cap,
     interpreting,
     load_coeff_part,
     n_pad,
+    o_groups,
     o_pad,
     round_to,
     split2_bf16,
@@ -61,42 +62,72 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
     store_dcoeff_partials(ws_dcoeff_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
+@triton.jit
+def dvecX_mm_part(dh_mix, phi, phi_hi, phi_lo, F32: tl.constexpr, INTERPRET: tl.constexpr):
+    """dh_mix [BLOCK_T, G] @ phi [G, BLOCK_D] over one column group: fp32_dot for an fp32 dx, else
+    three bf16 products of the 16-bit splits (phi_hi, phi_lo: phi's, split once per program), enough
+    for a dx rounded to 16 bits."""
+    if F32:
+        mm = fp32_dot(dh_mix, phi)
+    else:
+        dh_hi, dh_lo = split2_bf16(dh_mix)
+        mm = split_dot_16bit(dh_hi, dh_lo, phi_hi, phi_lo, INTERPRET)
+    return mm
+
+
+@triton.jit
+def phi_parts(phi, F32: tl.constexpr):
+    """(hi, lo) bf16 splits of a loop-invariant phi tile for dvecX_mm_part; phi itself twice for fp32."""
+    if F32:
+        hi, lo = phi, phi
+    else:
+        hi, lo = split2_bf16(phi)
+    return hi, lo
+
+
 @launched(do_not_specialize=["T", "splits"])
 def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
                    ws_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
-    # about the same time and all but the first find it in L2.
+    # about the same time and all but the first find it in L2. The coefficient columns run in two
+    # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
     i = tl.program_id(0) % n
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < D
     k = i * D + d
     split = tl.program_id(1)
-    cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    phi = phi_tile(phi_ptr, cols, k, d_mask, n, sphi_o, sphi_k)
-    if dx_ptr.dtype.element_ty != tl.float32:
-        phi_hi, phi_lo = split2_bf16(phi)  # loop-invariant operand of dvecX_mm
+    F32: tl.constexpr = dx_ptr.dtype.element_ty == tl.float32  # dvecX_mm's precision follows dx's dtype
+    cols_a = tl.arange(0, O_A)
+    phi_a = phi_tile(phi_ptr, cols_a, k, d_mask, n, sphi_o, sphi_k)
+    phi_a_hi, phi_a_lo = phi_parts(phi_a, F32)
+    acc_a = tl.zeros([O_A, BLOCK_D], dtype=tl.float32)
+    if O_B > 0:
+        cols_b = O_A + tl.arange(0, O_B)
+        phi_b = phi_tile(phi_ptr, cols_b, k, d_mask, n, sphi_o, sphi_k)
+        phi_b_hi, phi_b_lo = phi_parts(phi_b, F32)
+        acc_b = tl.zeros([O_B, BLOCK_D], dtype=tl.float32)
     if HAS_GAMMA:
         g = tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)
-    acc = tl.zeros([O_PAD, BLOCK_D], dtype=tl.float32)
     for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
         rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         row_mask = rows < T
         mask = row_mask[:, None] & d_mask[None, :]
-        dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
         h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
         xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
-        # The dvecX_mm slice, never stored: it only feeds dx, so its precision follows dx's dtype.
-        if dx_ptr.dtype.element_ty == tl.float32:
-            mm = fp32_dot(dh_mix, phi)
-        else:
-            dh_hi, dh_lo = split2_bf16(dh_mix)
-            mm = split_dot_16bit(dh_hi, dh_lo, phi_hi, phi_lo, INTERPRET)
+        # The dvecX_mm slice, never stored: it only feeds dx.
+        dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
+        mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
+        acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
+        if O_B > 0:
+            dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
+            mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
+            acc_b = g_update(acc_b, dh_mix_b, xt, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[None, :]
         dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
@@ -105,10 +136,11 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                           other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d, round_to(dx, dx_ptr.dtype.element_ty),
                  mask=mask)  # fmt: skip
-        acc = g_update(acc, dh_mix, xt, INTERPRET)
     nD = n * D
-    offs = split.to(tl.int64) * O * nD + cols[:, None] * nD + k[None, :]
-    tl.store(ws_ptr + offs, acc, mask=(cols < O)[:, None] & d_mask[None, :])
+    ws = ws_ptr + split.to(tl.int64) * O * nD
+    tl.store(ws + cols_a[:, None] * nD + k[None, :], acc_a, mask=(cols_a < O)[:, None] & d_mask[None, :])
+    if O_B > 0:
+        tl.store(ws + cols_b[:, None] * nD + k[None, :], acc_b, mask=(cols_b < O)[:, None] & d_mask[None, :])
 
 
 @launched(do_not_specialize=["splits", "blocks_a"])
@@ -140,6 +172,14 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
             tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
 
 
+def pass_b_tile(width: int) -> tuple[int, int]:
+    """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all: the fastest of
+    block_t, block_d in {32, 64, 128}^2 on an H200 (benchmarks/kernel_breakdown.py --sweep; 4 warps):
+    32 x 128 at n = 4 for T >= 4096 (64 x 64 was 1.2x slower there, 1.45x faster at T = 1024), 64 x 64
+    at n = 6 and 8 (0.67x and 0.45x the time of the 32 x 32 tile that 128-wide padding forced)."""
+    return (32, 128) if width <= 32 else (64, 64)
+
+
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
                            grad_x_post=None, hc_eps=1e-6, **launch):  # fmt: skip
     """-> dict(dx, dphi, dalpha, dbias, dgamma, dh_mix); dgamma is None without gamma. Validates the
@@ -151,20 +191,22 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 
 
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
-                          hc_eps, block_t=32, block_d=None, splits=None, block_t_a=16, block_d_a=None, num_warps=4,
-                          num_stages=2):  # fmt: skip
+                          hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
+                          num_warps=4, num_stages=2):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
-    stream_block_d); block_t, block_d: the pass-B tile; splits: token ranges of pass B (default:
-    token_splits). 16 tokens per pass-A program give 64 programs at T = 1024; the pass-B defaults
-    are the fastest measured on an H100 at T=16384, n=4, D=7168 (docs/perf.md)."""
+    stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
+    pass B (default: token_splits). 16 tokens per pass-A program give 64 programs at T = 1024."""
     n, D = x.shape[-2:]
+    o_a, o_b = o_groups(n)
+    tile = pass_b_tile(o_a + o_b)
+    block_t = block_t if block_t is not None else tile[0]
+    block_d = block_d if block_d is not None else tile[1]
     check_block("block_t", block_t, 16)
     check_block("block_t_a", block_t_a, 16)
     block_d_a = block_d_a if block_d_a is not None else stream_block_d(block_t_a, n)
     check_block("block_d_a", block_d_a, 16)
-    block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)
     O, nD = n * n + 2 * n, n * D
     dev, f32 = x.device, torch.float32
@@ -205,7 +247,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     _pass_b_kernel[(col_programs, splits)](
         xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_pre, ws_g, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
-        HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
+        HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
         INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128

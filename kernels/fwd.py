@@ -52,8 +52,6 @@ from ._common import (
     round_to,
     split_bf16_host,
     store_coeff_part,
-    stream_block_d,
-    stream_tile,
     tokens,
 )
 from ._launch import launched
@@ -189,16 +187,19 @@ def apply_tile(
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
 ):  # fmt: skip
     """h_in[rows, d_start:d_end] = sum_i h_pre[i] * x[rows, i, d_start:d_end] (h_pre: the pre columns
-    of coef), summed in fp32 over the streams of one stream_tile per BLOCK_D columns, stored in h_in's
-    dtype. h_pre's columns are taken out of coef once, before the loop."""
-    h_pre = pre_columns(coef, cols, n, N_PAD)
+    of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype.
+    h_pre's columns are taken out of coef once, before the loop, and the stream loop is unrolled to
+    N_PAD (streams past n masked, no bytes moved), so a chunk's n loads are in flight together."""
+    h_pre = pre_columns(coef, cols, n, N_PAD)  # [BLOCK_T, N_PAD]
+    j = tl.arange(0, N_PAD)
     for d0 in range(d_start, d_end, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        d_mask = d < d_end
-        xt = stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD)
-        h_in = tl.sum(h_pre[:, :, None] * xt.to(tl.float32), axis=1)
-        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & d_mask[None, :])  # fmt: skip
+        mask = row_mask[:, None] & (d < d_end)[None, :]
+        h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
+        for i in tl.static_range(N_PAD):
+            xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask & (i < n), other=0.0)
+            h_in += tl.sum(tl.where(j[None, :] == i, h_pre, 0.0), axis=1)[:, None] * xt.to(tl.float32)
+        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
 @launched(do_not_specialize=["T"])
@@ -231,7 +232,6 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
-    APPLY_D: tl.constexpr,
     N_PAD: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -243,7 +243,7 @@ def _fwd_kernel(
     )  # fmt: skip
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
-    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, APPLY_D, N_PAD)
+    apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD)
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -436,7 +436,7 @@ def launch_fwd(
         _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
             T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps), **common,
-            APPLY_D=stream_block_d(block_t, n), N_PAD=n_pad(n),
+            N_PAD=n_pad(n),
         )  # fmt: skip
         return h_in, h_post, h_res, inv_rms, h_mix, h_pre
     finish_t = min(block_t, FINISH_BLOCK_T)
@@ -451,8 +451,7 @@ def launch_fwd(
     )  # fmt: skip
     _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
         xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
-        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t,
-        BLOCK_D=min(stream_block_d(finish_t, n), block_d_apply), O_PAD=o_pad(n), UNROLL=FINISH_UNROLL,
-        N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
+        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
+        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre

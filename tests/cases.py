@@ -31,6 +31,12 @@ KERNEL_CASES = [
     Case(lead=(19,), n=6, D=45, dtype="float16", seed=105, gamma=False),
     Case(lead=(2, 9), n=8, D=17, dtype="float32", seed=106, grad_x_post=True, x_scale=4.0),
 ]
+# Stream counts whose coefficient columns run in two groups (kernels/_common.o_groups: n = 5 is 32 + 16,
+# n = 8 is 64 + 16) on the bf16 path, which KERNEL_CASES' n = 6 (fp16) and n = 8 (fp32) do not take.
+GROUPED_CASES = [
+    Case(lead=(6,), n=5, D=11, dtype="bfloat16", seed=107, grad_x_post=True),
+    Case(lead=(2, 5), n=8, D=9, dtype="bfloat16", seed=108, x_scale=2.0),
+]
 # Block sizes a launcher is tried with (block_t, block_d); dot tiles need >= 16.
 KERNEL_BLOCKS = [(16, 16), (32, 64), (16, 128)]
 ELEMENTWISE_BLOCKS = [(1, 1), (4, 8), (16, 64)]

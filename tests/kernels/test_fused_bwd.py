@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mhc_ops.golden import build, judge, mhc_pre_backward
+from mhc_ops.kernels._common import o_groups, o_pad
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
-from tests.cases import EMPTY_CASES, GPU_CASES, KERNEL_BLOCKS, KERNEL_CASES
+from tests.cases import EMPTY_CASES, GPU_CASES, GROUPED_CASES, KERNEL_BLOCKS, KERNEL_CASES
 from tests.helpers import HAS_CUDA, KERNEL_DEVICE, nan_filled_outputs
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
@@ -31,10 +32,19 @@ def _assert_accurate(t, out):
     assert out["dx"].dtype == t["x"].dtype and out["dx"].shape == t["x"].shape
 
 
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
+@pytest.mark.parametrize("case", KERNEL_CASES + GROUPED_CASES, ids=str)
 def test_fused_backward(case):
     t = build(case, KERNEL_DEVICE).tensors
     _assert_accurate(t, _fused(t))
+
+
+@pytest.mark.parametrize("n", range(1, 17))
+def test_coefficient_groups_cover_every_column_and_narrow_the_padding(n):
+    O = n * n + 2 * n
+    a, b = o_groups(n)
+    assert a >= 16 and a & (a - 1) == 0 and (b == 0 or (b >= 16 and b & (b - 1) == 0))
+    assert O <= a + b <= o_pad(n) and (b == 0 or a < O)
+    assert o_groups(6) == (32, 16) and o_groups(8) == (64, 16) and o_groups(4) == (32, 0)
 
 
 @pytest.mark.parametrize(("block_t", "block_d"), KERNEL_BLOCKS)
