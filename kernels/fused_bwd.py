@@ -116,18 +116,18 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         row_mask = rows < T
         mask = row_mask[:, None] & d_mask[None, :]
+        dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
+        if O_B > 0:
+            dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
         h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
         xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
-        # The dvecX_mm slice, never stored: it only feeds dx.
-        dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
+        # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products, which
+        # keeps fewer tiles live across them (that order measured 1.34x faster at n = 4 on an H200).
         mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
-        acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
         if O_B > 0:
-            dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
             mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
-            acc_b = g_update(acc_b, dh_mix_b, xt, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[None, :]
         dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
@@ -136,6 +136,9 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                           other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d, round_to(dx, dx_ptr.dtype.element_ty),
                  mask=mask)  # fmt: skip
+        acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
+        if O_B > 0:
+            acc_b = g_update(acc_b, dh_mix_b, xt, INTERPRET)
     nD = n * D
     ws = ws_ptr + split.to(tl.int64) * O * nD
     tl.store(ws + cols_a[:, None] * nD + k[None, :], acc_a, mask=(cols_a < O)[:, None] & d_mask[None, :])
@@ -173,11 +176,12 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
 
 
 def pass_b_tile(width: int) -> tuple[int, int]:
-    """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all: the fastest of
-    block_t, block_d in {32, 64, 128}^2 on an H200 (benchmarks/kernel_breakdown.py --sweep; 4 warps):
-    32 x 128 at n = 4 for T >= 4096 (64 x 64 was 1.2x slower there, 1.45x faster at T = 1024), 64 x 64
-    at n = 6 and 8 (0.67x and 0.45x the time of the 32 x 32 tile that 128-wide padding forced)."""
-    return (32, 128) if width <= 32 else (64, 64)
+    """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all: the fastest
+    tiles of benchmarks/kernel_breakdown.py --sweep on an H200 (4 warps): 32 x 128 at n = 4 for
+    T >= 4096 (64 x 64 was 1.2x slower there, 1.45x faster at T = 1024) and at n = 6 (48 columns:
+    1087 us against 1374 us for 64 x 64 at T = 8192, D = 4096), 64 x 64 at n = 8 (80 columns: 893 us
+    against 994 us for 32 x 128 at T = 8192, D = 2048)."""
+    return (32, 128) if width <= 48 else (64, 64)
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
