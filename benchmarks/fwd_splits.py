@@ -30,8 +30,7 @@ NAMES = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
 
 def chosen_splits(T: int, n: int, D: int, device: torch.device) -> int:
     """The split count auto picks (launch_fwd's defaults: block_t 64, default block_d)."""
-    sms = fwd._sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return fwd.auto_splits(fwd.cdiv(T, 64), n * fwd.cdiv(D, fwd.default_block_d(n, None)), sms)
+    return fwd.auto_splits(fwd.cdiv(T, 64), n * fwd.cdiv(D, fwd.default_block_d(n, None)), fwd.sm_count(device))
 
 
 def sweep(shape, splits_list, device, copy_bw, quick) -> list[dict]:

@@ -159,17 +159,19 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 4 for the interpreter's CPU tensors (a stand-in, so grids still split)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def token_splits(device: torch.device, other_programs: int, token_blocks: int, max_splits: int = 64) -> int:
     """How many token ranges a parameter-gradient reduction is split into: enough programs for about
     sixteen per SM (fewer leave a tail wave: pass B of the fused plan took 1.83 ms with 2 splits,
     1.64 ms with 8 and 1.60 ms with 16 on an H100 at T=16384, n=4, D=7168), at most one per token
     block and at most max_splits (the caller's bound on the per-split partials' memory)."""
-    sms = (
-        _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-        if device.type == "cuda"
-        else 4
-    )
-    want = math.ceil(16 * sms / max(other_programs, 1))
+    want = math.ceil(16 * sm_count(device) / max(other_programs, 1))
     return max(1, min(want, token_blocks, max_splits))
 
 

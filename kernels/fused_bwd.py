@@ -29,6 +29,7 @@ from ._common import (
     o_groups,
     o_pad,
     round_to,
+    sm_count,
     split2_bf16,
     split_dot_16bit,
     store_coeff_part,
@@ -175,13 +176,22 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
             tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
 
 
-def pass_b_tile(width: int) -> tuple[int, int]:
+# Pass B's wide tile needs this many programs per SM; below it the narrower tile's doubled grid wins.
+PASS_B_MIN_PROGRAMS_PER_SM = 2
+
+
+def pass_b_tile(width: int, n: int, D: int, T: int, device: torch.device, max_splits: int) -> tuple[int, int]:
     """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all: the fastest
-    tiles of benchmarks/kernel_breakdown.py --sweep on an H200 (4 warps): 32 x 128 at n = 4 for
-    T >= 4096 (64 x 64 was 1.2x slower there, 1.45x faster at T = 1024) and at n = 6 (48 columns:
-    1087 us against 1374 us for 64 x 64 at T = 8192, D = 4096), 64 x 64 at n = 8 (80 columns: 893 us
-    against 994 us for 32 x 128 at T = 8192, D = 2048)."""
-    return (32, 128) if width <= 48 else (64, 64)
+    tiles of benchmarks/kernel_breakdown.py --sweep on an H200 (4 warps). 32 x 128 up to 48 columns
+    (n = 4: 1528 us against 1877 us for 64 x 64 at T = 16384, D = 7168; n = 6: 1087 against 1374 us at
+    T = 8192, D = 4096), unless its grid has fewer than PASS_B_MIN_PROGRAMS_PER_SM programs per SM
+    (at T = 1024, n = 4, D = 4096 it has 128, one split: 91.8 us against 63.1 us for 64 x 64); 64 x 64
+    above 48 columns (n = 8: 893 us against 994 us for 32 x 128 at T = 8192, D = 2048)."""
+    if width > 48:
+        return 64, 64
+    col_programs = n * cdiv(D, 128)
+    programs = col_programs * token_splits(device, col_programs, cdiv(T, 32), max_splits)
+    return (32, 128) if programs >= PASS_B_MIN_PROGRAMS_PER_SM * sm_count(device) else (64, 64)
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
@@ -203,16 +213,19 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
     pass B (default: token_splits). 16 tokens per pass-A program give 64 programs at T = 1024."""
     n, D = x.shape[-2:]
+    O, nD = n * n + 2 * n, n * D
+    T = x.numel() // nD if nD else 0
     o_a, o_b = o_groups(n)
-    tile = pass_b_tile(o_a + o_b)
-    block_t = block_t if block_t is not None else tile[0]
-    block_d = block_d if block_d is not None else tile[1]
+    split_cap = g_split_cap(x, O, nD)
+    if block_t is None or block_d is None:
+        tile = pass_b_tile(o_a + o_b, n, D, T, x.device, split_cap)
+        block_t = block_t if block_t is not None else tile[0]
+        block_d = block_d if block_d is not None else tile[1]
     check_block("block_t", block_t, 16)
     check_block("block_t_a", block_t_a, 16)
     block_d_a = block_d_a if block_d_a is not None else stream_block_d(block_t_a, n)
     check_block("block_d_a", block_d_a, 16)
     check_block("block_d", block_d, 16)
-    O, nD = n * n + 2 * n, n * D
     dev, f32 = x.device, torch.float32
     dcoeff = torch.empty(O + 3, device=dev, dtype=f32)  # [dbias (O) | dalpha (3)]
     dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
@@ -225,7 +238,6 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         "dh_mix": torch.empty((*x.shape[:-2], O), device=dev, dtype=f32),
     }
     xt, dh_in_t, dx_t = tokens(x, 2), tokens(dh_in, 1), dx.view(-1, n, D)
-    T = xt.shape[0]
     if T == 0:
         for k in ("dphi", "dgamma"):
             if out[k] is not None:
@@ -244,7 +256,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         O_PAD=o_pad(n), N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
-    splits = splits or token_splits(dev, col_programs, cdiv(T, block_t), g_split_cap(x, O, nD))
+    splits = splits or token_splits(dev, col_programs, cdiv(T, block_t), split_cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     gxp = tokens(grad_x_post, 2) if grad_x_post is not None else xt  # never read without HAS_GXP
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA

@@ -37,7 +37,6 @@ import triton.language as tl
 
 from ._cache import weight_derived
 from ._common import (
-    _sm_count,
     alpha_per_col,
     bf16_dot,
     cdiv,
@@ -50,6 +49,7 @@ from ._common import (
     o_pad,
     pre_columns,
     round_to,
+    sm_count,
     split_bf16_host,
     store_coeff_part,
     tokens,
@@ -79,7 +79,6 @@ FINISH_UNROLL = 8
 # needs 255 registers and spills ~750 bytes at 4 warps (ptxas -v, sm_90a); 16 rows take 158, no spill.
 # More token blocks also let the D blocks be wider for the same grid: fewer partial re-reads.
 FINISH_BLOCK_T = 16
-_CPU_SMS = 4  # the interpreter's stand-in SM count (as token_splits)
 
 
 @triton.jit
@@ -423,9 +422,7 @@ def launch_fwd(
     w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
     token_blocks = cdiv(T, block_t)
     chunks = n * cdiv(D, block_d)
-    sms = _CPU_SMS
-    if dev.type == "cuda":
-        sms = _sm_count(dev.index if dev.index is not None else torch.cuda.current_device())
+    sms = sm_count(dev)
     if splits is None:
         splits = auto_splits(token_blocks, chunks, sms) if dev.type == "cuda" else 1
     split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mhc_ops.golden import build, judge, mhc_pre_backward
+from mhc_ops.kernels import fused_bwd
 from mhc_ops.kernels._common import o_groups, o_pad
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
 from tests.cases import EMPTY_CASES, GPU_CASES, GROUPED_CASES, KERNEL_BLOCKS, KERNEL_CASES
@@ -45,6 +46,16 @@ def test_coefficient_groups_cover_every_column_and_narrow_the_padding(n):
     assert a >= 16 and a & (a - 1) == 0 and (b == 0 or (b >= 16 and b & (b - 1) == 0))
     assert O <= a + b <= o_pad(n) and (b == 0 or a < O)
     assert o_groups(6) == (32, 16) and o_groups(8) == (64, 16) and o_groups(4) == (32, 0)
+
+
+def test_pass_b_tile_narrows_where_the_wide_grid_leaves_sms_idle(monkeypatch):
+    monkeypatch.setattr(fused_bwd, "sm_count", lambda device: 132)  # an H200
+    monkeypatch.setattr(fused_bwd, "token_splits", lambda device, other, blocks, cap: min(blocks, cap))
+    cpu = torch.device("cpu")
+    assert fused_bwd.pass_b_tile(32, 4, 7168, 16384, cpu, 64) == (32, 128)  # 224 columns x 64 splits
+    assert fused_bwd.pass_b_tile(32, 4, 4096, 1024, cpu, 1) == (64, 64)  # 128 programs on 132 SMs
+    assert fused_bwd.pass_b_tile(48, 6, 4096, 8192, cpu, 4) == (32, 128)
+    assert fused_bwd.pass_b_tile(80, 8, 2048, 8192, cpu, 64) == (64, 64)
 
 
 @pytest.mark.parametrize(("block_t", "block_d"), KERNEL_BLOCKS)
