@@ -1,13 +1,15 @@
 """The fused backward plan: dx, dparams and dgamma in two passes over x, no [T, nD] fp32 tensor.
 
-Pass A (one program per token block) reads x and dh_in for dh_pre, and writes the per-token
-coefficient gradients dh_mix [T, O] and rms_coef = -dinv_rms*inv_rms^3/nD [T], plus per-program
-partials of dbias and dalpha.
+Pass A (one program per token block) reads x and dh_in for dh_pre (all n streams of a chunk as one
+stream tile), and writes the per-token coefficient gradients dh_mix [T, O] and
+rms_coef = -dinv_rms*inv_rms^3/nD [T], plus per-program partials of dbias and dalpha.
 Pass B (programs own a BLOCK_D column slice of one stream and one of ``splits`` token ranges)
 recomputes dvecX_mm = dh_mix @ phi per tile, writes dx (+ grad_x_post), and accumulates
-G = sum_t dh_mix^T v for its slice. The finish kernel reduces the G partials in a fixed order and
-applies the identity dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md); its last
-program reduces the dbias/dalpha partials. Three launches in all.
+G = sum_t dh_mix^T v for its slice; both products run over the coefficient columns in one or two
+power-of-two groups (o_groups: n = 8's 80 columns as 64 + 16, not 128). The finish kernel reduces
+the G partials in a fixed order and applies the identity dphi = G*gamma,
+dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md); its last program reduces the dbias/dalpha
+partials. Three launches in all.
 The tile math is the staged kernels' own (imported, not copied).
 """
 
