@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     cfg, corpus = validate(parser.parse_args(argv), parser)
     ctx = loop.setup(cfg)
+    finished = False
     try:
         summary = loop.train(cfg, corpus, ctx)
+        finished = True
     except Exception as e:
         if cfg.dist == "none":
             raise
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        loop.teardown(cfg)
+        loop.teardown(cfg, finished)
     if ctx.main:
         print(format_summary(cfg, summary, ctx.world))
     return 0

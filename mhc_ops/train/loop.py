@@ -97,8 +97,14 @@ def setup(cfg: TrainConfig) -> Context:
     return Context(dist.get_rank(), dist.get_world_size(), device)
 
 
-def teardown(cfg: TrainConfig) -> None:
+def teardown(cfg: TrainConfig, finished: bool) -> None:
+    """Leaves the process group. After a finished run every rank first waits for the others, so no rank
+    destroys the group while a peer still talks to it (gloo aborts that peer; the CPU fsdp test saw a
+    SIGABRT once under load, not reproduced in six reruns). After a failure no barrier: the peers may
+    wait in a collective the failed rank never joins, and torchrun stops them."""
     if cfg.dist != "none" and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
