@@ -20,9 +20,6 @@ Split-K (``_fwd_partial_kernel`` then ``_fwd_finish_kernel``), for few token blo
     coefficients; D block 0 stores inv_rms, h_mix, h_pre, h_post, h_res, and every program writes
     h_in for its apply_cols columns with apply_tile. Each D-block program recomputes the tiny
     coefficient tile of its tokens (splits * (O + 1) floats per token) instead of a third launch.
-The partial kernel runs its products over the coefficient columns in one or two power-of-two groups
-(o_groups: n = 8's 80 columns as 64 + 16, not 128); the single kernel keeps one O_PAD-wide tile,
-which its coefficient math needs in registers.
 Both kernels of the split path read x once each, so it moves one more read of x than the floor;
 the single kernel's second pass re-reads x too. The shared tile math (mix_tile, coeff_tile,
 store_saved, apply_tile) is one set of jit helpers that all three kernels call.
@@ -49,7 +46,6 @@ from ._common import (
     fp32_dot,
     interpreting,
     n_pad,
-    o_groups,
     o_pad,
     pre_columns,
     round_to,
@@ -86,36 +82,6 @@ FINISH_BLOCK_T = 16
 
 
 @triton.jit
-def mix_chunk(xt, w_ptr, phi_ptr, gamma_ptr, k, d_mask, cols, n, D, sphi_o, sphi_k,
-              HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
-    """(x*gamma) @ phi^T for one [BLOCK_T, BLOCK_D] chunk xt of x (columns k of nD) and the coefficient
-    columns ``cols`` (a power-of-two group) -> [BLOCK_T, len(cols)] fp32.
-
-    W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
-    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores from a fresh accumulator (the
-    caller adds it in fp32: see split_dot_bf16). Otherwise phi and gamma are read in fp32 and
-    multiplied by fp32_dot."""
-    O = n * n + 2 * n
-    if W_SPLIT:
-        w_offs = k[:, None] * O_PAD + cols[None, :]
-        part = n * D * O_PAD
-        chunk = tl.zeros([xt.shape[0], cols.shape[0]], dtype=tl.float32)
-        for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
-            w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
-            chunk = bf16_dot(xt, w, chunk, INTERPRET)
-    else:
-        w = tl.load(
-            phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
-            mask=d_mask[:, None] & (cols < O)[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        if HAS_GAMMA:
-            w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-        chunk = fp32_dot(xt.to(tl.float32), w)
-    return chunk
-
-
-@triton.jit
 def mix_tile(
     x_ptr,
     phi_ptr,
@@ -123,6 +89,7 @@ def mix_tile(
     w_ptr,
     rows,
     row_mask,
+    cols,
     c_start,
     c_end,
     n,
@@ -137,24 +104,18 @@ def mix_tile(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
-    O_A: tl.constexpr,
-    O_B: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
-    """-> (h_mix columns 0 .. O_A-1 [BLOCK_T, O_A], columns O_A .. O_A+O_B-1 [BLOCK_T, O_B] (zeros
-    of width 16 when O_B = 0), sum of x^2 [BLOCK_T]), all fp32, over the chunks c_start .. c_end-1 of
-    each token's nD elements. The two column groups (o_groups) keep the products from padding O far
-    past its width (n = 8: 64 + 16 columns, not 128). Chunk c is stream i = c // d_chunks, columns
-    d0 = (c % d_chunks) * BLOCK_D .. d0 + BLOCK_D (d_chunks = cdiv(D, BLOCK_D)); the chunks are added
-    in order."""
+    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the chunks c_start .. c_end-1
+    of each token's nD elements. Chunk c is stream i = c // d_chunks, columns d0 = (c % d_chunks) *
+    BLOCK_D .. d0 + BLOCK_D (d_chunks = cdiv(D, BLOCK_D)); the chunks are added in order.
+
+    W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
+    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
+    phi and gamma are read in fp32 and multiplied by fp32_dot."""
+    O = n * n + 2 * n
     d_chunks = tl.cdiv(D, BLOCK_D)
-    cols_a = tl.arange(0, O_A)
-    h_a = tl.zeros([BLOCK_T, O_A], dtype=tl.float32)
-    if O_B > 0:
-        cols_b = O_A + tl.arange(0, O_B)
-        h_b = tl.zeros([BLOCK_T, O_B], dtype=tl.float32)
-    else:
-        h_b = tl.zeros([BLOCK_T, 16], dtype=tl.float32)
+    h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     for c in range(c_start, c_end):
         i = c // d_chunks
@@ -168,12 +129,25 @@ def mix_tile(
         xf = xt.to(tl.float32)
         sumsq += tl.sum(xf * xf, axis=1)
         k = i * D + d
-        h_a += mix_chunk(xt, w_ptr, phi_ptr, gamma_ptr, k, d_mask, cols_a, n, D, sphi_o, sphi_k,
-                         HAS_GAMMA, W_SPLIT, O_PAD, INTERPRET)  # fmt: skip
-        if O_B > 0:
-            h_b += mix_chunk(xt, w_ptr, phi_ptr, gamma_ptr, k, d_mask, cols_b, n, D, sphi_o, sphi_k,
-                             HAS_GAMMA, W_SPLIT, O_PAD, INTERPRET)  # fmt: skip
-    return h_a, h_b, sumsq
+        if W_SPLIT:
+            # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
+            w_offs = k[:, None] * O_PAD + cols[None, :]
+            part = n * D * O_PAD
+            chunk = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+            for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
+                w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
+                chunk = bf16_dot(xt, w, chunk, INTERPRET)
+            h_mix += chunk
+        else:
+            w = tl.load(
+                phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
+                mask=d_mask[:, None] & (cols < O)[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            if HAS_GAMMA:
+                w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+            h_mix += fp32_dot(xf, w)
+    return h_mix, sumsq
 
 
 @triton.jit
@@ -262,10 +236,9 @@ def _fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    # One group of O_PAD columns: the coefficient math below needs h_mix as one tile.
-    h_mix, _, sumsq = mix_tile(
-        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, 0, n * tl.cdiv(D, BLOCK_D), n, D,
-        sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, O_PAD, 0, INTERPRET,
+    h_mix, sumsq = mix_tile(
+        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, 0, n * tl.cdiv(D, BLOCK_D), n, D,
+        sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
     )  # fmt: skip
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
@@ -293,8 +266,6 @@ def _fwd_partial_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
-    O_A: tl.constexpr,
-    O_B: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     """Program (b, s): chunks s*C//splits .. (s+1)*C//splits - 1 (C = n*cdiv(D, BLOCK_D), splits <= C)
@@ -303,20 +274,16 @@ def _fwd_partial_kernel(
     s = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
     chunks = n * tl.cdiv(D, BLOCK_D)
-    h_a, h_b, sumsq = mix_tile(
-        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, s * chunks // splits, (s + 1) * chunks // splits,
-        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, O_A, O_B, INTERPRET,
+    h_mix, sumsq = mix_tile(
+        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, s * chunks // splits, (s + 1) * chunks // splits,
+        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
     )  # fmt: skip
     T64 = tl.full([], T, tl.int64)  # s * T * O_PAD can exceed 2**31
     part_rows = s.to(tl.int64) * T64 + rows  # row of [splits * T]
     O = n * n + 2 * n
-    cols_a = tl.arange(0, O_A)
-    tl.store(ws_ptr + part_rows[:, None] * O_PAD + cols_a[None, :], h_a, mask=row_mask[:, None] & (cols_a < O)[None, :])
-    if O_B > 0:
-        cols_b = O_A + tl.arange(0, O_B)
-        tl.store(ws_ptr + part_rows[:, None] * O_PAD + cols_b[None, :], h_b,
-                 mask=row_mask[:, None] & (cols_b < O)[None, :])  # fmt: skip
+    tl.store(ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], h_mix, mask=row_mask[:, None] & (cols < O)[None, :])
     tl.store(ws_ptr + splits * T64 * O_PAD + part_rows, sumsq, mask=row_mask)
 
 
@@ -478,7 +445,6 @@ def launch_fwd(
     ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)
     _fwd_partial_kernel[(token_blocks, splits)](
         xt, phi, gamma_arg, w_arg, ws, T, n, D, *xt.stride(), *phi.stride(), splits, **common,
-        O_A=o_groups(n)[0], O_B=o_groups(n)[1],
     )  # fmt: skip
     _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
         xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,

@@ -24,7 +24,7 @@ D = 49
 BLOCK_D = 16  # cdiv(49, 16) = 4 chunks per stream
 N1, N3, N4, N6 = GOLDEN_NS
 
-# (case, launch options): every axis covered, not the cross product (n = 6 and 8 run two column groups). T = 70 is one more token block
+# (case, launch options): every axis covered, not the cross product. T = 70 is one more token block
 # than 64 (and 5 blocks of 16); splits 2, 3, 7 and more than the chunks (n = 1: 4 chunks; n = 4: 16,
 # more than the finish kernel's FINISH_UNROLL); h_in in one D block (block_d_apply 64 >= D), several
 # (16, 32) and finish_cols' choice.
@@ -41,7 +41,7 @@ SPLIT_CASES = [
     (Case(lead=(5,), n=N6, D=D, dtype="float16", seed=810), dict(block_t=16, splits=2, block_d_apply=32)),
     (Case(lead=(7, 10), n=N4, D=D, dtype="bfloat16", seed=811), dict(block_t=16, splits=7, block_d_apply=16)),
     (Case(lead=(70,), n=N1, D=D, dtype="float32", seed=812), dict(block_t=16, splits=3)),
-    # n = 8: the partials' products in two column groups (64 + 16), on the bf16 split weights
+    # n = 8 (O = 80 padded to 128), on the bf16 split weights
     (Case(lead=(3, 6), n=8, D=D, dtype="bfloat16", seed=813), dict(block_t=16, splits=5)),
 ]  # fmt: skip
 _LAUNCHES = ("_fwd_kernel", "_fwd_partial_kernel", "_fwd_finish_kernel")
