@@ -23,7 +23,10 @@ leaves), so no call accumulates into a previous gradient. Three numbers per call
   It equals host_us when the host is the bottleneck, and the GPU time when the GPU is.
 - gpu_us: GPU time of one call: a CUDA graph of one call (captured on a side stream after warm-up
   calls there) replayed back to back and timed by CUDA events, so only kernels are timed, not the gaps
-  the host leaves between launches (which do_bench would include at T = 1). When the capture fails,
+  the host leaves between launches (which do_bench would include at T = 1). A capture bypasses the
+  weight cache (kernels/_cache.py), so for mhc_pre this also times the rebuild of the bf16 weight
+  split that an eager call finds cached (likely most of the 29 us between 69.6 us by graph and 40.6 us
+  of kernels at T = 1024, n = 4, D = 4096; docs/perf.md, Performance IV). When the capture fails,
   do_bench's median (L2 flushed before each call) instead, with gpu_method "do_bench".
 
 host_over_gpu = host_us / gpu_us (above 1: host-bound) and wall_over_gpu = host_sync_us / gpu_us (the
