@@ -125,7 +125,7 @@ def o_groups(n: int) -> tuple[int, int]:
     """Column groups (O_A, O_B) of a coefficient tile that a product runs over, where O = n*n + 2*n
     padded to one power of two wastes work: O_A the largest power of two <= O, O_B the rest padded
     (>= 16 for tl.dot); (o_pad(n), 0) where two groups are no narrower. n = 6: 32 + 16 columns, not
-    64; n = 8: 64 + 16, not 128 (n = 8's padding to 128 made pass B 22x its floor on an H200)."""
+    64; n = 8: 64 + 16, not 128 (with that padding n = 8's backward ran at 21.8x its floor on an H200)."""
     O = n * n + 2 * n
     a = 1 << (O.bit_length() - 1)
     b = max(16, next_power_of_2(O - a)) if O > a else 0
@@ -191,7 +191,8 @@ def fp32_dot(a, b):
 def stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD: tl.constexpr):
     """[BLOCK_T, N_PAD, BLOCK_D] tile x[rows, i, d] of all n streams in x's dtype, zero for i >= n. One
     load for every stream: a loop over the streams with a runtime n issues one load at a time and
-    waits for each (the forward's apply and pass A of the backward were latency-bound that way)."""
+    waits for each (pass A of the backward was latency-bound that way: 147 us at T = 1024, n = 4,
+    D = 4096 on an H200, 43 us with this tile)."""
     i = tl.arange(0, N_PAD)
     offs = rows[:, None, None] * sx_t + i[None, :, None] * sx_i + d[None, None, :] * sx_d
     mask = row_mask[:, None, None] & (i < n)[None, :, None] & d_mask[None, None, :]
