@@ -86,13 +86,15 @@ def kernel_times_us(call, op: str, calls: int) -> dict[str, float]:
 
 
 def compiled_info(op: str) -> dict[str, str]:
-    """'regs/spills/shared KB' of the kernels the last configuration compiled or found."""
+    """'regs/spills/shared KB[/wgmma]' of the kernels the last configuration compiled or found (wgmma:
+    its products compiled to Hopper's warp-group MMA rather than per-warp mma)."""
     info = {}
     for k in KERNELS[op]:
         for compiled in k._compiled.values():
             regs, spills = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
             shared = compiled.metadata.shared / 1024
-            info[k.fn.__name__] = f"{regs}/{spills}/{shared:.0f}"
+            wgmma = "/wgmma" if "warp_group_dot" in compiled.asm.get("ttgir", "") else ""
+            info[k.fn.__name__] = f"{regs}/{spills}/{shared:.0f}{wgmma}"
     return info
 
 

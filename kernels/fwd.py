@@ -50,6 +50,7 @@ from ._common import (
     pre_columns,
     round_to,
     sm_count,
+    split3_bf16,
     split_bf16_host,
     store_coeff_part,
     tokens,
@@ -345,11 +346,46 @@ def _fwd_finish_kernel(
     apply_tile(x_ptr, h_in_ptr, coef, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD)
 
 
+@launched(do_not_specialize=["nD"])
+def _split_weights_kernel(phi_ptr, gamma_ptr, w_ptr, O, nD, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr,
+                          BLOCK_K: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+    # w [3, nD, O_PAD] bf16: hi, mid, lo of (gamma*phi)^T, columns >= O zero. One launch for what the
+    # torch version (split_weights_host) does in about ten.
+    k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, O_PAD)
+    k_mask = k < nD
+    wg = tl.load(phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k, mask=(cols < O)[None, :] & k_mask[:, None],
+                 other=0.0).to(tl.float32)  # fmt: skip
+    if HAS_GAMMA:
+        wg = wg * tl.load(gamma_ptr + k, mask=k_mask, other=0.0).to(tl.float32)[:, None]
+    hi, mid, lo = split3_bf16(wg)
+    offs = k[:, None] * O_PAD + cols[None, :]
+    tl.store(w_ptr + offs, hi, mask=k_mask[:, None])
+    tl.store(w_ptr + nD * O_PAD + offs, mid, mask=k_mask[:, None])
+    tl.store(w_ptr + 2 * nD * O_PAD + offs, lo, mask=k_mask[:, None])
+
+
+SPLIT_WEIGHTS_BLOCK_K = 128  # phi columns per program of _split_weights_kernel
+
+
 def split_weights(phi: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
-    """(gamma*phi)^T [nD, O_PAD] in three bf16 parts [3, nD, O_PAD] (split_bf16_host), for the bf16
-    tensor cores; depends on the weights only, so the op caches it (kernels/_cache.py)."""
+    """(gamma*phi)^T [nD, O_PAD] in three bf16 parts [3, nD, O_PAD] (split3_bf16), for the bf16 tensor
+    cores, in one launch; bitwise split_weights_host. Depends on the weights only, so the op caches it
+    (kernels/_cache.py); a CUDA-graph capture or a changed weight rebuilds it."""
+    O, nD = phi.shape
+    n = math.isqrt(O + 1) - 1  # O = n*n + 2*n
+    w = torch.empty((3, nD, o_pad(n)), device=phi.device, dtype=torch.bfloat16)
+    _split_weights_kernel[(cdiv(nD, SPLIT_WEIGHTS_BLOCK_K),)](
+        phi, gamma.contiguous() if gamma is not None else phi, w, O, nD, *phi.stride(), HAS_GAMMA=gamma is not None,
+        BLOCK_K=SPLIT_WEIGHTS_BLOCK_K, O_PAD=o_pad(n),
+    )  # fmt: skip
+    return w
+
+
+def split_weights_host(phi: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+    """split_weights in torch (about ten launches): its reference."""
     O = phi.shape[0]
-    n = (math.isqrt(O + 1)) - 1  # O = n*n + 2*n
+    n = math.isqrt(O + 1) - 1
     wg = phi.float() if gamma is None else phi.float() * gamma.reshape(1, -1).float()
     return split_bf16_host(torch.nn.functional.pad(wg.t(), (0, o_pad(n) - O)).contiguous())
 
