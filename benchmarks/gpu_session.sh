@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [liger]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -61,16 +61,13 @@ sweep-b)  # pass B's tile (the backward's largest kernel), at n = 4 unless SWEEP
     timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
       --grid 'block_t=32,64,128;block_d=32,64,128' 2>&1 | grep '^|' | tee -a "$R/sweep-b.md" | tail -3
   done ;;
+wsplit)  # the forward's bf16 weight split: one Triton launch against torch's, graph GPU time and host time
+  timeout 120 python3 -m benchmarks.weight_split 2>&1 | tee "$R/weight_split.md" | tail -8 ;;
 liger)  # is Liger-Kernel (a peer mHC implementation) on the image?
   python3 -c "import liger_kernel, importlib.metadata as m; print('liger_kernel', m.version('liger_kernel'))" 2>&1 \
     | tail -1 | tee "$R/liger.txt" ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b)  # pass B's tile (the backward's largest kernel), at n = 4 unless SWEEP_B_SHAPES says otherwise
-  for shape in ${SWEEP_B_SHAPES:-16384x4x7168 4096x4x4096 1024x4x4096}; do
-    timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
-      --grid 'block_t=32,64,128;block_d=32,64,128' 2>&1 | grep '^|' | tee -a "$R/sweep-b.md" | tail -3
-  done ;;
-liger)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import mhc_ops
-from benchmarks import fwd_splits, host, host_profile, kernel_breakdown, plots, run
+from benchmarks import fwd_splits, host, host_profile, kernel_breakdown, plots, run, weight_split
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, SHAPE_SETS, Shape, parse_shapes
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
+from mhc_ops.kernels import fwd
 from tests.helpers import INTERPRETING, KERNEL_DEVICE
 
 REQUIRED_KEYS = {
@@ -195,6 +196,14 @@ def test_kernel_breakdown_grid_names_the_options_to_sweep():
     assert kernel_breakdown.configs("bwd", True, {"block_t": (16, 32)}) == [{}, {"block_t": 16}, {"block_t": 32}]
     with pytest.raises(ValueError, match="name=v1"):
         kernel_breakdown.parse_grid("block_t")
+
+
+def test_weight_split_rows_both_builders_and_leaves_the_op_as_it_was(capsys):
+    assert weight_split.main(["--shapes", "2x2x40", "--quick", "--device", KERNEL_DEVICE]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 2x2x40")]
+    assert [r[1] for r in rows] == ["triton", "torch"]
+    assert all(float(r[4]) > 0 and float(r[5].rstrip(" |")) > 0 for r in rows)
+    assert fwd.split_weights is weight_split.BUILDERS["triton"]
 
 
 def test_kernel_breakdown_rejects_an_unknown_op(capsys):
