@@ -4,8 +4,8 @@ Issue 11's targets (H100, n = 4, D = 4096, bf16): at T = 1, mhc_pre's forward <=
 <= 60 us and a training step <= 120 us of host time per call; at T = 4096 a step within 1.1x of its
 kernels' GPU time.
 
-For each op (OPS: mhc_pre, sinkhorn, mhc_post and the HyperConnection layer around an identity
-branch), each call of the training path (VARIANTS):
+For each op (OPS: a one-kernel torch op as the host's yardstick, mhc_pre, sinkhorn, mhc_post and the
+HyperConnection layer around an identity branch), each call of the training path (VARIANTS):
 
 - fwd_nograd: the forward under torch.no_grad (inference);
 - fwd: the forward on inputs that require grad, so autograd records the graph (as in training);
@@ -30,8 +30,9 @@ leaves), so no call accumulates into a previous gradient. Three numbers per call
   do_bench's median (L2 flushed before each call) instead, with gpu_method "do_bench".
 
 host_over_gpu = host_us / gpu_us (above 1: host-bound) and wall_over_gpu = host_sync_us / gpu_us (the
-T = 4096 target). Each number is the median over REPEATS loops. On CPU (the interpreter smoke test)
-there is no GPU time.
+T = 4096 target); host_over_ref = host_us over the ref op's for the same variant and shape, meant to
+stay comparable between calls on a host whose speed changes. Each number is the median over REPEATS
+loops. On CPU (the interpreter smoke test) there is no GPU time.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ WALL_OVER_GPU_TARGETS = {"pre.step": 1.1}
 
 ROW_KEYS = (
     "call", "host_us", "host_sync_us", "gpu_us", "gpu_method", "host_over_gpu", "wall_over_gpu", "host_calls",
-    "target", "target_met",
+    "host_over_ref", "target", "target_met",
 )  # fmt: skip
 
 
@@ -147,7 +148,19 @@ def setup_layer(shape: Shape, device: torch.device) -> Training:
     return Training(lambda: (module(x),), (x, *module.parameters()), (dout,))
 
 
-OPS: dict[str, Setup] = {"pre": setup_pre, "sinkhorn": setup_sinkhorn, "post": setup_post, "layer": setup_layer}
+def setup_ref(shape: Shape, device: torch.device) -> Training:
+    """The host's yardstick, not an mHC op: x * w with x [.., D] bf16 and w [D] (one ATen kernel each
+    way, through the same autograd engine). The lent GPU machines' host speed changes between calls
+    (docs/perf.md, Performance IV); an op's host time over ref's, from the same call, does not."""
+    g = torch.Generator().manual_seed(SEED)
+    x, w = (torch.randn(*size, generator=g).to(device, torch.bfloat16) for size in ((*shape.lead, shape.D), (shape.D,)))
+    leaves = _leaves(x, w)
+    return Training(lambda: (leaves[0] * leaves[1],), leaves, (torch.ones_like(x),))
+
+
+OPS: dict[str, Setup] = {
+    "ref": setup_ref, "pre": setup_pre, "sinkhorn": setup_sinkhorn, "post": setup_post, "layer": setup_layer,
+}  # fmt: skip
 
 
 def make_call(training: Training, variant: str) -> Callable[[], object]:
@@ -299,15 +312,25 @@ def run(shapes: Sequence[Shape], ops: Mapping[str, Setup], env: dict) -> list[di
                     row["target"], row["target_met"] = _target(row)
                 rows.append(row)
             training = graphed = None
+        _add_host_over_ref(rows[-len(ops) * len(VARIANTS) :])
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
 
 
+def _add_host_over_ref(rows: Sequence[dict]) -> None:
+    """host_over_ref: a row's host_us over the ref op's for the same variant at the same shape."""
+    ref = {r["call"].split(".")[1]: r["host_us"] for r in rows if r["call"].startswith("ref.") and r["ok"]}
+    for r in rows:
+        base = ref.get(r["call"].split(".")[1])
+        if base and r["host_us"] is not None:
+            r["host_over_ref"] = r["host_us"] / base
+
+
 def format_table(rows: Sequence[Mapping]) -> str:
-    """op, T, host us/call, wall us/call, GPU us/call, host / GPU, wall / GPU, target."""
+    """op, T, host us/call, wall us/call, GPU us/call, host / GPU, wall / GPU, host / ref, target."""
     columns = ("call", "T", "n", "D", "host us/call", "wall us/call", "GPU us/call", "host/GPU", "wall/GPU",
-               "GPU via", "target", "status")  # fmt: skip
+               "host/ref", "GPU via", "target", "status")  # fmt: skip
 
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
@@ -319,7 +342,7 @@ def format_table(rows: Sequence[Mapping]) -> str:
         cells = (
             r["call"], str(r["T"]), str(r["n"]), str(r["D"]), num(r["host_us"], ".1f"), num(r["host_sync_us"], ".1f"),
             num(r["gpu_us"], ".1f"), num(r["host_over_gpu"], ".2f"), num(r["wall_over_gpu"], ".2f"),
-            r["gpu_method"] or "-", target, " ".join(status.split())[:100].replace("|", "\\|"),
+            num(r["host_over_ref"], ".1f"), r["gpu_method"] or "-", target, " ".join(status.split())[:100].replace("|", "\\|"),
         )  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -394,6 +394,8 @@ def test_host_rows_for_every_call_of_every_op(cpu_run):
         assert row["status"] == "ok", row
         assert 0 < row["host_us"] <= row["host_sync_us"]
         assert row["gpu_us"] is None and row["target"] is None  # no GPU here: no GPU time, no target
+        ref = next(r for r in host_rows if r["call"] == "ref." + row["call"].split(".")[1])
+        assert row["host_over_ref"] == pytest.approx(row["host_us"] / ref["host_us"])
     table = host.format_table(host_rows)
     assert all(f"| {call} | 1 |" in table for call in calls)
 
