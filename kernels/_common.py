@@ -101,6 +101,22 @@ def tokens(t: torch.Tensor, trailing: int) -> torch.Tensor:
     return t.reshape(-1, *t.shape[t.dim() - trailing :])
 
 
+INT32_SPAN = 2**31  # element offsets within one tile are int32 (tile_offsets): they must stay below this
+
+
+def check_tile_span(block_t: int, *views: torch.Tensor) -> None:
+    """Each [T, ...] view's elements within block_t consecutive tokens must be addressable by an int32
+    offset from the block's first token (tile_offsets); only a token stride near 2**31 / block_t
+    elements (a view into a tensor of many GB per token block) breaks it."""
+    for v in views:
+        span = block_t * v.stride(0) + sum((size - 1) * stride for size, stride in zip(v.shape[1:], v.stride()[1:]))
+        if span >= INT32_SPAN:
+            raise ValueError(
+                f"a [T, ...] view with strides {list(v.stride())}: expected {block_t} tokens to span fewer than "
+                f"2**31 elements, got {span}"
+            )
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the host's grid arithmetic. triton.cdiv and triton.next_power_of_2 are
     constexpr_functions: 4 to 6 us per call from host code in Triton 3.6, and a training step made a
@@ -185,6 +201,15 @@ def fp32_dot(a, b):
     """An fp32-grade product of fp32 tiles on tensor cores: three TF32 products (a plain TF32 dot
     fails the accuracy rule). The interpreter computes it in fp32."""
     return tl.dot(a, b, input_precision="tf32x3")
+
+
+@triton.jit
+def tile_offsets(BLOCK_T: tl.constexpr, d, s_t, s_d):
+    """[BLOCK_T, BLOCK_D] int32 element offsets of tile rows 0 .. BLOCK_T-1 and columns d, from the
+    tile's first token: loop-invariant, so a loop over token blocks adds only its scalar 64-bit base
+    (token0 * s_t) per tile instead of rebuilding [BLOCK_T, BLOCK_D] 64-bit offsets (check_tile_span
+    keeps them in range)."""
+    return tl.arange(0, BLOCK_T)[:, None] * s_t + d[None, :] * s_d
 
 
 @triton.jit

@@ -5,6 +5,7 @@ import torch
 
 import mhc_ops
 from mhc_ops.golden import Case, build
+from mhc_ops.kernels._common import check_tile_span
 from mhc_ops.stages import STAGES, Pipeline
 from tests.helpers import KERNEL_DEVICE
 
@@ -147,3 +148,14 @@ def test_new_ops_reject_bad_input(call, exc, msg):
 def test_sinkhorn_golden_takes_any_n():
     P = mhc_ops.sinkhorn(torch.randn(2, 9, 9), backend="golden")
     assert P.shape == (2, 9, 9) and torch.allclose(P.sum(-2), torch.ones(2, 9), atol=1e-5)
+
+
+def test_a_token_block_past_int32_offsets_is_refused_by_name():
+    """The kernels address a tile's elements by int32 offsets from its first token (tile_offsets): a
+    [T, n, D] view whose token stride would overflow them is an error, not a wrong answer. Meta
+    tensors: only the strides are read."""
+    ok = torch.empty_strided((8, 4, 16), (2**20, 16, 1), device="meta")
+    check_tile_span(64, ok)
+    huge = torch.empty_strided((8, 4, 16), (2**26, 16, 1), device="meta")  # 64 tokens span 2**32 elements
+    with pytest.raises(ValueError, match=r"strides \[67108864, 16, 1\]: expected 64 tokens to span fewer than 2\*\*31"):
+        check_tile_span(64, ok, huge)
