@@ -105,11 +105,12 @@ INT32_SPAN = 2**31  # element offsets within one tile are int32 (tile_offsets): 
 
 
 def check_tile_span(block_t: int, *views: torch.Tensor) -> None:
-    """Each [T, ...] view's elements within block_t consecutive tokens must be addressable by an int32
-    offset from the block's first token (tile_offsets); only a token stride near 2**31 / block_t
-    elements (a view into a tensor of many GB per token block) breaks it."""
+    """tile_offsets addresses a tile's [block_t, D] elements (tokens and the last dim; a stream's offset
+    goes into the 64-bit base) by int32 offsets from its first token: block_t * stride(0) +
+    (D - 1) * stride(-1) must stay below 2**31 for each [T, ..., D] view. Only a token stride near
+    2**31 / block_t elements (a view into a tensor of many GB per token block) breaks it."""
     for v in views:
-        span = block_t * v.stride(0) + sum((size - 1) * stride for size, stride in zip(v.shape[1:], v.stride()[1:]))
+        span = block_t * v.stride(0) + (v.shape[-1] - 1) * v.stride(-1)
         if span >= INT32_SPAN:
             raise ValueError(
                 f"a [T, ...] view with strides {list(v.stride())}: expected {block_t} tokens to span fewer than "
@@ -219,7 +220,7 @@ def stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD: tl
     waits for each (pass A of the backward was latency-bound that way: 147 us at T = 1024, n = 4,
     D = 4096 on an H200, 43 us with this tile)."""
     i = tl.arange(0, N_PAD)
-    offs = rows[:, None, None] * sx_t + i[None, :, None] * sx_i + d[None, None, :] * sx_d
+    offs = rows[:, None, None] * sx_t + i[None, :, None].to(tl.int64) * sx_i + d[None, None, :] * sx_d
     mask = row_mask[:, None, None] & (i < n)[None, :, None] & d_mask[None, None, :]
     return tl.load(x_ptr + offs, mask=mask, other=0.0)
 

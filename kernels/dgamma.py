@@ -28,7 +28,7 @@ def _dgamma_partials_kernel(
     for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
         rows = (tb * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
         mask = (rows < T)[:, None] & d_mask[None, :]
-        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
+        xt = tl.load(x_ptr + rows[:, None] * sx_t + i.to(tl.int64) * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         mm = tl.load(dvecX_mm_ptr + rows[:, None] * nD + (i * D + d)[None, :], mask=mask, other=0.0)
         acc += tl.sum(xt.to(tl.float32) * mm.to(tl.float32), axis=0)
     tl.store(ws_ptr + split.to(tl.int64) * nD + i * D + d, acc, mask=d_mask)

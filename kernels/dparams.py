@@ -112,7 +112,7 @@ def _g_partials_kernel(
         row_mask = rows < T
         dh_mix = load_coeff_part(dh_mix_ptr, rows, row_mask, cols, 0, O)
         xt = tl.load(
-            x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+            x_ptr + rows[:, None] * sx_t + i.to(tl.int64) * sx_i + d[None, :] * sx_d,
             mask=row_mask[:, None] & d_mask[None, :],
             other=0.0,
         )

@@ -59,6 +59,7 @@ def _dx_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     i = tl.program_id(1)
+    i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     row_mask = rows < T
     nD = n * D
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -72,15 +73,15 @@ def _dx_kernel(
         mm = tl.load(dvecX_mm_ptr + rows[:, None] * nD + (i * D + d)[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_GAMMA:
             mm = mm * tl.load(gamma_ptr + i * D + d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
-        xt = tl.load(x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
+        xt = tl.load(x_ptr + rows[:, None] * sx_t + i64 * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0)
         dx = dx_tile(mm, xt.to(tl.float32), dh_in.to(tl.float32), rms_coef, h_pre_i)
         if HAS_GXP:
-            dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i * sg_i + d[None, :] * sg_d, mask=mask, other=0.0).to(
+            dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i64 * sg_i + d[None, :] * sg_d, mask=mask, other=0.0).to(
                 tl.float32
             )
         tl.store(
-            dx_ptr + rows[:, None] * so_t + i * so_i + d[None, :] * so_d,
+            dx_ptr + rows[:, None] * so_t + i64 * so_i + d[None, :] * so_d,
             round_to(dx, dx_ptr.dtype.element_ty),
             mask=mask,
         )

@@ -100,6 +100,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
     i = tl.program_id(0) % n
+    i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < D
     k = i * D + d
@@ -130,7 +131,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
         h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
-        xt = tl.load(x_ptr + (t0 * sx_t + i * sx_i) + off_x, mask=mask, other=0.0)
+        xt = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + t0 * sdh_t + off_dh, mask=mask, other=0.0).to(tl.float32)
         # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products, which
         # keeps fewer tiles live across them (that order measured 1.34x faster at n = 4 on an H200).
@@ -141,9 +142,9 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             mm = mm * g[None, :]
         dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
         if HAS_GXP:
-            dx += tl.load(gxp_ptr + (t0 * sg_t + i * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
+            dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
                           other=0.0).to(tl.float32)  # fmt: skip
-        tl.store(dx_ptr + (t0 * so_t + i * so_i) + off_o, round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + (t0 * so_t + i64 * so_i) + off_o, round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
         acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
         if O_B > 0:
             acc_b = g_update(acc_b, dh_mix_b, xt, INTERPRET)

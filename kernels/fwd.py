@@ -127,7 +127,7 @@ def mix_tile(
         d_mask = d < D
         # 64-bit offsets, not tile_offsets: that form measured 1 to 5 % slower here (H200; docs/perf.md)
         xt = tl.load(
-            x_ptr + rows[:, None] * sx_t + i * sx_i + d[None, :] * sx_d,
+            x_ptr + rows[:, None] * sx_t + tl.cast(i, tl.int64) * sx_i + d[None, :] * sx_d,
             mask=row_mask[:, None] & d_mask[None, :],
             other=0.0,
         )
@@ -206,7 +206,7 @@ def apply_tile(
         h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
         x_base = x_ptr + (t0 * sx_t + d0 * sx_d)
         for i in tl.static_range(N_PAD):
-            xt = tl.load(x_base + i * sx_i + off_x, mask=mask & (i < n), other=0.0)
+            xt = tl.load(x_base + tl.cast(i, tl.int64) * sx_i + off_x, mask=mask & (i < n), other=0.0)
             h_in += tl.sum(tl.where(j[None, :] == i, h_pre, 0.0), axis=1)[:, None] * xt.to(tl.float32)
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 

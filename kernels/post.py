@@ -140,10 +140,10 @@ def _post_fwd_kernel(
     h_post = load_tile(h_post_ptr, rows, s, shp_t, shp_j, mask_s)
     acc = mix_in(tl.zeros([BLOCK_T, N_PAD, BLOCK_D], dtype=tl.float32), h_post, h_out)
     for i in tl.static_range(N):
-        x_i = load_tile(x_ptr + i * sx_i, rows, d, sx_t, sx_d, mask_d)  # input stream i
+        x_i = load_tile(x_ptr + tl.cast(i, tl.int64) * sx_i, rows, d, sx_t, sx_d, mask_d)  # input stream i
         res_i = load_tile(h_res_ptr + i * sr_i, rows, s, sr_t, sr_j, mask_s)  # h_res[:, i, j] over j
         acc = mix_in(acc, res_i, x_i)
-    offs = rows[:, None, None] * so_t + s[None, :, None] * so_j + d[None, None, :] * so_d
+    offs = rows[:, None, None] * so_t + s[None, :, None].to(tl.int64) * so_j + d[None, None, :] * so_d
     tl.store(out_ptr + offs, round_to(acc, out_ptr.dtype.element_ty), mask=mask_d[:, None, :] & (s < N)[None, :, None])
 
 
@@ -201,7 +201,7 @@ def _post_bwd_kernel(
         mask_d = row_mask[:, None] & (d < D)[None, :]  # [BT, BD]
         mask3 = mask_d[:, None, :] & s_mask[None, :, None]  # [BT, N_PAD, BD]
         x = tl.load(
-            x_ptr + rows[:, None, None] * sx_t + s[None, :, None] * sx_i + d[None, None, :] * sx_d,
+            x_ptr + rows[:, None, None] * sx_t + s[None, :, None].to(tl.int64) * sx_i + d[None, None, :] * sx_d,
             mask=mask3,
             other=0.0,
         ).to(tl.float32)  # [t, i, d]
@@ -209,7 +209,7 @@ def _post_bwd_kernel(
         dx = tl.zeros([BLOCK_T, N_PAD, BLOCK_D], dtype=tl.float32)  # [t, i, d]
         dh_out = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         for j in tl.static_range(N):
-            g_j = load_tile(dout_ptr + j * sg_j, rows, d, sg_t, sg_d, mask_d)  # dout[:, j, d]
+            g_j = load_tile(dout_ptr + tl.cast(j, tl.int64) * sg_j, rows, d, sg_t, sg_d, mask_d)  # dout[:, j, d]
             res_j = load_tile(h_res_ptr + j * sr_j, rows, s, sr_t, sr_i, mask_s)  # h_res[:, i, j] over i
             h_post_j = tl.load(h_post_ptr + rows * shp_t + j * shp_j, mask=row_mask, other=0.0).to(tl.float32)
             dx = mix_in(dx, res_j, g_j)
@@ -217,7 +217,7 @@ def _post_bwd_kernel(
             # This chunk's part of dh_res[:, :, j] (over i) and of dh_post[:, j].
             dh_res += tl.where(s[None, None, :] == j, tl.sum(x * g_j[:, None, :], axis=2)[:, :, None], 0.0)
             dh_post += tl.where(s[None, :] == j, tl.sum(g_j * h_out, axis=1)[:, None], 0.0)
-        dx_offs = rows[:, None, None] * sdx_t + s[None, :, None] * sdx_i + d[None, None, :] * sdx_d
+        dx_offs = rows[:, None, None] * sdx_t + s[None, :, None].to(tl.int64) * sdx_i + d[None, None, :] * sdx_d
         tl.store(dx_ptr + dx_offs, round_to(dx, dx_ptr.dtype.element_ty), mask=mask3)
         dh_out_offs = rows[:, None] * sdo_t + d[None, :] * sdo_d
         tl.store(dh_out_ptr + dh_out_offs, round_to(dh_out, dh_out_ptr.dtype.element_ty), mask=mask_d)
