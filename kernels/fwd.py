@@ -204,10 +204,11 @@ def apply_tile(
         d = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (d < d_end)[None, :]
         h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
-        x_base = x_ptr + (t0 * sx_t + d0 * sx_d)
+        x_i = x_ptr + (t0 * sx_t + d0 * sx_d)  # stream i's tile: advanced by sx_i, a 64-bit pointer sum
         for i in tl.static_range(N_PAD):
-            xt = tl.load(x_base + tl.cast(i, tl.int64) * sx_i + off_x, mask=mask & (i < n), other=0.0)
+            xt = tl.load(x_i + off_x, mask=mask & (i < n), other=0.0)
             h_in += tl.sum(tl.where(j[None, :] == i, h_pre, 0.0), axis=1)[:, None] * xt.to(tl.float32)
+            x_i += sx_i
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
