@@ -151,7 +151,8 @@ def setup_layer(shape: Shape, device: torch.device) -> Training:
 def setup_ref(shape: Shape, device: torch.device) -> Training:
     """The host's yardstick, not an mHC op: x * w with x [.., D] bf16 and w [D] (one ATen kernel each
     way, through the same autograd engine). The lent GPU machines' host speed changes between calls
-    (docs/perf.md, Performance IV); an op's host time over ref's, from the same call, does not."""
+    (docs/perf.md, Performance IV); an op's host time over ref's, from the same call, is meant to
+    compare across calls (not shown yet across calls; within one call, docs/perf.md Performance V)."""
     g = torch.Generator().manual_seed(SEED)
     x, w = (torch.randn(*size, generator=g).to(device, torch.bfloat16) for size in ((*shape.lead, shape.D), (shape.D,)))
     leaves = _leaves(x, w)

@@ -194,8 +194,9 @@ def apply_tile(
     of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype.
     h_pre's columns are taken out of coef once, before the loop, and the stream loop is unrolled to
     N_PAD (streams past n masked, no bytes moved), so a chunk's n loads are in flight together. Rows
-    are t0 + 0 .. BLOCK_T-1, addressed as a 64-bit base per chunk plus loop-invariant int32 offsets
-    (tile_offsets; the finish kernel went from 255 to 212 registers that way on an H200)."""
+    are t0 + 0 .. BLOCK_T-1, addressed as a 64-bit pointer per stream and chunk plus loop-invariant
+    int32 offsets (tile_offsets): the finish kernel at n = 4 went from 255 to 221 registers that way
+    on an H200 (docs/perf.md, Performance V)."""
     h_pre = pre_columns(coef, cols, n, N_PAD)  # [BLOCK_T, N_PAD]
     j = tl.arange(0, N_PAD)
     off_x = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), sx_t, sx_d)
