@@ -6,10 +6,9 @@ For each shape (bf16 x, gamma, as the benchmark's rows), the forward's GPU time 
 runs), as time / floor at the copy bandwidth measured in the same run. GPU time is a CUDA graph of
 one call replayed back to back (benchmarks/host.py graph_gpu_us): do_bench would time the host's
 launches at small T (its median at T = 1 was 0.17 ms, the graph's 0.04 ms). A capture bypasses the
-weight cache (kernels/_cache.py), so the graph also rebuilds the bf16 weight split on each replay,
-which an eager call finds cached: for the kernels alone, ``python -m benchmarks.kernel_breakdown --ops
-fwd --sweep --grid 'splits=None,1,2,4'`` (likely the 69.6 against 40.6 us at T = 1024 in docs/perf.md,
-Performance IV). On CPU: wall time. Every configuration's outputs
+weight cache (kernels/_cache.py), so the graph also rebuilds the bf16 weight split on each replay
+(one launch, about 5 us on an H200), which an eager call finds cached: for the kernels alone,
+``python -m benchmarks.kernel_breakdown --ops fwd --sweep --grid 'splits=None,1,2,4'``. On CPU: wall time. Every configuration's outputs
 are checked against the fp64 golden by the accuracy rule before it is timed. One markdown table.
 """
 

@@ -25,8 +25,8 @@ leaves), so no call accumulates into a previous gradient. Three numbers per call
   calls there) replayed back to back and timed by CUDA events, so only kernels are timed, not the gaps
   the host leaves between launches (which do_bench would include at T = 1). A capture bypasses the
   weight cache (kernels/_cache.py), so for mhc_pre this also times the rebuild of the bf16 weight
-  split that an eager call finds cached (likely most of the 29 us between 69.6 us by graph and 40.6 us
-  of kernels at T = 1024, n = 4, D = 4096; docs/perf.md, Performance IV). When the capture fails,
+  split that an eager call finds cached: one launch of about 5 us on an H200 (benchmarks/weight_split.py;
+  it was ~25 us as torch kernels, docs/perf.md, Performance V). When the capture fails,
   do_bench's median (L2 flushed before each call) instead, with gpu_method "do_bench".
 
 host_over_gpu = host_us / gpu_us (above 1: host-bound) and wall_over_gpu = host_sync_us / gpu_us (the
