@@ -36,7 +36,7 @@ from triton.runtime.jit import JITFunction
 from mhc_ops.kernels._launch import LaunchedKernel
 
 from . import host
-from .shapes import parse_shapes
+from .shapes import parsed_shapes
 
 CALLS = ("fwd", "bwd", "step")
 
@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     for o in ops:
         if o not in host.OPS:
             parser.error(f"--ops: expected names in {list(host.OPS)}, got {o!r}")
-    try:
-        (shape,) = parse_shapes(args.shape)
-    except ValueError as e:
-        parser.error(f"--shape: {e}")
+    shapes = parsed_shapes(parser, args.shape, "--shape")
+    if len(shapes) != 1:
+        parser.error(f"--shape: expected one shape, got {args.shape!r}")
+    (shape,) = shapes
     device = torch.device(args.device)
     calls = 200 if device.type == "cuda" else 1
     rows, profiles = [], []

@@ -25,7 +25,7 @@ import torch
 from mhc_ops.kernels import fused_bwd, fwd
 
 from . import run
-from .shapes import parse_shapes
+from .shapes import parsed_shapes
 
 DEFAULT_SHAPES = "1024x4x4096,4096x4x4096,16384x4x7168,8192x6x4096,8192x8x2048"
 CALLS = {False: 20, True: 5}  # profiled calls per configuration
@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer profiled calls")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    try:
-        shapes = parse_shapes(args.shapes)
-    except ValueError as e:
-        parser.error(f"--shapes: {e}")
+    shapes = parsed_shapes(parser, args.shapes)
     ops = [o for o in args.ops.split(",") if o]
     if not ops or any(o not in KERNELS for o in ops):
         parser.error(f"--ops: expected fwd and/or bwd, got {args.ops!r}")

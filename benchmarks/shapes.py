@@ -11,6 +11,7 @@ bottleneck, and T = 4096, where a training step should be GPU-bound.
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 
@@ -70,3 +71,11 @@ def parse_shapes(text: str) -> list[Shape]:
     if not shapes:
         raise ValueError("--shapes: expected at least one shape")
     return list(dict.fromkeys(shapes))
+
+
+def parsed_shapes(parser: argparse.ArgumentParser, text: str, option: str = "--shapes") -> list[Shape]:
+    """parse_shapes for a command line: a bad value exits 2 with one line naming the option."""
+    try:
+        return parse_shapes(text)
+    except ValueError as e:
+        parser.error(f"{option}: {e}")

@@ -25,7 +25,7 @@ import torch
 from mhc_ops.kernels import _cache, fwd
 
 from . import host, run
-from .shapes import parse_shapes
+from .shapes import parsed_shapes
 
 BUILDERS = {"triton": fwd.split_weights, "torch": fwd.split_weights_host}
 
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calls per loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    try:
-        shapes = parse_shapes(args.shapes)
-    except ValueError as e:
-        parser.error(f"--shapes: {e}")
+    shapes = parsed_shapes(parser, args.shapes)
     device = torch.device(args.device)
     print("| shape | builder | split GPU us | forward GPU us | host us, cached | host us, rebuilt |")
     print("|---|---|---|---|---|---|")

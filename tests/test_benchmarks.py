@@ -206,6 +206,13 @@ def test_weight_split_rows_both_builders_and_leaves_the_op_as_it_was(capsys):
     assert fwd.split_weights is weight_split.BUILDERS["triton"]
 
 
+def test_weight_split_and_host_profile_reject_bad_shapes(capsys):
+    for main, argv in ((weight_split.main, ["--shapes", "4x4"]), (host_profile.main, ["--shape", "1x4x64,2x4x64"])):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--device", "cpu"])
+        assert exit_.value.code == 2 and "--shape" in capsys.readouterr().err
+
+
 def test_kernel_breakdown_rejects_an_unknown_op(capsys):
     with pytest.raises(SystemExit) as exit_:
         kernel_breakdown.main(["--ops", "post", "--device", "cpu"])
