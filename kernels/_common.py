@@ -118,6 +118,11 @@ def check_tile_span(block_t: int, *views: torch.Tensor) -> None:
             )
 
 
+def stream64(n: int, s_i: int) -> bool:
+    """STREAM64 for stream_offset: whether i * s_i for a stream i < n can reach 2**31."""
+    return (n - 1) * abs(s_i) >= INT32_SPAN
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the host's grid arithmetic. triton.cdiv and triton.next_power_of_2 are
     constexpr_functions: 4 to 6 us per call from host code in Triton 3.6, and a training step made a
@@ -202,6 +207,19 @@ def fp32_dot(a, b):
     """An fp32-grade product of fp32 tiles on tensor cores: three TF32 products (a plain TF32 dot
     fails the accuracy rule). The interpreter computes it in fp32."""
     return tl.dot(a, b, input_precision="tf32x3")
+
+
+@triton.jit
+def stream_offset(i, s_i, STREAM64: tl.constexpr):
+    """i * s_i, stream i's element offset: in int64 where it can reach 2**31 (STREAM64, from stream64 on
+    the host: a stream-major view, docs/bugs/stream-stride-int32.md), else in int32, which the forward
+    compiles to fewer registers (its n = 6 finish kernel: 128 against 148, 172 against 187 us on an
+    H200, docs/perf.md Performance V)."""
+    if STREAM64:
+        off = tl.cast(i, tl.int64) * s_i
+    else:
+        off = i * s_i
+    return off
 
 
 @triton.jit

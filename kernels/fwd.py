@@ -55,6 +55,8 @@ from ._common import (
     split3_bf16,
     split_bf16_host,
     store_coeff_part,
+    stream64,
+    stream_offset,
     tile_offsets,
     tokens,
 )
@@ -109,6 +111,7 @@ def mix_tile(
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
+    STREAM64: tl.constexpr,
 ):
     """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the chunks c_start .. c_end-1
     of each token's nD elements. Chunk c is stream i = c // d_chunks, columns d0 = (c % d_chunks) *
@@ -127,7 +130,7 @@ def mix_tile(
         d_mask = d < D
         # 64-bit offsets, not tile_offsets: that form measured 1 to 5 % slower here (H200; docs/perf.md)
         xt = tl.load(
-            x_ptr + rows[:, None] * sx_t + tl.cast(i, tl.int64) * sx_i + d[None, :] * sx_d,
+            x_ptr + rows[:, None] * sx_t + stream_offset(i, sx_i, STREAM64) + d[None, :] * sx_d,
             mask=row_mask[:, None] & d_mask[None, :],
             other=0.0,
         )
@@ -188,15 +191,15 @@ def store_saved(
 @triton.jit
 def apply_tile(
     x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
     """h_in[rows, d_start:d_end] = sum_i h_pre[i] * x[rows, i, d_start:d_end] (h_pre: the pre columns
     of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype.
     h_pre's columns are taken out of coef once, before the loop, and the stream loop is unrolled to
     N_PAD (streams past n masked, no bytes moved), so a chunk's n loads are in flight together. Rows
-    are t0 + 0 .. BLOCK_T-1, addressed as a 64-bit pointer per stream and chunk plus loop-invariant
-    int32 offsets (tile_offsets): the finish kernel at n = 4 went from 255 to 221 registers that way
-    on an H200 (docs/perf.md, Performance V)."""
+    are t0 + 0 .. BLOCK_T-1, addressed as a 64-bit base per chunk, the stream's offset
+    (stream_offset) and loop-invariant int32 offsets (tile_offsets): the finish kernel at n = 4 went
+    from 255 to 212 registers that way on an H200 (docs/perf.md, Performance V)."""
     h_pre = pre_columns(coef, cols, n, N_PAD)  # [BLOCK_T, N_PAD]
     j = tl.arange(0, N_PAD)
     off_x = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), sx_t, sx_d)
@@ -205,11 +208,10 @@ def apply_tile(
         d = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & (d < d_end)[None, :]
         h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
-        x_i = x_ptr + (t0 * sx_t + d0 * sx_d)  # stream i's tile: advanced by sx_i, a 64-bit pointer sum
+        x_base = x_ptr + (t0 * sx_t + d0 * sx_d)
         for i in tl.static_range(N_PAD):
-            xt = tl.load(x_i + off_x, mask=mask & (i < n), other=0.0)
+            xt = tl.load(x_base + stream_offset(i, sx_i, STREAM64) + off_x, mask=mask & (i < n), other=0.0)
             h_in += tl.sum(tl.where(j[None, :] == i, h_pre, 0.0), axis=1)[:, None] * xt.to(tl.float32)
-            x_i += sx_i
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
@@ -244,6 +246,7 @@ def _fwd_kernel(
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
     N_PAD: tl.constexpr,
+    STREAM64: tl.constexpr,
 ):
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
@@ -251,11 +254,11 @@ def _fwd_kernel(
     cols = tl.arange(0, O_PAD)
     h_mix, sumsq = mix_tile(
         x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, 0, n * tl.cdiv(D, BLOCK_D), n, D,
-        sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
+        sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
     )  # fmt: skip
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
-    apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD)
+    apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -280,6 +283,7 @@ def _fwd_partial_kernel(
     BLOCK_D: tl.constexpr,
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
+    STREAM64: tl.constexpr,
 ):
     """Program (b, s): chunks s*C//splits .. (s+1)*C//splits - 1 (C = n*cdiv(D, BLOCK_D), splits <= C)
     of token block b -> ws h_mix partials [splits, T, O_PAD] (columns < O), then sum(x^2) partials
@@ -292,7 +296,7 @@ def _fwd_partial_kernel(
     chunks = n * tl.cdiv(D, BLOCK_D)
     h_mix, sumsq = mix_tile(
         x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, s * chunks // splits, (s + 1) * chunks // splits,
-        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
+        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
     )  # fmt: skip
     T64 = tl.full([], T, tl.int64)  # s * T * O_PAD can exceed 2**31
     part_rows = s.to(tl.int64) * T64 + rows  # row of [splits * T]
@@ -328,6 +332,7 @@ def _fwd_finish_kernel(
     O_PAD: tl.constexpr,
     UNROLL: tl.constexpr,
     N_PAD: tl.constexpr,
+    STREAM64: tl.constexpr,
 ):
     """Program (b, j): the partials of token block b summed over s = 0 .. splits-1 in order, the
     coefficients; j == 0 stores the saved tensors; h_in for columns j*apply_cols .. (j+1)*apply_cols - 1."""
@@ -357,7 +362,9 @@ def _fwd_finish_kernel(
         )
     d_start = j * apply_cols
     d_end = tl.minimum(d_start + apply_cols, D)
-    apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD)
+    apply_tile(
+        x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64
+    )  # fmt: skip
 
 
 @launched(do_not_specialize=["nD"])
@@ -480,8 +487,9 @@ def launch_fwd(
         splits = auto_splits(token_blocks, chunks, sms) if dev.type == "cuda" else 1
     split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range
     splits = min(splits, chunks)  # every split gets >= 1 chunk
+    s64 = stream64(n, xt.stride(1))
     common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-                  INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+                  INTERPRET=interpreting(), STREAM64=s64, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     if not split_path:
         _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
@@ -502,6 +510,7 @@ def launch_fwd(
     _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
         xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
         block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
-        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
+        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), STREAM64=s64, num_warps=num_warps,
+        num_stages=num_stages,
     )  # fmt: skip
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre

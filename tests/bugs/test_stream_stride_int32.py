@@ -12,6 +12,7 @@ from mhc_ops.golden import Case, judge, mhc_pre_backward, mhc_pre_forward
 from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.golden.mhc_post import mhc_post_backward, mhc_post_forward
 from mhc_ops.kernels import post as kp
+from mhc_ops.kernels._common import stream64
 from tests.helpers import KERNEL_DEVICE
 
 RECORD = "docs/bugs/stream-stride-int32.md"
@@ -68,3 +69,10 @@ def test_mhc_post_with_a_stream_stride_past_int32():
     names = ("dx", "dh_res", "dh_out", "dh_post")
     verdicts += [judge(k, grads[k], a, b) for k, a, b in zip(names, ref64, ref32)]
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+def test_the_forward_takes_64_bit_stream_offsets_exactly_where_int32_would_wrap():
+    """stream64 chooses the forward's STREAM64 path: i * s_i for i <= n - 1 must stay below 2**31."""
+    s = (2**31 - 1) // (N - 1)
+    assert not stream64(N, s) and stream64(N, s + 1) and not stream64(1, 2**40)
+    assert stream64(N, _stream_major(torch.zeros(T, N, D)).stride(1))
