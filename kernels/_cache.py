@@ -4,8 +4,9 @@ A training step calls an op with the same parameters many times between optimize
 layer, forward and backward, every micro-batch), and what depends only on them (the bf16 split of
 gamma*phi for the tensor cores: an allocation and a launch) need not be rebuilt per call.
 ``weight_derived`` keeps it until a weight changes: in place (its version counter moves, as for
-every optimizer step), by a new storage (``.data = ...``), or when the weight is freed. Changing a weight through ``.data`` in place
-bypasses version counting, as it does for autograd: call ``clear()`` after doing that.
+every optimizer step), by a new storage (``.data = ...``), or when the weight is freed. Changing a
+weight through ``.data`` in place bypasses version counting, as it does for autograd: call
+``clear()`` after doing that.
 
 Bypassed while a CUDA graph is being captured (the derived tensor must then be rebuilt inside the
 graph, so a replay after an optimizer step sees the new weights) and for inference-mode tensors,
