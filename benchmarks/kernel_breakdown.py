@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     copy_bw = run.copy_bandwidth_GBps(device, args.quick)
     print(f"# Kernel breakdown, {device}, copy bandwidth {copy_bw:.0f} GB/s\n")
-    print("kernel cells: GPU us per call (registers per thread / spilled registers / shared KB)\n")
+    print("kernel cells: GPU us per call (registers per thread / spilled registers / shared KB[/wgmma])\n")
     print("| shape | op | options | us | time / floor | kernels | accuracy rule |")
     print("|---|---|---|---|---|---|---|")
     for shape in shapes:
