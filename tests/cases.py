@@ -5,6 +5,10 @@ from mhc_ops.golden import Case
 # Stream counts and hidden sizes that break assumptions: n = 1, odd n, n = 6; D odd, not a power of two.
 GOLDEN_NS = (1, 3, 4, 6)
 GOLDEN_DS = (5, 13)
+# The forward's weight split (kernels/fwd.split_weights): the golden's n and D, n = 8, and an nD that
+# spans several of its 128-column programs.
+SPLIT_WEIGHTS_NS = (*GOLDEN_NS, 8)
+SPLIT_WEIGHTS_DS = (*GOLDEN_DS, 300)
 
 # Float64 golden-vs-autograd cases: every layout, gamma on/off, grad_x_post on/off.
 AUTOGRAD_CASES = [

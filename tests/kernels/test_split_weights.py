@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from mhc_ops.kernels.fwd import split_weights, split_weights_host
-from tests.cases import GOLDEN_DS, GOLDEN_NS
+from tests.cases import SPLIT_WEIGHTS_DS, SPLIT_WEIGHTS_NS
 from tests.helpers import KERNEL_DEVICE
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 
 
-@pytest.mark.parametrize("n", (*GOLDEN_NS, 8))
-@pytest.mark.parametrize("D", (*GOLDEN_DS, 300))  # 300: nD spans several 128-column programs
+@pytest.mark.parametrize("n", SPLIT_WEIGHTS_NS)
+@pytest.mark.parametrize("D", SPLIT_WEIGHTS_DS)
 @pytest.mark.parametrize("gamma", [True, False])
 def test_split_weights_is_the_torch_split_bitwise(n, D, gamma):
     g = torch.Generator().manual_seed(1000 * n + D)
