@@ -8,8 +8,9 @@ one call replayed back to back (benchmarks/host.py graph_gpu_us): do_bench would
 launches at small T (its median at T = 1 was 0.17 ms, the graph's 0.04 ms). A capture bypasses the
 weight cache (kernels/_cache.py), so the graph also rebuilds the bf16 weight split on each replay
 (one launch, about 5 us on an H200), which an eager call finds cached: for the kernels alone,
-``python -m benchmarks.kernel_breakdown --ops fwd --sweep --grid 'splits=None,1,2,4'``. On CPU: wall time. Every configuration's outputs
-are checked against the fp64 golden by the accuracy rule before it is timed. One markdown table.
+``python -m benchmarks.kernel_breakdown --ops fwd --sweep --grid 'splits=None,1,2,4'``. On CPU: wall
+time. Every configuration's outputs are checked against the fp64 golden by the accuracy rule before
+it is timed. One markdown table.
 """
 
 from __future__ import annotations
