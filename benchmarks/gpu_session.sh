@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -66,8 +66,11 @@ wsplit)  # the forward's bf16 weight split: one Triton launch against torch's, g
 liger)  # is Liger-Kernel (a peer mHC implementation) on the image?
   python3 -c "import liger_kernel, importlib.metadata as m; print('liger_kernel', m.version('liger_kernel'))" 2>&1 \
     | tail -1 | tee "$R/liger.txt" ;;
+layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time
+  timeout 420 python3 -m benchmarks.layer_modes --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168 --out "$R" \
+    2>&1 | tee "$R/layer_modes.md" | tail -24 ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

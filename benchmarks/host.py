@@ -199,9 +199,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def host_loop_us(fn: Callable[[], object], device: torch.device, quick: bool) -> tuple[float, float, int]:
-    """-> (host_us, host_sync_us, calls per loop): medians over the loops, per call."""
-    calls, warmup, loops = LOOP[device.type][quick]
+def host_loop_us(
+    fn: Callable[[], object], device: torch.device, quick: bool, loop: tuple[int, int, int] | None = None
+) -> tuple[float, float, int]:
+    """-> (host_us, host_sync_us, calls per loop): medians over the loops, per call. loop: (calls per
+    loop, warm-up calls, loops) instead of LOOP's."""
+    calls, warmup, loops = LOOP[device.type][quick] if loop is None else loop
     for _ in range(warmup):
         fn()
     host, wall = [], []
@@ -216,10 +219,10 @@ def host_loop_us(fn: Callable[[], object], device: torch.device, quick: bool) ->
     return statistics.median(host) / calls * 1e6, statistics.median(wall) / calls * 1e6, calls
 
 
-def graph_gpu_us(build: Callable[[], Callable[[], object]], device: torch.device, quick: bool) -> float:
-    """GPU us of one call: build() and its warm-up calls run on a side stream (so that a backward's
-    graph is recorded there and its kernels are captured with it), one call is captured in a CUDA
-    graph, and the graph is replayed back to back between two CUDA events."""
+def capture_graph(build: Callable[[], Callable[[], object]], device: torch.device) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of one call: build() and its warm-up calls run on a side stream (so that a
+    backward's graph is recorded there and its kernels are captured with it), then one call is
+    captured. What that call allocated stays in the graph's pool, rewritten by each replay."""
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
@@ -230,15 +233,24 @@ def graph_gpu_us(build: Callable[[], Callable[[], object]], device: torch.device
         with torch.cuda.graph(graph, stream=stream):
             fn()
     torch.cuda.current_stream(device).wait_stream(stream)
+    return graph
+
+
+def replay_us(graph: torch.cuda.CUDAGraph, device: torch.device, replays: int) -> float:
+    """GPU us per replay: one replay to warm, then `replays` back to back between two CUDA events."""
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    replays = GRAPH_REPLAYS[quick]
     start.record()
     for _ in range(replays):
         graph.replay()
     end.record()
     torch.cuda.synchronize(device)
     return start.elapsed_time(end) / replays * 1e3
+
+
+def graph_gpu_us(build: Callable[[], Callable[[], object]], device: torch.device, quick: bool) -> float:
+    """GPU us of one call: a CUDA graph of it (capture_graph) replayed back to back (replay_us)."""
+    return replay_us(capture_graph(build, device), device, GRAPH_REPLAYS[quick])
 
 
 def gpu_us(

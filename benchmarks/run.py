@@ -716,17 +716,17 @@ def _json_value(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def jsonl_path(env: Mapping, out: pathlib.Path) -> pathlib.Path:
-    """OUT/<gpu>-<date>.jsonl: rows are appended to it (rows of one run share `run`)."""
+def jsonl_path(env: Mapping, out: pathlib.Path, suffix: str = "") -> pathlib.Path:
+    """OUT/<gpu>-<date><suffix>.jsonl: rows are appended to it (rows of one run share `run`)."""
     out.mkdir(parents=True, exist_ok=True)
-    return out / f"{env['gpu']}-{env['date']}.jsonl"
+    return out / f"{env['gpu']}-{env['date']}{suffix}.jsonl"
 
 
-def append_jsonl(rows: list[Mapping], path: pathlib.Path) -> None:
-    """One JSON object per row, every key of ROW_KEYS (null where a row has none)."""
+def append_jsonl(rows: list[Mapping], path: pathlib.Path, keys: tuple[str, ...] = ROW_KEYS) -> None:
+    """One JSON object per row, every key of keys (null where a row has none)."""
     with path.open("a") as f:
         for row in rows:
-            f.write(json.dumps({k: _json_value(row.get(k)) for k in ROW_KEYS}, allow_nan=False) + "\n")
+            f.write(json.dumps({k: _json_value(row.get(k)) for k in keys}, allow_nan=False) + "\n")
 
 
 def parse_args(argv: list[str] | None, impls: Mapping[str, Mapping[str, Factory]]) -> argparse.Namespace:
