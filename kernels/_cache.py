@@ -8,7 +8,10 @@ every optimizer step), by a new storage (``.data = ...``), or when the weight is
 weight through ``.data`` in place bypasses version counting, as it does for autograd: call
 ``clear()`` after doing that.
 
-Bypassed while a CUDA graph is being captured (the derived tensor must then be rebuilt inside the
+Bypassed inside a registered op's body (the compiled path: torch.compile's graph computes the split
+itself; under ``mode="reduce-overhead"`` the body's allocations come from a CUDA-graph pool, and a
+tensor kept from there is one the pool does not track, docs/bugs/weight-cache-in-graph-pool.md),
+while a CUDA graph is being captured (the derived tensor must then be rebuilt inside the
 graph, so a replay after an optimizer step sees the new weights) and for inference-mode tensors,
 which carry no version counter. A weight seen during a capture is never cached again: a replay
 changes its values without moving its version counter, so an eager call after replays could not tell.
@@ -23,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 
+from ._launch import in_op_body
+
 _ENTRIES: dict[tuple, tuple] = {}
 _CAPTURED: set[int] = set()  # ids of weights seen during a CUDA-graph capture
 
@@ -33,6 +38,8 @@ def _stamp(w: torch.Tensor | None) -> tuple:
 
 def weight_derived(name: str, fn: Callable[..., torch.Tensor], *weights: torch.Tensor | None) -> torch.Tensor:
     """fn(*weights), cached under (name, the weights' identities) while their versions hold."""
+    if in_op_body():
+        return fn(*weights)
     key = (name, *(id(w) for w in weights))
     if weights[0].is_cuda and torch.cuda.is_current_stream_capturing():
         _CAPTURED.update(id(w) for w in weights if w is not None)

@@ -123,6 +123,17 @@ def stream64(n: int, s_i: int) -> bool:
     return (n - 1) * abs(s_i) >= INT32_SPAN
 
 
+def size_hint(v) -> int:
+    """A token count as a plain int for launch decisions (split counts, tile choices). Under
+    torch.compile it may be symbolic: its example value is taken without a guard, so one compiled
+    graph serves every token count with the choices made for the first (each choice is valid for any
+    T; only its speed was tuned for that one), as Inductor does for its own kernels."""
+    if isinstance(v, torch.SymInt):
+        hint = v.node.hint
+        return int(hint) if hint is not None else int(v)
+    return v
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the host's grid arithmetic. triton.cdiv and triton.next_power_of_2 are
     constexpr_functions: 4 to 6 us per call from host code in Triton 3.6, and a training step made a
@@ -197,9 +208,10 @@ def token_splits(device: torch.device, other_programs: int, token_blocks: int, m
     return max(1, min(want, token_blocks, max_splits))
 
 
-def g_split_cap(x: torch.Tensor, O: int, nD: int) -> int:
-    """At most as many G partials ([O, nD] fp32 each) as fit in 5 % of x's bytes."""
-    return max(1, x.numel() * x.element_size() // (20 * O * nD * 4))
+def g_split_cap(T: int, itemsize: int, O: int, nD: int) -> int:
+    """At most as many G partials ([O, nD] fp32 each) as fit in 5 % of x's bytes (T tokens of nD
+    elements of itemsize bytes)."""
+    return max(1, T * nD * itemsize // (20 * O * nD * 4))
 
 
 @triton.jit

@@ -24,11 +24,17 @@ Proton add to ``knobs.runtime.launch_enter_hook``, a ``HookChain`` in Triton 3.6
 is installed) and ``knobs.runtime.debug``. It does not re-check the
 kernel's global values (our kernels read none that change) and keys on the compilation knobs of the
 first call (``knobs.compilation.instrumentation_mode`` changed at run time is not seen).
+
+Inside a registered op's body that torch.compile traces (``op_body(traced=True)``, mhc_ops/_opspec.py),
+``kernel[grid](...)`` records the launch through ``torch.library.wrap_triton`` instead, so Inductor
+launches the kernel itself and no launcher of ours runs in the compiled graph.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import triton
 from triton import knobs
@@ -41,6 +47,48 @@ def _hooked(hook) -> bool:
     """A launch hook is installed: a non-empty HookChain (Triton 3.6), or any other callable set."""
     calls = getattr(hook, "calls", None)
     return bool(calls) if calls is not None else hook is not None
+
+
+class _OpBody(threading.local):
+    """Where the current launches come from: an eager call (both False), the body of a registered op
+    run by the dispatcher on real tensors (``active``), or that body traced by torch.compile
+    (``active`` and ``traced``: launches become graph nodes through ``torch.library.wrap_triton``)."""
+
+    active = False
+    traced = False
+
+
+_OP_BODY = _OpBody()
+
+
+@contextlib.contextmanager
+def op_body(traced: bool):
+    """Launches inside run as a registered op's body (see _OpBody); restores the previous state."""
+    prev = _OP_BODY.active, _OP_BODY.traced
+    _OP_BODY.active, _OP_BODY.traced = True, traced
+    try:
+        yield
+    finally:
+        _OP_BODY.active, _OP_BODY.traced = prev
+
+
+def in_op_body() -> bool:
+    """True inside a registered op's body: nothing computed there may outlive the call (a compiled
+    graph's allocations can belong to a CUDA-graph pool, docs/bugs/weight-cache-in-graph-pool.md)."""
+    return _OP_BODY.active
+
+
+# Launch options that torch.compile's user-defined kernels do not take; only fp fusion is dropped
+# (split_weights' exact split; a traced split may contract gamma*phi - hi into an FMA, a more exact
+# residual that the accuracy rule still judges).
+_UNTRACED_OPTIONS = ("enable_fp_fusion",)
+
+
+def _traced_launch(jit, grid, *args, **kwargs):
+    from torch.library import wrap_triton
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in _UNTRACED_OPTIONS}
+    return wrap_triton(jit)[grid](*args, **kwargs)
 
 
 class LaunchedKernel:
@@ -57,6 +105,8 @@ class LaunchedKernel:
     def __getitem__(self, grid):
         if interpreting():
             return self.jit[grid]
+        if _OP_BODY.traced:
+            return functools.partial(_traced_launch, self.jit, grid)
         return functools.partial(self._launch, grid)
 
     def _launch(self, grid, *args, **kwargs):

@@ -147,7 +147,8 @@ def mhc_pre_dparams(
     _dcoeff_partials_kernel[(token_blocks,)](p2, q2, r, hm, ir, ws_dcoeff, T, n, BLOCK_T=block_t, O_PAD=o_pad(n))
     sum_partials(ws_dcoeff, dcoeff)
     col_programs = n * cdiv(D, block_d)
-    splits = splits or token_splits(dev, col_programs, token_blocks, g_split_cap(x, O, nD))
+    cap = g_split_cap(T, x.element_size(), O, nD)
+    splits = splits or token_splits(dev, col_programs, token_blocks, cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     _g_partials_kernel[(col_programs, splits)](
         xt,

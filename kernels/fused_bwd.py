@@ -32,6 +32,7 @@ from ._common import (
     o_groups,
     o_pad,
     round_to,
+    size_hint,
     sm_count,
     split2_bf16,
     split_dot_16bit,
@@ -223,10 +224,11 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     n, D = x.shape[-2:]
     O, nD = n * n + 2 * n, n * D
     T = x.numel() // nD  # validated: n, D >= 1
+    T_hint = size_hint(T)  # launch choices (size_hint); shapes and grids use T
     o_a, o_b = o_groups(n)
-    split_cap = g_split_cap(x, O, nD)
+    split_cap = g_split_cap(T_hint, x.element_size(), O, nD)
     if block_t is None or block_d is None:
-        tile = pass_b_tile(o_a + o_b, n, D, T, x.device, split_cap)
+        tile = pass_b_tile(o_a + o_b, n, D, T_hint, x.device, split_cap)
         block_t = block_t if block_t is not None else tile[0]
         block_d = block_d if block_d is not None else tile[1]
     check_block("block_t", block_t, 16)
@@ -266,7 +268,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         O_PAD=o_pad(n), N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
-    splits = splits or token_splits(dev, col_programs, cdiv(T, block_t), split_cap)
+    splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
     _pass_b_kernel[(col_programs, splits)](

@@ -51,6 +51,7 @@ from ._common import (
     o_pad,
     pre_columns,
     round_to,
+    size_hint,
     sm_count,
     split3_bf16,
     split_bf16_host,
@@ -484,7 +485,7 @@ def launch_fwd(
     chunks = n * cdiv(D, block_d)
     sms = sm_count(dev)
     if splits is None:
-        splits = auto_splits(token_blocks, chunks, sms) if dev.type == "cuda" else 1
+        splits = auto_splits(cdiv(size_hint(T), block_t), chunks, sms) if dev.type == "cuda" else 1
     split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range
     splits = min(splits, chunks)  # every split gets >= 1 chunk
     s64 = stream64(n, xt.stride(1))
@@ -500,7 +501,7 @@ def launch_fwd(
     finish_t = min(block_t, FINISH_BLOCK_T)
     finish_blocks = cdiv(T, finish_t)
     if block_d_apply is None:
-        block_d_apply = finish_cols(finish_blocks, splits, n, D, x.element_size(), block_d, sms)
+        block_d_apply = finish_cols(cdiv(size_hint(T), finish_t), splits, n, D, x.element_size(), block_d, sms)
     # One workspace: h_mix partials [splits, T, O_PAD], then sum(x^2) partials [splits, T]; each written
     # before it is read (no zero fill).
     ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)

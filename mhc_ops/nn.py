@@ -22,24 +22,11 @@ import math
 
 import torch
 
+from . import _impl
 from .kernels._common import check_inputs
+from .kernels.post import check_post_inputs
 from .kernels.sinkhorn import check_sinkhorn_iters
-from .ops import (
-    Route,
-    _post_backward,
-    _post_forward,
-    _pre_backward,
-    _pre_forward,
-    _sinkhorn_backward,
-    _sinkhorn_forward,
-    _zero_grads,
-    check_post_inputs,
-    mhc_post,
-    mhc_pre,
-    resolve_route,
-    sinkhorn,
-    sinkhorn_max_n,
-)
+from .ops import mhc_post, mhc_pre, sinkhorn
 
 INITS = ("identity", "zero")
 
@@ -49,7 +36,7 @@ class Link:
 
     __slots__ = ("route", "dx")
 
-    def __init__(self, route: Route):
+    def __init__(self, route: _impl.Route):
         self.route = route
         self.dx: torch.Tensor | None = None
 
@@ -61,8 +48,10 @@ class _HcPre(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, link, recompute):
         route = link.route
-        h_in, h_post, logits, inv_rms, h_mix, h_pre = _pre_forward(route, x, phi, alpha, bias, gamma, norm_eps, hc_eps)
-        h_res = _sinkhorn_forward(route, logits, iters, eps)
+        h_in, h_post, logits, inv_rms, h_mix, h_pre = _impl.pre_forward(
+            route, x, phi, alpha, bias, gamma, norm_eps, hc_eps
+        )
+        h_res = _impl.sinkhorn_forward(route, logits, iters, eps)
         if recompute:
             ctx.save_for_backward(x, phi, alpha, bias, gamma)
         else:
@@ -77,16 +66,18 @@ class _HcPre(torch.autograd.Function):
         route = ctx.link.route
         if ctx.recompute:
             x, phi, alpha, bias, gamma = ctx.saved_tensors
-            _, h_post, logits, inv_rms, h_mix, h_pre = _pre_forward(
+            _, h_post, logits, inv_rms, h_mix, h_pre = _impl.pre_forward(
                 route, x, phi, alpha, bias, gamma, ctx.norm_eps, ctx.hc_eps
             )
         else:
             x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits = ctx.saved_tensors
-        dh_in, dh_post, dh_res = _zero_grads(x, h_post, dh_in, dh_post, dh_res)
-        dlogits = _sinkhorn_backward(route, logits, dh_res, ctx.iters, ctx.eps)
+        dh_in, dh_post, dh_res = _impl.zero_grads(x, h_post, dh_in, dh_post, dh_res)
+        dlogits = _impl.sinkhorn_backward(route, logits, dh_res, ctx.iters, ctx.eps)
         grad_x_post, ctx.link.dx = ctx.link.dx, None
         saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post)
-        dx, dphi, dalpha, dbias, dgamma = _pre_backward(route, saved, dh_in, dh_post, dlogits, grad_x_post, ctx.hc_eps)
+        dx, dphi, dalpha, dbias, dgamma = _impl.pre_backward(
+            route, saved, dh_in, dh_post, dlogits, grad_x_post, ctx.hc_eps
+        )
         return dx, dphi, dalpha, dbias, dgamma, None, None, None, None, None, None
 
 
@@ -97,12 +88,12 @@ class _HcPost(torch.autograd.Function):
     def forward(ctx, x, h_res, h_out, h_post, link):
         ctx.save_for_backward(x, h_res, h_out, h_post)
         ctx.link = link
-        return _post_forward(link.route, x, h_res, h_out, h_post)
+        return _impl.post_forward(link.route, x, h_res, h_out, h_post)
 
     @staticmethod
     def backward(ctx, dout):
         x, h_res, h_out, h_post = ctx.saved_tensors
-        ctx.link.dx, dh_res, dh_out, dh_post = _post_backward(ctx.link.route, x, h_res, h_out, h_post, dout)
+        ctx.link.dx, dh_res, dh_out, dh_post = _impl.post_backward(ctx.link.route, x, h_res, h_out, h_post, dout)
         return None, dh_res, dh_out, dh_post, None
 
 
@@ -112,8 +103,8 @@ def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkh
     of the same block. Arguments as mhc_pre and sinkhorn; recompute: save only x and the parameters."""
     _, n, _ = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
-    route = resolve_route(backend, stages, x)
-    max_n = sinkhorn_max_n(route)
+    route = _impl.resolve_route(backend, stages, x)
+    max_n = _impl.sinkhorn_max_n(route)
     if max_n is not None and n > max_n:
         raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
                          "sinkhorn_bwd on the golden with stages=)")  # fmt: skip

@@ -8,53 +8,11 @@ import torch
 
 import mhc_ops
 from mhc_ops.golden import judge, rel_err
-from mhc_ops.golden.mhc_post import mhc_post_forward
-from mhc_ops.golden.mhc_pre import mhc_pre_forward
-from mhc_ops.golden.sinkhorn import sinkhorn_forward
 from mhc_ops.nn import HyperConnection, expand_streams, hc_post, hc_pre, reduce_streams
 from tests.cases import LAYER_CASES
-from tests.helpers import KERNEL_DEVICE
+from tests.helpers import KERNEL_DEVICE, PARAMS, layer_golden64, layer_grads, random_layer
 
 needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-PARAMS = ("phi", "alpha", "bias", "gamma")
-
-
-def _layer(n, D, seed, *, use_gamma=True, **kw):
-    """A HyperConnection around a random linear branch, with parameters moved off their init so every
-    gradient is order one (the identity init makes h_pre one-hot and sinkhorn(h_res) nearly I)."""
-    g = torch.Generator().manual_seed(seed)
-    branch = torch.nn.Linear(D, D, bias=False)
-    hc = HyperConnection(D, n, branch, use_gamma=use_gamma, **kw)
-    with torch.no_grad():
-        branch.weight.copy_(torch.randn(D, D, generator=g) / D**0.5)
-        hc.phi.copy_(torch.randn(hc.phi.shape, generator=g) / (n * D) ** 0.5)
-        hc.alpha.copy_(0.5 + torch.rand(3, generator=g))
-        hc.bias.copy_(0.5 * torch.randn(hc.bias.shape, generator=g))
-        if use_gamma:
-            hc.gamma.copy_(1 + 0.5 * torch.randn(n, D, generator=g))
-    return hc
-
-
-def _golden64(hc, x, dout):
-    """Every gradient of <x_next, dout> by torch.autograd through the float64 golden forwards."""
-    p = {k: getattr(hc, k).detach().double().requires_grad_() for k in PARAMS if getattr(hc, k) is not None}
-    w = hc.branch.weight.detach().double().requires_grad_()
-    x64 = x.detach().double().requires_grad_()
-    h_in, h_post, logits, *_ = mhc_pre_forward(x64, p["phi"], p["alpha"], p["bias"], p.get("gamma"),
-                                               compute_dtype=torch.float64)  # fmt: skip
-    P = sinkhorn_forward(logits, hc.sinkhorn_iters, 1e-6, compute_dtype=torch.float64)
-    out = mhc_post_forward(x64, P, h_in @ w.t(), h_post, compute_dtype=torch.float64)
-    (out * dout.double()).sum().backward()
-    return out.detach(), {"x": x64.grad, "weight": w.grad, **{k: v.grad for k, v in p.items()}}
-
-
-def _grads(hc, x, dout):
-    x = x.detach().clone().requires_grad_()
-    out = hc(x)
-    out.backward(dout)
-    grads = {"x": x.grad, "weight": hc.branch.weight.grad}
-    grads |= {k: getattr(hc, k).grad for k in PARAMS if getattr(hc, k) is not None}
-    return out.detach(), grads
 
 
 @needs_kernels
@@ -65,11 +23,13 @@ def test_layer_forward_and_gradients_pass_the_accuracy_rule(case):
     x = torch.randn(*lead, n, D, generator=g).to(dtype)
     dout = torch.randn(*lead, n, D, generator=g).to(dtype)
     # The model is cast to x's dtype: the branch follows, the mHC parameters stay fp32.
-    hc = _layer(n, D, case.seed, use_gamma=case.gamma).to(dtype)
-    ref_out, ref = _golden64(hc, x, dout)
-    gold_out, gold = _grads(_layer(n, D, case.seed, use_gamma=case.gamma, backend="golden").to(dtype), x, dout)
-    tri = _layer(n, D, case.seed, use_gamma=case.gamma, backend="triton").to(KERNEL_DEVICE, dtype)
-    tri_out, tri_grads = _grads(tri, x.to(KERNEL_DEVICE), dout.to(KERNEL_DEVICE))
+    hc = random_layer(n, D, case.seed, use_gamma=case.gamma).to(dtype)
+    ref_out, ref = layer_golden64(hc, x, dout)
+    gold_out, gold = layer_grads(
+        random_layer(n, D, case.seed, use_gamma=case.gamma, backend="golden").to(dtype), x, dout
+    )
+    tri = random_layer(n, D, case.seed, use_gamma=case.gamma, backend="triton").to(KERNEL_DEVICE, dtype)
+    tri_out, tri_grads = layer_grads(tri, x.to(KERNEL_DEVICE), dout.to(KERNEL_DEVICE))
     verdicts = [judge("x_next", tri_out, ref_out, gold_out)]
     verdicts += [judge(k, tri_grads[k], ref[k], gold[k]) for k in ref]
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
@@ -82,24 +42,24 @@ def test_post_gradient_of_x_enters_the_pre_backward(monkeypatch):
     """The layer's x gradient is written once, by the pre backward, with post's dx as grad_x_post;
     the result equals the three ops composed (where autograd adds the two dx)."""
     seen = []
-    real = mhc_ops.nn._pre_backward
+    real = mhc_ops._impl.pre_backward
 
     def spy(route, saved, dh_in, dh_post, dh_res, grad_x_post, hc_eps):
         seen.append(grad_x_post)
         return real(route, saved, dh_in, dh_post, dh_res, grad_x_post, hc_eps)
 
-    monkeypatch.setattr(mhc_ops.nn, "_pre_backward", spy)
+    monkeypatch.setattr(mhc_ops._impl, "pre_backward", spy)
     case = LAYER_CASES[0]
     x = torch.randn(*case.lead, case.n, case.D).to(case.torch_dtype).to(KERNEL_DEVICE)
     dout = torch.randn_like(x)
-    hc = _layer(case.n, case.D, 5, backend="triton").to(KERNEL_DEVICE)
-    _, layer_grads = _grads(hc, x, dout)
+    hc = random_layer(case.n, case.D, 5, backend="triton").to(KERNEL_DEVICE)
+    _, grads = layer_grads(hc, x, dout)
     assert len(seen) == 1 and seen[0] is not None and seen[0].shape == x.shape
     x_ops = x.detach().clone().requires_grad_()
     h_in, h_post, logits = mhc_ops.mhc_pre(x_ops, hc.phi, hc.alpha, hc.bias, hc.gamma, backend="triton")
     out = mhc_ops.mhc_post(x_ops, mhc_ops.sinkhorn(logits, backend="triton"), hc.branch(h_in), h_post, backend="triton")
     out.backward(dout)
-    assert torch.allclose(x_ops.grad.float(), layer_grads["x"].float(), rtol=1e-2, atol=1e-2)
+    assert torch.allclose(x_ops.grad.float(), grads["x"].float(), rtol=1e-2, atol=1e-2)
 
 
 @needs_kernels
@@ -111,7 +71,7 @@ def test_a_stage_swapped_to_the_golden_trains_like_all_triton():
     target = torch.randn(2, 3, n, D, generator=torch.Generator().manual_seed(8)).to(KERNEL_DEVICE)
     runs = {}
     for name, stages in (("triton", None), ("swapped", {"dgamma": "golden", "sinkhorn_bwd": "golden"})):
-        layers = torch.nn.Sequential(*(_layer(n, D, 10 + i, backend="triton", stages=stages, layer_index=i)
+        layers = torch.nn.Sequential(*(random_layer(n, D, 10 + i, backend="triton", stages=stages, layer_index=i)
                                        for i in range(2))).to(KERNEL_DEVICE)  # fmt: skip
         opt = torch.optim.SGD(layers.parameters(), lr=0.05)
         losses, grads = [], None
@@ -135,7 +95,7 @@ def test_recompute_gives_bitwise_the_same_gradients_and_two_runs_agree():
     case = LAYER_CASES[1]
     x = torch.randn(*case.lead, case.n, case.D).to(case.torch_dtype).to(KERNEL_DEVICE)
     dout = torch.randn_like(x)
-    runs = [_grads(_layer(case.n, case.D, 3, backend="triton", recompute=r).to(KERNEL_DEVICE, x.dtype), x, dout)
+    runs = [layer_grads(random_layer(case.n, case.D, 3, backend="triton", recompute=r).to(KERNEL_DEVICE, x.dtype), x, dout)
             for r in (False, True, False)]  # fmt: skip
     for out, grads in runs[1:]:
         assert torch.equal(out, runs[0][0])
@@ -143,7 +103,7 @@ def test_recompute_gives_bitwise_the_same_gradients_and_two_runs_agree():
 
 
 def test_parameters_stay_fp32_under_casts_and_autocast():
-    hc = _layer(3, 16, 1).to(torch.bfloat16)
+    hc = random_layer(3, 16, 1).to(torch.bfloat16)
     assert all(getattr(hc, k).dtype == torch.float32 for k in PARAMS)
     assert hc.branch.weight.dtype == torch.bfloat16
     x = torch.randn(2, 5, 3, 16).to(torch.bfloat16).requires_grad_()
@@ -198,7 +158,7 @@ def test_expand_and_reduce_streams():
 @needs_kernels
 @pytest.mark.parametrize("lead", [(0,), (1,), (2, 0)])
 def test_zero_and_one_token(lead):
-    hc = _layer(3, 5, 2, backend="triton").to(KERNEL_DEVICE)
+    hc = random_layer(3, 5, 2, backend="triton").to(KERNEL_DEVICE)
     x = torch.randn(*lead, 3, 5, device=KERNEL_DEVICE, requires_grad=True)
     out = hc(x)
     out.backward(torch.randn_like(out))
@@ -208,7 +168,7 @@ def test_zero_and_one_token(lead):
 
 @needs_kernels
 def test_nan_in_one_token_stays_in_that_token():
-    hc = _layer(4, 12, 4, backend="triton").to(KERNEL_DEVICE)
+    hc = random_layer(4, 12, 4, backend="triton").to(KERNEL_DEVICE)
     x = torch.randn(6, 4, 12, device=KERNEL_DEVICE)
     x[2, 1, 3] = float("nan")
     out = hc(x)
@@ -216,7 +176,7 @@ def test_nan_in_one_token_stays_in_that_token():
 
 
 def test_functional_halves_without_link_are_the_ops():
-    hc = _layer(3, 8, 6, backend="golden")
+    hc = random_layer(3, 8, 6, backend="golden")
     x = torch.randn(4, 3, 8)
     h_in, h_post, h_res, link = hc_pre(x, hc.phi, hc.alpha, hc.bias, hc.gamma, backend="golden")
     with_link = hc_post(x, h_res, h_in, h_post, link)
@@ -245,7 +205,7 @@ def test_unknown_stage_in_stages_is_a_clear_error():
 
 
 def test_module_under_torch_compile_fullgraph_matches_eager():
-    hc = _layer(3, 8, 9, backend="golden")
+    hc = random_layer(3, 8, 9, backend="golden")
     x = torch.randn(2, 5, 3, 8)
     eager = hc(x)
     compiled = torch.compile(hc, fullgraph=True, backend="eager")
@@ -272,7 +232,9 @@ def test_recompute_drops_exactly_the_mhc_intermediates():
     T, n, D, L = 12, 3, 8, 3
     x = torch.randn(T, n, D, requires_grad=True)
     saved = {
-        r: _saved_bytes(torch.nn.Sequential(*(_layer(n, D, i, backend="golden", recompute=r) for i in range(L))), x)
+        r: _saved_bytes(
+            torch.nn.Sequential(*(random_layer(n, D, i, backend="golden", recompute=r) for i in range(L))), x
+        )
         for r in (False, True)
     }
     assert saved[False] - saved[True] == L * (T * 4 * (2 * n * n + 3 * n + 1) - 4 * (n * n + 2 * n))

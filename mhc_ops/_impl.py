@@ -1,0 +1,193 @@
+"""What runs each stage of every op: the ``Route`` (a backend per stage) and the forward and backward
+implementations it selects. Every path calls these same functions: the eager autograd Functions,
+the compiled ops (mhc_ops/_opspec.py) and the layer's halves (mhc_ops/nn.py)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .golden import mhc_post as golden_post
+from .golden import mhc_pre as golden_pre
+from .golden import sinkhorn as golden_sinkhorn
+from .golden.registry import STAGE_NAMES
+from .kernels._common import interpreting
+from .kernels.fused_bwd import launch_backward_fused
+from .kernels.fwd import launch_fwd
+from .kernels.post import launch_post_bwd, launch_post_fwd
+from .kernels.sinkhorn import MAX_N, launch_sinkhorn_bwd, launch_sinkhorn_fwd
+from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline, require_kernel_device
+
+BACKEND_CHOICES = ("auto", "golden", "triton")
+
+
+class Route:
+    """Which implementation runs each stage of every op. ``key`` is its canonical text, the form a
+    compiled op carries (``Route.from_key``). Everything is computed here, once per distinct route
+    (resolve_route caches them), so the hot path only reads attributes."""
+
+    def __init__(self, backends: tuple[tuple[str, str], ...], plan: str):
+        self.backends = backends  # (stage name, "golden" | "triton") for every stage
+        self.plan = plan  # mhc_pre backward with every stage on Triton: "fused" or "staged"
+        self._backend = dict(backends)
+        self.key = ";".join([f"plan={plan}", *(f"{s}={b}" for s, b in backends)])
+        self.uses_triton = "triton" in self._backend.values()
+        chosen = {self._backend[s] for s in PRE_BACKWARD_STAGES}
+        # "fused" (the fused Triton kernels), "golden" (the golden stages) or "pipeline" (mixed)
+        self.pre_backward = (
+            "fused" if chosen == {"triton"} and plan == "fused" else "golden" if chosen == {"golden"} else "pipeline"
+        )
+        self.pipeline = Pipeline("golden", plan="staged", **self._backend) if self.pre_backward == "pipeline" else None
+        # torch.compile traces the op bodies of this route (Inductor then launches the kernels) unless
+        # a kernel runs through the interpreter (its launches cannot be traced) or the stages go
+        # through the composer (kept opaque: its stage launchers were not written to be traced).
+        self.traced = not (self.uses_triton and interpreting()) and self.pre_backward != "pipeline"
+
+    def of(self, stage: str) -> str:
+        return self._backend[stage]
+
+    @staticmethod
+    @functools.cache
+    def from_key(key: str) -> Route:
+        items = dict(part.split("=") for part in key.split(";"))
+        plan = items.pop("plan")
+        return _route_cached(tuple(items.items()), plan)
+
+    def __repr__(self) -> str:
+        return f"Route({self.key!r})"
+
+
+@functools.cache
+def _route_cached(backends: tuple, plan: str) -> Route:
+    return Route(backends, plan)
+
+
+@functools.cache
+def _route(backend: str, stages: tuple | None, on_cuda: bool, plan: str = "fused") -> Route:
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend: expected one of {BACKEND_CHOICES}, got {backend!r}")
+    if plan not in PLANS:
+        raise ValueError(f"plan: expected one of {PLANS}, got {plan!r}")
+    default = ("triton" if on_cuda else "golden") if backend == "auto" else backend
+    per_stage = dict(stages or ())
+    for name, b in per_stage.items():
+        if name not in STAGE_NAMES:
+            raise ValueError(f"stages: expected stage names in {STAGE_NAMES}, got {name!r}")
+        if b not in BACKENDS:
+            raise ValueError(f"stages[{name!r}]: expected a backend in {BACKENDS}, got {b!r}")
+    # Under torch.compile the route is built while tracing (Dynamo would trace through a cache anyway).
+    make = Route if torch.compiler.is_compiling() else _route_cached
+    return make(tuple((s, per_stage.get(s, default)) for s in STAGE_NAMES), plan)
+
+
+def resolve_route(backend: str, stages, t: torch.Tensor, plan: str = "fused") -> Route:
+    """backend ("auto": Triton on CUDA tensors, golden on CPU) and stages (None, a dict of per-stage
+    backends, or a Pipeline, whose plan then applies) -> the Route; a Triton stage on CPU tensors
+    without the interpreter is an error here, before anything runs."""
+    if isinstance(stages, Pipeline):
+        per_stage, plan = tuple(stages.backends.items()), stages.plan
+    elif stages is None:
+        per_stage = None
+    elif isinstance(stages, dict):
+        per_stage = tuple(sorted(stages.items()))
+    else:
+        raise TypeError(f"stages: expected None, a dict of stage -> backend or a Pipeline, got {type(stages).__name__}")
+    resolve = _route.__wrapped__ if torch.compiler.is_compiling() else _route
+    route = resolve(backend, per_stage, t.is_cuda, plan)
+    if route.uses_triton:
+        require_kernel_device("backend 'triton'", t)
+    return route
+
+
+# --- mhc_pre ---------------------------------------------------------------------------------------------------
+
+
+def pre_forward(route: Route, x, phi, alpha, bias, gamma, norm_eps, hc_eps) -> tuple:
+    """-> (h_in, h_post, h_res, inv_rms, h_mix, h_pre)."""
+    if route.of("fwd") == "triton":
+        return launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps)
+    out = golden_pre.stage_fwd(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps, hc_eps=hc_eps)
+    return tuple(out[k] for k in ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre"))
+
+
+def pre_backward(route: Route, saved: tuple, dh_in, dh_post, dh_res, grad_x_post, hc_eps) -> tuple:
+    """saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post) -> (dx, dphi, dalpha, dbias, dgamma).
+    A None upstream gradient (an output the loss does not use) is zero."""
+    x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post = saved
+    dh_in, dh_post, dh_res = zero_grads(x, h_post, dh_in, dh_post, dh_res)
+    if route.pre_backward == "fused":
+        out = launch_backward_fused(
+            x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post, hc_eps
+        )
+    elif route.pre_backward == "golden":
+        return golden_pre.mhc_pre_backward(
+            x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, hc_eps=hc_eps,
+            grad_x_post=grad_x_post,
+        )  # fmt: skip
+    else:
+        env = dict(x=x, phi=phi, alpha=alpha, gamma=gamma, inv_rms=inv_rms, h_mix=h_mix, h_pre=h_pre, h_post=h_post)
+        out = route.pipeline.backward(
+            env, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, grad_x_post=grad_x_post, hc_eps=hc_eps
+        )
+    return out["dx"], out["dphi"], out["dalpha"], out["dbias"], out["dgamma"]
+
+
+def zero_grads(x, h_post, dh_in, dh_post, dh_res):
+    """An output the loss does not use comes back from autograd as None: its gradient is zero."""
+    lead, (n, D) = x.shape[:-2], x.shape[-2:]
+    dh_in = dh_in if dh_in is not None else x.new_zeros((*lead, D))
+    dh_post = dh_post if dh_post is not None else h_post.new_zeros(h_post.shape)
+    dh_res = dh_res if dh_res is not None else h_post.new_zeros((*lead, n, n))
+    return dh_in, dh_post, dh_res
+
+
+# --- sinkhorn --------------------------------------------------------------------------------------------------
+
+
+def sinkhorn_max_n(route: Route) -> int | None:
+    """The largest n the route's sinkhorn stages take: the kernel's MAX_N, or any n on the golden."""
+    return MAX_N if "triton" in (route.of("sinkhorn_fwd"), route.of("sinkhorn_bwd")) else None
+
+
+def sinkhorn_forward(route: Route, logits, iters, eps) -> torch.Tensor:
+    """-> P [.., n, n] fp32."""
+    if route.of("sinkhorn_fwd") == "triton":
+        P = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
+        launch_sinkhorn_fwd(logits.contiguous(), P, iters, eps)
+        return P
+    return golden_sinkhorn.stage_sinkhorn_fwd(logits=logits, iters=iters, eps=eps)["P"].float()
+
+
+def sinkhorn_backward(route: Route, logits, dP, iters, eps) -> torch.Tensor:
+    """-> dlogits in logits' dtype."""
+    if route.of("sinkhorn_bwd") == "triton":
+        dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        launch_sinkhorn_bwd(logits.contiguous(), dP.contiguous(), dlogits, iters, eps)
+        return dlogits
+    return golden_sinkhorn.stage_sinkhorn_bwd(logits=logits, dP=dP, iters=iters, eps=eps)["dlogits"].to(logits.dtype)
+
+
+# --- mhc_post --------------------------------------------------------------------------------------------------
+
+
+def post_forward(route: Route, x, h_res, h_out, h_post) -> torch.Tensor:
+    """-> out [.., n, D] in x's dtype."""
+    if route.of("post_fwd") == "triton":
+        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        launch_post_fwd(x, h_res.contiguous(), h_out, h_post.contiguous(), out)
+        return out
+    return golden_post.stage_post_fwd(x=x, h_res=h_res, h_out=h_out, h_post=h_post)["out"]
+
+
+def post_backward(route: Route, x, h_res, h_out, h_post, dout) -> tuple:
+    """-> (dx, dh_res, dh_out, dh_post): dx and dh_out in x's dtype, dh_res and dh_post fp32."""
+    if route.of("post_bwd") == "triton":
+        dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+        dh_res = torch.empty(h_res.shape, device=x.device, dtype=torch.float32)
+        dh_out = torch.empty(h_out.shape, device=x.device, dtype=h_out.dtype)
+        dh_post = torch.empty(h_post.shape, device=x.device, dtype=torch.float32)
+        launch_post_bwd(x, h_res.contiguous(), h_out, h_post.contiguous(), dout, dx, dh_res, dh_out, dh_post)
+        return dx, dh_res, dh_out, dh_post
+    out = golden_post.stage_post_bwd(x=x, h_res=h_res, h_out=h_out, h_post=h_post, dout=dout)
+    return out["dx"], out["dh_res"].float(), out["dh_out"], out["dh_post"].float()

@@ -1,0 +1,178 @@
+"""The layer under torch.compile and CUDA graphs, as training runs it: results judged by the accuracy
+rule against the float64 golden of the same weights at every step (a weight split served stale, or
+kept from a graph pool, fails it), one compilation for every token count, and on the GPU Inductor
+launching our Triton kernels itself (docs/bugs/weight-cache-in-graph-pool.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from mhc_ops.golden import judge
+from mhc_ops.nn import HyperConnection
+from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, layer_golden64, layer_grads, random_layer
+
+GPU = not INTERPRETING and HAS_CUDA
+gpu_only = pytest.mark.skipif(not GPU, reason="CUDA graphs and Inductor's Triton launches need a GPU")
+# On the CPU the compiled graphs run through aot_eager (the traced op bodies, no C++ compile); on the
+# GPU through Inductor.
+COMPILE_BACKEND = "inductor" if GPU else "aot_eager"
+BACKENDS = ["golden"] + (["triton"] if KERNEL_DEVICE is not None else [])
+DTYPE = torch.bfloat16 if GPU else torch.float32
+
+
+def _judge_step(hc, x, dout, out, grads) -> None:
+    """out and every gradient of one step against the float64 golden of hc's current weights, each
+    bound set by the fp32 golden (a CPU copy of hc on backend="golden", same weights)."""
+    ref_hc = random_layer(hc.n, hc.dim, 0, use_gamma=hc.gamma is not None, backend="golden")
+    ref_hc.load_state_dict({k: v.detach().cpu() for k, v in hc.state_dict().items()})
+    ref_hc = ref_hc.to(x.dtype)
+    x, dout = x.cpu(), dout.cpu()
+    ref_out, ref = layer_golden64(ref_hc, x, dout)
+    gold_out, gold = layer_grads(ref_hc, x, dout)
+    verdicts = [judge("x_next", out, ref_out, gold_out)] + [judge(k, grads[k], ref[k], gold[k]) for k in ref]
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+def _step(fn, hc, x, dout):
+    """One training step of fn (hc or its compiled form) -> (out, grads of x and every parameter)."""
+    hc.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = fn(x)
+    out.backward(dout)
+    grads = {"x": x.grad, "weight": hc.branch.weight.grad}
+    grads |= {k: getattr(hc, k).grad for k in ("phi", "alpha", "bias", "gamma") if getattr(hc, k) is not None}
+    return out.detach().clone(), {k: v.clone() for k, v in grads.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_layer_trains_like_the_golden_with_one_graph_for_every_token_count(backend):
+    """fullgraph, dynamic token counts: T = 5, 7, 11 share one compilation; an SGD step between them
+    changes the weights the next call must see."""
+    n, D = 4, 16
+    device = "cuda" if GPU else "cpu"
+    hc = random_layer(n, D, 3, backend=backend).to(device, DTYPE)
+    counter = CompileCounterWithBackend(COMPILE_BACKEND)
+    compiled = torch.compile(hc, fullgraph=True, dynamic=True, backend=counter)
+    opt = torch.optim.SGD(hc.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(4)
+    frames = []
+    for T in (5, 7, 11):
+        x = torch.randn(T, n, D, generator=g).to(device, DTYPE)
+        dout = torch.randn(T, n, D, generator=g).to(device, DTYPE)
+        out, grads = _step(compiled, hc, x, dout)
+        _judge_step(hc, x, dout, out, grads)
+        hc.zero_grad(set_to_none=True)
+        _step(hc, hc, x, dout)
+        opt.step()
+        frames.append(counter.frame_count)
+    assert frames[0] >= 1 and frames[-1] == frames[0], f"frames compiled after each token count: {frames}"
+
+
+@gpu_only
+def test_inductor_launches_the_triton_kernels_itself():
+    """The compiled forward and backward call our kernels from Inductor's code, not our ops' Python."""
+    from torch._inductor.utils import run_and_get_code
+
+    hc = random_layer(4, 64, 1, backend="triton").to("cuda", torch.bfloat16)
+    x = torch.randn(33, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    compiled = torch.compile(hc, fullgraph=True)
+
+    def step():
+        compiled(x).sum().backward()
+
+    _, code = run_and_get_code(step)
+    text = "\n".join(code)
+    for kernel in ("_fwd_kernel", "_sinkhorn_fwd_kernel", "_post_fwd_kernel", "_pass_b_kernel", "_post_bwd_kernel"):
+        assert kernel in text, f"{kernel} is not launched by the compiled code"
+    assert "torch.ops.mhc_ops" not in text, "an mhc_ops op is still called as an opaque op"
+
+
+@gpu_only
+@pytest.mark.parametrize("T", [1, 1024])
+def test_reduce_overhead_training_steps_see_every_weight_update(T):
+    """torch.compile(mode="reduce-overhead") over 6 optimizer steps: each replay uses the current
+    weights (AdamW moves all of them), and nothing is left in the CUDA-graph pool that the graph does
+    not track (the error this test reproduced: 'Detected 1 tensor(s) in the cudagraph pool not tracked
+    as outputs')."""
+    n, D = 4, 256
+    hc = random_layer(n, D, 2, backend="triton").to("cuda", torch.bfloat16)
+    compiled = torch.compile(hc, mode="reduce-overhead", fullgraph=True)
+    opt = torch.optim.AdamW(hc.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(6):
+        x = torch.randn(T, n, D, generator=g).to("cuda", torch.bfloat16)
+        dout = torch.randn(T, n, D, generator=g).to("cuda", torch.bfloat16)
+        torch.compiler.cudagraph_mark_step_begin()
+        out, grads = _step(compiled, hc, x, dout)
+        _judge_step(hc, x, dout, out, grads)
+        opt.step()
+
+
+@gpu_only
+def test_make_graphed_callables_on_a_stack_trains_like_the_golden():
+    """torch.cuda.make_graphed_callables on each HyperConnection of a stack, then optimizer steps:
+    the graphed layers' outputs and gradients follow the updated weights."""
+    n, D, T = 4, 128, 96
+    layers = [random_layer(n, D, s, backend="triton").to("cuda", torch.bfloat16) for s in (6, 7)]
+    g = torch.Generator().manual_seed(8)
+    sample = torch.randn(T, n, D, generator=g).to("cuda", torch.bfloat16).requires_grad_()
+    graphed = torch.cuda.make_graphed_callables(tuple(layers), ((sample,), (sample.detach().clone().requires_grad_(),)))
+    params = [p for layer in layers for p in layer.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1)
+    for _ in range(3):
+        x = torch.randn(T, n, D, generator=g).to("cuda", torch.bfloat16)
+        dout = torch.randn(T, n, D, generator=g).to("cuda", torch.bfloat16)
+        h = x
+        for layer, fn in zip(layers, graphed):
+            # each graphed layer is judged on its own input, the previous graphed layer's output
+            out, grads = _step(fn, layer, h, dout)
+            _judge_step(layer, h, dout, out, grads)
+            h = out
+        opt.step()
+
+
+@gpu_only
+def test_forward_capture_and_training_capture_share_weights_at_several_shapes():
+    """In one process: a forward-only graph at one token count and a training-step graph at another,
+    on the same module, replayed around in-place weight updates, give the eager results."""
+    n, D = 4, 256
+    hc = HyperConnection(D, n, torch.nn.Linear(D, D, device="cuda", dtype=torch.bfloat16), use_gamma=True).cuda()
+    g = torch.Generator(device="cuda").manual_seed(9)
+    x_fwd = torch.randn(17, n, D, device="cuda", generator=g).bfloat16()
+    x_trn = torch.randn(2, 300, n, D, device="cuda", generator=g).bfloat16().requires_grad_()
+    dout = torch.randn_like(x_trn)
+    leaves = (x_trn, *hc.parameters())
+
+    def forward():
+        with torch.no_grad():
+            return (hc(x_fwd),)
+
+    def train():
+        out = hc(x_trn)
+        return (out, *torch.autograd.grad(out, leaves, dout))
+
+    graphs = [_capture(forward), _capture(train)]
+    for trial in range(3):
+        with torch.no_grad():
+            hc.phi.mul_(1.1 + trial)
+            hc.gamma.add_(0.05)
+            x_fwd.copy_(torch.randn_like(x_fwd))
+        for (graph, static), fn in zip(graphs, (forward, train)):
+            graph.replay()
+            for a, b in zip(static, fn()):
+                assert torch.equal(a, b)
+
+
+def _capture(fn, warmup=3):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = fn()
+    return graph, outs
