@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-graphs] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -35,6 +35,14 @@ train-compile)  # the same model under torch.compile, on the golden and on Trito
   T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 25"
   for backend in triton golden; do
     timeout 150 $T --steps 100 --compile --backend $backend --out "$R/train-$backend-compile" 2>&1 | tr '\r' '\n' \
+      | tail -4 | tee -a "$R/train.txt"
+  done ;;
+train-graphs)  # host time: mHC on Triton eager, under torch.compile, and under its CUDA graphs (reduce-overhead)
+  T="python3 -m mhc_ops.train --device cuda --layers 6 --dim 384 --heads 6 --seq 256 --batch 32 --eval-every 25"
+  for run in "eager 60" "compile 150 --compile" "reduce-overhead 200 --compile --compile-mode reduce-overhead"; do
+    set -- $run
+    name=$1 limit=$2; shift 2
+    timeout "$limit" $T --steps 100 --backend triton --out "$R/train-graphs-$name" "$@" 2>&1 | tr '\r' '\n' \
       | tail -4 | tee -a "$R/train.txt"
   done ;;
 train-seeds)  # the run-to-run spread of mHC on Triton: seeds 1 and 2 (seed 0 is the train part's)
@@ -71,6 +79,6 @@ layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a
     2>&1 | tee "$R/layer_modes.md" | tail -24 ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-graphs, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

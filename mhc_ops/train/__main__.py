@@ -21,6 +21,7 @@ from . import data as data_mod
 from . import loop
 
 PROG = "python -m mhc_ops.train"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--recompute", action="store_true", help="recompute the mHC intermediates in backward instead of saving them"
     )
     kernels.add_argument("--compile", action="store_true", help="torch.compile the model")
+    kernels.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        help="torch.compile's mode, with --compile (default: default); reduce-overhead: CUDA graphs, CUDA only",
+    )
     run = p.add_argument_group("training")
     run.add_argument("--steps", type=int, default=400, help="optimizer steps" + d)
     run.add_argument("--batch", type=int, default=8, help="global batch in sequences, split over the ranks" + d)
@@ -125,6 +131,11 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
     if stages and "dgamma" in stages and not args.gamma:
         parser.error("argument --stages: stage dgamma runs only with --gamma (without gamma there is no dgamma)")
 
+    if args.compile_mode is not None and not args.compile:
+        parser.error(f"argument --compile-mode: {args.compile_mode} applies only with --compile")
+    if args.compile_mode == "reduce-overhead" and args.device != "cuda":
+        parser.error("argument --compile-mode: reduce-overhead records CUDA graphs, which need --device cuda")
+
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda asked for, but torch sees no CUDA device on this machine")
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -170,6 +181,7 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
         stages=stages,
         gamma=args.gamma,
         compile=args.compile,
+        compile_mode=(args.compile_mode or "default") if args.compile else None,
         recompute=args.recompute,
         seed=args.seed,
         out=str(out),
@@ -193,6 +205,8 @@ def format_summary(cfg: loop.TrainConfig, summary: dict, world: int) -> str:
     label = f"{cfg.residual}" + (f" n={cfg.n}, backend {cfg.backend}" if cfg.residual == "mhc" else "")
     if cfg.stages:
         label += ", stages " + ",".join(f"{k}={v}" for k, v in cfg.stages.items())
+    if cfg.compile:
+        label += f", torch.compile mode {cfg.compile_mode}"
     rows = [
         ("run", f"{label}; {cfg.device} {cfg.dtype}, {world} process(es), dist {cfg.dist}"),
         ("final train loss", num(summary["final_train_loss"], ".4f")),

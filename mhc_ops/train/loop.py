@@ -43,6 +43,7 @@ class TrainConfig:
     stages: dict | None
     gamma: bool
     compile: bool
+    compile_mode: str | None  # torch.compile's mode with compile ("default", "reduce-overhead", ...), else None
     recompute: bool
     seed: int
     out: str
@@ -184,6 +185,9 @@ def _autocast(cfg: TrainConfig, ctx: Context):
 
 @torch.no_grad()
 def evaluate(net: GPT, batches, cfg: TrainConfig, ctx: Context) -> float:
+    # net, never the compiled module: evaluation runs eager under every --compile-mode (no CUDA graph,
+    # no recompile for eval mode and no_grad), and HyperConnection records last_h_res, which mhc_health
+    # reads, only in an eager forward.
     net.eval()
     total = 0.0
     with _autocast(cfg, ctx):
@@ -211,7 +215,10 @@ def train(cfg: TrainConfig, corpus: data_mod.Corpus, ctx: Context) -> dict:
     n_mhc = sum(p.numel() for hc in hyper_connections(net) for p in hc.parameters(recurse=False))
     model = wrap(net, cfg, ctx)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.compile_mode)
+    # reduce-overhead: CUDA graph trees replay the forward and backward; the outputs of one replay live
+    # in the graphs' memory pool and are overwritten by the next, so each step is marked as a new one.
+    graphs = cfg.compile and cfg.compile_mode == "reduce-overhead"
     opt = make_optimizer(net, cfg)
     val = data_mod.val_batches(
         corpus, count=cfg.eval_batches, batch=cfg.batch, seq=cfg.seq, rank=ctx.rank, world=ctx.world
@@ -269,13 +276,19 @@ def train(cfg: TrainConfig, corpus: data_mod.Corpus, ctx: Context) -> dict:
             group["lr"] = lr_at(step, cfg)
         _sync(ctx)
         t0 = time.perf_counter()
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(cfg, ctx):
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x), y)  # the logits (a graph output under reduce-overhead) die in this step
+        # None, not zeros: under reduce-overhead the gradients are the backward graph's outputs, and
+        # accumulating into the previous step's would touch memory the next replay overwrites.
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
-        local_loss = loss.item()  # synchronises the device, so the interval below is the step's time
+        # The step's one host sync, as before: it synchronises the device, so the interval below is the
+        # step's time, and it copies the loss out before the next step's graphs run.
+        local_loss = loss.item()
         dt = time.perf_counter() - t0
         if step > 0 or cfg.steps == 1:
             steady_time += dt

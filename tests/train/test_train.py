@@ -1,5 +1,5 @@
 """python -m mhc_ops.train on CPU: a short run and its outputs, plain residual, per-stage backends,
-recompute, bad input, the data split, and the plot command.
+recompute, --compile and --compile-mode, bad input, the data split, and the plot command.
 
 Runs are tiny (one layer, D = 32, a few steps) so the folder stays within CI's budget; the default
 configuration is what nox -s train runs. The training runs call ``main`` in-process (no interpreter
@@ -8,6 +8,7 @@ start-up per test); one bad-input case and the plot command run as subprocesses,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,8 +19,8 @@ import sys
 import pytest
 import torch
 
-from mhc_ops.train import data, plot
-from mhc_ops.train.__main__ import main
+from mhc_ops.train import data, loop, plot
+from mhc_ops.train.__main__ import build_parser, main, validate
 from tests.helpers import INTERPRETING
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -70,6 +71,7 @@ def test_short_run_writes_outputs_and_learns(tmp_path, capsys):
     assert metrics[-1]["tokens_per_s"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["residual"] == "mhc" and config["n"] == 4 and config["world_size"] == 1
+    assert config["compile"] is False and config["compile_mode"] is None
     assert config["mhc_params"] == 2 * (24 * 4 * 32 + 3 + 24)  # two blocks: phi [24, 128], alpha, bias
     assert config["corpus"]["source"].startswith("stdlib:")
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -98,6 +100,56 @@ def test_stages_on_triton_and_recompute_match_golden(tmp_path):
     for other in (staged, recomputed):
         for a, b in zip(golden, other):
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-5)
+
+
+def test_compile_mode_default_trains(tmp_path, monkeypatch):
+    """--compile --compile-mode default reaches torch.compile, whose graph of the model trains. The
+    backend is dynamo's eager instead of inductor: inductor's C++ build of this tiny model takes about
+    40 s on a 2-core CPU (aot_eager about 12 s); CUDA runs inductor (benchmarks/gpu_session.sh
+    train-compile, train-graphs)."""
+    compile_calls = []
+    real_compile = torch.compile
+
+    def compile_eager(model, **kwargs):
+        compile_calls.append(kwargs)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    args = ("--steps", "1", "--compile", "--compile-mode", "default")
+    out, metrics = train(tmp_path, "compiled", *args)
+    assert compile_calls == [{"mode": "default"}]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"]
+    assert json.loads((out / "config.json").read_text())["compile_mode"] == "default"
+
+
+def test_reduce_overhead_marks_each_training_step(tmp_path, monkeypatch):
+    """Under reduce-overhead every training forward follows torch.compiler.cudagraph_mark_step_begin
+    (CUDA graph trees may then reuse the previous step's outputs), and evaluation runs the eager model.
+    CUDA graphs need CUDA, so on CPU the compiled module is replaced by a recorder of its calls."""
+    events = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            events.append("forward")
+            return self.model(x)
+
+    def compile_recording(model, **kwargs):
+        events.append(kwargs["mode"])
+        return Recorder(model)
+
+    monkeypatch.setattr(torch, "compile", compile_recording)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    parser = build_parser()
+    argv = [*TINY, "--steps", "3", "--eval-every", "3", "--compile", "--out", str(tmp_path / "graphs")]
+    cfg, corpus = validate(parser.parse_args(argv), parser)
+    cfg = dataclasses.replace(cfg, compile_mode="reduce-overhead")
+    loop.train(cfg, corpus, loop.setup(cfg))
+    assert events == ["reduce-overhead"] + ["mark", "forward"] * 3  # no eval forward through the graphs
+    assert json.loads((tmp_path / "graphs" / "config.json").read_text())["compile_mode"] == "reduce-overhead"
 
 
 def test_custom_data_file(tmp_path):
@@ -135,6 +187,10 @@ def _bad_cases(tmp_path: pathlib.Path) -> list[tuple[list[str], str]]:
         (["--residual", "plain", "--recompute"], "--recompute"),
         (["--dist", "ddp"], "--dist"),
         (["--out", str(short)], "--out"),
+        (["--compile-mode", "default"], "--compile-mode"),  # without --compile
+        (["--compile", "--compile-mode", "fast"], "--compile-mode"),
+        (["--compile", "--compile-mode", "reduce-overhead"], "--compile-mode"),  # CUDA graphs on CPU
+        (["--compile", "--compile-mode", "reduce-overhead", "--device", "cpu"], "--compile-mode"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "--device"))
