@@ -29,7 +29,8 @@ Per shape and mode, one row:
   events), measured once per shape (whatever --modes says) and repeated in every row of that shape;
   ratio = wall_us / graph_us (1 when the GPU is the bottleneck, above it by the host's overhead).
 - launches: the kernel events the profiler (ProfilerActivity.CUDA) records for one step of the mode
-  (for the CUDA-graph modes, the kernels one step's replays ran); launch_calls: the launch API calls
+  (for the CUDA-graph modes, the kernels one step's replays ran; a capture rebuilds the bf16 weight
+  split that eager finds cached, one kernel more, kernels/_cache.py); launch_calls: the launch API calls
   it records on the host (cudaLaunchKernel, cuLaunchKernelEx, cudaGraphLaunch, ...; a driver launch
   the profiler does not trace is not counted); host_us_per_launch (eager) = wall_us / launches.
 - accuracy: one step of the mode, after its warm-up steps, checked before it is timed: every output
@@ -184,20 +185,30 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")
 
 
+def _is_kernel(event) -> bool:
+    """A GPU kernel among the profiler's CUDA events (not a memcpy or memset): by the event's
+    activity type where torch records it (2.13), by its name otherwise."""
+    kind = getattr(event, "activity_type", None)
+    if kind is not None:
+        return kind == "kernel"
+    return not event.name.startswith(("Memcpy", "Memset"))
+
+
 def count_launches(fn: Callable[[], object], device: torch.device) -> tuple[int | None, int | None]:
     """(kernel events on the GPU, launch API calls on the host) the profiler records for one fn();
     (None, None) on CPU."""
     if device.type != "cuda":
         return None, None
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize(device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize(device)
-    events = prof.profiler.kineto_results.events()
-    kernels = sum(e.activity_type() == "kernel" for e in events)
-    calls = sum(e.device_type() == torch.autograd.DeviceType.CPU and e.name() in LAUNCH_APIS for e in events)
+    events = prof.events()
+    kernels = sum(e.device_type == DeviceType.CUDA and _is_kernel(e) for e in events)
+    calls = sum(e.device_type == DeviceType.CPU and e.name in LAUNCH_APIS for e in events)
     return kernels, calls
 
 
