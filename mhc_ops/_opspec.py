@@ -42,6 +42,7 @@ class OpSpec:
     backward: Callable  # (route, saved tuple, grads tuple (None: unused output), consts tuple) -> input grads
     fake: Callable  # (*inputs, *consts) -> empty outputs (the opaque op's shapes)
     grad_like: Callable  # (saved, consts) -> per input: an empty tensor like backward's gradient, or None
+    extra_grads: tuple[str, ...] = ()  # optional tensors backward takes after the grads (grad_x_post)
 
 
 _TYPES = {"float": float, "int": int}
@@ -58,7 +59,7 @@ def _signatures(spec: OpSpec) -> tuple[dict, dict]:
 
     fwd = {i: (maybe if i in spec.optional else tensor) for i in spec.inputs} | consts | {"route": str}
     bwd = {s: maybe for s in spec.saved} | {f"d_{o}": maybe for o in spec.outputs[: spec.returns]}
-    bwd |= consts | {"route": str}
+    bwd |= {e: maybe for e in spec.extra_grads} | consts | {"route": str}
     return fwd | {"return": returns(len(spec.outputs))}, bwd | {"return": returns(len(spec.inputs))}
 
 
@@ -84,26 +85,45 @@ def _as_tuple(outs) -> tuple:
 
 
 class Op:
-    """The op built from a spec: ``op(route, inputs, consts)`` -> the first ``returns`` outputs (one
-    tensor or a tuple), eager or compiled as the caller is."""
+    """The op built from a spec. ``op(route, inputs, consts)`` -> the first ``returns`` outputs (one
+    tensor or a tuple), differentiable, eager or compiled as the caller is. ``forward_raw`` and
+    ``backward_raw`` are the same two steps without autograd, for a composite autograd Function (the
+    layer's halves, mhc_ops/nn.py) that chains several ops under one node."""
 
     def __init__(self, spec: OpSpec):
         self.spec = spec
-        n_in, n_const = len(spec.inputs), len(spec.consts)
         names = (*spec.inputs, *spec.outputs)
         self._saved_idx = tuple(names.index(s) for s in spec.saved)
-        self._n_in, self._n_const = n_in, n_const
+        self._n_in, self._n_const = len(spec.inputs), len(spec.consts)
+        self._n_grads = spec.returns + len(spec.extra_grads)
         self.eager = _eager_function(self)
         self.traced = self._register(f"{spec.name}_fwd", f"{spec.name}_bwd", traced=True)
         self.opaque = self._register(f"{spec.name}_fwd_opaque", f"{spec.name}_bwd_opaque", traced=False)
 
     def __call__(self, route, inputs: tuple, consts: tuple):
-        spec = self.spec
         if torch.compiler.is_compiling():
-            fwd = self.traced if route.traced else self.opaque
+            fwd, _ = self.traced if route.traced else self.opaque
             outs = _as_tuple(fwd(*inputs, *consts, route.key))
-            return outs[0] if spec.returns == 1 else tuple(outs[: spec.returns])
+            return outs[0] if self.spec.returns == 1 else tuple(outs[: self.spec.returns])
         return self.eager.apply(route, consts, *inputs)
+
+    def forward_raw(self, route, inputs: tuple, consts: tuple) -> tuple:
+        """Every output of the forward (returned and saved-only), not differentiable."""
+        if torch.compiler.is_compiling():
+            fwd, _ = self.traced if route.traced else self.opaque
+            return _as_tuple(fwd(*inputs, *consts, route.key))
+        return self.spec.forward(route, *inputs, *consts)
+
+    def backward_raw(self, route, saved: tuple, grads: tuple, consts: tuple, dtypes: tuple) -> tuple:
+        """The input gradients, cast to dtypes (an input's dtype; None for an input that was None).
+        grads: one per returned output (None: unused), then the spec's extra_grads."""
+        grads = (*grads, *([None] * (self._n_grads - len(grads))))
+        if torch.compiler.is_compiling():
+            _, bwd = self.traced if route.traced else self.opaque
+            grads_in = _as_tuple(bwd(*saved, *grads, *consts, route.key))
+        else:
+            grads_in = self.spec.backward(route, saved, grads, consts)
+        return self.cast_grads(grads_in, dtypes)
 
     def saved_of(self, inputs: tuple, outputs: tuple) -> tuple:
         every = (*inputs, *outputs)
@@ -130,7 +150,7 @@ class Op:
         def bwd_impl(*args):
             *rest, key = args
             route = _route_of(key)
-            saved, grads = tuple(rest[:n_saved]), tuple(rest[n_saved : len(rest) - n_const])
+            saved, grads = tuple(rest[:n_saved]), tuple(rest[n_saved : len(rest) - n_const])  # + extra_grads
             consts = tuple(rest[len(rest) - n_const :])
             with op_body(traced=traced and _tracing()):
                 grads_in = spec.backward(route, saved, grads, consts)
@@ -161,11 +181,12 @@ class Op:
             ctx.dtypes = tuple(None if t is None else t.dtype for t in inputs[: self._n_in])
 
         def backward(ctx, *grads):
-            grads_in = _as_tuple(bwd(*ctx.saved_tensors, *grads[: spec.returns], *ctx.consts, ctx.key))
+            extra = [None] * len(spec.extra_grads)
+            grads_in = _as_tuple(bwd(*ctx.saved_tensors, *grads[: spec.returns], *extra, *ctx.consts, ctx.key))
             return (*self.cast_grads(grads_in, ctx.dtypes), *([None] * (n_const + 1)))
 
         fwd.register_autograd(backward, setup_context=setup_context)
-        return fwd
+        return fwd, bwd
 
 
 def _tracing() -> bool:
@@ -196,6 +217,7 @@ def _eager_function(op: Op) -> type:
 
         @staticmethod
         def backward(ctx, *grads):
+            grads = (*grads, *([None] * len(spec.extra_grads)))
             grads_in = spec.backward(ctx.route, ctx.saved_tensors, grads, ctx.consts)
             return None, None, *op.cast_grads(grads_in, ctx.dtypes)
 

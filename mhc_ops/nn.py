@@ -5,12 +5,12 @@ Per token, around a block F (``[.., D] -> [.., D]``):
     (h_in, h_post, h_res) = mhc_pre(x, phi, alpha, bias, gamma)
     x_next = mhc_post(x, sinkhorn(h_res), F(h_in), h_post)
 
-``hc_pre`` (mhc_pre + sinkhorn, one autograd node) and ``hc_post`` (mhc_post) share a ``Link``: in
-backward, the gradient mhc_post gives x goes through the link into the pre backward as
-``grad_x_post``, which adds it while it writes dx. Autograd would otherwise store two ``[T, n, D]``
-gradients and add them in a separate kernel. (The post backward runs first: the pre node's outputs
-h_post and h_res feed the post node.) Under torch.compile the halves fall back to the three custom ops
-and the compiler fuses the add.
+``hc_pre`` (mhc_pre + sinkhorn, one autograd node) also returns a ``link``, x itself, that
+``hc_post`` reads the streams through: in backward, the gradient mhc_post gives x arrives as the
+link's gradient and enters the pre backward as ``grad_x_post``, which adds it while it writes dx.
+Autograd would otherwise store two ``[T, n, D]`` gradients and add them in a separate kernel. The same
+holds under torch.compile, which traces the node. (The post backward runs first: the pre node's
+outputs feed the post node.)
 
 A model expands its embedding into n streams once (``expand_streams``), keeps ``[.., n, D]`` through
 every wrapped block and reduces once before the final norm (``reduce_streams``).
@@ -24,83 +24,57 @@ import torch
 
 from . import _impl
 from .kernels._common import check_inputs
-from .kernels.post import check_post_inputs
 from .kernels.sinkhorn import check_sinkhorn_iters
-from .ops import mhc_post, mhc_pre, sinkhorn
+from .ops import MHC_PRE, SINKHORN, mhc_post
 
 INITS = ("identity", "zero")
 
 
-class Link:
-    """Carries dx of one layer's mhc_post backward to the same layer's pre backward."""
-
-    __slots__ = ("route", "dx")
-
-    def __init__(self, route: _impl.Route):
-        self.route = route
-        self.dx: torch.Tensor | None = None
-
-
 class _HcPre(torch.autograd.Function):
-    """mhc_pre then sinkhorn: -> (h_in, h_post, h_res = sinkhorn(logits)). With recompute, only x and
-    the parameters are saved; the forward kernels run again in backward."""
+    """mhc_pre then sinkhorn as one autograd node -> (h_in, h_post, h_res = sinkhorn(logits), x_link).
+
+    x_link is x itself (a view). hc_post reads the streams through it, so the gradient mhc_post gives
+    x comes back here as x_link's gradient and enters the pre backward as grad_x_post, added while dx
+    is written; eager and under torch.compile alike (Dynamo traces this Function, whose steps are the
+    ops' forward_raw / backward_raw). With recompute, only x and the parameters are saved; the forward
+    kernels run again in backward."""
 
     @staticmethod
-    def forward(ctx, x, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, link, recompute):
-        route = link.route
-        h_in, h_post, logits, inv_rms, h_mix, h_pre = _impl.pre_forward(
-            route, x, phi, alpha, bias, gamma, norm_eps, hc_eps
-        )
-        h_res = _impl.sinkhorn_forward(route, logits, iters, eps)
+    def forward(ctx, x, phi, alpha, bias, gamma, route, norm_eps, hc_eps, iters, eps, recompute):
+        pre_out = MHC_PRE.forward_raw(route, (x, phi, alpha, bias, gamma), (norm_eps, hc_eps))
+        h_in, h_post, logits, inv_rms, h_mix, h_pre = pre_out
+        (h_res,) = SINKHORN.forward_raw(route, (logits,), (iters, eps))
         if recompute:
             ctx.save_for_backward(x, phi, alpha, bias, gamma)
         else:
             ctx.save_for_backward(x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits)
-        ctx.norm_eps, ctx.hc_eps, ctx.iters, ctx.eps, ctx.link, ctx.recompute = (
-            norm_eps, hc_eps, iters, eps, link, recompute
-        )  # fmt: skip
-        return h_in, h_post, h_res
+        ctx.route, ctx.consts, ctx.recompute = route, (norm_eps, hc_eps, iters, eps), recompute
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (x, phi, alpha, bias, gamma))
+        return h_in, h_post, h_res, x.view_as(x)
 
     @staticmethod
-    def backward(ctx, dh_in, dh_post, dh_res):
-        route = ctx.link.route
+    def backward(ctx, dh_in, dh_post, dh_res, dx_link):
+        route, (norm_eps, hc_eps, iters, eps) = ctx.route, ctx.consts
         if ctx.recompute:
             x, phi, alpha, bias, gamma = ctx.saved_tensors
-            _, h_post, logits, inv_rms, h_mix, h_pre = _impl.pre_forward(
-                route, x, phi, alpha, bias, gamma, ctx.norm_eps, ctx.hc_eps
-            )
+            pre_out = MHC_PRE.forward_raw(route, (x, phi, alpha, bias, gamma), (norm_eps, hc_eps))
+            _, h_post, logits, inv_rms, h_mix, h_pre = pre_out
         else:
             x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits = ctx.saved_tensors
-        dh_in, dh_post, dh_res = _impl.zero_grads(x, h_post, dh_in, dh_post, dh_res)
-        dlogits = _impl.sinkhorn_backward(route, logits, dh_res, ctx.iters, ctx.eps)
-        grad_x_post, ctx.link.dx = ctx.link.dx, None
+        dlogits = None  # an unused h_res: zero
+        if dh_res is not None:
+            (dlogits,) = SINKHORN.backward_raw(route, (logits,), (dh_res,), (iters, eps), (logits.dtype,))
         saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post)
-        dx, dphi, dalpha, dbias, dgamma = _impl.pre_backward(
-            route, saved, dh_in, dh_post, dlogits, grad_x_post, ctx.hc_eps
-        )
-        return dx, dphi, dalpha, dbias, dgamma, None, None, None, None, None, None
-
-
-class _HcPost(torch.autograd.Function):
-    """mhc_post whose dx goes to the link instead of autograd (x enters detached)."""
-
-    @staticmethod
-    def forward(ctx, x, h_res, h_out, h_post, link):
-        ctx.save_for_backward(x, h_res, h_out, h_post)
-        ctx.link = link
-        return _impl.post_forward(link.route, x, h_res, h_out, h_post)
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, h_res, h_out, h_post = ctx.saved_tensors
-        ctx.link.dx, dh_res, dh_out, dh_post = _impl.post_backward(ctx.link.route, x, h_res, h_out, h_post, dout)
-        return None, dh_res, dh_out, dh_post, None
+        grads = MHC_PRE.backward_raw(route, saved, (dh_in, dh_post, dlogits, dx_link), (norm_eps, hc_eps), ctx.dtypes)
+        return *grads, None, None, None, None, None, None
 
 
 def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkhorn_iters=20, sinkhorn_eps=1e-6,
            backend="auto", stages=None, recompute=False):  # fmt: skip
-    """-> (h_in, h_post, h_res, link): mhc_pre, then sinkhorn of its h_res logits. Pass link to hc_post
-    of the same block. Arguments as mhc_pre and sinkhorn; recompute: save only x and the parameters."""
+    """-> (h_in, h_post, h_res, link): mhc_pre, then sinkhorn of its h_res logits, as one autograd
+    node. link is x (a view): pass it to hc_post of the same block, whose gradient of x then enters
+    this node's backward (one dx pass). Arguments as mhc_pre and sinkhorn; recompute: save only x and
+    the parameters."""
     _, n, _ = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
     route = _impl.resolve_route(backend, stages, x)
@@ -108,25 +82,19 @@ def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkh
     if max_n is not None and n > max_n:
         raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
                          "sinkhorn_bwd on the golden with stages=)")  # fmt: skip
-    if torch.compiler.is_compiling():
-        h_in, h_post, logits = mhc_pre(x, phi, alpha, bias, gamma, norm_eps=norm_eps, hc_eps=hc_eps, stages=stages,
-                                       backend=backend)  # fmt: skip
-        return h_in, h_post, sinkhorn(logits, sinkhorn_iters, sinkhorn_eps, backend=backend, stages=stages), None
-    link = Link(route)
     with torch.autocast(x.device.type, enabled=False):
-        h_in, h_post, h_res = _HcPre.apply(x, phi, alpha, bias, gamma, float(norm_eps), float(hc_eps),
-                                           int(sinkhorn_iters), float(sinkhorn_eps), link, bool(recompute))  # fmt: skip
-    return h_in, h_post, h_res, link
+        return _HcPre.apply(x, phi, alpha, bias, gamma, route, float(norm_eps), float(hc_eps), int(sinkhorn_iters),
+                            float(sinkhorn_eps), bool(recompute))  # fmt: skip
 
 
 def hc_post(x, h_res, h_out, h_post, link=None, *, backend="auto", stages=None):
-    """mhc_post(x, h_res, h_out, h_post); with the link from hc_pre of the same block, its dx enters the
-    pre backward (the route is then the link's: backend and stages are hc_pre's)."""
-    if link is None:
-        return mhc_post(x, h_res, h_out, h_post, backend=backend, stages=stages)
-    check_post_inputs(x, h_res, h_out, h_post)
+    """mhc_post(x, h_res, h_out, h_post). link: hc_pre's fourth output for the same block (x itself);
+    given, the streams are read through it, so their gradient goes to hc_pre's backward as grad_x_post
+    instead of being added to x's separately. backend and stages: hc_pre's."""
+    if link is not None and link.shape != x.shape:
+        raise ValueError(f"link: expected hc_pre's link for this x, of shape {list(x.shape)}, got {list(link.shape)}")
     with torch.autocast(x.device.type, enabled=False):
-        return _HcPost.apply(x.detach(), h_res, h_out, h_post, link)
+        return mhc_post(x if link is None else link, h_res, h_out, h_post, backend=backend, stages=stages)
 
 
 def expand_streams(h: torch.Tensor, n: int) -> torch.Tensor:
@@ -238,4 +206,4 @@ class HyperConnection(torch.nn.Module):
         return opts + (", disable=True" if self.disable else "") + (f", stages={self.stages!r}" if self.stages else "")
 
 
-__all__ = ["HyperConnection", "Link", "expand_streams", "hc_post", "hc_pre", "reduce_streams"]
+__all__ = ["HyperConnection", "expand_streams", "hc_post", "hc_pre", "reduce_streams"]

@@ -28,8 +28,8 @@ from .kernels.sinkhorn import check_sinkhorn_inputs
 
 
 def _pre_backward(route, saved, grads, consts):
-    dh_in, dh_post, dh_res = grads[:3]
-    return _impl.pre_backward(route, saved, dh_in, dh_post, dh_res, None, consts[1])
+    dh_in, dh_post, dh_res, grad_x_post = grads
+    return _impl.pre_backward(route, saved, dh_in, dh_post, dh_res, grad_x_post, consts[1])
 
 
 def _pre_fake(x, phi, alpha, bias, gamma, norm_eps, hc_eps):
@@ -59,6 +59,7 @@ MHC_PRE = Op(
         backward=_pre_backward,
         fake=_pre_fake,
         grad_like=_pre_grad_like,
+        extra_grads=("grad_x_post",),
     )
 )
 
