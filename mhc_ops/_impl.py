@@ -39,10 +39,11 @@ class Route:
             "fused" if chosen == {"triton"} and plan == "fused" else "golden" if chosen == {"golden"} else "pipeline"
         )
         self.pipeline = Pipeline("golden", plan="staged", **self._backend) if self.pre_backward == "pipeline" else None
-        # torch.compile traces the op bodies of this route (Inductor then launches the kernels) unless
-        # a kernel runs through the interpreter (its launches cannot be traced) or the stages go
-        # through the composer (kept opaque: its stage launchers were not written to be traced).
-        self.traced = not (self.uses_triton and interpreting()) and self.pre_backward != "pipeline"
+        # torch.compile traces the op bodies of the all-Triton route (Inductor then launches the
+        # kernels). Others stay opaque ops: a golden stage (traced, Inductor would recompute the
+        # reference in its own way: in bf16 it failed the accuracy rule), the interpreter (its
+        # launches cannot be traced), the composer (its stage launchers were not written to be).
+        self.traced = set(self._backend.values()) == {"triton"} and plan == "fused" and not interpreting()
 
     def of(self, stage: str) -> str:
         return self._backend[stage]
