@@ -123,6 +123,13 @@ def stream64(n: int, s_i: int) -> bool:
     return (n - 1) * abs(s_i) >= INT32_SPAN
 
 
+def static_dims(t: torch.Tensor, k: int) -> tuple[int, ...]:
+    """t's last k dims (n, D) as ints: they select kernel code (constexprs, tiles). Under
+    torch.compile with every dim dynamic this specializes the graph on them (a model has one n and
+    D); the token count stays symbolic."""
+    return tuple(int(s) for s in t.shape[t.dim() - k :])
+
+
 def size_hint(v) -> int:
     """A token count as a plain int for launch decisions (split counts, tile choices). Under
     torch.compile it may be symbolic: its example value is taken without a guard, so one compiled

@@ -36,6 +36,7 @@ from ._common import (
     sm_count,
     split2_bf16,
     split_dot_16bit,
+    static_dims,
     store_coeff_part,
     stream_block_d,
     tile_offsets,
@@ -54,6 +55,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
                    h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+    hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -221,7 +223,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
     stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
     pass B (default: token_splits). 16 tokens per pass-A program give 64 programs at T = 1024."""
-    n, D = x.shape[-2:]
+    n, D = static_dims(x, 2)
     O, nD = n * n + 2 * n, n * D
     T = x.numel() // nD  # validated: n, D >= 1
     T_hint = size_hint(T)  # launch choices (size_hint); shapes and grids use T

@@ -55,6 +55,7 @@ from ._common import (
     sm_count,
     split3_bf16,
     split_bf16_host,
+    static_dims,
     store_coeff_part,
     stream64,
     stream_offset,
@@ -249,6 +250,7 @@ def _fwd_kernel(
     N_PAD: tl.constexpr,
     STREAM64: tl.constexpr,
 ):
+    norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -337,6 +339,7 @@ def _fwd_finish_kernel(
 ):
     """Program (b, j): the partials of token block b summed over s = 0 .. splits-1 in order, the
     coefficients; j == 0 stores the saved tensors; h_in for columns j*apply_cols .. (j+1)*apply_cols - 1."""
+    norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -457,7 +460,7 @@ def launch_fwd(
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
         raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
     check_block("block_t", block_t, 16)
-    n, D = x.shape[-2:]
+    n, D = static_dims(x, 2)
     lead = x.shape[:-2]
     block_d = default_block_d(n, block_d)
     check_block("block_d", block_d, 16)

@@ -55,7 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, check_block, check_x, next_power_of_2, round_to, tokens
+from ._common import cdiv, check_block, check_x, next_power_of_2, round_to, static_dims, tokens
 from ._launch import launched
 
 
@@ -261,7 +261,7 @@ def _views(x, h_res, h_out, h_post):
 def launch_post_fwd(x, h_res, h_out, h_post, out, block_t=None, block_d=None, num_warps=2):
     """post_fwd on validated inputs into a preallocated ``out`` (x's shape and dtype, viewable as
     [T, n, D]): the grid and one launch, nothing else (the library's hot path). T = 0 launches nothing."""
-    n, D = x.shape[-2:]
+    n, D = static_dims(x, 2)
     xt, rt, ht, pt = _views(x, h_res, h_out, h_post)
     ot = out.view(-1, n, D)
     T = xt.shape[0]
@@ -281,7 +281,7 @@ def launch_post_bwd(
     """post_bwd on validated inputs into preallocated outputs (dx: x's shape and dtype, dh_res
     [.., n, n] fp32, dh_out [.., D] x's dtype, dh_post [.., n] fp32, each viewable with its tokens
     flattened): the grid and one launch, nothing else. T = 0 launches nothing."""
-    n, D = x.shape[-2:]
+    n, D = static_dims(x, 2)
     xt, rt, ht, pt = _views(x, h_res, h_out, h_post)
     gt = tokens(dout, 2)
     dxt, drt, dot, dpt = dx.view(-1, n, D), dh_res.view(-1, n, n), dh_out.view(-1, D), dh_post.view(-1, n)

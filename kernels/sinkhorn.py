@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import X_DTYPES, cdiv, check_block, next_power_of_2, round_to
+from ._common import X_DTYPES, cdiv, check_block, next_power_of_2, round_to, static_dims
 from ._launch import launched
 
 MAX_N = 8  # one token's n x n matrix lives in registers
@@ -131,6 +131,7 @@ def _sinkhorn_fwd_kernel(
     N_PAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
+    eps = tl.cast(eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     offs, mask, valid, row_valid, col_valid = token_tile(T, N, N_PAD, BLOCK_T)
     L = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     S, P, inv_c = iteration_zero(L, valid, col_valid, eps)
@@ -151,6 +152,7 @@ def _sinkhorn_bwd_kernel(
     N_PAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
+    eps = tl.cast(eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     offs, mask, valid, row_valid, col_valid = token_tile(T, N, N_PAD, BLOCK_T)
     L = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     G = tl.load(dP_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # gradient of the current P
@@ -227,7 +229,7 @@ def check_sinkhorn_iters(iters, eps) -> None:
 def launch_sinkhorn_fwd(logits, P, iters, eps, *, block_t=None) -> None:
     """Unchecked: logits [..., n, n] contiguous (fp32/bf16/fp16), P fp32 of its shape, contiguous.
     Computes the grid and launches one kernel (none for zero tokens)."""
-    n = logits.shape[-1]
+    (n,) = static_dims(logits, 1)
     T = logits.numel() // (n * n)
     if T == 0:
         return
@@ -242,7 +244,7 @@ def launch_sinkhorn_bwd(logits, dP, dlogits, iters, eps, *, block_t=None, seg=No
     Computes the grid and the checkpoint segment length (``seg``, default isqrt(iters - 1); any
     seg >= 1 gives bitwise the same dlogits, only the recomputation's cost changes), and launches one
     kernel (none for zero tokens)."""
-    n = logits.shape[-1]
+    (n,) = static_dims(logits, 1)
     T = logits.numel() // (n * n)
     if T == 0:
         return
