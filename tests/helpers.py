@@ -48,14 +48,16 @@ def assert_stage_accurate(stage: str, bundle, out: dict) -> None:
 PARAMS = ("phi", "alpha", "bias", "gamma")
 
 
-def random_layer(n, D, seed, *, use_gamma=True, **kw):
-    """A HyperConnection around a random linear branch, with parameters moved off their init so every
-    gradient is order one (the identity init makes h_pre one-hot and sinkhorn(h_res) nearly I)."""
+def random_layer(n, D, seed, *, use_gamma=True, linear=True, **kw):
+    """A HyperConnection around a random linear branch (linear=False: the identity), with parameters
+    moved off their init so every gradient is order one (the identity init makes h_pre one-hot and
+    sinkhorn(h_res) nearly I)."""
     g = torch.Generator().manual_seed(seed)
-    branch = torch.nn.Linear(D, D, bias=False)
+    branch = torch.nn.Linear(D, D, bias=False) if linear else None
     hc = HyperConnection(D, n, branch, use_gamma=use_gamma, **kw)
     with torch.no_grad():
-        branch.weight.copy_(torch.randn(D, D, generator=g) / D**0.5)
+        if linear:
+            branch.weight.copy_(torch.randn(D, D, generator=g) / D**0.5)
         hc.phi.copy_(torch.randn(hc.phi.shape, generator=g) / (n * D) ** 0.5)
         hc.alpha.copy_(0.5 + torch.rand(3, generator=g))
         hc.bias.copy_(0.5 * torch.randn(hc.bias.shape, generator=g))
@@ -67,20 +69,21 @@ def random_layer(n, D, seed, *, use_gamma=True, **kw):
 def layer_golden64(hc, x, dout):
     """Every gradient of <x_next, dout> by torch.autograd through the float64 golden forwards."""
     p = {k: getattr(hc, k).detach().double().requires_grad_() for k in PARAMS if getattr(hc, k) is not None}
-    w = hc.branch.weight.detach().double().requires_grad_()
+    w = hc.branch.weight.detach().double().requires_grad_() if hc.branch is not None else None
     x64 = x.detach().double().requires_grad_()
     h_in, h_post, logits, *_ = mhc_pre_forward(x64, p["phi"], p["alpha"], p["bias"], p.get("gamma"),
                                                compute_dtype=torch.float64)  # fmt: skip
     P = sinkhorn_forward(logits, hc.sinkhorn_iters, 1e-6, compute_dtype=torch.float64)
-    out = mhc_post_forward(x64, P, h_in @ w.t(), h_post, compute_dtype=torch.float64)
+    out = mhc_post_forward(x64, P, h_in if w is None else h_in @ w.t(), h_post, compute_dtype=torch.float64)
     (out * dout.double()).sum().backward()
-    return out.detach(), {"x": x64.grad, "weight": w.grad, **{k: v.grad for k, v in p.items()}}
+    grads = {"x": x64.grad} | ({"weight": w.grad} if w is not None else {})
+    return out.detach(), grads | {k: v.grad for k, v in p.items()}
 
 
 def layer_grads(hc, x, dout):
     x = x.detach().clone().requires_grad_()
     out = hc(x)
     out.backward(dout)
-    grads = {"x": x.grad, "weight": hc.branch.weight.grad}
+    grads = {"x": x.grad} | ({"weight": hc.branch.weight.grad} if hc.branch is not None else {})
     grads |= {k: getattr(hc, k).grad for k in PARAMS if getattr(hc, k) is not None}
     return out.detach(), grads
