@@ -19,7 +19,7 @@ import torch
 
 from . import _impl
 from ._impl import resolve_route, sinkhorn_max_n
-from ._opspec import Op, OpSpec
+from ._opspec import Op, OpSpec  # noqa: F401  (Op: the type of OPS values)
 from .kernels._common import check_inputs
 from .kernels.post import check_post_inputs
 from .kernels.sinkhorn import check_sinkhorn_inputs
@@ -168,3 +168,7 @@ def mhc_post(x, h_res, h_out, h_post, *, backend="auto", stages=None):
     check_post_inputs(x, h_res, h_out, h_post)
     route = resolve_route(backend, stages, x)
     return MHC_POST(route, (x, h_res, h_out, h_post), ())
+
+
+# Every op, by the golden registry's op name (golden/registry.py OPS): docs/adding-an-op.md.
+OPS = {"mhc_pre": MHC_PRE, "sinkhorn": SINKHORN, "mhc_post": MHC_POST}
