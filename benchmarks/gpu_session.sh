@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [train-compile] [train-graphs] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -79,6 +79,9 @@ layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a
     2>&1 | tee "$R/layer_modes.md" | tail -24 ;;
 hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
   timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, train-compile, train-graphs, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
+hf-compile)  # the same, eager and patched, each also with every decoder layer under torch.compile (Inductor)
+  timeout 540 python3 -m benchmarks.hf_deepseek_v4 --rounds 5 --variants eager,mhc_ops,eager.compile,mhc_ops.compile \
+    --out "$R" 2>&1 | tail -14 | tee "$R/hf-compile.txt" ;;
+*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

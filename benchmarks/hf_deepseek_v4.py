@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python -m benchmarks.hf_deepseek_v4 [--layers 4] [--hidden 1024] [--hc-mult 4] [--seq 1024]
         [--batch 1] [--rounds 9] [--steps 5] [--variants eager,mhc_ops,mhc_ops.no_head] [--out benchmarks/results]
+    PYTHONPATH=. python -m benchmarks.hf_deepseek_v4 --variants eager,mhc_ops,eager.compile,mhc_ops.compile
+        [--compile-scope layers|model] [--compile-backend inductor] [--compile-mode MODE] [--no-cache]
     PYTHONPATH=. python -m benchmarks.hf_deepseek_v4 --toy    # the CPU smoke test: a tiny model, a few steps
 
 One randomly initialised model (no download) in the model dtype (bf16 on CUDA), with the modules HF keeps
@@ -11,14 +13,24 @@ or none; a training step is forward, backward and an AdamW step on a fixed batch
 rate is 0: the step does all its work but leaves the weights as they are, so every round of every
 variant runs the same model, MoE routing included.
 
-Each round runs every variant once, in an order rotated from round to round, for --steps timed steps
-after one untimed one; a variant's tokens/s is the median over rounds, its speed-up over eager the
-median over rounds of the ratio within a round. Memory (CUDA): the peak allocated during a round's
-steps, and the part of it above what was allocated before them (the step's activations, gradients and
-temporaries; weights and optimizer state are the same for all). Before the rounds, each variant's loss
-on the batch is compared with eager's (in bf16 they differ by rounding: HF mixes the streams with bf16
-coefficients, mhc_post with fp32 ones). bf16 needs transformers 5.23: in 5.17 HF's own bf16 model with
-fp32 norms fails (docs/integrations.md).
+The ``.compile`` variants (not run by default) are the same two under torch.compile: HF's model and
+the patched one, each decoder layer compiled (``layer.compile()``; ``--compile-scope model``: the whole
+``DeepseekV4ForCausalLM``), fullgraph off. Each runs on a second module tree over the same parameter
+and buffer tensors (the same weights, gradients and optimizer), patched and compiled once, so switching
+the eager variants' patch never invalidates its compiled code. A variant that fails (to compile, or
+later) is recorded in its row, ``error``: the exception's type and first line and where it was raised,
+and leaves the other variants running.
+
+Before the rounds, each variant takes one untimed training step (for a compiled variant: the compile;
+its seconds are ``compile_s``, its Dynamo graphs and graph breaks ``dynamo_graphs``, ``graph_breaks``)
+whose loss is compared with eager's (in bf16 they differ by rounding: HF mixes the streams with bf16
+coefficients, mhc_post with fp32 ones). Each round runs every variant once, in an order rotated from
+round to round, for --steps timed steps after --warmup untimed ones (at least 2 for a compiled
+variant); a variant's tokens/s is the median over rounds, its speed-up over eager the median over
+rounds of the ratio within a round. Memory (CUDA): the peak allocated during a round's steps, and the
+part of it above what was allocated before them (the step's activations, gradients and temporaries;
+weights and optimizer state are the same for all). bf16 needs transformers 5.23: in 5.17 HF's own bf16
+model with fp32 norms fails (docs/integrations.md).
 
 Output: a markdown table on stdout; one JSON object per variant appended to
 OUT/<gpu>-<date>-hf-deepseek-v4.jsonl.
@@ -27,31 +39,48 @@ OUT/<gpu>-<date>-hf-deepseek-v4.jsonl.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import datetime as dt
+import itertools
 import json
 import pathlib
+import re
 import statistics
 import sys
 import time
+import traceback
 
 import torch
 import triton
 
 from mhc_ops.integrations import apply_to_deepseek_v4, revert_deepseek_v4
 
-# variant -> apply_to_deepseek_v4 flags, None for no patch
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    patch: dict | None  # apply_to_deepseek_v4 flags, None for no patch
+    compiled: bool = False  # under torch.compile (--compile-scope, --compile-backend, --compile-mode)
+
+
+_ALL = {"hyper_connection": True, "hyper_head": True}
 VARIANTS = {
-    "eager": None,
-    "mhc_ops": {"hyper_connection": True, "hyper_head": True},
-    "mhc_ops.no_head": {"hyper_connection": True, "hyper_head": False},
+    "eager": Variant(None),
+    "mhc_ops": Variant(_ALL),
+    "mhc_ops.no_head": Variant({"hyper_connection": True, "hyper_head": False}),
+    "eager.compile": Variant(None, compiled=True),
+    "mhc_ops.compile": Variant(_ALL, compiled=True),
 }
+DEFAULT_VARIANTS = ("eager", "mhc_ops", "mhc_ops.no_head")
 BASELINE = "eager"
+COMPILED_WARMUP = 2  # untimed steps per round, at least, for a compiled variant
 
 ROW_KEYS = (
     "bench", "variant", "layers", "hidden", "hc_mult", "seq", "batch", "vocab", "experts", "dtype", "tokens_per_s",
     "tokens_per_s_rounds", "step_ms", "speedup_vs_eager", "peak_mem_bytes", "step_mem_bytes", "step_mem_vs_eager",
-    "loss", "loss_rel_diff_vs_eager", "rounds", "steps", "gpu", "device_name", "date", "run", "torch", "triton",
-    "transformers", "toy",
+    "loss", "loss_rel_diff_vs_eager", "rounds", "steps", "warmup_steps", "compile", "compile_backend",
+    "compile_mode", "compile_s", "dynamo_graphs", "graph_breaks", "use_cache", "error", "gpu", "device_name", "date",
+    "run", "torch", "triton", "transformers", "toy",
 )  # fmt: skip
 
 
@@ -105,17 +134,72 @@ def build_model(config, device: torch.device, dtype: torch.dtype, seed: int):
 
 
 def set_variant(model, variant: str) -> None:
+    """The eager variants share one model: its patch switched in place."""
     revert_deepseek_v4(model)
-    if VARIANTS[variant] is not None:
-        apply_to_deepseek_v4(model, **VARIANTS[variant])
+    if VARIANTS[variant].patch is not None:
+        apply_to_deepseek_v4(model, **VARIANTS[variant].patch)
 
 
-def train_step(model, optimizer, ids) -> torch.Tensor:
-    loss = model(input_ids=ids, labels=ids).loss
+def twin(model):
+    """A second module tree over the same parameter and buffer tensors: the same weights, gradients and
+    optimizer, with classes of its own to patch and compile."""
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, shared)
+
+
+def compiled_twin(model, variant: str, scope: str, backend: str, mode: str | None):
+    """The compiled variant's model: a twin of model (unpatched), patched as the variant says, its
+    decoder layers (scope "layers") or the whole model compiled in place (nn.Module.compile: names and
+    parameters unchanged). Compilation itself happens at the first call."""
+    if any(getattr(type(m), "_mhc_ops_base", None) for m in model.modules()):
+        raise ValueError("compiled_twin: model is patched; its twin would carry the patch")
+    out = twin(model)
+    if VARIANTS[variant].patch is not None:
+        apply_to_deepseek_v4(out, **VARIANTS[variant].patch)
+    options = {"backend": backend, "mode": mode}
+    for module in out.model.layers if scope == "layers" else (out,):
+        module.compile(**options)
+    return out
+
+
+def train_step(model, optimizer, ids, use_cache: bool | None = None) -> torch.Tensor:
+    loss = model(input_ids=ids, labels=ids, use_cache=use_cache).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+_USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", str(pathlib.Path.cwd()) + "/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def describe_failure(e: BaseException) -> str:
+    """An exception as ``Type: first line (at file:line in function)``; a first line ending in ":" (Dynamo's
+    "backend='inductor' raised:") with the next. The place is the innermost frame of the traced code that
+    a Dynamo error names ("from user code:"), else the innermost traceback frame outside torch."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    first = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else "".join(lines[:1])  # "raised:"
+    frames = _USER_FRAME.findall(str(e).split("from user code:", 1)[1]) if "from user code:" in str(e) else []
+    if frames:
+        path, line, name = frames[-1]
+    else:
+        tb = traceback.extract_tb(e.__traceback__)
+        outside = [f for f in tb if "/torch/" not in f.filename] or tb
+        path, line, name = (outside[-1].filename, outside[-1].lineno, outside[-1].name) if outside else ("?", 0, "?")
+    return f"{type(e).__name__}: {first[:300]} (at {_short(path)}:{line} in {name})"
+
+
+def _dynamo_counts() -> tuple[int, int]:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
 def sync(device: torch.device) -> None:
@@ -123,16 +207,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_round(model, optimizer, ids, steps: int, device: torch.device) -> dict:
-    """One untimed step, then `steps` timed ones: seconds per step and (CUDA) memory."""
-    train_step(model, optimizer, ids)
+def measure_round(model, optimizer, ids, steps: int, device: torch.device, warmup: int = 1, use_cache=None) -> dict:
+    """`warmup` untimed steps, then `steps` timed ones: seconds per step and (CUDA) memory."""
+    for _ in range(warmup):
+        train_step(model, optimizer, ids, use_cache)
     sync(device)
     if device.type == "cuda":
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, ids)
+        train_step(model, optimizer, ids, use_cache)
     sync(device)
     out = {"s_per_step": (time.perf_counter() - start) / steps}
     if device.type == "cuda":
@@ -151,19 +236,60 @@ def run(args) -> list[dict]:
     model = build_model(config, device, args.dtype, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(1)).to(device)
+    use_cache = False if args.no_cache else None  # None: the config's (True: HF builds a DynamicCache, even here)
+    compiled = [v for v in args.variants if VARIANTS[v].compiled]
+    if compiled:
+        # Compiled layers share one code object (transformers' checkpointing wrapper) and, with HF's cache,
+        # each layer guards on its own cache layer: one Dynamo cache entry per layer and variant, which
+        # must not hit the recompile limit (8), past which the remaining layers would silently run eager
+        # (docs/integrations.md, "Under torch.compile"). Twice that, and 8 more, leave room for recompiles.
+        limit = max(torch._dynamo.config.recompile_limit, 2 * args.layers * len(compiled) + 8)
+        torch._dynamo.config.recompile_limit = limit
+    models = {v: model for v in args.variants}
+    info: dict[str, dict] = {v: {} for v in args.variants}
 
-    losses = {}
-    for variant in args.variants:
-        set_variant(model, variant)
-        with torch.no_grad():
-            losses[variant] = model(input_ids=ids, labels=ids).loss.float().item()
+    def fail(variant: str, e: Exception, when: str) -> None:
+        info[variant]["error"] = f"{when}: {describe_failure(e)}"
+        print(f"{variant} failed ({info[variant]['error']})", file=sys.stderr, flush=True)
+        optimizer.zero_grad(set_to_none=True)  # a step that broke off may have left gradients behind
+
+    for variant in compiled:  # twins of the model as built, before any patch of it
+        try:
+            models[variant] = compiled_twin(model, variant, args.compile_scope, args.compile_backend, args.compile_mode)
+        except Exception as e:  # noqa: BLE001 (recorded in the variant's row)
+            fail(variant, e, "compile")
+    losses: dict[str, float] = {}
+    for variant in [v for v in args.variants if "error" not in info[v]]:
+        # One untimed step each: the loss (lr 0 leaves the weights as they are) and, compiled, the compile.
+        try:
+            if not VARIANTS[variant].compiled:
+                set_variant(model, variant)
+            graphs, breaks = _dynamo_counts()
+            start = time.perf_counter()
+            losses[variant] = train_step(models[variant], optimizer, ids, use_cache).float().item()
+            sync(device)
+            if VARIANTS[variant].compiled:
+                after = _dynamo_counts()
+                info[variant] |= {"compile_s": time.perf_counter() - start, "dynamo_graphs": after[0] - graphs,
+                                  "graph_breaks": after[1] - breaks}  # fmt: skip
+        except Exception as e:  # noqa: BLE001
+            fail(variant, e, "first step")
     rounds: dict[str, list[dict]] = {v: [] for v in args.variants}
     for r in range(args.rounds):
         order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
+        order = [v for v in order if "error" not in info[v]]
         print(f"round {r + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr, flush=True)
         for variant in order:
-            set_variant(model, variant)
-            rounds[variant].append(measure_round(model, optimizer, ids, args.steps, device))
+            if not VARIANTS[variant].compiled:
+                set_variant(model, variant)
+            warmup = max(args.warmup, COMPILED_WARMUP) if VARIANTS[variant].compiled else args.warmup
+            try:
+                rounds[variant].append(
+                    measure_round(models[variant], optimizer, ids, args.steps, device, warmup, use_cache)
+                )  # fmt: skip
+            except Exception as e:  # noqa: BLE001
+                fail(variant, e, f"round {r + 1}")
+            info[variant]["warmup_steps"] = warmup
     revert_deepseek_v4(model)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -173,22 +299,28 @@ def run(args) -> list[dict]:
         "bench": "hf_deepseek_v4", "layers": args.layers, "hidden": args.hidden, "hc_mult": args.hc_mult,
         "seq": args.seq, "batch": args.batch, "vocab": args.vocab, "experts": args.experts,
         "dtype": str(args.dtype).removeprefix("torch."), "rounds": args.rounds, "steps": args.steps,
-        "gpu": gpu_tag(device_name), "device_name": device_name, "date": now.date().isoformat(),
-        "run": now.isoformat(timespec="seconds"), "torch": torch.__version__, "triton": triton.__version__,
-        "transformers": transformers.__version__, "toy": args.toy,
+        "use_cache": not args.no_cache, "gpu": gpu_tag(device_name), "device_name": device_name,
+        "date": now.date().isoformat(), "run": now.isoformat(timespec="seconds"), "torch": torch.__version__,
+        "triton": triton.__version__, "transformers": transformers.__version__, "toy": args.toy,
     }  # fmt: skip
     rows = []
     for variant, measured in rounds.items():
-        per_round = [tokens / m["s_per_step"] for m in measured]
-        row = dict.fromkeys(ROW_KEYS) | base | {"variant": variant, "loss": losses[variant]}
-        row |= {"tokens_per_s": statistics.median(per_round), "tokens_per_s_rounds": per_round}
-        row["step_ms"] = 1e3 * tokens / row["tokens_per_s"]
-        if device.type == "cuda":
-            row["peak_mem_bytes"] = max(m["peak_mem_bytes"] for m in measured)
-            row["step_mem_bytes"] = statistics.median(m["step_mem_bytes"] for m in measured)
+        row = dict.fromkeys(ROW_KEYS) | base | {"variant": variant, "loss": losses.get(variant)} | info[variant]
+        if VARIANTS[variant].compiled:
+            row |= {"compile": args.compile_scope, "compile_backend": args.compile_backend,
+                    "compile_mode": args.compile_mode}  # fmt: skip
+        if row["error"] is None:
+            per_round = [tokens / m["s_per_step"] for m in measured]
+            row |= {"tokens_per_s": statistics.median(per_round), "tokens_per_s_rounds": per_round}
+            row["step_ms"] = 1e3 * tokens / row["tokens_per_s"]
+            if device.type == "cuda":
+                row["peak_mem_bytes"] = max(m["peak_mem_bytes"] for m in measured)
+                row["step_mem_bytes"] = statistics.median(m["step_mem_bytes"] for m in measured)
         rows.append(row)
-    ref = next((r for r in rows if r["variant"] == BASELINE), None)
+    ref = next((r for r in rows if r["variant"] == BASELINE and r["tokens_per_s"] is not None), None)
     for row in rows if ref is not None else ():
+        if row["tokens_per_s"] is None:
+            continue
         # Paired by round (the variants of a round ran back to back): robust to drift between rounds.
         ratios = [a / b for a, b in zip(row["tokens_per_s_rounds"], ref["tokens_per_s_rounds"])]
         row["speedup_vs_eager"] = statistics.median(ratios)
@@ -202,9 +334,10 @@ TABLE_COLUMNS = (
     "variant", "tokens_per_s", "step_ms", "speedup_vs_eager", "peak_mem_bytes", "step_mem_bytes",
     "step_mem_vs_eager", "loss", "loss_rel_diff_vs_eager",
 )  # fmt: skip
+COMPILE_COLUMNS = ("compile_s", "dynamo_graphs", "graph_breaks")  # when a variant is compiled
 NUMBER_FORMAT = {
     "tokens_per_s": ".0f", "step_ms": ".2f", "speedup_vs_eager": ".3f", "step_mem_vs_eager": ".3f",
-    "loss": ".6f", "loss_rel_diff_vs_eager": ".2e",
+    "loss": ".6f", "loss_rel_diff_vs_eager": ".2e", "compile_s": ".1f",
 }  # fmt: skip
 
 
@@ -222,8 +355,16 @@ def format_table(rows: list[dict]) -> str:
         f"DeepSeek-V4 ({r['layers']} layers, hidden {r['hidden']}, hc_mult {r['hc_mult']}, {r['batch']}x{r['seq']} "
         f"tokens, {r['dtype']}, HC fp32) on {r['device_name']}, median of {r['rounds']} rounds of {r['steps']} steps"
     )
-    lines = [title, "", "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(cell(row, k) for k in TABLE_COLUMNS) + " |" for row in rows]
+    compiled = next((row for row in rows if row["compile"]), None)
+    columns = TABLE_COLUMNS + (COMPILE_COLUMNS if compiled else ())
+    if compiled:
+        mode = f", mode {compiled['compile_mode']}" if compiled["compile_mode"] else ""
+        scope = "each decoder layer" if compiled["compile"] == "layers" else "the whole model"
+        title += f"; .compile: torch.compile of {scope}, backend {compiled['compile_backend']}{mode}"
+    if any(row["error"] for row in rows):
+        columns += ("error",)
+    lines = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row, k) for k in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -247,7 +388,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experts", type=int, default=8, help="routed experts per MoE layer")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--steps", type=int, default=5, help="timed training steps per variant and round")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--warmup", type=int, default=1, help=f"untimed steps per variant and round (compiled: at least "
+                   f"{COMPILED_WARMUP})")  # fmt: skip
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated subset of {', '.join(VARIANTS)}")  # fmt: skip
+    p.add_argument("--compile-scope", choices=("layers", "model"), default="layers",
+                   help="the .compile variants: torch.compile each decoder layer, or the whole model")  # fmt: skip
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager, aot_eager, inductor)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default: torch's)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="use_cache=False in the forward (default: the config's, so HF builds a DynamicCache)")  # fmt: skip
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda[:i] or cpu")
     p.add_argument("--toy", action="store_true", help="CPU smoke test: 2 layers, hidden 32, seq 16, 2 rounds of 1 step")

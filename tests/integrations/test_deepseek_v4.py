@@ -210,6 +210,47 @@ def test_activation_checkpointing_still_recomputes():
     assert_same(got, loss_and_grads(eager, ids))
 
 
+# ---- under torch.compile ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Compiled code of one test neither reused nor counted by another."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_patched_layers_compile_fullgraph_and_match_eager(fresh_dynamo):
+    """Every patched decoder layer and the patched head under torch.compile(backend="aot_eager",
+    fullgraph=True): Dynamo traces them without a graph break (fullgraph raises at the first one), the
+    graphs hold mhc-ops' ops, and the loss and every gradient are the eager patched model's and HF's.
+    (docs/integrations.md, "Under torch.compile".)"""
+    eager = tiny_model()
+    patched = copy.deepcopy(eager)
+    apply_to_deepseek_v4(patched)
+    compiled = copy.deepcopy(patched)
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    for module in (*compiled.model.layers, compiled.model.hc_head):
+        module.compile(backend=backend, fullgraph=True)
+    ids = batch()
+    ref, ref_patched = loss_and_grads(eager, ids), loss_and_grads(patched, ids)
+    for _ in range(2):  # the compiling call, then the compiled code
+        loss, grads = loss_and_grads(compiled, ids)
+        # AOTAutograd gives a zero gradient, not None, to the parameters used only through top-k indices
+        # (the compressed attention's indexer; HF's own model compiled alike): not mhc-ops' doing.
+        extra = {name: grads.pop(name) for name in grads.keys() - ref[1].keys()}
+        assert extra and all(".indexer." in name and not g.any() for name, g in extra.items()), extra
+        assert_same((loss, grads), ref_patched)
+        assert_same((loss, grads), ref)
+    assert len(targets) > 0 and any("mhc_ops" in t for t in targets), sorted(set(targets))
+
+
 # ---- what is patched, and the revert ------------------------------------------------------------------
 
 
@@ -370,12 +411,64 @@ def test_benchmark_smoke(tmp_path, capsys):
     from benchmarks import hf_deepseek_v4 as bench
 
     rows = bench.main(["--toy", "--device", "cpu", "--out", str(tmp_path)])
-    assert [r["variant"] for r in rows] == list(bench.VARIANTS)
+    assert [r["variant"] for r in rows] == list(bench.DEFAULT_VARIANTS)
     for row in rows:
         assert row["tokens_per_s"] > 0 and len(row["tokens_per_s_rounds"]) == row["rounds"]
         assert row["loss_rel_diff_vs_eager"] <= LOSS_RTOL  # fp32: the same loss
+        assert row["error"] is None and row["compile"] is None
     (path,) = tmp_path.glob("cpu-*-hf-deepseek-v4.jsonl")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [line["variant"] for line in lines] == list(bench.VARIANTS) and set(lines[0]) == set(bench.ROW_KEYS)
+    assert [line["variant"] for line in lines] == list(bench.DEFAULT_VARIANTS) and set(lines[0]) == set(bench.ROW_KEYS)
     assert "| mhc_ops |" in capsys.readouterr().out
     assert not integration._ORIGINAL_FORWARDS  # it patches its model, never the classes
+
+
+def test_benchmark_compiled_variants(tmp_path, capsys, fresh_dynamo):
+    """The .compile variants at the toy size (backend "eager": the benchmark's plumbing, not Inductor):
+    each compiles its layers without a graph break, on a twin of the model (its patch does not reach the
+    eager variants' model), and has eager's loss."""
+    pytest.importorskip("matplotlib")
+    from benchmarks import hf_deepseek_v4 as bench
+
+    variants = ["eager", "eager.compile", "mhc_ops.compile"]
+    argv = ["--toy", "--device", "cpu", "--out", str(tmp_path), "--compile-backend", "eager"]
+    rows = bench.main([*argv, "--variants", ",".join(variants)])
+    assert [r["variant"] for r in rows] == variants
+    for row in rows:
+        assert row["error"] is None and row["tokens_per_s"] > 0
+        assert row["loss_rel_diff_vs_eager"] <= LOSS_RTOL
+    for row in rows[1:]:
+        assert row["compile"] == "layers" and row["compile_backend"] == "eager" and row["warmup_steps"] >= 2
+        assert row["dynamo_graphs"] >= 1 and row["graph_breaks"] == 0  # each variant compiled its own code
+    assert "graph_breaks" in capsys.readouterr().out
+    assert not integration._ORIGINAL_FORWARDS
+
+
+def test_benchmark_records_a_failed_compile(tmp_path, capsys, fresh_dynamo):
+    """A variant whose compile fails gets a row with the error and where it broke; the others run."""
+    pytest.importorskip("matplotlib")
+    from benchmarks import hf_deepseek_v4 as bench
+
+    def broken(gm, example_inputs):
+        raise NotImplementedError("this backend compiles nothing")
+
+    if "mhc_ops_test_broken" not in torch._dynamo.list_backends(exclude_tags=()):  # once per process
+        torch._dynamo.register_backend(broken, name="mhc_ops_test_broken")
+    argv = ["--toy", "--device", "cpu", "--out", str(tmp_path), "--compile-backend", "mhc_ops_test_broken"]
+    eager, failed = bench.main([*argv, "--variants", "eager,mhc_ops.compile"])
+    assert eager["error"] is None and eager["tokens_per_s"] > 0
+    assert failed["tokens_per_s"] is None and failed["speedup_vs_eager"] is None
+    assert failed["error"].startswith("first step: BackendCompilerFailed"), failed["error"]
+    assert "this backend compiles nothing" in failed["error"] and "(at " in failed["error"]
+    assert "| error |" in capsys.readouterr().out
+    (path,) = tmp_path.glob("cpu-*-hf-deepseek-v4.jsonl")
+    assert json.loads(path.read_text().splitlines()[1])["error"] == failed["error"]
+
+    def breaks(x):
+        torch._dynamo.graph_break()  # the line describe_failure must name
+        return x + 1
+
+    with pytest.raises(Exception) as info:
+        torch.compile(breaks, backend="eager", fullgraph=True)(torch.ones(2))
+    line = breaks.__code__.co_firstlineno + 1
+    assert bench.describe_failure(info.value).endswith(f"(at tests/integrations/test_deepseek_v4.py:{line} in breaks)")
