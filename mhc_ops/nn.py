@@ -182,7 +182,11 @@ class HyperConnection(torch.nn.Module):
 
         def keep_fp32(t):
             out = fn(t)
-            return out.float() if out.is_floating_point() else out
+            if not out.is_floating_point() or out.dtype == torch.float32:
+                return out
+            # A cast: apply only its move. Casting back (out.float()) would keep the values rounded
+            # to the cast's dtype (docs/bugs/fp32-parameters-rounded-by-casts.md).
+            return t.to(device=out.device, dtype=torch.float32)
 
         return super()._apply(keep_fp32, recurse=False)
 
