@@ -27,7 +27,10 @@ def read_metrics(run: pathlib.Path, min_step: int = 0) -> list[dict]:
     return [r for r in rows if r["step"] >= min_step]
 
 
-HEALTH = (("sinkhorn_max_dev", "Sinkhorn: max |row/col sum - 1|", "log"), ("h_res_gain", "gain of prod h_res", "linear"))
+HEALTH = (
+    ("sinkhorn_max_dev", "Sinkhorn: max |row/col sum - 1|", "log"),
+    ("h_res_gain", "gain of prod h_res", "linear"),
+)
 
 
 def plot_runs(runs: list[pathlib.Path], out: pathlib.Path, health: bool = False, min_step: int = 0) -> None:
