@@ -1,7 +1,8 @@
 """Test configuration: the Triton interpreter on CPU-only machines, and stage selection.
 
-``pytest --stage NAME`` keeps only the tests marked ``@pytest.mark.stage(NAME)``
-(``nox -s test_stage -- NAME`` passes it).
+``pytest --stage NAME`` keeps only the tests marked ``@pytest.mark.stage(NAME)``, or with NAME among
+the stages of a composite (``@pytest.mark.stage("dh_mix", "dx", "dparams", "dgamma")`` for the fused
+backward, which stands for all four); ``nox -s test_stage -- NAME`` passes it.
 """
 
 import os
@@ -31,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"--stage: unknown stage {stage!r}; valid names: {', '.join(STAGE_NAMES)}")
     keep, drop = [], []
     for item in items:
-        names = {m.args[0] for m in item.iter_markers("stage")}
+        names = {name for m in item.iter_markers("stage") for name in m.args}
         (keep if stage in names else drop).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep

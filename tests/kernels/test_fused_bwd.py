@@ -1,17 +1,23 @@
 """The fused backward plan against the float64 golden backward (accuracy rule), on the saved tensors
-of the golden fixtures: CPU through the interpreter, GPU at realistic shapes."""
+of the golden fixtures: CPU through the interpreter, GPU at realistic shapes. The fused plan is what
+training runs for dh_mix, dx, dparams and dgamma together, so its tests carry all four stage marks
+(``nox -s test_stage -- dx`` runs them), and one test checks it against those four stage kernels."""
 
 import pytest
 import torch
 
-from mhc_ops.golden import build, judge, mhc_pre_backward
+from mhc_ops.golden import build, judge, mhc_pre_backward, rel_err
 from mhc_ops.kernels import fused_bwd
 from mhc_ops.kernels._common import o_groups, o_pad
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
+from mhc_ops.stages import PRE_BACKWARD_STAGES, Pipeline
 from tests.cases import EMPTY_CASES, GPU_CASES, GROUPED_CASES, KERNEL_BLOCKS, KERNEL_CASES
 from tests.helpers import HAS_CUDA, KERNEL_DEVICE, nan_filled_outputs
 
-pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+pytestmark = [
+    pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device"),
+    pytest.mark.stage(*PRE_BACKWARD_STAGES),
+]
 ARGS = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
 OUTPUTS = ("dx", "dphi", "dalpha", "dbias", "dgamma")
 
@@ -21,13 +27,17 @@ def _fused(t, **launch):
         return mhc_pre_backward_fused(**{k: t[k] for k in ARGS}, grad_x_post=t["grad_x_post"], **launch)
 
 
-def _assert_accurate(t, out):
+def _verdicts(t, out) -> dict:
     args = [t[k] for k in ARGS]
     up = [a.double() if a is not None else None for a in args]
     gxp = t["grad_x_post"]
     ref64 = mhc_pre_backward(*up, grad_x_post=gxp.double() if gxp is not None else None, compute_dtype=torch.float64)
     ref32 = mhc_pre_backward(*args, grad_x_post=gxp)
-    verdicts = [judge(k, out[k], r64, r32) for k, r64, r32 in zip(OUTPUTS, ref64, ref32) if r64 is not None]
+    return {k: judge(k, out[k], r64, r32) for k, r64, r32 in zip(OUTPUTS, ref64, ref32) if r64 is not None}
+
+
+def _assert_accurate(t, out):
+    verdicts = _verdicts(t, out).values()
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
     assert (out["dgamma"] is None) == (t["gamma"] is None)
     assert out["dx"].dtype == t["x"].dtype and out["dx"].shape == t["x"].shape
@@ -37,6 +47,24 @@ def _assert_accurate(t, out):
 def test_fused_backward(case):
     t = build(case, KERNEL_DEVICE).tensors
     _assert_accurate(t, _fused(t))
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES[:4], ids=str)
+def test_the_composite_and_its_four_stages_agree(case):
+    """The fused plan and the staged plan (the dh_mix, dx, dparams, dgamma kernels through the
+    composer) on the same saved tensors: each passes the accuracy rule, and they differ by no more
+    than their two bounds (they compute differently: dgamma by sum_o phi*G, split-bf16 dvecX_mm)."""
+    t = build(case, KERNEL_DEVICE).tensors
+    env = {k: t[k] for k in ("x", "phi", "alpha", "gamma", "inv_rms", "h_mix", "h_pre", "h_post")}
+    with nan_filled_outputs():
+        staged = Pipeline("triton", plan="staged").backward(
+            env, dh_in=t["dh_in"], dh_post=t["dh_post"], dh_res=t["dh_res"], grad_x_post=t["grad_x_post"]
+        )
+    fused = _fused(t)
+    v_fused, v_staged = _verdicts(t, fused), _verdicts(t, staged)
+    for k in v_fused:
+        assert v_fused[k].ok and v_staged[k].ok, f"{k}: fused {v_fused[k]}; staged {v_staged[k]}"
+        assert rel_err(fused[k], staged[k]) <= v_fused[k].bound + v_staged[k].bound, k
 
 
 @pytest.mark.parametrize("n", range(1, 17))
