@@ -43,6 +43,21 @@ def assert_stage_accurate(stage: str, bundle, out: dict) -> None:
     assert all(v.ok for v in verdicts), f"{stage} on {bundle.case}:\n" + "\n".join(map(str, verdicts))
 
 
+def capture_graph(fn, warmup=3):
+    """Warm fn() up on a side stream (as torch.cuda.graphs asks), then capture it -> (graph, its static
+    outputs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = fn()
+    return graph, outs
+
+
 # --- the layer: a HyperConnection around a linear branch, its float64 golden and its gradients ----------------
 
 PARAMS = ("phi", "alpha", "bias", "gamma")

@@ -14,7 +14,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from mhc_ops.golden import judge
 from mhc_ops.nn import HyperConnection
-from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, layer_golden64, random_layer
+from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, capture_graph, layer_golden64, random_layer
 
 GPU = not INTERPRETING and HAS_CUDA
 gpu_only = pytest.mark.skipif(not GPU, reason="CUDA graphs and Inductor's Triton launches need a GPU")
@@ -171,7 +171,7 @@ def test_forward_capture_and_training_capture_share_weights_at_several_shapes():
         out = hc(x_trn)
         return (out, *torch.autograd.grad(out, leaves, dout))
 
-    graphs = [_capture(forward), _capture(train)]
+    graphs = [capture_graph(forward), capture_graph(train)]
     for trial in range(3):
         with torch.no_grad():
             hc.phi.mul_(1.1 + trial)
@@ -181,16 +181,3 @@ def test_forward_capture_and_training_capture_share_weights_at_several_shapes():
             graph.replay()
             for a, b in zip(static, fn()):
                 assert torch.equal(a, b)
-
-
-def _capture(fn, warmup=3):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = fn()
-    return graph, outs

@@ -7,23 +7,9 @@ import torch
 
 import mhc_ops
 from mhc_ops.nn import HyperConnection
-from tests.helpers import HAS_CUDA, INTERPRETING
+from tests.helpers import HAS_CUDA, INTERPRETING, capture_graph
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="CUDA graphs need a GPU")]
-
-
-def _capture(fn, warmup=3):
-    """Warm up on a side stream (as torch.cuda.graphs asks), then capture fn() -> its static outputs."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = fn()
-    return graph, outs
 
 
 def test_mhc_pre_forward_and_backward_replay_like_eager():
@@ -43,7 +29,7 @@ def test_mhc_pre_forward_and_backward_replay_like_eager():
         outs = mhc_ops.mhc_pre(x, phi, alpha, bias, gamma)
         return (*outs, *torch.autograd.grad(outs, leaves, ups))
 
-    graph, static = _capture(step)
+    graph, static = capture_graph(step)
     for trial in range(2):
         with torch.no_grad():  # new tokens, and an optimizer-like in-place update of the weights
             x.copy_(torch.randn(T, n, D, device="cuda", generator=g))
@@ -66,7 +52,7 @@ def test_layer_forward_and_backward_replay_like_eager():
         out = hc(x)
         return (out, *torch.autograd.grad(out, leaves, dout))
 
-    graph, static = _capture(step)
+    graph, static = capture_graph(step)
     with torch.no_grad():
         x.copy_(torch.randn_like(x))
         hc.phi.mul_(1.5)
