@@ -2,15 +2,15 @@
 
 An op is declared once: its tensor inputs, constants, outputs, what backward saves, and two
 implementations, ``forward(route, *inputs, *consts) -> outputs`` and ``backward(route, saved, grads,
-consts) -> input grads``, the functions of mhc_ops/_impl.py that every path runs. ``define`` builds:
+consts) -> input grads``, the functions of mhc_ops/_impl.py that every path runs. ``Op(spec)`` builds:
 
 - the eager path: a ``torch.autograd.Function`` that calls the implementations directly (no
   dispatcher, no re-validation);
 - the compiled path: ops ``mhc_ops::NAME_fwd`` and ``mhc_ops::NAME_bwd`` with the autograd formula
   registered on the forward, twice: ``traced`` (``torch.library.triton_op``: torch.compile traces
   the body, so Inductor sees and launches our Triton kernels, and none of our Python runs in the
-  compiled graph) for routes it can trace, ``opaque`` (``torch.library.custom_op``, outputs faked
-  from the spec) for routes through the Triton interpreter or the stage composer.
+  compiled graph) for the all-Triton route, ``opaque`` (``torch.library.custom_op``, outputs faked
+  from the spec) for the golden, the Triton interpreter and the stage composer (``Route.traced``).
 
 Both paths save the same tensors, cast input gradients to their inputs' dtypes, and give None for a
 None input (gamma). Ops return tensors only: the backward op returns an empty tensor for such a
@@ -23,7 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch._library.triton import is_wrap_triton_enabled
 
+from ._impl import Route
 from .kernels._launch import op_body
 
 NAMESPACE = "mhc_ops"
@@ -143,13 +145,13 @@ class Op:
 
         def fwd_impl(*args):
             *rest, key = args
-            route = _route_of(key)
+            route = Route.from_key(key)
             with op_body(traced=traced and _tracing()):
                 return _unaliased(spec.forward(route, *rest))
 
         def bwd_impl(*args):
             *rest, key = args
-            route = _route_of(key)
+            route = Route.from_key(key)
             saved, grads = tuple(rest[:n_saved]), tuple(rest[n_saved : len(rest) - n_const])  # + extra_grads
             consts = tuple(rest[len(rest) - n_const :])
             with op_body(traced=traced and _tracing()):
@@ -192,15 +194,7 @@ class Op:
 def _tracing() -> bool:
     """Inside a triton_op body: True when torch.compile traces it (wrap_triton records launches), False
     when the dispatcher runs it on real tensors (triton_op then turns wrap_triton off)."""
-    from torch._library.triton import is_wrap_triton_enabled
-
     return is_wrap_triton_enabled()
-
-
-def _route_of(key: str):
-    from ._impl import Route
-
-    return Route.from_key(key)
 
 
 def _eager_function(op: Op) -> type:
