@@ -7,13 +7,10 @@ import torch
 import mhc_ops
 from mhc_ops.golden import Case, judge, mhc_pre_backward, mhc_pre_forward
 from mhc_ops.golden.fixtures import make_inputs
+from tests.cases import OP_CASES
 from tests.helpers import KERNEL_DEVICE
 
 needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-OP_CASES = [
-    Case(lead=(2, 3), n=4, D=24, dtype="bfloat16", seed=401),
-    Case(lead=(5,), n=3, D=19, dtype="float32", seed=402, gamma=False, x_scale=4.0),
-]
 FWD_NAMES = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")
 BWD_NAMES = ("dx", "dphi", "dalpha", "dbias", "dgamma")
 

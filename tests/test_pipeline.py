@@ -7,12 +7,9 @@ import torch
 from mhc_ops.golden import PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES, Case, judge, mhc_pre_backward, mhc_pre_forward
 from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.stages import STAGES, Pipeline
+from tests.cases import CHAIN_CASES
 from tests.helpers import KERNEL_DEVICE, nan_filled_outputs
 
-CHAIN_CASES = [
-    Case(lead=(2, 5), n=4, D=40, dtype="bfloat16", seed=301, x_scale=8.0),
-    Case(lead=(7,), n=3, D=21, dtype="float32", seed=302, gamma=False, grad_x_post=True),
-]
 BOUNDARY = [k for s in PRE_STAGE_NAMES for k in STAGE_IO[s]["outputs"]]
 PER_STAGE = [pytest.param({s: "triton"}, marks=pytest.mark.stage(s), id=f"{s}-on-triton") for s in PRE_STAGE_NAMES]
 

@@ -10,9 +10,8 @@ from mhc_ops.golden import PRE_STAGE_NAMES, build, stage_dh_mix
 from mhc_ops.kernels.dh_mix import mhc_pre_dh_mix
 from mhc_ops.kernels.dparams import mhc_pre_dparams
 from mhc_ops.stages import STAGES
+from tests.cases import HISTORICAL_ROW_BLOCK, ROW_BLOCKS_D, ROW_CASE
 from tests.helpers import KERNEL_DEVICE
-
-from .cases import HISTORICAL_ROW_BLOCK, ROW_BLOCKS_D, ROW_CASE
 
 RECORD = "docs/bugs/dalpha-block-smaller-than-row.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

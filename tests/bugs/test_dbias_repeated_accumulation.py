@@ -10,9 +10,8 @@ from mhc_ops.diagnose import analyse_stage, format_stage
 from mhc_ops.golden import build, stage_dparams
 from mhc_ops.kernels.dgamma import mhc_pre_dgamma
 from mhc_ops.kernels.dparams import mhc_pre_dparams
+from tests.cases import ACCUM_BLOCK_T, ACCUM_CASE, ACCUM_SPLITS, HISTORICAL_RES_BLOCK
 from tests.helpers import KERNEL_DEVICE
-
-from .cases import ACCUM_BLOCK_T, ACCUM_CASE, ACCUM_SPLITS, HISTORICAL_RES_BLOCK
 
 RECORD = "docs/bugs/dbias-repeated-accumulation.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

@@ -7,9 +7,8 @@ from mhc_ops.diagnose import analyse_chain, analyse_stage, format_stage
 from mhc_ops.golden import build, stage_dh_mix
 from mhc_ops.kernels.dgamma import mhc_pre_dgamma
 from mhc_ops.kernels.dh_mix import mhc_pre_dh_mix
+from tests.cases import INV_RMS_FAR, RMS_CASES
 from tests.helpers import KERNEL_DEVICE
-
-from .cases import INV_RMS_FAR, RMS_CASES
 
 RECORD = "docs/bugs/dgamma-missing-inv-rms.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

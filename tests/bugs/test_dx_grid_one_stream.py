@@ -9,9 +9,8 @@ from mhc_ops.diagnose import analyse_stage, format_stage
 from mhc_ops.golden import build
 from mhc_ops.kernels import dx as dx_module
 from mhc_ops.kernels.dx import mhc_pre_dx
+from tests.cases import DX_BLOCKS, DX_CASES
 from tests.helpers import KERNEL_DEVICE
-
-from .cases import DX_BLOCKS, DX_CASES
 
 RECORD = "docs/bugs/dx-grid-one-stream.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

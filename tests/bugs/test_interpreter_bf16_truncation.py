@@ -7,9 +7,8 @@ import triton
 import triton.language as tl
 
 from mhc_ops.kernels._common import round_to
+from tests.cases import ROUNDING_SEED, ROUNDING_VALUES
 from tests.helpers import INTERPRETING, KERNEL_DEVICE
-
-from .cases import ROUNDING_SEED, ROUNDING_VALUES
 
 RECORD = "docs/bugs/interpreter-bf16-truncation.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

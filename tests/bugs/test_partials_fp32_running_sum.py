@@ -7,9 +7,7 @@ import torch
 from mhc_ops.golden import build, judge
 from mhc_ops.golden.accuracy import Verdict
 from mhc_ops.kernels._reduce import sum_partials
-from tests.helpers import KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs, run_triton_stage
-
-from .cases import (
+from tests.cases import (
     PARTIALS_C,
     PARTIALS_COLS,
     PARTIALS_DPARAMS_BLOCK_T,
@@ -18,6 +16,7 @@ from .cases import (
     PARTIALS_ROWS,
     PARTIALS_SEED,
 )
+from tests.helpers import KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs, run_triton_stage
 
 RECORD = "docs/bugs/partials-fp32-running-sum.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

@@ -8,9 +8,7 @@ import triton.language as tl
 
 from mhc_ops.golden import build, judge, run_golden
 from mhc_ops.kernels._common import bf16_dot, interpreting, o_pad, split_bf16_host
-from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
-
-from .cases import (
+from tests.cases import (
     CHAIN_BLOCK_K,
     CHAIN_BLOCK_T,
     CHAIN_DPARAMS_CASE,
@@ -19,6 +17,7 @@ from .cases import (
     CHAIN_FWD_LAUNCH,
     CHAIN_GPU_CASE,
 )
+from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
 
 RECORD = "docs/bugs/tensor-core-accumulator-chaining.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")

@@ -3,7 +3,6 @@ forward, gradcheck, the direction of h_res (first index = input stream), and the
 
 Upstream gradients are random (make_inputs draws dout), never a sum() loss."""
 
-import itertools
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from mhc_ops.golden import Case, rel_err
 from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.golden.mhc_post import STAGE_IO, mhc_post_backward, mhc_post_forward, stage_post_bwd, stage_post_fwd
+from tests.cases import POST_AUTOGRAD_CASES
 
 F64 = torch.float64
 F64_TOL = 1e-12
@@ -18,11 +18,6 @@ FWD = pytest.mark.stage("post_fwd")
 BWD = pytest.mark.stage("post_bwd")
 INPUTS = ("x", "h_res", "h_out", "h_post")
 GRADS = ("dx", "dh_res", "dh_out", "dh_post")
-# Every n of the issue's golden list, odd D, both layouts (BSND (2, 3), TND (5,)).
-AUTOGRAD_CASES = [
-    Case(op="mhc_post", lead=lead, n=n, D=D, dtype="float32", seed=10 * n + D)
-    for n, D, lead in itertools.product((1, 3, 4, 6), (5, 13), ((2, 3), (5,)))
-]
 
 
 def _f64_inputs(case: Case) -> dict:
@@ -30,7 +25,7 @@ def _f64_inputs(case: Case) -> dict:
 
 
 @BWD
-@pytest.mark.parametrize("case", AUTOGRAD_CASES, ids=str)
+@pytest.mark.parametrize("case", POST_AUTOGRAD_CASES, ids=str)
 def test_backward_matches_autograd(case):
     t = _f64_inputs(case)
     leaves = {k: t[k].clone().requires_grad_() for k in INPUTS}

@@ -9,41 +9,20 @@ import pytest
 import torch
 
 from mhc_ops.diagnose import prefilled_empty
-from mhc_ops.golden import Case, build, rel_err, run_golden
+from mhc_ops.golden import build, rel_err, run_golden
 from mhc_ops.golden.accuracy import ABS_SLACK, FP32_GOLDEN_FACTOR
 from mhc_ops.kernels import fwd
 from mhc_ops.kernels._common import o_pad
-from tests.cases import EMPTY_CASES, GOLDEN_NS
+from tests.cases import EMPTY_CASES, SPLIT_CASES, SPLIT_D
 from tests.helpers import KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
 
 pytestmark = [
     pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device"),
     pytest.mark.stage("fwd"),
 ]
-D = 49
+D = SPLIT_D
 BLOCK_D = 16  # cdiv(49, 16) = 4 chunks per stream
-N1, N3, N4, N6 = GOLDEN_NS
 
-# (case, launch options): every axis covered, not the cross product. T = 70 is one more token block
-# than 64 (and 5 blocks of 16); splits 2, 3, 7 and more than the chunks (n = 1: 4 chunks; n = 4: 16,
-# more than the finish kernel's FINISH_UNROLL); h_in in one D block (block_d_apply 64 >= D), several
-# (16, 32) and finish_cols' choice.
-SPLIT_CASES = [
-    (Case(lead=(70,), n=N4, D=D, dtype="bfloat16", seed=801), dict(block_t=16, splits=2)),
-    (Case(lead=(2, 35), n=N3, D=D, dtype="float16", seed=802, gamma=False), dict(block_t=64, splits=3)),
-    (Case(lead=(1,), n=N6, D=D, dtype="float32", seed=803), dict(block_t=16, splits=7)),
-    (Case(lead=(5,), n=N1, D=D, dtype="bfloat16", seed=804, gamma=False), dict(block_t=16, splits=7)),
-    (Case(lead=(1, 5), n=N4, D=D, dtype="float32", seed=805, x_scale=8.0), dict(block_t=16, splits=100)),
-    (Case(lead=(70,), n=N6, D=D, dtype="bfloat16", seed=806, gamma=False), dict(block_t=16, splits=3, block_d_apply=16)),
-    (Case(lead=(2, 3), n=N1, D=D, dtype="float16", seed=807), dict(block_t=16, splits=2)),
-    (Case(lead=(70,), n=N3, D=D, dtype="float32", seed=808, gamma=False), dict(block_t=64, splits=7, block_d_apply=64)),
-    (Case(lead=(1, 1), n=N4, D=D, dtype="float16", seed=809, x_scale=0.125), dict(block_t=16, splits=100)),
-    (Case(lead=(5,), n=N6, D=D, dtype="float16", seed=810), dict(block_t=16, splits=2, block_d_apply=32)),
-    (Case(lead=(7, 10), n=N4, D=D, dtype="bfloat16", seed=811), dict(block_t=16, splits=7, block_d_apply=16)),
-    (Case(lead=(70,), n=N1, D=D, dtype="float32", seed=812), dict(block_t=16, splits=3)),
-    # n = 8 (O = 80 padded to 128), on the bf16 split weights
-    (Case(lead=(3, 6), n=8, D=D, dtype="bfloat16", seed=813), dict(block_t=16, splits=5)),
-]  # fmt: skip
 _LAUNCHES = ("_fwd_kernel", "_fwd_partial_kernel", "_fwd_finish_kernel")
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mhc_ops.golden import Case, build, judge, run_golden
 from mhc_ops.golden.mhc_post import STAGE_IO
 from mhc_ops.kernels import post as kp
+from tests.cases import POST_BLOCKS, POST_GPU_CASES, POST_KERNEL_CASES, post_case
 from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
@@ -21,24 +22,6 @@ STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in TRITON]
 # Stored in x's dtype; dh_res and dh_post in fp32.
 X_DTYPE_OUTPUTS = ("out", "dx", "dh_out")
 
-
-def _case(lead, n, D, dtype="bfloat16", seed=0, x_scale=1.0) -> Case:
-    return Case(op="mhc_post", lead=lead, n=n, D=D, dtype=dtype, seed=seed, x_scale=x_scale)
-
-
-# Every n of the issue (1, 3, 4, 6, 8; 3 and 6 padded to 4 and 8 and masked), odd D, one token, BSND and
-# TND, bf16/fp16/fp32, x far from unit scale.
-CASES = [
-    _case((2, 3), 4, 67, "bfloat16", seed=1),
-    _case((5,), 1, 5, "float32", seed=2),
-    _case((1,), 3, 67, "float16", seed=3, x_scale=8.0),
-    _case((3, 7), 6, 5, "bfloat16", seed=4, x_scale=0.125),
-    _case((19,), 8, 13, "float32", seed=5),
-    _case((1, 1), 6, 33, "float16", seed=6),
-]
-# (block_t, block_d): blocks smaller than D (the backward loops over D, the forward's grid covers it),
-# one token a program, and blocks larger than D and than the token count.
-BLOCKS = [(1, 32), (2, 16), (4, 128), (8, 64)]
 
 _bundles = {}
 
@@ -68,7 +51,7 @@ def assert_accurate(stage: str, inputs: dict, out: dict) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", POST_KERNEL_CASES, ids=str)
 def test_stage_on_golden_inputs(stage, case):
     bundle = _bundle(case)
     inputs, _ = bundle.stage_view(stage)
@@ -76,9 +59,9 @@ def test_stage_on_golden_inputs(stage, case):
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
-@pytest.mark.parametrize(("block_t", "block_d"), BLOCKS)
+@pytest.mark.parametrize(("block_t", "block_d"), POST_BLOCKS)
 def test_block_sizes(stage, block_t, block_d):
-    bundle = _bundle(CASES[0])
+    bundle = _bundle(POST_KERNEL_CASES[0])
     inputs, _ = bundle.stage_view(stage)
     assert_stage_accurate(stage, bundle, run_stage(stage, inputs, block_t=block_t, block_d=block_d))
 
@@ -94,7 +77,7 @@ def test_zero_tokens(stage, lead, monkeypatch):
     """No tokens: empty outputs of the right shapes and dtypes, and no launch."""
     monkeypatch.setattr(kp, "_post_fwd_kernel", _NotLaunched())
     monkeypatch.setattr(kp, "_post_bwd_kernel", _NotLaunched())
-    bundle = build(_case(lead, 3, 5), KERNEL_DEVICE)
+    bundle = build(post_case(lead, 3, 5), KERNEL_DEVICE)
     inputs, ref = bundle.stage_view(stage)
     out = run_stage(stage, inputs)
     for k, r in ref.items():
@@ -105,7 +88,7 @@ def test_zero_tokens(stage, lead, monkeypatch):
 def test_nan_stays_in_its_token(stage):
     """A NaN in one token's x (and dout) makes that token's outputs NaN and leaves the tokens that share
     its program bitwise as they were."""
-    inputs, _ = _bundle(_case((6,), 4, 9, seed=7)).stage_view(stage)
+    inputs, _ = _bundle(post_case((6,), 4, 9, seed=7)).stage_view(stage)
     spoiled = dict(inputs)
     for k in ("x", "dout"):
         if k in inputs:
@@ -121,7 +104,7 @@ def test_nan_stays_in_its_token(stage):
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 def test_two_runs_are_bitwise_identical(stage):
-    inputs, _ = _bundle(CASES[3]).stage_view(stage)
+    inputs, _ = _bundle(POST_KERNEL_CASES[3]).stage_view(stage)
     a, b = run_stage(stage, inputs, block_d=8), run_stage(stage, inputs, block_d=8)
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -142,7 +125,7 @@ def test_strided_inputs(stage):
     """Inputs are read in place through their strides: x with a stride-0 stream axis (one stream
     broadcast to all, as a model's first layer sees it), x and dout transposed in memory, h_out a
     strided slice, h_res and h_post transposed in memory."""
-    inputs, _ = _bundle(_case((3, 2), 4, 9, seed=8)).stage_view(stage)
+    inputs, _ = _bundle(post_case((3, 2), 4, 9, seed=8)).stage_view(stage)
     common = {
         "h_out": _every_other(inputs["h_out"]),
         "h_res": _transposed_storage(inputs["h_res"]),
@@ -188,7 +171,7 @@ BAD = [
 def test_bad_input_is_rejected_before_launch(arg, spoil, exc, msg, monkeypatch):
     monkeypatch.setattr(kp, "_post_fwd_kernel", _NotLaunched())
     monkeypatch.setattr(kp, "_post_bwd_kernel", _NotLaunched())
-    good = dict(_bundle(_case((2, 3), 4, 5, seed=9)).tensors) | {"block_t": None, "block_d": None}
+    good = dict(_bundle(post_case((2, 3), 4, 5, seed=9)).tensors) | {"block_t": None, "block_d": None}
     bad = good | {arg: spoil(good[arg])}
     stages = ["post_bwd"] if arg == "dout" else list(TRITON)
     for stage in stages:
@@ -205,7 +188,7 @@ def fuzz_cases(draw):
     """Shapes the lists above may miss: any n from 1 to 8, odd D, leading dims with 0 and 1 in them,
     and any block sizes."""
     lead = draw(st.sampled_from([(0,), (1,), (2,), (7,), (1, 1), (1, 5), (3, 2), (2, 0), (0, 3)]))
-    case = _case(
+    case = post_case(
         lead,
         draw(st.integers(1, 8)),
         draw(st.sampled_from([1, 3, 7, 15, 33])),
@@ -228,20 +211,11 @@ def test_fuzz_shapes(case_blocks):
         assert_stage_accurate(stage, bundle, run_stage(stage, inputs, block_t=block_t, block_d=block_d))
 
 
-# Compiled only: realistic shapes, the issue's benchmark shape among them.
-GPU_CASES = [
-    _case((16384,), 4, 7168, "bfloat16", seed=201),
-    _case((2, 2048), 4, 2560, "bfloat16", seed=202),
-    _case((4096,), 6, 1280, "float16", seed=203),
-    _case((777,), 8, 67, "float32", seed=204, x_scale=0.125),
-]
-
-
 @pytest.mark.gpu
 @pytest.mark.stage("post_fwd")
 @pytest.mark.stage("post_bwd")
 @pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="realistic shapes need a CUDA device")
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+@pytest.mark.parametrize("case", POST_GPU_CASES, ids=str)
 def test_stages_on_gpu_at_realistic_shapes(case):
     bundle = build(case, "cuda")
     for stage in TRITON:

@@ -16,6 +16,7 @@ from mhc_ops.golden import Case, build, judge, run_golden
 from mhc_ops.golden.fixtures import make_inputs as fixture_inputs
 from mhc_ops.golden.sinkhorn import STAGE_IO
 from mhc_ops.kernels import sinkhorn as ks
+from tests.cases import SINKHORN_KERNEL_CASES, sinkhorn_case
 from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
@@ -23,24 +24,6 @@ TRITON = {"sinkhorn_fwd": ks.sinkhorn_fwd, "sinkhorn_bwd": ks.sinkhorn_bwd}
 STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in TRITON]
 FWD = pytest.mark.stage("sinkhorn_fwd")
 BWD = pytest.mark.stage("sinkhorn_bwd")
-
-
-def _case(lead, n, dtype="float32", iters=20, init="random", seed=0) -> Case:
-    return Case(op="sinkhorn", lead=lead, n=n, dtype=dtype, iters=iters, logits_init=init, seed=seed)
-
-
-# (case, block_t): every n from 1 to 8 (n = 3, 5, 6, 7 padded and masked), BSND and TND, one token,
-# bf16/fp16/fp32 logits, iters 1, 2, 3 and 20, random and near-identity logits, several programs.
-CASES = [
-    (_case((2, 3), 4, "bfloat16", seed=1), None),
-    (_case((5,), 1, seed=2), None),
-    (_case((1,), 2, "float16", iters=2, init="identity", seed=3), None),
-    (_case((3, 7), 3, "bfloat16", iters=1, seed=4), 4),  # 21 tokens in 6 programs
-    (_case((19,), 6, "float16", init="identity", seed=5), 32),
-    (_case((2, 9), 8, init="identity", seed=6), 32),
-    (_case((37,), 5, iters=2, seed=7), None),  # 8 tokens a program: 5 programs, the last one partial
-    (_case((1, 1), 7, "bfloat16", iters=3, init="identity", seed=8), None),
-]
 
 
 def _id(case_block) -> str:
@@ -79,7 +62,7 @@ def assert_accurate(stage: str, inputs: dict, out: dict) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
-@pytest.mark.parametrize("case_block", CASES, ids=_id)
+@pytest.mark.parametrize("case_block", SINKHORN_KERNEL_CASES, ids=_id)
 def test_stage_on_golden_inputs(stage, case_block):
     case, block_t = case_block
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
@@ -89,7 +72,7 @@ def test_stage_on_golden_inputs(stage, case_block):
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 def test_stage_on_fixture_bundle(stage):
     """The fixture builder's bundle (fp32 logits), checked by the suite's common helper."""
-    bundle = build(_case((2, 3), 4, iters=5, init="identity", seed=9), KERNEL_DEVICE)
+    bundle = build(sinkhorn_case((2, 3), 4, iters=5, init="identity", seed=9), KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
     assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
 
@@ -98,7 +81,7 @@ def test_stage_on_fixture_bundle(stage):
 def test_backward_checkpoint_segments():
     """Any checkpoint segment length gives bitwise the same gradient (the recomputation runs the same
     passes from the same start), whole segments or a partial last one, and it is the right one."""
-    case = _case((3,), 3, iters=5, init="identity", seed=11)
+    case = sinkhorn_case((3,), 3, iters=5, init="identity", seed=11)
     t = make_inputs(case, KERNEL_DEVICE)
     outs = []
     for seg in (1, 2, 3, 6):  # isqrt(4) = 2 is the default; 3 leaves a partial segment; 6 > iters - 1
@@ -113,7 +96,7 @@ def test_backward_checkpoint_segments():
 @pytest.mark.parametrize("iters", (3, 12))
 def test_backward_at_other_iteration_counts(iters):
     """iters - 1 = 2 (segments of 1) and 11 (segments of 3, 3, 3, 2)."""
-    case = _case((2,), 4, iters=iters, seed=12)
+    case = sinkhorn_case((2,), 4, iters=iters, seed=12)
     inputs = stage_inputs("sinkhorn_bwd", case, make_inputs(case, KERNEL_DEVICE))
     assert_accurate("sinkhorn_bwd", inputs, run_stage("sinkhorn_bwd", inputs))
 
@@ -124,7 +107,7 @@ def test_row_and_column_sums_are_fp32_grade(n):
     """iters = 20 from bf16 logits, P in fp32: row and column sums within 1e-6 of the fp64 golden's,
     and within 1e-5 of 1 where 20 iterations converge (logits of spread 0.5; the column sums always)."""
     for init, factor in (("random", 0.25), ("random", 1.0), ("identity", 1.0)):  # spread 0.5, 2, near-identity
-        case = _case((4, 4), n, init=init, seed=n)
+        case = sinkhorn_case((4, 4), n, init=init, seed=n)
         logits = (factor * fixture_inputs(case, KERNEL_DEVICE)["logits"]).to(torch.bfloat16)
         P = run_stage("sinkhorn_fwd", {"logits": logits, "iters": 20}, block_t=16)["P"]
         assert P.dtype == torch.float32
@@ -140,7 +123,7 @@ def test_row_and_column_sums_are_fp32_grade(n):
 def test_column_pass_is_last():
     """iters = 1: softmax + eps, then one column pass: the column sums are 1, the row sums are not
     (a kernel that ran the passes in the other order would give the opposite)."""
-    logits = make_inputs(_case((32,), 4), KERNEL_DEVICE)["logits"]
+    logits = make_inputs(sinkhorn_case((32,), 4), KERNEL_DEVICE)["logits"]
     P = run_stage("sinkhorn_fwd", {"logits": logits, "iters": 1})["P"]
     assert (P.sum(-2) - 1).abs().max() < 1e-4
     assert (P.sum(-1) - 1).abs().max() > 0.1
@@ -152,7 +135,7 @@ def test_zero_tokens(stage, lead, monkeypatch):
     """No tokens: empty outputs of the right shape and dtype, and no launch."""
     monkeypatch.setattr(ks, "_sinkhorn_fwd_kernel", _NotLaunched())
     monkeypatch.setattr(ks, "_sinkhorn_bwd_kernel", _NotLaunched())
-    case = _case(lead, 4, "bfloat16")
+    case = sinkhorn_case(lead, 4, "bfloat16")
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
     out = run_stage(stage, inputs)
     (name,) = STAGE_IO[stage]["outputs"]
@@ -164,7 +147,7 @@ def test_zero_tokens(stage, lead, monkeypatch):
 def test_nan_stays_in_its_token(stage):
     """A NaN in one token's logits (sharing a program with four others) makes that token NaN and
     leaves the other tokens bitwise as they were."""
-    case = _case((5,), 4, iters=3, seed=13)
+    case = sinkhorn_case((5,), 4, iters=3, seed=13)
     clean = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
     spoiled = dict(clean)
     spoiled["logits"] = clean["logits"].clone()
@@ -179,7 +162,7 @@ def test_nan_stays_in_its_token(stage):
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 def test_two_runs_are_bitwise_identical(stage):
-    case = _case((2, 20), 4, "bfloat16", iters=5, init="identity", seed=14)
+    case = sinkhorn_case((2, 20), 4, "bfloat16", iters=5, init="identity", seed=14)
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
     (name,) = STAGE_IO[stage]["outputs"]
     assert torch.equal(run_stage(stage, inputs)[name], run_stage(stage, inputs)[name])
@@ -188,7 +171,7 @@ def test_two_runs_are_bitwise_identical(stage):
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 def test_noncontiguous_inputs(stage):
     """Strided logits and dP give the same result as contiguous ones (the stage copies them)."""
-    case = _case((3, 2), 3, iters=2, seed=15)
+    case = sinkhorn_case((3, 2), 3, iters=2, seed=15)
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
     strided = {k: v.transpose(-1, -2).contiguous().transpose(-1, -2) if isinstance(v, torch.Tensor) else v
                for k, v in inputs.items()}  # fmt: skip
@@ -235,7 +218,7 @@ BAD = [
 def test_bad_input_is_rejected_before_launch(arg, spoil, exc, msg, monkeypatch):
     monkeypatch.setattr(ks, "_sinkhorn_fwd_kernel", _NotLaunched())
     monkeypatch.setattr(ks, "_sinkhorn_bwd_kernel", _NotLaunched())
-    case = _case((2, 3), 4, iters=2)
+    case = sinkhorn_case((2, 3), 4, iters=2)
     good = make_inputs(case, KERNEL_DEVICE) | {"iters": 2, "eps": 1e-6, "block_t": None}
     bad = good | {arg: spoil(good[arg])}
     stages = ["sinkhorn_bwd"] if arg == "dP" else list(TRITON)
@@ -253,7 +236,7 @@ def fuzz_cases(draw):
     """Shapes the suite's lists may miss: any n from 1 to 8, leading dims with 0 and 1 in them."""
     n = draw(st.integers(1, 8))
     lead = draw(st.sampled_from([(0,), (1,), (2,), (7,), (1, 1), (1, 5), (3, 2), (2, 0), (0, 3)]))
-    case = _case(
+    case = sinkhorn_case(
         lead,
         n,
         draw(st.sampled_from(["bfloat16", "float16", "float32"])),
@@ -279,7 +262,7 @@ def test_fuzzed_shapes(stage, case_block):
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 @pytest.mark.parametrize("init", ["random", "identity"])
 def test_stage_on_gpu_at_realistic_shapes(stage, init):
-    case = _case((16384,), 4, "bfloat16", init=init, seed=21)
+    case = sinkhorn_case((16384,), 4, "bfloat16", init=init, seed=21)
     inputs = stage_inputs(stage, case, make_inputs(case, "cuda"))
     assert_accurate(stage, inputs, run_stage(stage, inputs))
 
@@ -291,7 +274,7 @@ def test_token_and_iteration_counts_do_not_recompile():
     kernels = (ks._sinkhorn_fwd_kernel, ks._sinkhorn_bwd_kernel)
     sizes = []
     for T, iters in ((1, 20), (37, 1), (64, 2), (1000, 7), (4096, 20)):
-        t = make_inputs(_case((T,), 4, iters=iters, seed=T), "cuda")
+        t = make_inputs(sinkhorn_case((T,), 4, iters=iters, seed=T), "cuda")
         ks.sinkhorn_fwd(logits=t["logits"], iters=iters)
         ks.sinkhorn_bwd(logits=t["logits"], dP=t["dP"], iters=iters)
         torch.cuda.synchronize()
