@@ -67,7 +67,7 @@ from mhc_ops.golden.accuracy import rel_err  # noqa: E402
 from mhc_ops.nn import HyperConnection  # noqa: E402
 
 from . import host, run  # noqa: E402
-from .shapes import SEED, X_DTYPE, Shape, parsed_shapes  # noqa: E402
+from .shapes import SEED, X_DTYPE, Shape, parsed_device, parsed_shapes, parsed_subset  # noqa: E402
 
 DEFAULT_SHAPES = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168"
 OP = "layer_step"  # benchmarks/run.py's name for the same step: its golden and output names
@@ -367,17 +367,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda[:i] or cpu")
     args = p.parse_args(argv)
     args.shapes = parsed_shapes(p, args.shapes)
-    args.modes = list(dict.fromkeys(s.strip() for s in args.modes.split(",") if s.strip()))
-    if not args.modes or set(args.modes) - set(MODES):
-        p.error(f"--modes: expected a comma-separated subset of {', '.join(MODES)}, got {','.join(args.modes)!r}")
-    args.device = torch.device(args.device)
-    if args.device.type not in ("cuda", "cpu"):
-        p.error(f"--device: expected cuda[:i] or cpu, got {args.device}")
-    if args.device.type == "cuda":
-        if not torch.cuda.is_available():
-            p.error("--device cuda: no CUDA device here (--device cpu runs the smoke test)")
-        if args.device.index is None:
-            args.device = torch.device("cuda", torch.cuda.current_device())
+    args.modes = list(parsed_subset(p, "--modes", args.modes, MODES))
+    args.device = parsed_device(p, args.device, "the smoke test")
     if args.steps is None:
         args.steps = STEPS[args.device.type]
     if args.steps < 1:

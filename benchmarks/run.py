@@ -63,7 +63,7 @@ from mhc_ops.kernels import post as post_kernels  # noqa: E402
 from mhc_ops.kernels import sinkhorn as sinkhorn_kernels  # noqa: E402
 
 from . import host, plots  # noqa: E402
-from .shapes import GAMMA, SEED, SHAPE_SETS, X_DTYPE, Shape, parse_shapes  # noqa: E402
+from .shapes import GAMMA, SEED, SHAPE_SETS, X_DTYPE, Shape, parse_shapes, parsed_device, parsed_subset  # noqa: E402
 
 SINKHORN_ITERS = 20
 SINKHORN_EPS = 1e-6
@@ -757,9 +757,7 @@ def parse_args(argv: list[str] | None, impls: Mapping[str, Mapping[str, Factory]
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda[:i] or cpu")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device)
-    if args.device.type not in ("cuda", "cpu"):
-        p.error(f"--device: expected cuda[:i] or cpu, got {args.device}")
+    args.device = parsed_device(p, args.device, "the interpreter smoke test")
     if args.host == "auto":
         args.host = "host" if args.device.type == "cuda" else "host-tiny"
     try:
@@ -767,18 +765,11 @@ def parse_args(argv: list[str] | None, impls: Mapping[str, Mapping[str, Factory]
         args.host = [] if args.host == "none" else parse_shapes(args.host)
     except ValueError as e:
         p.error(str(e))
-    args.ops = tuple(dict.fromkeys(s.strip() for s in args.ops.split(",") if s.strip()))
-    if not args.ops or set(args.ops) - set(OPS):
-        p.error(f"--ops: expected a comma-separated subset of {', '.join(OPS)}, got {','.join(args.ops)!r}")
+    args.ops = parsed_subset(p, "--ops", args.ops, OPS)
     if args.impls is not None:
         args.impls = {s.strip() for s in args.impls.split(",") if s.strip()}
         if not args.impls or args.impls - set(names):
             p.error(f"--impls: expected a comma-separated subset of {', '.join(names)}")
-    if args.device.type == "cuda":
-        if not torch.cuda.is_available():
-            p.error("--device cuda: no CUDA device here (--device cpu runs the interpreter smoke test)")
-        if args.device.index is None:
-            args.device = torch.device("cuda", torch.cuda.current_device())
     return args
 
 

@@ -15,6 +15,8 @@ import argparse
 import re
 from dataclasses import dataclass
 
+import torch
+
 SEQ_LEN = 4096
 X_DTYPE = "bfloat16"
 GAMMA = True
@@ -79,3 +81,26 @@ def parsed_shapes(parser: argparse.ArgumentParser, text: str, option: str = "--s
         return parse_shapes(text)
     except ValueError as e:
         parser.error(f"{option}: {e}")
+
+
+def parsed_subset(parser: argparse.ArgumentParser, option: str, text: str, allowed) -> tuple[str, ...]:
+    """A comma-separated subset of allowed for a command line, in order, without repeats; anything else
+    exits 2 with one line naming the option."""
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not names or set(names) - set(allowed):
+        parser.error(f"{option}: expected a comma-separated subset of {', '.join(allowed)}, got {','.join(names)!r}")
+    return names
+
+
+def parsed_device(parser: argparse.ArgumentParser, text: str, cpu_use: str) -> torch.device:
+    """--device for a command line: cpu, or cuda[:i] (with its index) where a CUDA device exists;
+    anything else exits 2 with one line. cpu_use: what --device cpu runs, for the message."""
+    device = torch.device(text)
+    if device.type not in ("cuda", "cpu"):
+        parser.error(f"--device: expected cuda[:i] or cpu, got {device}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device cuda: no CUDA device here (--device cpu runs {cpu_use})")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
