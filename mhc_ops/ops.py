@@ -19,7 +19,7 @@ import torch
 
 from . import _impl
 from ._impl import resolve_route, sinkhorn_max_n
-from ._opspec import Op, OpSpec  # noqa: F401  (Op: the type of OPS values)
+from ._opspec import Op, OpSpec
 from .kernels._common import check_inputs
 from .kernels.post import check_post_inputs
 from .kernels.sinkhorn import check_sinkhorn_inputs
