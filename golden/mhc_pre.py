@@ -20,6 +20,8 @@ __all__ = [
     "stage_dx",
     "stage_dparams",
     "stage_dgamma",
+    "mhc_pre_delayed_forward",
+    "mhc_pre_delayed_backward",
 ]
 
 
@@ -34,10 +36,24 @@ def _gamma_flat(gamma: torch.Tensor | None, n: int, D: int, cd: torch.dtype) -> 
     return None if gamma is None else gamma.reshape(n * D).to(cd)
 
 
+def collapse_coefficients(h_pre, h_pre_prev, delayed: bool, n: int, cd: torch.dtype) -> torch.Tensor:
+    """[T, n] coefficients of h_in = sum_i c[i] * x[i]: this x's h_pre, or with the delayed pre
+    (DeepSeek-V4.1) the previous sublayer's h_pre_prev, or stream 0 alone when there is none."""
+    if not delayed:
+        return h_pre.reshape(-1, n).to(cd)
+    if h_pre_prev is not None:
+        return h_pre_prev.reshape(-1, n).to(cd)
+    first = torch.zeros(n, dtype=cd, device=h_pre.device)
+    first[0] = 1
+    return first.expand(h_pre.reshape(-1, n).shape[0], n)
+
+
 def stage_fwd(
-    *, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, compute_dtype=torch.float32
-) -> dict[str, torch.Tensor]:
-    """The forward: h_mix and inv_rms from x, the coefficients, h_in."""
+    *, x, phi, alpha, bias, gamma=None, h_pre_prev=None, delayed=False, norm_eps=1e-6, hc_eps=1e-6,
+    compute_dtype=torch.float32,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The forward: h_mix and inv_rms from x, the coefficients, h_in (delayed: collapsed with
+    h_pre_prev, or stream 0 when it is None)."""
     lead, n, D = _dims(x)
     cd = compute_dtype
     v = x.reshape(-1, n * D).to(cd)  # [T, nD]
@@ -51,7 +67,8 @@ def stage_fwd(
     h_pre = torch.sigmoid(a[0] * m[:, :n] + b[:n]) + hc_eps
     h_post = 2 * torch.sigmoid(a[1] * m[:, n : 2 * n] + b[n : 2 * n])
     h_res = a[2] * m[:, 2 * n :] + b[2 * n :]
-    h_in = (h_pre[:, :, None] * v.view(-1, n, D)).sum(dim=1)  # [T, D]
+    coll = collapse_coefficients(h_pre, h_pre_prev, delayed, n, cd)
+    h_in = (coll[:, :, None] * v.view(-1, n, D)).sum(dim=1)  # [T, D]
     return {
         "h_in": h_in.to(x.dtype).reshape(*lead, D),
         "h_post": h_post.reshape(*lead, n),
@@ -75,16 +92,26 @@ def stage_dh_mix(
     h_pre,
     h_post,
     gamma=None,
+    dh_pre=None,
+    delayed=False,
     hc_eps=1e-6,
     compute_dtype=torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """Gradients of the coefficients (dh_mix) and of v*gamma through the GEMM (dvecX_mm)."""
+    """Gradients of the coefficients (dh_mix) and of v*gamma through the GEMM (dvecX_mm).
+
+    delayed: h_in was collapsed with h_pre_prev, so sum_d dh_in*x[i] is dh_pre_prev (the gradient of
+    the previous sublayer's coefficients), and the dh_pre that enters dh_pre2 is the gradient of this
+    h_pre from the next sublayer (None: zero)."""
     lead, n, D = _dims(x)
     cd = compute_dtype
     v = x.reshape(-1, n * D).to(cd)
     a = alpha.to(cd)
     dh_in_t = dh_in.reshape(-1, D).to(cd)
-    dh_pre = torch.einsum("tid,td->ti", v.view(-1, n, D), dh_in_t)  # [T, n]
+    dh_coll = torch.einsum("tid,td->ti", v.view(-1, n, D), dh_in_t)  # [T, n], gradient of h_in's coefficients
+    if delayed:
+        dh_pre = torch.zeros_like(dh_coll) if dh_pre is None else dh_pre.reshape(-1, n).to(cd)
+    else:
+        dh_pre = dh_coll
     s = h_pre.reshape(-1, n).to(cd) - hc_eps  # sigmoid of the pre logit
     dh_pre2 = dh_pre * s * (1 - s)
     hp = h_post.reshape(-1, n).to(cd)
@@ -96,7 +123,8 @@ def stage_dh_mix(
     dinv_rms = (dh_mix_tmp * h_mix.reshape(-1, n * n + 2 * n).to(cd)).sum(dim=-1)
     dvecX_mm = dh_mix @ phi.to(cd)  # [T, nD], gradient of v*gamma
     O = n * n + 2 * n
-    return {
+    out = {"dh_pre_prev": dh_coll.reshape(*lead, n)} if delayed else {}
+    return out | {
         "dh_pre": dh_pre.reshape(*lead, n),
         "dh_pre2": dh_pre2.reshape(*lead, n),
         "dh_post2": dh_post2.reshape(*lead, n),
@@ -119,7 +147,8 @@ def stage_dx(
     grad_x_post=None,
     compute_dtype=torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """dx = dvecX_mm*gamma + dvecX_inv + dvecX_hin (+ grad_x_post), stored in x's dtype."""
+    """dx = dvecX_mm*gamma + dvecX_inv + dvecX_hin (+ grad_x_post), stored in x's dtype. h_pre: the
+    coefficients h_in was collapsed with (with the delayed pre, collapse_coefficients')."""
     lead, n, D = _dims(x)
     cd = compute_dtype
     nD = n * D
@@ -255,6 +284,38 @@ def mhc_pre_backward(
     t["dgamma"] = None if gamma is None else stage_dgamma(x=x, dvecX_mm=t["dvecX_mm"], compute_dtype=cd)["dgamma"]
     outs = tuple(t[k] for k in ("dx", "dphi", "dalpha", "dbias", "dgamma"))
     return (outs, t) if return_intermediates else outs
+
+
+def mhc_pre_delayed_forward(
+    x, phi, alpha, bias, gamma=None, h_pre_prev=None, *, norm_eps=1e-6, hc_eps=1e-6, compute_dtype=torch.float32
+):
+    """DeepSeek-V4.1's delayed pre -> (h_in, h_post, h_res, h_pre, inv_rms, h_mix): mhc_pre's outputs,
+    with h_in = sum_i h_pre_prev[i] * x[i] (x[0] when h_pre_prev is None) and h_pre returned for the
+    next sublayer."""
+    out = stage_fwd(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, h_pre_prev=h_pre_prev, delayed=True,
+                    norm_eps=norm_eps, hc_eps=hc_eps, compute_dtype=compute_dtype)  # fmt: skip
+    return tuple(out[k] for k in ("h_in", "h_post", "h_res", "h_pre", "inv_rms", "h_mix"))
+
+
+def mhc_pre_delayed_backward(
+    x, phi, alpha, dh_in, dh_post, dh_res, dh_pre, inv_rms, h_mix, h_pre, h_post, gamma=None, h_pre_prev=None, *,
+    hc_eps=1e-6, grad_x_post=None, compute_dtype=torch.float32,
+):  # fmt: skip
+    """-> (dx, dphi, dalpha, dbias, dgamma, dh_pre_prev): the delayed pre's gradients. dh_pre is the
+    gradient of this h_pre (None: zero); dgamma is None without gamma, dh_pre_prev without h_pre_prev."""
+    cd = compute_dtype
+    n = x.shape[-2]
+    t = stage_dh_mix(x=x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms,
+                     h_mix=h_mix, h_pre=h_pre, h_post=h_post, gamma=gamma, dh_pre=dh_pre, delayed=True,
+                     hc_eps=hc_eps, compute_dtype=cd)  # fmt: skip
+    coll = collapse_coefficients(h_pre, h_pre_prev, True, n, cd)
+    t |= stage_dx(x=x, dvecX_mm=t["dvecX_mm"], dinv_rms=t["dinv_rms"], inv_rms=inv_rms, h_pre=coll, dh_in=dh_in,
+                  gamma=gamma, grad_x_post=grad_x_post, compute_dtype=cd)  # fmt: skip
+    t |= stage_dparams(x=x, dh_pre2=t["dh_pre2"], dh_post2=t["dh_post2"], dh_res=dh_res, dh_mix=t["dh_mix"],
+                       h_mix=h_mix, inv_rms=inv_rms, gamma=gamma, compute_dtype=cd)  # fmt: skip
+    dgamma = None if gamma is None else stage_dgamma(x=x, dvecX_mm=t["dvecX_mm"], compute_dtype=cd)["dgamma"]
+    dh_pre_prev = None if h_pre_prev is None else t["dh_pre_prev"]
+    return t["dx"], t["dphi"], t["dalpha"], t["dbias"], dgamma, dh_pre_prev
 
 
 # The five stages of mhc_pre's staged plan: the op they belong to, the named tensors each one reads

@@ -33,6 +33,7 @@ def _expected_shapes(lead: tuple[int, ...], n: int, D: int) -> dict[str, tuple[i
         "h_pre": (n,),
         "h_post": (n,),
         "dh_pre": (n,),
+        "h_pre_prev": (n,),
         "dh_pre2": (n,),
         "dh_post2": (n,),
         "dvecX_mm": (n * D,),
@@ -66,13 +67,13 @@ def check_x(x) -> tuple[tuple[int, ...], int, int]:
 
 def check_inputs(x, **tensors) -> tuple[tuple[int, ...], int, int]:
     """Validate x and every named tensor against the shapes x implies. None is allowed for gamma and
-    grad_x_post only."""
+    grad_x_post and h_pre_prev only."""
     lead, n, D = check_x(x)
     # Under torch.compile the leading dims may be symbolic: computed, not looked up (Dynamo would trace
     # through the cache anyway, with a warning).
     shapes = (_expected_shapes.__wrapped__ if torch.compiler.is_compiling() else _expected_shapes)(lead, n, D)
     for name, t in tensors.items():
-        if t is None and name in ("gamma", "grad_x_post"):
+        if t is None and name in ("gamma", "grad_x_post", "h_pre_prev"):
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")

@@ -82,10 +82,22 @@ def coeff_grads(
     N_PAD: tl.constexpr,
 ):
     """-> (dh_pre, g2 = [dh_pre2 | dh_post2 | dh_res], dh_mix, dinv_rms) for a block of tokens."""
-    O = n * n + 2 * n
     dh_pre = dh_pre_tile(
         x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_D, O_PAD, N_PAD
     )
+    g2, dh_mix, dinv_rms = coeff_grads_of(
+        dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr, rows, row_mask,
+        cols, n, hc_eps,
+    )  # fmt: skip
+    return dh_pre, g2, dh_mix, dinv_rms
+
+
+@triton.jit
+def coeff_grads_of(dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr, rows,
+                   row_mask, cols, n, hc_eps):  # fmt: skip
+    """coeff_grads given the dh_pre tile (pre columns) -> (g2, dh_mix, dinv_rms). The delayed pre's
+    dh_pre is the next sublayer's gradient of h_pre, not sum_d dh_in*x[i]."""
+    O = n * n + 2 * n
     h_pre = load_coeff_part(h_pre_ptr, rows, row_mask, cols, 0, n)
     h_post = load_coeff_part(h_post_ptr, rows, row_mask, cols, n, n)
     dh_post = load_coeff_part(dh_post_ptr, rows, row_mask, cols, n, n)
@@ -96,7 +108,7 @@ def coeff_grads(
     dh_mix_tmp = alpha_per_col(alpha_ptr, cols, n)[None, :] * g2
     dinv_rms = tl.sum(dh_mix_tmp * h_mix, axis=1)
     dh_mix = dh_mix_tmp * inv_rms[:, None]
-    return dh_pre, g2, dh_mix, dinv_rms
+    return g2, dh_mix, dinv_rms
 
 
 @triton.jit

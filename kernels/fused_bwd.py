@@ -45,25 +45,39 @@ from ._common import (
 )
 from ._launch import launched
 from ._reduce import column_sums
-from .dh_mix import coeff_grads, phi_tile
+from .dh_mix import coeff_grads, coeff_grads_of, dh_pre_tile, phi_tile
 from .dparams import g_update, store_dcoeff_partials
 from .dx import dx_tile, rms_coef_of
 
 
 @launched(do_not_specialize=["T"])
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr,
+                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh_pre_prev_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
-                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
+                   COLLAPSE: tl.constexpr):  # fmt: skip
+    # COLLAPSE (kernels/fwd.collapse_tile): 0 mhc_pre; the delayed pre's dh_pre is an input (the next
+    # sublayer's) and sum_d dh_in*x[i] is dh_pre_prev (1), not needed without h_pre_prev (2: x is not read).
     hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    _, g2, dh_mix, dinv_rms = coeff_grads(
-        x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
-        rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_D, O_PAD, N_PAD)  # fmt: skip
+    if COLLAPSE == 0:
+        _, g2, dh_mix, dinv_rms = coeff_grads(
+            x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
+            rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_D, O_PAD, N_PAD)  # fmt: skip
+    else:
+        if COLLAPSE == 1:
+            dh_coll = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
+                                  BLOCK_D, O_PAD, N_PAD)  # fmt: skip
+            store_coeff_part(dh_pre_prev_ptr, dh_coll, rows, row_mask, cols, 0, n)
+        dh_pre = load_coeff_part(dh_pre_ptr, rows, row_mask, cols, 0, n)
+        g2, dh_mix, dinv_rms = coeff_grads_of(
+            dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr, rows,
+            row_mask, cols, n, hc_eps,
+        )  # fmt: skip
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(rms_coef_ptr + rows, rms_coef_of(dinv_rms, inv_rms, n * D), mask=row_mask)
     store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
@@ -98,10 +112,11 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                    ws_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
-                   INTERPRET: tl.constexpr):  # fmt: skip
+                   INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
+    # h_pre_ptr: the coefficients h_in was collapsed with (COLLAPSE 2: stream 0 alone, not read).
     i = tl.program_id(0) % n
     i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -133,7 +148,10 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         if O_B > 0:
             dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
-        h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
+        if COLLAPSE == 2:
+            h_pre_i = tl.where((rows >= 0) & (i == 0), 1.0, 0.0)
+        else:
+            h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
         xt = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + t0 * sdh_t + off_dh, mask=mask, other=0.0).to(tl.float32)
         # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products, which
@@ -217,8 +235,12 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
-                          num_warps=4, num_stages=2):  # fmt: skip
+                          num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
+
+    delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
+    dh_pre [.., n] fp32 is the gradient of this h_pre (None: zero), and out["dh_pre_prev"] the gradient
+    of h_pre_prev (None without it).
 
     block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
     stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
@@ -249,6 +271,9 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         "dgamma": torch.empty((n, D), device=dev, dtype=f32) if gamma is not None else None,
         "dh_mix": torch.empty((*x.shape[:-2], O), device=dev, dtype=f32),
     }
+    collapse = (2 if h_pre_prev is None else 1) if delayed else 0
+    if delayed:
+        out["dh_pre_prev"] = torch.empty(h_pre.shape, device=dev, dtype=f32) if collapse == 1 else None
     xt, dh_in_t, dx_t = tokens(x, 2), tokens(dh_in, 1), dx.view(-1, n, D)
     if T == 0:
         for k in ("dphi", "dgamma"):
@@ -261,23 +286,29 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     )
     gxp = tokens(grad_x_post, 2) if grad_x_post is not None else xt  # never read without HAS_GXP
     check_tile_span(block_t, xt, dh_in_t, dx_t, gxp)
+    if collapse:
+        dh_pre = dh_pre.contiguous() if dh_pre is not None else h_pre.new_zeros(h_pre.shape)
+    else:
+        dh_pre = h_pre  # never read with COLLAPSE == 0
+    dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
+    h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
     _pass_a_kernel[(blocks_a,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
-        T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d_a,
-        O_PAD=o_pad(n), N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
+        dh_pre, dpp, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d_a,
+        O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
     _pass_b_kernel[(col_programs, splits)](
-        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_pre, ws_g, T, n, D, *xt.stride(),
+        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
-        INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
+        INTERPRET=interpreting(), COLLAPSE=collapse, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128
     _finish_kernel[(cdiv(nD, block_k) + 1,)](

@@ -47,6 +47,7 @@ from ._common import (
     default_block_d,
     fp32_dot,
     interpreting,
+    load_coeff_part,
     n_pad,
     o_pad,
     pre_columns,
@@ -217,6 +218,17 @@ def apply_tile(
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def collapse_tile(coef, hpp_ptr, rows, row_mask, cols, n, COLLAPSE: tl.constexpr):
+    """The coefficients h_in is collapsed with, in the pre columns of a [BLOCK_T, O_PAD] tile: this x's
+    h_pre (COLLAPSE 0), the delayed pre's h_pre_prev [T, n] (1), or stream 0 alone (2: its first sublayer)."""
+    if COLLAPSE == 1:
+        coef = load_coeff_part(hpp_ptr, rows, row_mask, cols, 0, n)
+    if COLLAPSE == 2:
+        coef = tl.where((cols[None, :] == 0) & (rows[:, None] >= 0), 1.0, 0.0)
+    return coef
+
+
 @launched(do_not_specialize=["T"])
 def _fwd_kernel(
     x_ptr,
@@ -231,6 +243,7 @@ def _fwd_kernel(
     inv_rms_ptr,
     h_mix_ptr,
     h_pre_ptr,
+    hpp_ptr,
     T,
     n,
     D,
@@ -249,6 +262,7 @@ def _fwd_kernel(
     INTERPRET: tl.constexpr,
     N_PAD: tl.constexpr,
     STREAM64: tl.constexpr,
+    COLLAPSE: tl.constexpr,
 ):
     norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
@@ -261,7 +275,8 @@ def _fwd_kernel(
     )  # fmt: skip
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
-    apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)
+    coll = collapse_tile(coef, hpp_ptr, rows, row_mask, cols, n, COLLAPSE)
+    apply_tile(x_ptr, h_in_ptr, coll, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -320,6 +335,7 @@ def _fwd_finish_kernel(
     inv_rms_ptr,
     h_mix_ptr,
     h_pre_ptr,
+    hpp_ptr,
     T,
     n,
     D,
@@ -336,6 +352,7 @@ def _fwd_finish_kernel(
     UNROLL: tl.constexpr,
     N_PAD: tl.constexpr,
     STREAM64: tl.constexpr,
+    COLLAPSE: tl.constexpr,
 ):
     """Program (b, j): the partials of token block b summed over s = 0 .. splits-1 in order, the
     coefficients; j == 0 stores the saved tensors; h_in for columns j*apply_cols .. (j+1)*apply_cols - 1."""
@@ -366,8 +383,9 @@ def _fwd_finish_kernel(
         )
     d_start = j * apply_cols
     d_end = tl.minimum(d_start + apply_cols, D)
+    coll = collapse_tile(coef, hpp_ptr, rows, row_mask, cols, n, COLLAPSE)
     apply_tile(
-        x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64
+        x_ptr, h_in_ptr, coll, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64
     )  # fmt: skip
 
 
@@ -449,10 +467,12 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
-    splits=None, block_d_apply=None,
+    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
+    delayed: DeepSeek-V4.1's delayed pre, h_in collapsed with h_pre_prev [.., n] fp32 (stream 0 when
+    it is None) instead of this x's h_pre.
     splits: 1 = the single kernel (one launch); an int > 1 = split-K over that many chunk ranges
     (clamped to the n * cdiv(D, block_d) chunks; two launches); None = auto_splits on CUDA, 1 on CPU
     (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
@@ -492,13 +512,15 @@ def launch_fwd(
     split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range
     splits = min(splits, chunks)  # every split gets >= 1 chunk
     s64 = stream64(n, xt.stride(1))
+    collapse = (2 if h_pre_prev is None else 1) if delayed else 0
+    hpp = h_pre_prev.contiguous() if collapse == 1 else alpha  # never read unless COLLAPSE == 1
     common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
                   INTERPRET=interpreting(), STREAM64=s64, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     if not split_path:
         _fwd_kernel[(token_blocks,)](
-            xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre,
+            xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, hpp,
             T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps), **common,
-            N_PAD=n_pad(n),
+            N_PAD=n_pad(n), COLLAPSE=collapse,
         )  # fmt: skip
         return h_in, h_post, h_res, inv_rms, h_mix, h_pre
     finish_t = min(block_t, FINISH_BLOCK_T)
@@ -512,9 +534,9 @@ def launch_fwd(
         xt, phi, gamma_arg, w_arg, ws, T, n, D, *xt.stride(), *phi.stride(), splits, **common,
     )  # fmt: skip
     _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
-        xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
+        xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, hpp, T, n, D, *xt.stride(), splits,
         block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
-        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), STREAM64=s64, num_warps=num_warps,
+        O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), STREAM64=s64, COLLAPSE=collapse, num_warps=num_warps,
         num_stages=num_stages,
     )  # fmt: skip
     return h_in, h_post, h_res, inv_rms, h_mix, h_pre

@@ -15,7 +15,15 @@ if not (_here / "golden").is_dir() and (_here.parent / "golden" / "__init__.py")
     __path__.append(str(_here.parent))
 
 from .kernels._cache import clear as clear_weight_cache  # noqa: E402
-from .ops import mhc_post, mhc_pre, mhc_pre_backward, mhc_pre_forward, sinkhorn  # noqa: E402
+from .ops import mhc_post, mhc_pre, mhc_pre_backward, mhc_pre_delayed, mhc_pre_forward, sinkhorn  # noqa: E402
 
 __version__ = "0.2.0"
-__all__ = ["clear_weight_cache", "mhc_post", "mhc_pre", "mhc_pre_backward", "mhc_pre_forward", "sinkhorn"]
+__all__ = [
+    "clear_weight_cache",
+    "mhc_post",
+    "mhc_pre",
+    "mhc_pre_backward",
+    "mhc_pre_delayed",
+    "mhc_pre_forward",
+    "sinkhorn",
+]

@@ -134,6 +134,34 @@ def pre_backward(route: Route, saved: tuple, dh_in, dh_post, dh_res, grad_x_post
     return out["dx"], out["dphi"], out["dalpha"], out["dbias"], out["dgamma"]
 
 
+def pre_delayed_forward(route: Route, x, phi, alpha, bias, gamma, h_pre_prev, norm_eps, hc_eps) -> tuple:
+    """The delayed pre (DeepSeek-V4.1) -> (h_in, h_post, h_res, h_pre, inv_rms, h_mix)."""
+    if route.of("fwd") == "triton":
+        h_in, h_post, h_res, inv_rms, h_mix, h_pre = launch_fwd(
+            x, phi, alpha, bias, gamma, norm_eps, hc_eps, delayed=True, h_pre_prev=h_pre_prev
+        )
+        return h_in, h_post, h_res, h_pre, inv_rms, h_mix
+    return golden_pre.mhc_pre_delayed_forward(x, phi, alpha, bias, gamma, h_pre_prev, norm_eps=norm_eps, hc_eps=hc_eps)
+
+
+def pre_delayed_backward(route: Route, saved: tuple, dh_in, dh_post, dh_res, dh_pre, grad_x_post, hc_eps) -> tuple:
+    """saved = (x, phi, alpha, gamma, h_pre_prev, inv_rms, h_mix, h_pre, h_post) -> (dx, dphi, dalpha,
+    dbias, dgamma, dh_pre_prev). The fused Triton backward or the golden (mhc_pre_delayed takes no
+    mixed per-stage backends)."""
+    x, phi, alpha, gamma, h_pre_prev, inv_rms, h_mix, h_pre, h_post = saved
+    dh_in, dh_post, dh_res = zero_grads(x, h_post, dh_in, dh_post, dh_res)
+    if route.pre_backward == "fused":
+        out = launch_backward_fused(
+            x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post, hc_eps,
+            delayed=True, h_pre_prev=h_pre_prev, dh_pre=dh_pre,
+        )  # fmt: skip
+        return out["dx"], out["dphi"], out["dalpha"], out["dbias"], out["dgamma"], out["dh_pre_prev"]
+    return golden_pre.mhc_pre_delayed_backward(
+        x, phi, alpha, dh_in, dh_post, dh_res, dh_pre, inv_rms, h_mix, h_pre, h_post, gamma, h_pre_prev,
+        hc_eps=hc_eps, grad_x_post=grad_x_post,
+    )  # fmt: skip
+
+
 def zero_grads(x, h_post, dh_in, dh_post, dh_res):
     """An output the loss does not use comes back from autograd as None: its gradient is zero."""
     lead, (n, D) = x.shape[:-2], x.shape[-2:]

@@ -101,6 +101,60 @@ def mhc_pre_backward(
     return _impl.pre_backward(route, saved, dh_in, dh_post, dh_res, grad_x_post, hc_eps)
 
 
+# --- mhc_pre_delayed (DeepSeek-V4.1) ---------------------------------------------------------------------------
+
+
+def _delayed_backward(route, saved, grads, consts):
+    dh_in, dh_post, dh_res, dh_pre, grad_x_post = grads
+    return _impl.pre_delayed_backward(route, saved, dh_in, dh_post, dh_res, dh_pre, grad_x_post, consts[1])
+
+
+def _delayed_fake(x, phi, alpha, bias, gamma, h_pre_prev, norm_eps, hc_eps):
+    h_in, h_post, h_res, inv_rms, h_mix, h_pre = _pre_fake(x, phi, alpha, bias, gamma, norm_eps, hc_eps)
+    return h_in, h_post, h_res, h_pre, inv_rms, h_mix
+
+
+def _delayed_grad_like(saved, consts):
+    x, phi, alpha, gamma, h_pre_prev = saved[:5]
+    dh_pre_prev = x.new_empty(h_pre_prev.shape, dtype=torch.float32) if h_pre_prev is not None else None
+    return (*_pre_grad_like((x, phi, alpha, gamma), consts), dh_pre_prev)
+
+
+MHC_PRE_DELAYED = Op(
+    OpSpec(
+        name="mhc_pre_delayed",
+        inputs=("x", "phi", "alpha", "bias", "gamma", "h_pre_prev"),
+        optional=("gamma", "h_pre_prev"),
+        consts=(("norm_eps", "float"), ("hc_eps", "float")),
+        outputs=("h_in", "h_post", "h_res", "h_pre", "inv_rms", "h_mix"),
+        returns=4,
+        saved=("x", "phi", "alpha", "gamma", "h_pre_prev", "inv_rms", "h_mix", "h_pre", "h_post"),
+        forward=_impl.pre_delayed_forward,
+        backward=_delayed_backward,
+        fake=_delayed_fake,
+        grad_like=_delayed_grad_like,
+        extra_grads=("grad_x_post",),
+    )
+)
+
+
+def mhc_pre_delayed(
+    x, phi, alpha, bias, gamma=None, h_pre_prev=None, *, norm_eps=1e-6, hc_eps=1e-6, backend="auto", stages=None
+):
+    """DeepSeek-V4.1's delayed pre -> (h_in, h_post, h_res, h_pre), differentiable in x, phi, alpha, bias,
+    gamma and h_pre_prev.
+
+    As mhc_pre, except that h_in = sum_i h_pre_prev[.., i] * x[.., i, :] (x's dtype, fp32 sums): the
+    previous sublayer's coefficients, or x[.., 0, :] when h_pre_prev is None (the first sublayer).
+    h_pre [.., n] fp32 is this x's pre coefficients, for the next sublayer. h_pre_prev: [.., n] fp32.
+    backend: "auto" | "golden" | "triton"; stages: None (the delayed pre runs whole on one backend)."""
+    check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, h_pre_prev=h_pre_prev)
+    if stages is not None:
+        raise ValueError("stages: expected None for mhc_pre_delayed (it runs whole on one backend: use backend=)")
+    route = resolve_route(backend, None, x)
+    return MHC_PRE_DELAYED(route, (x, phi, alpha, bias, gamma, h_pre_prev), (float(norm_eps), float(hc_eps)))
+
+
 # --- sinkhorn ------------------------------------------------------------------------------------------------
 
 

@@ -234,3 +234,22 @@ SPLIT_CASES = [
     # n = 8 (O = 80 padded to 128), on the bf16 split weights
     (Case(lead=(3, 6), n=8, D=SPLIT_D, dtype="bfloat16", seed=813), dict(block_t=16, splits=5)),
 ]  # fmt: skip
+
+
+# --- the delayed pre (DeepSeek-V4.1; tests/golden/test_delayed_golden.py, tests/kernels/test_delayed.py) ----
+
+# Float64 golden-vs-autograd: every n of the golden, both layouts, gamma and grad_x_post on/off, and the
+# V4.1 checkpoints' norm_eps = 1e-20. Each runs with a previous sublayer's h_pre_prev and without (stream 0).
+DELAYED_AUTOGRAD_CASES = [
+    Case(lead=lead, n=n, D=D, dtype="float32", seed=30 * n + D, gamma=gamma, grad_x_post=gxp, norm_eps=eps)
+    for n in GOLDEN_NS
+    for D in GOLDEN_DS
+    for lead, gamma, gxp, eps in (((2, 3), True, False, 1e-6), ((5,), False, True, 1e-20))
+]
+# Triton through the interpreter: n = 1, 3, 4, 6, odd D, one token, every x dtype, both layouts.
+DELAYED_KERNEL_CASES = [
+    Case(lead=(2, 3), n=4, D=67, dtype="bfloat16", seed=201),
+    Case(lead=(5,), n=1, D=33, dtype="float32", seed=202, gamma=False, grad_x_post=True),
+    Case(lead=(1,), n=3, D=20, dtype="float16", seed=203, grad_x_post=True, norm_eps=1e-20),
+    Case(lead=(19,), n=6, D=45, dtype="bfloat16", seed=204, gamma=False, x_scale=4.0),
+]

@@ -9,6 +9,7 @@ import torch
 
 from mhc_ops.diagnose import prefilled_empty
 from mhc_ops.golden import judge, run_golden
+from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.golden.mhc_post import mhc_post_forward
 from mhc_ops.golden.mhc_pre import mhc_pre_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
@@ -102,3 +103,15 @@ def layer_grads(hc, x, dout):
     grads = {"x": x.grad} | ({"weight": hc.branch.weight.grad} if hc.branch is not None else {})
     grads |= {k: getattr(hc, k).grad for k in PARAMS if getattr(hc, k) is not None}
     return out.detach(), grads
+
+
+def delayed_inputs(case, first: bool, device="cpu") -> dict:
+    """make_inputs(case) plus the delayed pre's: h_pre_prev [.., n] fp32 (a previous sublayer's
+    coefficients, in (hc_eps, 1 + hc_eps); None for the first sublayer) and dh_pre [.., n] fp32 (the
+    next sublayer's gradient of this h_pre)."""
+    t = make_inputs(case, device)
+    g = torch.Generator(device=device).manual_seed(case.seed + 7)
+    shape = (*case.lead, case.n)
+    t["h_pre_prev"] = None if first else torch.sigmoid(torch.randn(shape, generator=g, device=device)) + case.hc_eps
+    t["dh_pre"] = torch.randn(shape, generator=g, device=device)
+    return t
