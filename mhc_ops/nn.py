@@ -25,13 +25,15 @@ import torch
 from . import _impl
 from .kernels._common import check_inputs
 from .kernels.sinkhorn import check_sinkhorn_iters
-from .ops import MHC_PRE, SINKHORN, mhc_post
+from .ops import MHC_PRE, MHC_PRE_DELAYED, SINKHORN, mhc_post
 
 INITS = ("identity", "zero")
 
 
 class _HcPre(torch.autograd.Function):
-    """mhc_pre then sinkhorn as one autograd node -> (h_in, h_post, h_res = sinkhorn(logits), x_link).
+    """mhc_pre (or the delayed pre) then sinkhorn as one autograd node -> (h_in, h_post, h_res =
+    sinkhorn(logits), h_pre, x_link); h_pre is differentiable with the delayed pre only (the next
+    sublayer collapses with it).
 
     x_link is x itself (a view). hc_post reads the streams through it, so the gradient mhc_post gives
     x comes back here as x_link's gradient and enters the pre backward as grad_x_post, added while dx
@@ -40,33 +42,66 @@ class _HcPre(torch.autograd.Function):
     kernels run again in backward."""
 
     @staticmethod
-    def forward(ctx, x, phi, alpha, bias, gamma, route, norm_eps, hc_eps, iters, eps, recompute):
-        pre_out = MHC_PRE.forward_raw(route, (x, phi, alpha, bias, gamma), (norm_eps, hc_eps))
-        h_in, h_post, logits, inv_rms, h_mix, h_pre = pre_out
+    def forward(ctx, x, phi, alpha, bias, gamma, h_pre_prev, route, norm_eps, hc_eps, iters, eps, recompute, delayed):
+        inputs = (x, phi, alpha, bias, gamma, h_pre_prev)
+        h_in, h_post, logits, h_pre, inv_rms, h_mix = _pre_forward(route, inputs, (norm_eps, hc_eps), delayed)
         (h_res,) = SINKHORN.forward_raw(route, (logits,), (iters, eps))
         if recompute:
-            ctx.save_for_backward(x, phi, alpha, bias, gamma)
+            ctx.save_for_backward(*inputs)
         else:
-            ctx.save_for_backward(x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits)
-        ctx.route, ctx.consts, ctx.recompute = route, (norm_eps, hc_eps, iters, eps), recompute
-        ctx.dtypes = tuple(None if t is None else t.dtype for t in (x, phi, alpha, bias, gamma))
-        return h_in, h_post, h_res, x.view_as(x)
+            ctx.save_for_backward(x, phi, alpha, gamma, h_pre_prev, inv_rms, h_mix, h_pre, h_post, logits)
+        ctx.route, ctx.consts, ctx.recompute, ctx.delayed = route, (norm_eps, hc_eps, iters, eps), recompute, delayed
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in inputs)
+        if not delayed:
+            ctx.mark_non_differentiable(h_pre)
+        return h_in, h_post, h_res, h_pre, x.view_as(x)
 
     @staticmethod
-    def backward(ctx, dh_in, dh_post, dh_res, dx_link):
+    def backward(ctx, dh_in, dh_post, dh_res, dh_pre, dx_link):
         route, (norm_eps, hc_eps, iters, eps) = ctx.route, ctx.consts
         if ctx.recompute:
-            x, phi, alpha, bias, gamma = ctx.saved_tensors
-            pre_out = MHC_PRE.forward_raw(route, (x, phi, alpha, bias, gamma), (norm_eps, hc_eps))
-            _, h_post, logits, inv_rms, h_mix, h_pre = pre_out
+            x, phi, alpha, bias, gamma, h_pre_prev = ctx.saved_tensors
+            inputs = (x, phi, alpha, bias, gamma, h_pre_prev)
+            _, h_post, logits, h_pre, inv_rms, h_mix = _pre_forward(route, inputs, (norm_eps, hc_eps), ctx.delayed)
         else:
-            x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post, logits = ctx.saved_tensors
+            x, phi, alpha, gamma, h_pre_prev, inv_rms, h_mix, h_pre, h_post, logits = ctx.saved_tensors
         dlogits = None  # an unused h_res: zero
         if dh_res is not None:
             (dlogits,) = SINKHORN.backward_raw(route, (logits,), (dh_res,), (iters, eps), (logits.dtype,))
-        saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post)
-        grads = MHC_PRE.backward_raw(route, saved, (dh_in, dh_post, dlogits, dx_link), (norm_eps, hc_eps), ctx.dtypes)
-        return *grads, None, None, None, None, None, None
+        consts = (norm_eps, hc_eps)
+        if ctx.delayed:
+            saved = (x, phi, alpha, gamma, h_pre_prev, inv_rms, h_mix, h_pre, h_post)
+            grads = MHC_PRE_DELAYED.backward_raw(route, saved, (dh_in, dh_post, dlogits, dh_pre, dx_link), consts,
+                                                 ctx.dtypes)  # fmt: skip
+        else:
+            saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post)
+            grads = (*MHC_PRE.backward_raw(route, saved, (dh_in, dh_post, dlogits, dx_link), consts, ctx.dtypes[:5]),
+                     None)  # fmt: skip
+        return *grads, None, None, None, None, None, None, None
+
+
+def _pre_forward(route, inputs, consts, delayed) -> tuple:
+    """-> (h_in, h_post, logits, h_pre, inv_rms, h_mix) of mhc_pre or the delayed pre."""
+    if delayed:
+        return MHC_PRE_DELAYED.forward_raw(route, inputs, consts)
+    h_in, h_post, logits, inv_rms, h_mix, h_pre = MHC_PRE.forward_raw(route, inputs[:5], consts)
+    return h_in, h_post, logits, h_pre, inv_rms, h_mix
+
+
+def _hc_pre(x, phi, alpha, bias, gamma, h_pre_prev, delayed, norm_eps, hc_eps, sinkhorn_iters, sinkhorn_eps, backend,
+            stages, recompute):  # fmt: skip
+    _, n, _ = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, h_pre_prev=h_pre_prev)
+    check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
+    if delayed and stages is not None:
+        raise ValueError("stages: expected None with the delayed pre (it runs whole on one backend: use backend=)")
+    route = _impl.resolve_route(backend, stages, x)
+    max_n = _impl.sinkhorn_max_n(route)
+    if max_n is not None and n > max_n:
+        raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
+                         "sinkhorn_bwd on the golden with stages=)")  # fmt: skip
+    with torch.autocast(x.device.type, enabled=False):
+        return _HcPre.apply(x, phi, alpha, bias, gamma, h_pre_prev, route, float(norm_eps), float(hc_eps),
+                            int(sinkhorn_iters), float(sinkhorn_eps), bool(recompute), delayed)  # fmt: skip
 
 
 def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkhorn_iters=20, sinkhorn_eps=1e-6,
@@ -75,16 +110,17 @@ def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkh
     node. link is x (a view): pass it to hc_post of the same block, whose gradient of x then enters
     this node's backward (one dx pass). Arguments as mhc_pre and sinkhorn; recompute: save only x and
     the parameters."""
-    _, n, _ = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
-    check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
-    route = _impl.resolve_route(backend, stages, x)
-    max_n = _impl.sinkhorn_max_n(route)
-    if max_n is not None and n > max_n:
-        raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
-                         "sinkhorn_bwd on the golden with stages=)")  # fmt: skip
-    with torch.autocast(x.device.type, enabled=False):
-        return _HcPre.apply(x, phi, alpha, bias, gamma, route, float(norm_eps), float(hc_eps), int(sinkhorn_iters),
-                            float(sinkhorn_eps), bool(recompute))  # fmt: skip
+    h_in, h_post, h_res, _, link = _hc_pre(x, phi, alpha, bias, gamma, None, False, norm_eps, hc_eps, sinkhorn_iters,
+                                           sinkhorn_eps, backend, stages, recompute)  # fmt: skip
+    return h_in, h_post, h_res, link
+
+
+def hc_pre_delayed(x, phi, alpha, bias, gamma=None, h_pre_prev=None, *, norm_eps=1e-6, hc_eps=1e-6,
+                   sinkhorn_iters=20, sinkhorn_eps=1e-6, backend="auto", recompute=False):  # fmt: skip
+    """hc_pre with DeepSeek-V4.1's delayed pre -> (h_in, h_post, h_res, h_pre, link): h_in collapsed
+    with the previous sublayer's h_pre_prev (stream 0 when None), h_pre for the next sublayer."""
+    return _hc_pre(x, phi, alpha, bias, gamma, h_pre_prev, True, norm_eps, hc_eps, sinkhorn_iters, sinkhorn_eps,
+                   backend, None, recompute)  # fmt: skip
 
 
 def hc_post(x, h_res, h_out, h_post, link=None, *, backend="auto", stages=None):
@@ -117,7 +153,9 @@ class HyperConnection(torch.nn.Module):
     init: "identity" or "zero" (below). recompute: keep only x (and h_out, which h_post's gradient
     needs) and recompute the mHC intermediates in backward. disable: a plain residual
     ``x + branch(x)`` on ``[.., D]``, with no parameters, for A/B runs. stages / backend: as for the ops.
-    use_gamma: a learned per-element scale gamma [n, D] inside the projection.
+    use_gamma: a learned per-element scale gamma [n, D] inside the projection. delayed: DeepSeek-V4.1's
+    delayed pre; the call then takes ``h_pre_prev`` (the previous sublayer's h_pre, None for the
+    first) and returns ``(x_next, h_pre)`` (HyperStack chains them).
 
     Parameters (fp32, kept so when the model is cast to bf16, and used outside autocast):
     phi [n*n + 2n, n*D], alpha [3], bias [n*n + 2n], gamma [n, D] (use_gamma).
@@ -131,7 +169,7 @@ class HyperConnection(torch.nn.Module):
     """
 
     def __init__(self, dim, n, branch=None, *, layer_index=0, sinkhorn_iters=20, init="identity", recompute=False,
-                 disable=False, stages=None, backend="auto", use_gamma=False):  # fmt: skip
+                 disable=False, stages=None, backend="auto", use_gamma=False, delayed=False):  # fmt: skip
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim: expected an int >= 1, got {dim!r}")
@@ -140,6 +178,9 @@ class HyperConnection(torch.nn.Module):
         if init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         check_sinkhorn_iters(sinkhorn_iters, 1e-6)
+        if delayed and (disable or stages is not None):
+            raise ValueError("delayed: expected disable=False and stages=None with the delayed pre")
+        self.delayed = bool(delayed)
         self.dim, self.n, self.layer_index, self.sinkhorn_iters = dim, n, layer_index, sinkhorn_iters
         self.init, self.recompute, self.disable, self.stages, self.backend = init, recompute, disable, stages, backend
         self.branch = branch
@@ -193,21 +234,51 @@ class HyperConnection(torch.nn.Module):
     def _branch(self, h, *args, **kwargs):
         return h if self.branch is None else self.branch(h, *args, **kwargs)
 
-    def forward(self, x, *args, **kwargs):
+    def forward(self, x, *args, h_pre_prev=None, **kwargs):
         if self.disable:
             return x + self._branch(x, *args, **kwargs)
-        h_in, h_post, h_res, link = hc_pre(x, self.phi, self.alpha, self.bias, self.gamma,
-                                           sinkhorn_iters=self.sinkhorn_iters, backend=self.backend,
-                                           stages=self.stages, recompute=self.recompute)  # fmt: skip
+        if h_pre_prev is not None and not self.delayed:
+            raise ValueError("h_pre_prev: expected None for a HyperConnection without delayed=True")
+        h_in, h_post, h_res, h_pre, link = _hc_pre(
+            x, self.phi, self.alpha, self.bias, self.gamma, h_pre_prev, self.delayed, 1e-6, 1e-6,
+            self.sinkhorn_iters, 1e-6, self.backend, self.stages, self.recompute,
+        )  # fmt: skip
         if not torch.compiler.is_compiling():
             self.last_h_res = h_res.detach()
         h_out = self._branch(h_in, *args, **kwargs).to(x.dtype)
-        return hc_post(x, h_res, h_out, h_post, link, backend=self.backend, stages=self.stages)
+        x_next = hc_post(x, h_res, h_out, h_post, link, backend=self.backend, stages=self.stages)
+        return (x_next, h_pre) if self.delayed else x_next
 
     def extra_repr(self) -> str:
         opts = f"dim={self.dim}, n={self.n}, layer_index={self.layer_index}, init={self.init!r}"
         opts += f", sinkhorn_iters={self.sinkhorn_iters}, recompute={self.recompute}, backend={self.backend!r}"
+        opts += ", delayed=True" if self.delayed else ""
         return opts + (", disable=True" if self.disable else "") + (f", stages={self.stages!r}" if self.stages else "")
 
 
-__all__ = ["HyperConnection", "expand_streams", "hc_post", "hc_pre", "reduce_streams"]
+class HyperStack(torch.nn.Module):
+    """Blocks wrapped by mHC one after another on the same streams: ``x [.., n, D] -> [.., n, D]``.
+
+    blocks: the branches, in order (``[.., D] -> [.., D]`` modules); each gets a HyperConnection with
+    layer_index = its position. With delayed=True (DeepSeek-V4.1) each block's h_in is collapsed with
+    the previous block's h_pre (the first block's is stream 0). Other keyword arguments go to every
+    HyperConnection. Extra arguments of a call go to every block."""
+
+    def __init__(self, dim, n, blocks, *, delayed=False, **hc_kwargs):
+        super().__init__()
+        self.delayed = bool(delayed)
+        self.layers = torch.nn.ModuleList(
+            HyperConnection(dim, n, block, layer_index=i, delayed=delayed, **hc_kwargs) for i, block in enumerate(blocks)
+        )
+
+    def forward(self, x, *args, **kwargs):
+        h_pre = None
+        for layer in self.layers:
+            if self.delayed:
+                x, h_pre = layer(x, *args, h_pre_prev=h_pre, **kwargs)
+            else:
+                x = layer(x, *args, **kwargs)
+        return x
+
+
+__all__ = ["HyperConnection", "HyperStack", "expand_streams", "hc_post", "hc_pre", "hc_pre_delayed", "reduce_streams"]

@@ -1,0 +1,82 @@
+"""HyperStack with DeepSeek-V4.1's delayed pre: three blocks chaining h_pre, output and every gradient
+against the contract written out in torch (autograd in float64) by the accuracy rule, on each backend;
+and the module's errors."""
+
+import pytest
+import torch
+
+from mhc_ops.golden import judge
+from mhc_ops.nn import HyperConnection, HyperStack
+from tests.helpers import KERNEL_DEVICE
+
+BACKENDS = ["golden"] + (["triton"] if KERNEL_DEVICE is not None else [])
+PARAMS = ("phi", "alpha", "bias")
+
+
+def _sinkhorn(L, iters=20, eps=1e-6):
+    P = torch.softmax(L, dim=-1) + eps
+    P = P / (P.sum(-2, keepdim=True) + eps)
+    for _ in range(iters - 1):
+        P = P / (P.sum(-1, keepdim=True) + eps)
+        P = P / (P.sum(-2, keepdim=True) + eps)
+    return P
+
+
+def _reference(x, layers, dtype):
+    """The stack by the contract: identity blocks, h_in collapsed with the previous block's h_pre."""
+    n, D = x.shape[-2:]
+    h_pre = None
+    for p in layers:
+        phi, alpha, bias = (p[k].to(dtype) for k in PARAMS)
+        v = x.reshape(-1, n * D)
+        m = (v @ phi.t()) * torch.rsqrt(v.square().mean(-1, keepdim=True) + 1e-6)
+        h_pre_new = torch.sigmoid(alpha[0] * m[:, :n] + bias[:n]) + 1e-6
+        h_post = 2 * torch.sigmoid(alpha[1] * m[:, n : 2 * n] + bias[n : 2 * n])
+        P = _sinkhorn((alpha[2] * m[:, 2 * n :] + bias[2 * n :]).reshape(-1, n, n))
+        h_in = x[:, 0] if h_pre is None else (h_pre[:, :, None] * x).sum(1)
+        x = h_post[:, :, None] * h_in[:, None, :] + torch.einsum("tij,tid->tjd", P, x)
+        h_pre = h_pre_new
+    return x
+
+
+def _ref_grads(x0, dout, layers, dtype):
+    x = x0.detach().to(dtype).requires_grad_()
+    ps = [{k: p[k].detach().to(dtype).requires_grad_() for k in PARAMS} for p in layers]
+    out = _reference(x, ps, dtype)
+    out.backward(dout.to(dtype))
+    return out.detach(), {"x": x.grad} | {f"{i}.{k}": p[k].grad for i, p in enumerate(ps) for k in PARAMS}
+
+
+@pytest.mark.parametrize("n, D", [(4, 16), (3, 7), (1, 5)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_delayed_stack_matches_the_contract(backend, n, D):
+    torch.manual_seed(n * 100 + D)
+    stack = HyperStack(D, n, [None, None, None], delayed=True, backend=backend, init="zero")
+    with torch.no_grad():  # random parameters: away from the init's symmetric point
+        for layer in stack.layers:
+            layer.phi.normal_(0, 1.0)
+            layer.alpha.uniform_(0.5, 1.5)
+            layer.bias.normal_(0, 0.5)
+    x = torch.randn(5, n, D)
+    dout = torch.randn(5, n, D)
+    xl = x.clone().requires_grad_()
+    out = stack(xl)
+    out.backward(dout)
+    got = {"x": xl.grad} | {f"{i}.{k}": getattr(l, k).grad for i, l in enumerate(stack.layers) for k in PARAMS}
+    layers = [{k: getattr(l, k) for k in PARAMS} for l in stack.layers]
+    ref64, g64 = _ref_grads(x, dout, layers, torch.float64)
+    ref32, g32 = _ref_grads(x, dout, layers, torch.float32)
+    verdicts = [judge("x_next", out.detach(), ref64, ref32)] + [judge(k, got[k], g64[k], g32[k]) for k in g64]
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+def test_delayed_module_errors():
+    with pytest.raises(ValueError, match="h_pre_prev: expected None"):
+        HyperConnection(8, 2)(torch.randn(3, 2, 8), h_pre_prev=torch.rand(3, 2))
+    with pytest.raises(ValueError, match="delayed: expected disable=False"):
+        HyperConnection(8, 2, delayed=True, disable=True)
+    hc = HyperConnection(8, 2, delayed=True)
+    with pytest.raises(ValueError, match=r"h_pre_prev: expected shape \[3, 2\]"):
+        hc(torch.randn(3, 2, 8), h_pre_prev=torch.rand(3, 4))
+    x_next, h_pre = hc(torch.randn(3, 2, 8))
+    assert x_next.shape == (3, 2, 8) and h_pre.shape == (3, 2) and h_pre.dtype == torch.float32
