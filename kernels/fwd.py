@@ -47,7 +47,6 @@ from ._common import (
     default_block_d,
     fp32_dot,
     interpreting,
-    load_coeff_part,
     n_pad,
     o_pad,
     pre_columns,
@@ -91,73 +90,110 @@ FINISH_BLOCK_T = 16
 
 
 @triton.jit
-def mix_tile(
-    x_ptr,
-    phi_ptr,
-    gamma_ptr,
-    w_ptr,
-    rows,
-    row_mask,
-    cols,
-    c_start,
-    c_end,
-    n,
-    D,
-    sx_t,
-    sx_i,
-    sx_d,
-    sphi_o,
-    sphi_k,
-    HAS_GAMMA: tl.constexpr,
-    W_SPLIT: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    O_PAD: tl.constexpr,
-    INTERPRET: tl.constexpr,
-    STREAM64: tl.constexpr,
-):
-    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the chunks c_start .. c_end-1
-    of each token's nD elements. Chunk c is stream i = c // d_chunks, columns d0 = (c % d_chunks) *
-    BLOCK_D .. d0 + BLOCK_D (d_chunks = cdiv(D, BLOCK_D)); the chunks are added in order.
+def mix_chunk(
+    x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i, d, d_mask, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k,
+    HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr,
+    INTERPRET: tl.constexpr, STREAM64: tl.constexpr,
+):  # fmt: skip
+    """One chunk (stream i, columns d) of every token in rows -> (x tile, its sum of x^2 [BLOCK_T], its
+    h_mix terms [BLOCK_T, O_PAD]), fp32.
 
     W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
     [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
     phi and gamma are read in fp32 and multiplied by fp32_dot."""
     O = n * n + 2 * n
+    # 64-bit offsets, not tile_offsets: that form measured 1 to 5 % slower here (H200; docs/perf.md)
+    xt = tl.load(
+        x_ptr + rows[:, None] * sx_t + stream_offset(i, sx_i, STREAM64) + d[None, :] * sx_d,
+        mask=row_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    xf = xt.to(tl.float32)
+    k = i * D + d
+    if W_SPLIT:
+        # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
+        w_offs = k[:, None] * O_PAD + cols[None, :]
+        part = n * D * O_PAD
+        chunk = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+        for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
+            w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
+            chunk = bf16_dot(xt, w, chunk, INTERPRET)
+    else:
+        w = tl.load(
+            phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
+            mask=d_mask[:, None] & (cols < O)[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        if HAS_GAMMA:
+            w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+        chunk = fp32_dot(xf, w)
+    return xf, tl.sum(xf * xf, axis=1), chunk
+
+
+@triton.jit
+def mix_tile(
+    x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, c_start, c_end, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k,
+    HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    O_PAD: tl.constexpr, INTERPRET: tl.constexpr, STREAM64: tl.constexpr,
+):  # fmt: skip
+    """-> (h_mix [BLOCK_T, O_PAD] fp32, sum of x^2 [BLOCK_T] fp32) over the chunks c_start .. c_end-1
+    of each token's nD elements. Chunk c is stream i = c // d_chunks, columns d0 = (c % d_chunks) *
+    BLOCK_D .. d0 + BLOCK_D (d_chunks = cdiv(D, BLOCK_D)); the chunks are added in order."""
     d_chunks = tl.cdiv(D, BLOCK_D)
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     for c in range(c_start, c_end):
         i = c // d_chunks
         d = (c - i * d_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        _, xx, chunk = mix_chunk(
+            x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i, d, d < D, n, D, sx_t, sx_i, sx_d,
+            sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET, STREAM64,
+        )  # fmt: skip
+        sumsq += xx
+        h_mix += chunk
+    return h_mix, sumsq
+
+
+@triton.jit
+def collapse_columns(hpp_ptr, rows, row_mask, n, N_PAD: tl.constexpr, COLLAPSE: tl.constexpr):
+    """[BLOCK_T, N_PAD] fp32 coefficients the delayed pre collapses with: h_pre_prev [T, n] (COLLAPSE
+    1), or stream 0 alone (2: the first sublayer)."""
+    j = tl.arange(0, N_PAD)
+    if COLLAPSE == 1:
+        coll = tl.load(hpp_ptr + rows[:, None] * n + j[None, :], mask=row_mask[:, None] & (j < n)[None, :],
+                       other=0.0).to(tl.float32)  # fmt: skip
+    else:
+        coll = tl.where((rows[:, None] >= 0) & (j[None, :] == 0), 1.0, 0.0)
+    return coll
+
+
+@triton.jit
+def mix_collapse_tile(
+    x_ptr, phi_ptr, gamma_ptr, w_ptr, h_in_ptr, coll, rows, row_mask, cols, dc_start, dc_end, n, D, sx_t, sx_i,
+    sx_d, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, INTERPRET: tl.constexpr, STREAM64: tl.constexpr,
+):  # fmt: skip
+    """The delayed pre's one pass over x: mix_tile over the column chunks dc_start .. dc_end-1 of every
+    stream (column-major: all n streams of a chunk, then the next), and h_in of those columns from
+    the same tiles, h_in = sum_i coll[:, i] * x[i] (coll: collapse_columns), stored in h_in's dtype.
+    -> (h_mix [BLOCK_T, O_PAD], sum of x^2 [BLOCK_T]) of those chunks."""
+    h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    j = tl.arange(0, coll.shape[1])
+    for dc in range(dc_start, dc_end):
+        d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
         d_mask = d < D
-        # 64-bit offsets, not tile_offsets: that form measured 1 to 5 % slower here (H200; docs/perf.md)
-        xt = tl.load(
-            x_ptr + rows[:, None] * sx_t + stream_offset(i, sx_i, STREAM64) + d[None, :] * sx_d,
-            mask=row_mask[:, None] & d_mask[None, :],
-            other=0.0,
-        )
-        xf = xt.to(tl.float32)
-        sumsq += tl.sum(xf * xf, axis=1)
-        k = i * D + d
-        if W_SPLIT:
-            # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
-            w_offs = k[:, None] * O_PAD + cols[None, :]
-            part = n * D * O_PAD
-            chunk = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-            for p in tl.static_range(2, -1, -1):  # lo, mid, hi: the small parts first
-                w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
-                chunk = bf16_dot(xt, w, chunk, INTERPRET)
+        h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for i in range(0, n):
+            xf, xx, chunk = mix_chunk(
+                x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i, d, d_mask, n, D, sx_t, sx_i, sx_d,
+                sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET, STREAM64,
+            )  # fmt: skip
+            sumsq += xx
             h_mix += chunk
-        else:
-            w = tl.load(
-                phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
-                mask=d_mask[:, None] & (cols < O)[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            if HAS_GAMMA:
-                w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-            h_mix += fp32_dot(xf, w)
+            h_in += tl.sum(tl.where(j[None, :] == i, coll, 0.0), axis=1)[:, None] * xf
+        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & d_mask[None, :])  # fmt: skip
     return h_mix, sumsq
 
 
@@ -218,17 +254,6 @@ def apply_tile(
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def collapse_tile(coef, hpp_ptr, rows, row_mask, cols, n, COLLAPSE: tl.constexpr):
-    """The coefficients h_in is collapsed with, in the pre columns of a [BLOCK_T, O_PAD] tile: this x's
-    h_pre (COLLAPSE 0), the delayed pre's h_pre_prev [T, n] (1), or stream 0 alone (2: its first sublayer)."""
-    if COLLAPSE == 1:
-        coef = load_coeff_part(hpp_ptr, rows, row_mask, cols, 0, n)
-    if COLLAPSE == 2:
-        coef = tl.where((cols[None, :] == 0) & (rows[:, None] >= 0), 1.0, 0.0)
-    return coef
-
-
 @launched(do_not_specialize=["T"])
 def _fwd_kernel(
     x_ptr,
@@ -269,14 +294,22 @@ def _fwd_kernel(
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    h_mix, sumsq = mix_tile(
-        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, 0, n * tl.cdiv(D, BLOCK_D), n, D,
-        sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
-    )  # fmt: skip
+    if COLLAPSE == 0:
+        h_mix, sumsq = mix_tile(
+            x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, 0, n * tl.cdiv(D, BLOCK_D), n, D,
+            sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
+        )  # fmt: skip
+    else:  # the delayed pre: h_in from the same pass (its coefficients are known before x is read)
+        coll = collapse_columns(hpp_ptr, rows, row_mask, n, N_PAD, COLLAPSE)
+        h_mix, sumsq = mix_collapse_tile(
+            x_ptr, phi_ptr, gamma_ptr, w_ptr, h_in_ptr, coll, rows, row_mask, cols, 0, tl.cdiv(D, BLOCK_D), n, D,
+            sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
+        )  # fmt: skip
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
-    coll = collapse_tile(coef, hpp_ptr, rows, row_mask, cols, n, COLLAPSE)
-    apply_tile(x_ptr, h_in_ptr, coll, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)
+    if COLLAPSE == 0:
+        apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD,
+                   STREAM64)  # fmt: skip
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -286,6 +319,8 @@ def _fwd_partial_kernel(
     gamma_ptr,
     w_ptr,
     ws_ptr,
+    h_in_ptr,
+    hpp_ptr,
     T,
     n,
     D,
@@ -302,20 +337,32 @@ def _fwd_partial_kernel(
     O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr,
     STREAM64: tl.constexpr,
+    N_PAD: tl.constexpr,
+    COLLAPSE: tl.constexpr,
 ):
     """Program (b, s): chunks s*C//splits .. (s+1)*C//splits - 1 (C = n*cdiv(D, BLOCK_D), splits <= C)
     of token block b -> ws h_mix partials [splits, T, O_PAD] (columns < O), then sum(x^2) partials
-    [splits, T]."""
+    [splits, T]. The delayed pre (COLLAPSE > 0): the chunks are column chunks of all n streams
+    (C = cdiv(D, BLOCK_D)), and h_in of those columns is written here (mix_collapse_tile)."""
     s = tl.program_id(1)
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    chunks = n * tl.cdiv(D, BLOCK_D)
-    h_mix, sumsq = mix_tile(
-        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, s * chunks // splits, (s + 1) * chunks // splits,
-        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
-    )  # fmt: skip
+    if COLLAPSE == 0:
+        chunks = n * tl.cdiv(D, BLOCK_D)
+        h_mix, sumsq = mix_tile(
+            x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, s * chunks // splits, (s + 1) * chunks // splits,
+            n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
+        )  # fmt: skip
+    else:
+        chunks = tl.cdiv(D, BLOCK_D)
+        coll = collapse_columns(hpp_ptr, rows, row_mask, n, N_PAD, COLLAPSE)
+        h_mix, sumsq = mix_collapse_tile(
+            x_ptr, phi_ptr, gamma_ptr, w_ptr, h_in_ptr, coll, rows, row_mask, cols, s * chunks // splits,
+            (s + 1) * chunks // splits, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D,
+            O_PAD, INTERPRET, STREAM64,
+        )  # fmt: skip
     T64 = tl.full([], T, tl.int64)  # s * T * O_PAD can exceed 2**31
     part_rows = s.to(tl.int64) * T64 + rows  # row of [splits * T]
     O = n * n + 2 * n
@@ -335,7 +382,6 @@ def _fwd_finish_kernel(
     inv_rms_ptr,
     h_mix_ptr,
     h_pre_ptr,
-    hpp_ptr,
     T,
     n,
     D,
@@ -381,12 +427,11 @@ def _fwd_finish_kernel(
         store_saved(
             inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n
         )
-    d_start = j * apply_cols
-    d_end = tl.minimum(d_start + apply_cols, D)
-    coll = collapse_tile(coef, hpp_ptr, rows, row_mask, cols, n, COLLAPSE)
-    apply_tile(
-        x_ptr, h_in_ptr, coll, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64
-    )  # fmt: skip
+    if COLLAPSE == 0:  # the delayed pre's partial kernel wrote h_in
+        d_start = j * apply_cols
+        d_end = tl.minimum(d_start + apply_cols, D)
+        apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D,
+                   N_PAD, STREAM64)  # fmt: skip
 
 
 @launched(do_not_specialize=["nD"])
@@ -505,7 +550,7 @@ def launch_fwd(
     # (gamma*phi)^T split for bf16 tensor cores, cached per weight version; never read without W_SPLIT
     w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
     token_blocks = cdiv(T, block_t)
-    chunks = n * cdiv(D, block_d)
+    chunks = cdiv(D, block_d) if delayed else n * cdiv(D, block_d)  # what the split path divides
     sms = sm_count(dev)
     if splits is None:
         splits = auto_splits(cdiv(size_hint(T), block_t), chunks, sms) if dev.type == "cuda" else 1
@@ -531,10 +576,11 @@ def launch_fwd(
     # before it is read (no zero fill).
     ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)
     _fwd_partial_kernel[(token_blocks, splits)](
-        xt, phi, gamma_arg, w_arg, ws, T, n, D, *xt.stride(), *phi.stride(), splits, **common,
+        xt, phi, gamma_arg, w_arg, ws, h_in, hpp, T, n, D, *xt.stride(), *phi.stride(), splits, **common,
+        N_PAD=n_pad(n), COLLAPSE=collapse,
     )  # fmt: skip
-    _fwd_finish_kernel[(finish_blocks, cdiv(D, block_d_apply))](
-        xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, hpp, T, n, D, *xt.stride(), splits,
+    _fwd_finish_kernel[(finish_blocks, 1 if collapse else cdiv(D, block_d_apply))](
+        xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
         block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
         O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), STREAM64=s64, COLLAPSE=collapse, num_warps=num_warps,
         num_stages=num_stages,
