@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -74,6 +74,8 @@ wsplit)  # the forward's bf16 weight split: one Triton launch against torch's, g
 liger)  # is Liger-Kernel (a peer mHC implementation) on the image?
   python3 -c "import liger_kernel, importlib.metadata as m; print('liger_kernel', m.version('liger_kernel'))" 2>&1 \
     | tail -1 | tee "$R/liger.txt" ;;
+delayed)  # the delayed pre against mhc_pre, kernel by kernel, and the boundary post + delayed pre, x floor
+  timeout 240 python3 -m benchmarks.delayed --out "$R" 2>&1 | tee "$R/delayed.md" | tail -30 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time
   timeout 420 python3 -m benchmarks.layer_modes --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168 --out "$R" \
     2>&1 | tee "$R/layer_modes.md" | tail -24 ;;

@@ -1,0 +1,186 @@
+"""The delayed pre (DeepSeek-V4.1) against mhc_pre, kernel by kernel, and the layer boundary with it,
+each against its memory floor (../shared/spec/mhc-math.md, docs/perf.md "The delayed pre").
+
+    PYTHONPATH=. python -m benchmarks.delayed [--shapes 1x4x4096,...] [--quick] [--out DIR] [--device cuda]
+
+Rows per shape (bf16 x, fp32 parameters with gamma):
+
+- pre_fwd / delayed_fwd: mhc_pre's forward and the delayed pre's (h_pre_prev given), one call of the
+  launcher. The delayed forward reads x once (its h_in is collapsed in the projection's pass).
+- pre_bwd / delayed_bwd: the fused backward of each (dh_in, dh_post, dh_res random; the delayed one
+  also takes dh_pre and writes dh_pre_prev).
+- boundary: mhc_post(l) then the delayed pre(l+1) on its output, two ops (no seam kernel), against the
+  seam floor with delayed pre (read x(l) and h_out once, write x(l+1) and h_in(l+1) once) and against
+  the sum of the two ops' floors.
+
+gpu_us: the GPU time of one call, a CUDA graph of it replayed (benchmarks/host.graph_gpu_us). floor_us:
+bytes / the device-to-device copy bandwidth measured in the same run. Every row is checked by the
+accuracy rule against the float64 golden first (status FAIL: no time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+
+from mhc_ops.golden import judge
+from mhc_ops.golden.fixtures import Case, make_inputs
+from mhc_ops.golden.mhc_post import mhc_post_forward
+from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_delayed_backward, mhc_pre_delayed_forward, mhc_pre_forward
+from mhc_ops.kernels.fused_bwd import launch_backward_fused
+from mhc_ops.kernels.fwd import launch_fwd
+from mhc_ops.kernels.post import launch_post_fwd
+
+from .host import graph_gpu_us
+from .run import copy_bandwidth_GBps, gpu_tag
+from .shapes import parsed_device, parsed_shapes
+
+DEFAULT = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
+ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary")
+
+
+def floor_bytes(row: str, T: int, n: int, D: int, s: int) -> tuple[int, int | None]:
+    """-> (bytes of the row's floor, bytes of the unfused floor it is compared with or None), per the
+    contract's tables. side: the fp32 coefficients each op reads and writes."""
+    nD, side = n * D, 4 * (2 * n * n + 4 * n + 1)
+    pre_fwd = s * nD + s * D + side
+    pre_bwd = 2 * s * nD + s * D + side
+    post_fwd = 2 * s * nD + s * D + 4 * (n * n + n)
+    per_token = {
+        "pre_fwd": (pre_fwd, None),
+        "delayed_fwd": (pre_fwd + 4 * n, None),  # + h_pre_prev
+        "pre_bwd": (pre_bwd, None),
+        "delayed_bwd": (pre_bwd + 12 * n, None),  # + h_pre_prev, dh_pre, dh_pre_prev
+        "boundary": (2 * s * nD + 2 * s * D + 4 * (3 * n * n + 5 * n + 1), post_fwd + pre_fwd + 4 * n),
+    }[row]
+    return T * per_token[0], (T * per_token[1] if per_token[1] is not None else None)
+
+
+def _inputs(T, n, D, device):
+    case = Case(lead=(T,), n=n, D=D, dtype="bfloat16", seed=T + n + D)
+    t = make_inputs(case, device)
+    g = torch.Generator(device=device).manual_seed(1)
+    t["h_pre_prev"] = torch.sigmoid(torch.randn(T, n, generator=g, device=device)) + 1e-6
+    t["dh_pre"] = torch.randn(T, n, generator=g, device=device)
+    post = make_inputs(Case(op="mhc_post", lead=(T,), n=n, D=D, dtype="bfloat16", seed=T + 1), device)
+    return t, post
+
+
+def _cast(cd):
+    """The golden's inputs for compute dtype cd: as stored for fp32, upcast for the fp64 reference."""
+    if cd == torch.float32:
+        return lambda v: v
+    return lambda v: v.double() if isinstance(v, torch.Tensor) else v
+
+
+def _calls(t, post):
+    """row -> (call, its outputs' names, reference(compute dtype) -> the same outputs)."""
+    x, phi, alpha, bias, gamma, hpp = (t[k] for k in ("x", "phi", "alpha", "bias", "gamma", "h_pre_prev"))
+    f = mhc_pre_forward(x, phi, alpha, bias, gamma)  # the saved tensors the backwards take, fp32
+    d = mhc_pre_delayed_forward(x, phi, alpha, bias, gamma, hpp)
+    up = (t["dh_in"], t["dh_post"], t["dh_res"])
+    pre_saved = (f[3], f[4], f[5], f[1])  # inv_rms, h_mix, h_pre, h_post
+    delayed_saved = (d[4], d[5], d[3], d[1])
+    fwd_names = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")  # the launcher's order
+    bwd_names = ("dx", "dphi", "dalpha", "dbias", "dgamma")
+
+    def pre_fwd_ref(cd):
+        return mhc_pre_forward(*map(_cast(cd), (x, phi, alpha, bias, gamma)), compute_dtype=cd)
+
+    def delayed_fwd_ref(cd):
+        o = mhc_pre_delayed_forward(*map(_cast(cd), (x, phi, alpha, bias, gamma, hpp)), compute_dtype=cd)
+        return o[0], o[1], o[2], o[4], o[5], o[3]
+
+    def pre_bwd_ref(cd):
+        return mhc_pre_backward(*map(_cast(cd), (x, phi, alpha, *up, *pre_saved, gamma)), compute_dtype=cd)
+
+    def delayed_bwd_ref(cd):
+        args = (x, phi, alpha, *up, t["dh_pre"], *delayed_saved, gamma, hpp)
+        return mhc_pre_delayed_backward(*map(_cast(cd), args), compute_dtype=cd)
+
+    def boundary():
+        out = torch.empty_like(post["x"])
+        launch_post_fwd(post["x"], post["h_res"], post["h_out"], post["h_post"], out)
+        return (out, *launch_fwd(out, phi, alpha, bias, gamma, 1e-6, 1e-6, delayed=True, h_pre_prev=hpp)[:3])
+
+    def boundary_ref(cd):
+        c = _cast(cd)
+        out = mhc_post_forward(*(c(post[k]) for k in ("x", "h_res", "h_out", "h_post")), compute_dtype=cd)
+        nxt = mhc_pre_delayed_forward(c(out.to(x.dtype)), *map(c, (phi, alpha, bias, gamma, hpp)), compute_dtype=cd)
+        return (out, *nxt[:3])
+
+    def pre_bwd():
+        o = launch_backward_fused(x, phi, alpha, *up, *pre_saved, gamma, None, 1e-6)
+        return tuple(o[k] for k in bwd_names)
+
+    def delayed_bwd():
+        o = launch_backward_fused(x, phi, alpha, *up, *delayed_saved, gamma, None, 1e-6, delayed=True, h_pre_prev=hpp,
+                                  dh_pre=t["dh_pre"])  # fmt: skip
+        return tuple(o[k] for k in (*bwd_names, "dh_pre_prev"))
+
+    return {
+        "pre_fwd": (lambda: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6), fwd_names, pre_fwd_ref),
+        "delayed_fwd": (lambda: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6, delayed=True, h_pre_prev=hpp),
+                        fwd_names, delayed_fwd_ref),  # fmt: skip
+        "pre_bwd": (pre_bwd, bwd_names, pre_bwd_ref),
+        "delayed_bwd": (delayed_bwd, (*bwd_names, "dh_pre_prev"), delayed_bwd_ref),
+        "boundary": (boundary, ("out", "h_in", "h_post", "h_res"), boundary_ref),
+    }
+
+
+def run(shapes, device, quick, out_dir):
+    bw = copy_bandwidth_GBps(device, quick) if device.type == "cuda" else None
+    rows = []
+    for shape in shapes:
+        t, post = _inputs(shape.T, shape.n, shape.D, device)
+        for name, (call, names, ref) in _calls(t, post).items():
+            got = call()
+            r64, r32 = ref(torch.float64), ref(torch.float32)
+            verdicts = [judge(k, g, a, b) for k, g, a, b in zip(names, got, r64, r32)]
+            ok = all(v.ok for v in verdicts)
+            row = {"shape": shape.label, "row": name, "status": "ok" if ok else "FAIL",
+                   "worst": max(verdicts, key=lambda v: v.err / max(v.bound, 1e-30)).name}  # fmt: skip
+            fb, unfused = floor_bytes(name, shape.T, shape.n, shape.D, 2)
+            if ok and device.type == "cuda":
+                us = graph_gpu_us(lambda call=call: call, device, quick)
+                row |= {"gpu_us": round(us, 2), "floor_us": round(fb / (bw * 1e3), 2), "x_floor": round(us / (fb / (bw * 1e3)), 2)}
+                if unfused is not None:
+                    row["x_unfused_floor"] = round(us / (unfused / (bw * 1e3)), 2)
+            rows.append(row)
+            print(_fmt(row), flush=True)
+    if out_dir is not None and device.type == "cuda":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-delayed.jsonl"
+        with path.open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row | {"copy_GBps": bw}) + "\n")
+    return rows
+
+
+def _fmt(row):
+    cells = [row["shape"], row["row"], row["status"], row.get("gpu_us", ""), row.get("floor_us", ""),
+             row.get("x_floor", ""), row.get("x_unfused_floor", "")]  # fmt: skip
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.delayed", description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default=DEFAULT)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    shapes = parsed_shapes(parser, args.shapes)
+    device = parsed_device(parser, args.device, "the interpreter smoke test")
+    print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor |\n|---|---|---|---|---|---|---|")
+    rows = run(shapes, device, args.quick, args.out)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
