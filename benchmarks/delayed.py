@@ -103,15 +103,20 @@ def _calls(t, post):
         args = (x, phi, alpha, *up, t["dh_pre"], *delayed_saved, gamma, hpp)
         return mhc_pre_delayed_backward(*map(_cast(cd), args), compute_dtype=cd)
 
+    last = {}
+
     def boundary():
         out = torch.empty_like(post["x"])
         launch_post_fwd(post["x"], post["h_res"], post["h_out"], post["h_post"], out)
+        last["out"] = out
         return (out, *launch_fwd(out, phi, alpha, bias, gamma, 1e-6, 1e-6, delayed=True, h_pre_prev=hpp)[:3])
 
     def boundary_ref(cd):
+        # each op on the inputs it was given (the accuracy rule's "same rounded inputs"): the pre on the
+        # kernel's x(l+1), whose bf16 rounding may differ from the golden's in the last bit
         c = _cast(cd)
         out = mhc_post_forward(*(c(post[k]) for k in ("x", "h_res", "h_out", "h_post")), compute_dtype=cd)
-        nxt = mhc_pre_delayed_forward(c(out.to(x.dtype)), *map(c, (phi, alpha, bias, gamma, hpp)), compute_dtype=cd)
+        nxt = mhc_pre_delayed_forward(c(last["out"]), *map(c, (phi, alpha, bias, gamma, hpp)), compute_dtype=cd)
         return (out, *nxt[:3])
 
     def pre_bwd():
