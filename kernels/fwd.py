@@ -95,13 +95,8 @@ def mix_chunk(
     HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
-    """One chunk (stream i, columns d) of every token in rows -> (x tile, its sum of x^2 [BLOCK_T], its
-    h_mix terms [BLOCK_T, O_PAD]), fp32.
-
-    W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
-    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
-    phi and gamma are read in fp32 and multiplied by fp32_dot."""
-    O = n * n + 2 * n
+    """One chunk (stream i, columns d) of every token in rows -> (x tile in fp32, its sum of x^2
+    [BLOCK_T], its h_mix terms [BLOCK_T, O_PAD] (mix_dot))."""
     # 64-bit offsets, not tile_offsets: that form measured 1 to 5 % slower here (H200; docs/perf.md)
     xt = tl.load(
         x_ptr + rows[:, None] * sx_t + stream_offset(i, sx_i, STREAM64) + d[None, :] * sx_d,
@@ -109,7 +104,21 @@ def mix_chunk(
         other=0.0,
     )
     xf = xt.to(tl.float32)
-    k = i * D + d
+    chunk = mix_dot(xt, xf, phi_ptr, gamma_ptr, w_ptr, cols, i * D + d, d_mask, n, D, sphi_o, sphi_k, HAS_GAMMA,
+                    W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
+    return xf, tl.sum(xf * xf, axis=1), chunk
+
+
+@triton.jit
+def mix_dot(xt, xf, phi_ptr, gamma_ptr, w_ptr, cols, k, d_mask, n, D, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr,
+            W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+    """h_mix terms [BLOCK_T, O_PAD] of one [BLOCK_T, BLOCK_D] tile of x (xt in x's dtype, xf in fp32) at
+    the flattened columns k of nD.
+
+    W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
+    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
+    phi and gamma are read in fp32 and multiplied by fp32_dot."""
+    O = n * n + 2 * n
     if W_SPLIT:
         # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
         w_offs = k[:, None] * O_PAD + cols[None, :]
@@ -127,7 +136,7 @@ def mix_chunk(
         if HAS_GAMMA:
             w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
         chunk = fp32_dot(xf, w)
-    return xf, tl.sum(xf * xf, axis=1), chunk
+    return chunk
 
 
 @triton.jit
@@ -363,6 +372,13 @@ def _fwd_partial_kernel(
             (s + 1) * chunks // splits, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D,
             O_PAD, INTERPRET, STREAM64,
         )  # fmt: skip
+    store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, n, splits, O_PAD)
+
+
+@triton.jit
+def store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, n, splits, O_PAD: tl.constexpr):
+    """Split s's partials into the workspace: h_mix [splits, T, O_PAD] (columns < O), then sum(x^2)
+    [splits, T] (what _fwd_finish_kernel reduces)."""
     T64 = tl.full([], T, tl.int64)  # s * T * O_PAD can exceed 2**31
     part_rows = s.to(tl.int64) * T64 + rows  # row of [splits * T]
     O = n * n + 2 * n
