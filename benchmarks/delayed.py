@@ -9,9 +9,11 @@ Rows per shape (bf16 x, fp32 parameters with gamma):
   launcher. The delayed forward reads x once (its h_in is collapsed in the projection's pass).
 - pre_bwd / delayed_bwd: the fused backward of each (dh_in, dh_post, dh_res random; the delayed one
   also takes dh_pre and writes dh_pre_prev).
-- boundary: mhc_post(l) then the delayed pre(l+1) on its output, two ops (no seam kernel), against the
-  seam floor with delayed pre (read x(l) and h_out once, write x(l+1) and h_in(l+1) once) and against
-  the sum of the two ops' floors.
+- boundary: mhc_post(l) then the delayed pre(l+1) on its output, two ops, against the seam floor with
+  delayed pre (read x(l) and h_out once, write x(l+1) and h_in(l+1) once) and against the sum of the
+  two ops' floors.
+- seam: the same boundary as one pass (kernels/seam.py: the seam partial kernel and the forward's
+  finish kernel), against the same two floors.
 
 gpu_us: the GPU time of one call, a CUDA graph of it replayed (benchmarks/host.graph_gpu_us). floor_us:
 bytes / the device-to-device copy bandwidth measured in the same run. Every row is checked by the
@@ -35,13 +37,14 @@ from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_delayed_backward, m
 from mhc_ops.kernels.fused_bwd import launch_backward_fused
 from mhc_ops.kernels.fwd import launch_fwd
 from mhc_ops.kernels.post import launch_post_fwd
+from mhc_ops.kernels.seam import launch_seam_fwd
 
 from .host import graph_gpu_us
 from .run import copy_bandwidth_GBps, gpu_tag
 from .shapes import parsed_device, parsed_shapes
 
 DEFAULT = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
-ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary")
+ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary", "seam")
 
 
 def floor_bytes(row: str, T: int, n: int, D: int, s: int) -> tuple[int, int | None]:
@@ -57,7 +60,7 @@ def floor_bytes(row: str, T: int, n: int, D: int, s: int) -> tuple[int, int | No
         "pre_bwd": (pre_bwd, None),
         "delayed_bwd": (pre_bwd + 12 * n, None),  # + h_pre_prev, dh_pre, dh_pre_prev
         "boundary": (2 * s * nD + 2 * s * D + 4 * (3 * n * n + 5 * n + 1), post_fwd + pre_fwd + 4 * n),
-    }[row]
+    }[row if row != "seam" else "boundary"]
     return T * per_token[0], (T * per_token[1] if per_token[1] is not None else None)
 
 
@@ -119,6 +122,12 @@ def _calls(t, post):
         nxt = mhc_pre_delayed_forward(c(last["out"]), *map(c, (phi, alpha, bias, gamma, hpp)), compute_dtype=cd)
         return (out, *nxt[:3])
 
+    def seam():
+        o = launch_seam_fwd(*(post[k] for k in ("x", "h_res", "h_out", "h_post")), hpp, phi, alpha, bias, gamma,
+                            1e-6, 1e-6)  # fmt: skip
+        last["out"] = o[0]
+        return o[:4]
+
     def pre_bwd():
         o = launch_backward_fused(x, phi, alpha, *up, *pre_saved, gamma, None, 1e-6)
         return tuple(o[k] for k in bwd_names)
@@ -135,6 +144,7 @@ def _calls(t, post):
         "pre_bwd": (pre_bwd, bwd_names, pre_bwd_ref),
         "delayed_bwd": (delayed_bwd, (*bwd_names, "dh_pre_prev"), delayed_bwd_ref),
         "boundary": (boundary, ("out", "h_in", "h_post", "h_res"), boundary_ref),
+        "seam": (seam, ("out", "h_in", "h_post", "h_res"), boundary_ref),
     }
 
 

@@ -253,3 +253,10 @@ DELAYED_KERNEL_CASES = [
     Case(lead=(1,), n=3, D=20, dtype="float16", seed=203, grad_x_post=True, norm_eps=1e-20),
     Case(lead=(19,), n=6, D=45, dtype="bfloat16", seed=204, gamma=False, x_scale=4.0),
 ]
+# The seam (post + delayed pre in one pass; tests/kernels/test_seam.py): n = 1, 3, 4, 6, odd D, one token.
+SEAM_CASES = [
+    Case(lead=(2, 3), n=4, D=67, dtype="bfloat16", seed=301),
+    Case(lead=(1,), n=1, D=33, dtype="float32", seed=302, gamma=False),
+    Case(lead=(5,), n=3, D=20, dtype="float16", seed=303),
+    Case(lead=(19,), n=6, D=45, dtype="bfloat16", seed=304, gamma=False),
+]
