@@ -1,10 +1,10 @@
 """Stage seam_fwd: mhc_post(l) and the delayed pre(l+1) in one pass over the streams.
 
 Program (b, s) owns BLOCK_T tokens and the column chunks s*C//splits .. (s+1)*C//splits - 1 (C =
-cdiv(D, BLOCK_D)). Per chunk it reads x(l) (all n streams) and h_out once, forms x(l+1) with mhc_post's
-tile math (post_tile), stores it, and from the same tile, rounded to x's dtype as stored, accumulates
-the next pre's projection (mix_dot per stream) and sum of squares and writes h_in(l+1) = sum_i
-h_pre_prev[i] * x(l+1)[i]. The partials go to the forward's workspace and _fwd_finish_kernel (kernels/
+cdiv(D, BLOCK_D)). Per chunk and output stream j it forms x(l+1)[j] from the n input tiles and h_out,
+stores it, and from the same tile, rounded to x's dtype as stored, accumulates the next pre's
+projection (mix_dot, the forward's tile math) and sum of squares and h_in(l+1) = sum_j
+h_pre_prev[j] * x(l+1)[j]. The partials go to the forward's workspace and _fwd_finish_kernel (kernels/
 fwd.py) reduces them into the next pre's coefficients: two launches, x(l) read once, x(l+1) written
 once and never read back.
 """
@@ -22,49 +22,51 @@ from .fwd import (
     FINISH_UNROLL,
     _fwd_finish_kernel,
     auto_splits,
-    collapse_columns,
     mix_dot,
-    split_weights,  # fmt: skip
+    split_weights,
     store_partials,
 )
-from .post import post_tile, store_streams
+from .post import load_tile
 
 
 @launched(do_not_specialize=["T", "splits"])
 def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, w_ptr,
                          ws_ptr, h_in_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j,
-                         so_t, so_j, so_d, sphi_o, sphi_k, splits, N: tl.constexpr, N_PAD: tl.constexpr,
-                         HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr,
-                         BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+                         so_t, so_j, so_d, sphi_o, sphi_k, splits, N: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                         W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
+                         INTERPRET: tl.constexpr):  # fmt: skip
+    # Output stream by output stream, in [BLOCK_T, BLOCK_D] tiles only: x(l+1)[j] from the n input
+    # tiles (re-read per j from L1/L2, not from device memory), then its projection and h_in term.
     s = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    j = tl.arange(0, N_PAD)
-    coll = collapse_columns(hpp_ptr, rows, row_mask, N, N_PAD, 1)  # [BT, N_PAD]
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     chunks = tl.cdiv(D, BLOCK_D)
     for dc in range(s * chunks // splits, (s + 1) * chunks // splits):
         d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
         d_mask = d < D
-        acc = post_tile(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, rows, row_mask, d, D, sx_t, sx_i, sx_d, sr_t, sr_i,
-                        sr_j, sho_t, sho_d, shp_t, shp_j, N, N_PAD)  # fmt: skip
-        nxt = round_to(acc, out_ptr.dtype.element_ty)  # x(l+1) as stored: what the next pre reads
-        store_streams(out_ptr, nxt, rows, row_mask, d, D, so_t, so_j, so_d, N, N_PAD)
-        xf = nxt.to(tl.float32)  # [BT, N_PAD, BD]
-        sumsq += tl.sum(tl.sum(xf * xf, axis=2), axis=1)
-        h_in = tl.sum(coll[:, :, None] * xf, axis=1)
-        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & d_mask[None, :])  # fmt: skip
-        for i in tl.static_range(N):
-            xi = tl.sum(tl.where(j[None, :, None] == i, xf, 0.0), axis=1)  # stream i, exact
-            h_mix += mix_dot(xi.to(out_ptr.dtype.element_ty), xi, phi_ptr, gamma_ptr, w_ptr, cols, i * D + d, d_mask,
-                             N, D, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
+        mask = row_mask[:, None] & d_mask[None, :]
+        h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask)
+        h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for j in tl.static_range(N):
+            acc = tl.load(h_post_ptr + rows * shp_t + j * shp_j, mask=row_mask, other=0.0)[:, None] * h_out
+            for i in tl.static_range(N):
+                r_ij = tl.load(h_res_ptr + rows * sr_t + i * sr_i + j * sr_j, mask=row_mask, other=0.0)
+                acc += r_ij[:, None] * load_tile(x_ptr + tl.cast(i, tl.int64) * sx_i, rows, d, sx_t, sx_d, mask)
+            nxt = round_to(acc, out_ptr.dtype.element_ty)  # x(l+1)[j] as stored: what the next pre reads
+            tl.store(out_ptr + rows[:, None] * so_t + tl.cast(j, tl.int64) * so_j + d[None, :] * so_d, nxt, mask=mask)
+            xf = nxt.to(tl.float32)
+            sumsq += tl.sum(xf * xf, axis=1)
+            h_in += tl.load(hpp_ptr + rows * N + j, mask=row_mask, other=0.0)[:, None] * xf
+            h_mix += mix_dot(nxt, xf, phi_ptr, gamma_ptr, w_ptr, cols, j * D + d, d_mask, N, D, sphi_o, sphi_k,
+                             HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
+        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
     store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, N, splits, O_PAD)
 
 
-def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=16,
+def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64,
                     block_d=64, splits=None, num_warps=4):  # fmt: skip
     """The seam forward on validated inputs (mhc_post's and the delayed pre's) -> (out, h_in, next
     h_post, next h_res, next inv_rms, next h_mix, next h_pre) (golden/seam.py SEAM_OUTPUTS).
@@ -94,7 +96,7 @@ def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma
     ov = out.view(-1, n, D)
     _seam_partial_kernel[(token_blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous(), phi, gamma_arg, w_arg, ws, h_in, T, D, *xt.stride(),
-        *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(), splits, N=n, N_PAD=n_pad(n),
+        *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(), splits, N=n,
         HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
         INTERPRET=interpreting(), num_warps=num_warps,
     )  # fmt: skip

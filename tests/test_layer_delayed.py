@@ -51,14 +51,15 @@ def _ref_grads(x0, dout, layers, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_delayed_stack_matches_the_contract(backend, n, D):
     torch.manual_seed(n * 100 + D)
-    stack = HyperStack(D, n, [None, None, None], delayed=True, backend=backend, init="zero")
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"
+    stack = HyperStack(D, n, [None, None, None], delayed=True, backend=backend, init="zero").to(device)
     with torch.no_grad():  # random parameters: away from the init's symmetric point
         for layer in stack.layers:
             layer.phi.normal_(0, 1.0)
             layer.alpha.uniform_(0.5, 1.5)
             layer.bias.normal_(0, 0.5)
-    x = torch.randn(5, n, D)
-    dout = torch.randn(5, n, D)
+    x = torch.randn(5, n, D, device=device)
+    dout = torch.randn(5, n, D, device=device)
     xl = x.clone().requires_grad_()
     out = stack(xl)
     out.backward(dout)
@@ -67,6 +68,7 @@ def test_delayed_stack_matches_the_contract(backend, n, D):
     ref64, g64 = _ref_grads(x, dout, layers, torch.float64)
     ref32, g32 = _ref_grads(x, dout, layers, torch.float32)
     verdicts = [judge("x_next", out.detach(), ref64, ref32)] + [judge(k, got[k], g64[k], g32[k]) for k in g64]
+    assert out.device == x.device
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
 
 
