@@ -67,10 +67,11 @@ def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_p
 
 
 def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64,
-                    block_d=64, splits=None, num_warps=4):  # fmt: skip
+                    block_d=64, splits=None, num_warps=4, num_stages=1):  # fmt: skip
     """The seam forward on validated inputs (mhc_post's and the delayed pre's) -> (out, h_in, next
     h_post, next h_res, next inv_rms, next h_mix, next h_pre) (golden/seam.py SEAM_OUTPUTS).
-    splits: column-chunk ranges per token block (None: kernels/fwd.auto_splits on CUDA, 1 on CPU)."""
+    splits: column-chunk ranges per token block (None: kernels/fwd.auto_splits on CUDA, 1 on CPU).
+    num_stages=1: the loop's n*n tile loads, pipelined, overflowed shared memory on an H200."""
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]
     O = n * n + 2 * n
@@ -98,7 +99,7 @@ def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma
         xt, rt, ot, pt, ov, h_pre_prev.contiguous(), phi, gamma_arg, w_arg, ws, h_in, T, D, *xt.stride(),
         *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(), splits, N=n,
         HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-        INTERPRET=interpreting(), num_warps=num_warps,
+        INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     finish_t = min(block_t, FINISH_BLOCK_T)
     _fwd_finish_kernel[(cdiv(T, finish_t), 1)](
