@@ -15,7 +15,18 @@ import torch
 import triton.language as tl
 
 from ._cache import weight_derived
-from ._common import cdiv, check_tile_span, interpreting, n_pad, o_pad, round_to, size_hint, sm_count, static_dims
+from ._common import (
+    cdiv,
+    check_tile_span,
+    interpreting,
+    n_pad,
+    o_pad,
+    round_to,
+    size_hint,
+    sm_count,
+    static_dims,
+    stream_tile,
+)
 from ._launch import launched
 from .fwd import (
     FINISH_BLOCK_T,
@@ -34,13 +45,14 @@ def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_p
                          ws_ptr, h_in_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j,
                          so_t, so_j, so_d, sphi_o, sphi_k, splits, N: tl.constexpr, HAS_GAMMA: tl.constexpr,
                          W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
-                         INTERPRET: tl.constexpr):  # fmt: skip
-    # Output stream by output stream, in [BLOCK_T, BLOCK_D] tiles only: x(l+1)[j] from the n input
-    # tiles (re-read per j from L1/L2, not from device memory), then its projection and h_in term.
+                         INTERPRET: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+    # Per chunk the n input streams are one [BLOCK_T, N_PAD, BLOCK_D] tile; then output stream by output
+    # stream, x(l+1)[j], its projection and its h_in term.
     s = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
+    streams = tl.arange(0, N_PAD)
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     chunks = tl.cdiv(D, BLOCK_D)
@@ -50,11 +62,12 @@ def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_p
         mask = row_mask[:, None] & d_mask[None, :]
         h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask)
         h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        xs = stream_tile(x_ptr, rows, row_mask, d, d_mask, N, sx_t, sx_i, sx_d, N_PAD).to(tl.float32)
         for j in tl.static_range(N):
             acc = tl.load(h_post_ptr + rows * shp_t + j * shp_j, mask=row_mask, other=0.0)[:, None] * h_out
-            for i in tl.static_range(N):
-                r_ij = tl.load(h_res_ptr + rows * sr_t + i * sr_i + j * sr_j, mask=row_mask, other=0.0)
-                acc += r_ij[:, None] * load_tile(x_ptr + tl.cast(i, tl.int64) * sx_i, rows, d, sx_t, sx_d, mask)
+            r_j = tl.load(h_res_ptr + rows[:, None] * sr_t + streams[None, :] * sr_i + j * sr_j,
+                          mask=row_mask[:, None] & (streams < N)[None, :], other=0.0)  # h_res[:, i, j] over i
+            acc += tl.sum(r_j[:, :, None] * xs, axis=1)
             nxt = round_to(acc, out_ptr.dtype.element_ty)  # x(l+1)[j] as stored: what the next pre reads
             tl.store(out_ptr + rows[:, None] * so_t + tl.cast(j, tl.int64) * so_j + d[None, :] * so_d, nxt, mask=mask)
             xf = nxt.to(tl.float32)
@@ -66,12 +79,16 @@ def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_p
     store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, N, splits, O_PAD)
 
 
-def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64,
+def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=None,
                     block_d=64, splits=None, num_warps=4, num_stages=1):  # fmt: skip
     """The seam forward on validated inputs (mhc_post's and the delayed pre's) -> (out, h_in, next
     h_post, next h_res, next inv_rms, next h_mix, next h_pre) (golden/seam.py SEAM_OUTPUTS).
     splits: column-chunk ranges per token block (None: kernels/fwd.auto_splits on CUDA, 1 on CPU).
-    num_stages=1: the loop's n*n tile loads, pipelined, overflowed shared memory on an H200."""
+    block_t: None = 32 tokens up to n = 4, 16 above (the fastest on an H200, docs/perf.md). num_stages=1:
+    pipelined, the loop's loads overflowed shared memory on an H200. Compiled without FMA contraction:
+    with it, the x(l+1) tile the projection multiplied was not always the one stored (the compiler
+    recomputes it for the dot's layout), and h_mix failed the accuracy rule at D = 4096."""
+    block_t = block_t if block_t is not None else (32 if x.shape[-2] <= 4 else 16)
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]
     O = n * n + 2 * n
@@ -99,7 +116,8 @@ def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma
         xt, rt, ot, pt, ov, h_pre_prev.contiguous(), phi, gamma_arg, w_arg, ws, h_in, T, D, *xt.stride(),
         *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(), splits, N=n,
         HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-        INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
+        INTERPRET=interpreting(), N_PAD=n_pad(n), num_warps=num_warps, num_stages=num_stages,
+        enable_fp_fusion=False,
     )  # fmt: skip
     finish_t = min(block_t, FINISH_BLOCK_T)
     _fwd_finish_kernel[(cdiv(T, finish_t), 1)](

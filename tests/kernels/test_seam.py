@@ -59,14 +59,15 @@ def test_seam_zero_tokens():
 
 
 @pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="a realistic shape: GPU only")
-@pytest.mark.xfail(strict=True, reason="known: on an H200 the seam's h_mix error at D = 4096 is ~2e-6 against a bound "
-                   "of 1.65e-6 (docs/perf.md, The seam); a fix makes this test pass and must remove the mark")
 def test_seam_forward_realistic_shape():
+    """D = 4096, where FMA contraction made the projected x(l+1) tile differ from the stored one on an
+    H200 (h_mix 2.1e-6 against a bound of 1.65e-6; kernels/seam.py compiles without it)."""
     case = dataclasses.replace(SEAM_CASES[0], lead=(1024,), D=4096, seed=5)
     t = _inputs(case)
-    got = launch_seam_fwd(*(t[k] for k in (*POST, *PRE)), 1e-6, 1e-6, splits=1)
+    got = launch_seam_fwd(*(t[k] for k in (*POST, *PRE)), 1e-6, 1e-6)
     pre_args = [got[0], *(t[k] for k in ("phi", "alpha", "bias", "gamma", "h_pre_prev"))]
     p64 = mhc_pre_delayed_forward(*map(_up, pre_args), compute_dtype=torch.float64)
     p32 = mhc_pre_delayed_forward(*pre_args)
-    verdict = judge("next_h_mix", got[5], p64[5], p32[5])
-    assert verdict.ok, str(verdict)
+    pairs = (("h_in", 1, 0), ("next_h_post", 2, 1), ("next_h_res", 3, 2), ("next_h_pre", 6, 3), ("next_h_mix", 5, 5))
+    verdicts = [judge(k, got[g], p64[r], p32[r]) for k, g, r in pairs]
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
