@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from ._validate import require_kernel_device
 from .golden import mhc_post as golden_post
 from .golden import mhc_pre as golden_pre
 from .golden import sinkhorn as golden_sinkhorn
@@ -17,7 +18,7 @@ from .kernels.fused_bwd import launch_backward_fused
 from .kernels.fwd import launch_fwd
 from .kernels.post import launch_post_bwd, launch_post_fwd
 from .kernels.sinkhorn import MAX_N, launch_sinkhorn_bwd, launch_sinkhorn_fwd
-from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline, require_kernel_device
+from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline
 
 BACKEND_CHOICES = ("auto", "golden", "triton")
 

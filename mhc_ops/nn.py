@@ -23,8 +23,7 @@ import math
 import torch
 
 from . import _impl
-from .kernels._common import check_inputs
-from .kernels.sinkhorn import check_sinkhorn_iters
+from ._validate import check_inputs, check_sinkhorn_iters, check_triton_sinkhorn_n
 from .ops import MHC_PRE, SINKHORN, mhc_post
 
 INITS = ("identity", "zero")
@@ -78,10 +77,7 @@ def hc_pre(x, phi, alpha, bias, gamma=None, *, norm_eps=1e-6, hc_eps=1e-6, sinkh
     _, n, _ = check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     check_sinkhorn_iters(sinkhorn_iters, sinkhorn_eps)
     route = _impl.resolve_route(backend, stages, x)
-    max_n = _impl.sinkhorn_max_n(route)
-    if max_n is not None and n > max_n:
-        raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
-                         "sinkhorn_bwd on the golden with stages=)")  # fmt: skip
+    check_triton_sinkhorn_n(n, _impl.sinkhorn_max_n(route))
     with torch.autocast(x.device.type, enabled=False):
         return _HcPre.apply(x, phi, alpha, bias, gamma, route, float(norm_eps), float(hc_eps), int(sinkhorn_iters),
                             float(sinkhorn_eps), bool(recompute))  # fmt: skip

@@ -10,12 +10,12 @@ calls the kernels directly (mhc_ops/ops.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from .._validate import require_kernel_device
 from ..golden.registry import STAGE_IO, STAGE_NAMES
 from ..kernels.dgamma import mhc_pre_dgamma
 from ..kernels.dh_mix import mhc_pre_dh_mix
@@ -33,15 +33,6 @@ PLANS = ("staged", "fused")
 FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
 BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
 PRE_BACKWARD_STAGES = ("dh_mix", "dx", "dparams", "dgamma")
-
-
-def require_kernel_device(what: str, t: torch.Tensor) -> None:
-    """Triton kernels run on CUDA tensors, or on CPU tensors through the interpreter only."""
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            f"{what}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
-            "imported (or move the tensors to a CUDA device)"
-        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import mhc_ops
+from mhc_ops._validate import TABLES
 from mhc_ops.golden import Case, build
+from mhc_ops.golden.registry import OPS, STAGE_IO
 from mhc_ops.kernels._common import check_tile_span
 from mhc_ops.stages import STAGES, Pipeline
 from tests.helpers import KERNEL_DEVICE
@@ -159,3 +161,23 @@ def test_a_token_block_past_int32_offsets_is_refused_by_name():
     huge = torch.empty_strided((8, 4, 16), (2**26, 16, 1), device="meta")  # 64 tokens span 2**32 elements
     with pytest.raises(ValueError, match=r"strides \[67108864, 16, 1\]: expected 64 tokens to span fewer than 2\*\*31"):
         check_tile_span(64, ok, huge)
+
+
+def test_every_op_and_stage_input_has_a_table_entry():
+    """One table per op (mhc_ops/_validate.py) names every tensor its stages take."""
+    assert set(TABLES) == set(OPS)
+    missing = {s: [k for k in io["inputs"] if k not in TABLES[io["op"]].args] for s, io in STAGE_IO.items()}
+    assert not any(missing.values()), missing
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize(("lead", "n", "D"), [((2, 3), 3, 5), ((4,), 1, 7), ((0,), 6, 2)])
+def test_tables_accept_every_stage_input_of_the_golden(op, lead, n, D):
+    """Each stage's golden inputs (shapes and storage dtypes as the fixtures make them) pass the table
+    of their op, which reads back the case's leading dims, n and D."""
+    bundle = build(Case(lead=lead, n=n, D=D, dtype="bfloat16", op=op, grad_x_post=True))
+    table = TABLES[op]
+    for stage in bundle.stages():
+        named = {k: bundle.tensors[k] for k in STAGE_IO[stage]["inputs"] if k != table.anchor}
+        got = table.check(bundle.tensors[table.anchor], **named)
+        assert got == (lead, n, None if op == "sinkhorn" else D), stage
