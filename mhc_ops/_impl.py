@@ -97,8 +97,10 @@ def resolve_route(backend: str, stages, t: torch.Tensor, plan: str = "fused") ->
         raise TypeError(f"stages: expected None, a dict of stage -> backend or a Pipeline, got {type(stages).__name__}")
     resolve = _route.__wrapped__ if torch.compiler.is_compiling() else _route
     route = resolve(backend, per_stage, t.is_cuda, plan)
-    if route.uses_triton:
-        require_kernel_device("backend 'triton'", t)
+    if route.uses_triton and t.device.type == "cpu":
+        triton_stages = [s for s, b in route.backends if b == "triton"]
+        what = "backend 'triton'" if backend == "triton" else f"stages {', '.join(triton_stages)} on 'triton'"
+        require_kernel_device(what, t)
     return route
 
 

@@ -42,55 +42,97 @@ class OpTable:
     token_hint: str  # how a per-token argument's expected shape is explained
     args: dict[str, Arg]  # the anchor first
 
+    def __post_init__(self):
+        assert self.args[self.anchor].dims in (("n", "D"), ("n", "n")), "an anchor is [.., n, D] or [.., n, n]"
+
     def check(self, anchor, max_n: int | None = None, **tensors) -> tuple[tuple[int, ...], int, int | None]:
         """Validate the anchor and every named tensor (None only where optional) -> (lead, n, D).
         max_n: the largest n the implementation takes (None: any)."""
         lead, n, D = self._check_anchor(anchor, max_n)
+        if not tensors:
+            return lead, n, D
         # The leading dims may be symbolic under torch.compile: computed, not cached.
-        expected = (_shapes.__wrapped__ if torch.compiler.is_compiling() else _shapes)(self, lead, n, D)
+        plan = (_plan.__wrapped__ if torch.compiler.is_compiling() else _plan)(self, lead, n, D, anchor.dtype)
+        device = anchor.device
         for name, t in tensors.items():
-            spec = self.args[name]
-            if t is None and spec.optional:
+            want, dtypes, optional = plan[name]
+            if t is None and optional:
                 continue
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-            _check_dtype(name, spec.dtype, t.dtype, anchor.dtype, self.anchor)
-            want = expected[name]
-            if tuple(t.shape) != want:
-                self._raise_shape_error(name, t, want, anchor, lead, n, D, tensors)
-            if t.device != anchor.device:
-                raise ValueError(
-                    f"{name}: expected a tensor on {anchor.device} ({_of(self.anchor)} device), got {t.device}"
-                )
+            # One test on the hot path; the error path finds which part failed, in this order.
+            if not isinstance(t, torch.Tensor) or t.dtype not in dtypes or t.shape != want or t.device != device:
+                self._raise(name, t, want, anchor, lead, n, D, tensors)
         return lead, n, D
 
     def _check_anchor(self, t, max_n):
-        a, spec = self.anchor, self.args[self.anchor]
+        a = self.anchor
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{a}: expected a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in ACT_DTYPES:
             raise TypeError(f"{a}: expected dtype bfloat16, float16 or float32, got {t.dtype}")
-        k = len(spec.dims)
-        if t.dim() <= k or (self.ranks is not None and t.dim() not in self.ranks):
-            raise ValueError(f"{a}: expected shape {self.forms}, got {_shape_text(a, t.shape)}")
-        env = {}
-        for sym, size in zip(spec.dims, t.shape[-k:]):
-            if env.setdefault(sym, size) != size:  # ("n", "n") with unequal dims
-                raise ValueError(f"{a}: expected square last two dims [..., n, n], got {list(t.shape)}")
-        n, D = env["n"], env.get("D")
-        if D is not None and (n < 1 or D < 1):
-            raise ValueError(f"{a}: expected n >= 1 and D >= 1, got n={n}, D={D}")
+        shape = t.shape
+        if len(shape) < 3 or (self.ranks is not None and len(shape) not in self.ranks):
+            raise ValueError(f"{a}: expected shape {self.forms}, got {_shape_text(a, shape)}")
+        n, last = shape[-2], shape[-1]
+        if self.args[a].dims[1] == "n":
+            if last != n:
+                raise ValueError(f"{a}: expected square last two dims [..., n, n], got {list(shape)}")
+            D = None
+        else:
+            D = last
+            if n < 1 or D < 1:
+                raise ValueError(f"{a}: expected n >= 1 and D >= 1, got n={n}, D={D}")
         if n < 1 or (max_n is not None and n > max_n):
-            raise ValueError(f"{a}: expected n from 1 to {max_n} (one token's n x n matrix in registers), got n={n}")
-        return tuple(t.shape[:-k]), n, D
+            want = "n >= 1" if max_n is None else f"n from 1 to {max_n} (one token's n x n matrix in registers)"
+            raise ValueError(f"{a}: expected {want}, got n={n}")
+        return tuple(shape[:-2]), n, D
+
+    def _raise(self, name, t, want, anchor, lead, n, D, tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        _check_dtype(name, self.args[name].dtype, t.dtype, anchor.dtype, self.anchor)
+        if t.shape != want:
+            self._raise_shape_error(name, t, want, anchor, lead, n, D, tensors)
+        raise ValueError(f"{name}: expected a tensor on {anchor.device} ({_of(self.anchor)} device), got {t.device}")
 
     def _raise_shape_error(self, name, t, want, anchor, lead, n, D, tensors):
         spec = self.args[name]
         if spec.square and (t.dim() < 2 or t.shape[-1] != t.shape[-2]):
             raise ValueError(f"{name}: expected a square [.., n, n] matrix per token, got shape {list(t.shape)}")
+        self._blame_anchor(anchor, lead, n, D, tensors)
         env = {"anchor": self.anchor, "lead": list(lead), "n": n, "D": D}
         hint = f"{spec.hint} with n={n}, D={D}" if spec.hint else self.token_hint.format_map(env)
         raise ValueError(f"{name}: expected shape {list(want)} ({hint}), got {list(t.shape)}")
+
+    def _blame_anchor(self, anchor, lead, n, D, tensors):
+        """Raise against the anchor when at least two other arguments agree on an n (or D) that is not
+        the anchor's and explain every argument: with phi and bias for n = 4, x with 3 streams is the
+        one to fix, not phi."""
+        others = {k: t for k, t in tensors.items() if isinstance(t, torch.Tensor)}
+        implied: dict[str, int] = {}
+        informers: dict[str, list[str]] = {"n": [], "D": []}
+        for name, t in others.items():
+            dims = self.args[name].dims
+            got = _solve(dims, tuple(t.shape[-len(dims) :])) if t.dim() >= len(dims) else None
+            if got is None or any(implied.get(k, v) != v for k, v in got.items()):
+                return
+            implied |= got
+            for k in got:
+                informers[k].append(name)
+        mine = {"n": n, "D": D}
+        off = [k for k, v in implied.items() if v != mine[k]]
+        if not off or any(len(informers[k]) < 2 for k in off):
+            return
+        m, d = implied.get("n", n), implied.get("D", D)
+        if any(t.shape != _shape(self.args[k], lead, m, d) for k, t in others.items()):
+            return
+        names = [f"{k} {list(others[k].shape)}" for k in others if any(k in informers[s] for s in off)]
+        by = ", ".join(names[:-1]) + f" and {names[-1]}"
+        want = " and ".join(f"{k}={implied[k]}" for k in off)
+        got = " and ".join(f"{k}={mine[k]}" for k in off)
+        raise ValueError(
+            f"{self.anchor}: expected {want}, as {by} imply ({self.anchor} is {self.forms}), "
+            f"got shape {list(anchor.shape)} with {got}"
+        )
 
 
 def _check_dtype(name: str, rule: str, dtype: torch.dtype, anchor_dtype: torch.dtype, anchor: str) -> None:
@@ -121,12 +163,50 @@ def _size(sym, n: int, D: int | None) -> int:
     return {"n": n, "D": D, "O": n * n + 2 * n, "nD": n * D if D is not None else None}[sym]
 
 
-@functools.lru_cache(maxsize=256)  # one entry per (op, leading dims, n, D): a model calls few
-def _shapes(table: OpTable, lead: tuple, n: int, D: int | None) -> dict[str, tuple[int, ...]]:
+def _solve(dims: tuple, sizes: tuple) -> dict[str, int] | None:
+    """The n and D that sizes (a shape's last len(dims) dims) imply -> {"n": .., "D": ..} (the symbols
+    present), or None where no n and D give them. n first: nD needs it."""
+    env: dict[str, int] = {}
+    pairs = sorted(zip(dims, sizes), key=lambda p: p[0] in ("D", "nD"))
+    for sym, size in pairs:
+        size = int(size)
+        if isinstance(sym, int):
+            if size != sym:
+                return None
+            continue
+        if sym == "O":
+            root = math.isqrt(size + 1) - 1
+            key, value = "n", root if root >= 0 and root * root + 2 * root == size else None
+        elif sym == "nD":
+            m = env.get("n")
+            key, value = "D", size // m if m and size % m == 0 else None
+        else:
+            key, value = sym, size
+        if value is None or env.get(key, value) != value:
+            return None
+        env[key] = value
+    return env
+
+
+_FLOATS = frozenset(d for d in vars(torch).values() if isinstance(d, torch.dtype) and d.is_floating_point)
+
+
+def _dtypes(rule: str, anchor_dtype: torch.dtype) -> frozenset:
+    return {"act": frozenset(ACT_DTYPES), "x": frozenset({anchor_dtype}), "fp32": frozenset({torch.float32}),
+            "float": _FLOATS}[rule]  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # one entry per (op, leading dims, n, D, dtype of the anchor): a model calls few
+def _plan(table: OpTable, lead: tuple, n: int, D: int | None, anchor_dtype: torch.dtype) -> dict[str, tuple]:
+    """name -> (expected shape, accepted dtypes, optional) for every argument of the table."""
     return {
-        name: (*(lead if spec.per_token else ()), *(_size(s, n, D) for s in spec.dims))
+        name: (_shape(spec, lead, n, D), _dtypes(spec.dtype, anchor_dtype), spec.optional)
         for name, spec in table.args.items()
     }
+
+
+def _shape(spec: Arg, lead: tuple, n: int, D: int | None) -> tuple[int, ...]:
+    return (*(lead if spec.per_token else ()), *(_size(s, n, D) for s in spec.dims))
 
 
 # --- the tables ----------------------------------------------------------------------------------------------
@@ -140,10 +220,10 @@ MHC_PRE = OpTable(
     token_hint=_TOKEN_HINT,
     args={
         "x": Arg(("n", "D"), "act"),
-        "phi": Arg(("O", "nD"), "float", per_token=False, hint="[n*n + 2*n, n*D]"),
-        "alpha": Arg((3,), "float", per_token=False, hint="[3] = (a_pre, a_post, a_res)"),
-        "bias": Arg(("O",), "float", per_token=False, hint="[n*n + 2*n]"),
-        "gamma": Arg(("n", "D"), "float", per_token=False, optional=True, hint="[n, D]"),
+        "phi": Arg(("O", "nD"), "fp32", per_token=False, hint="[n*n + 2*n, n*D]"),
+        "alpha": Arg((3,), "fp32", per_token=False, hint="[3] = (a_pre, a_post, a_res)"),
+        "bias": Arg(("O",), "fp32", per_token=False, hint="[n*n + 2*n]"),
+        "gamma": Arg(("n", "D"), "fp32", per_token=False, optional=True, hint="[n, D]"),
         # outputs and saved tensors, as the backward and the stages take them back
         "h_in": Arg(("D",)),
         "h_post": Arg(("n",)),
@@ -180,9 +260,9 @@ MHC_POST = OpTable(
     token_hint=_TOKEN_HINT,
     args={
         "x": Arg(("n", "D"), "act"),
-        "h_res": Arg(("n", "n"), square=True),
+        "h_res": Arg(("n", "n"), "fp32", square=True),
         "h_out": Arg(("D",), "x"),
-        "h_post": Arg(("n",)),
+        "h_post": Arg(("n",), "fp32"),
         "dout": Arg(("n", "D"), "x"),
     },
 )
@@ -231,6 +311,17 @@ def check_sinkhorn_iters(iters, eps) -> None:
         raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
 
 
+def check_layer_input(x, n: int, D: int) -> None:
+    """A HyperConnection(dim=D, n=n) takes x [.., n, D]; anything else is named against the module's
+    n and D (a [B, S, D] input would otherwise read as S streams)."""
+    if isinstance(x, torch.Tensor) and (x.dim() < 3 or tuple(x.shape[-2:]) != (n, D)):
+        raise ValueError(
+            f"x: expected shape [..., n, D] = [..., {n}, {D}] (HyperConnection(dim={D}, n={n})), got "
+            f"{list(x.shape)}; a model expands its [.., D] input into the n streams once, with "
+            f"mhc_ops.nn.expand_streams(h, {n})"
+        )
+
+
 def check_triton_sinkhorn_n(n: int, max_n: int | None) -> None:
     """hc_pre feeds x's n to sinkhorn: on the Triton sinkhorn, at most its max_n."""
     if max_n is not None and n > max_n:
@@ -243,6 +334,6 @@ def require_kernel_device(what: str, t: torch.Tensor) -> None:
     choice that put a Triton kernel on t (a backend, stages, a stage)."""
     if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
-            f"{what}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
-            "imported (or move the tensors to a CUDA device)"
+            f"{what}: running on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter) set before "
+            "triton is imported (or move the tensors to a CUDA device)"
         )

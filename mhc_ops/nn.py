@@ -23,7 +23,7 @@ import math
 import torch
 
 from . import _impl
-from ._validate import check_inputs, check_sinkhorn_iters, check_triton_sinkhorn_n
+from ._validate import check_inputs, check_layer_input, check_sinkhorn_iters, check_triton_sinkhorn_n
 from .ops import MHC_PRE, SINKHORN, mhc_post
 
 INITS = ("identity", "zero")
@@ -192,6 +192,7 @@ class HyperConnection(torch.nn.Module):
     def forward(self, x, *args, **kwargs):
         if self.disable:
             return x + self._branch(x, *args, **kwargs)
+        check_layer_input(x, self.n, self.dim)
         h_in, h_post, h_res, link = hc_pre(x, self.phi, self.alpha, self.bias, self.gamma,
                                            sinkhorn_iters=self.sinkhorn_iters, backend=self.backend,
                                            stages=self.stages, recompute=self.recompute)  # fmt: skip
