@@ -80,13 +80,17 @@ class Pipeline:
     ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. With
     ``plan="fused"`` mhc_pre's backward is the fused Triton kernels instead of its four stages (its
     per-stage backends then apply to fwd only). Each call returns a dict of every named tensor of
-    the chain that the plan produces (inputs, intermediates and outputs).
+    the chain that the plan produces (inputs, intermediates and outputs). ``table``: the stages to
+    run instead of the registry's, by name (how diagnose runs a mutant without touching STAGES).
     """
 
-    def __init__(self, default: str = "golden", *, plan: str = "staged", **per_stage: str):
+    def __init__(
+        self, default: str = "golden", *, plan: str = "staged", table: Mapping[str, Stage] | None = None, **per_stage: str
+    ):
         if plan not in PLANS:
             raise ValueError(f"plan: expected one of {PLANS}, got {plan!r}")
         self.plan = plan
+        self.table = STAGES if table is None else {**STAGES, **table}
         for name, backend in {"default": default, **per_stage}.items():
             if name != "default" and name not in STAGES:
                 raise ValueError(f"stage: expected one of {STAGE_NAMES}, got {name!r}")
@@ -98,7 +102,7 @@ class Pipeline:
         return f"Pipeline(plan={self.plan!r}, {', '.join(f'{k}={v!r}' for k, v in self.backends.items())})"
 
     def _run(self, name: str, env: dict, options: Mapping) -> None:
-        stage = STAGES[name]
+        stage = self.table[name]
         kwargs = {k: env[k] for k in stage.inputs} | {k: options[k] for k in stage.options}
         env.update(stage.run(self.backends[name], **kwargs))
 
