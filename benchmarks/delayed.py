@@ -39,29 +39,31 @@ from mhc_ops.kernels.fwd import launch_fwd
 from mhc_ops.kernels.post import launch_post_fwd
 from mhc_ops.kernels.seam import launch_seam_fwd
 
+from .floors import op_bytes
 from .host import graph_gpu_us
-from .run import copy_bandwidth_GBps, gpu_tag
+from .report import gpu_tag
 from .shapes import parsed_device, parsed_shapes
+from .timing import copy_bandwidth_GBps
 
 DEFAULT = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
 ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary", "seam")
 
 
+# row -> (its floor's op in benchmarks/floors.py, the unfused floor it is also compared with, or None)
+FLOORS = {
+    "pre_fwd": ("fwd", None),
+    "delayed_fwd": ("delayed_fwd", None),
+    "pre_bwd": ("bwd", None),
+    "delayed_bwd": ("delayed_bwd", None),
+    "boundary": ("seam", "boundary_unfused"),
+    "seam": ("seam", "boundary_unfused"),
+}
+
+
 def floor_bytes(row: str, T: int, n: int, D: int, s: int) -> tuple[int, int | None]:
-    """-> (bytes of the row's floor, bytes of the unfused floor it is compared with or None), per the
-    contract's tables. side: the fp32 coefficients each op reads and writes."""
-    nD, side = n * D, 4 * (2 * n * n + 4 * n + 1)
-    pre_fwd = s * nD + s * D + side
-    pre_bwd = 2 * s * nD + s * D + side
-    post_fwd = 2 * s * nD + s * D + 4 * (n * n + n)
-    per_token = {
-        "pre_fwd": (pre_fwd, None),
-        "delayed_fwd": (pre_fwd + 4 * n, None),  # + h_pre_prev
-        "pre_bwd": (pre_bwd, None),
-        "delayed_bwd": (pre_bwd + 12 * n, None),  # + h_pre_prev, dh_pre, dh_pre_prev
-        "boundary": (2 * s * nD + 2 * s * D + 4 * (3 * n * n + 5 * n + 1), post_fwd + pre_fwd + 4 * n),
-    }[row if row != "seam" else "boundary"]
-    return T * per_token[0], (T * per_token[1] if per_token[1] is not None else None)
+    """-> (bytes of the row's floor, bytes of the unfused floor it is compared with or None)."""
+    op, unfused = FLOORS[row]
+    return op_bytes(op, T, n, D, s), (op_bytes(unfused, T, n, D, s) if unfused is not None else None)
 
 
 def _inputs(T, n, D, device):

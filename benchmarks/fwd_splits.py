@@ -24,7 +24,7 @@ from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.kernels import fwd
 
-from . import host, run
+from . import floors, goldens, host, timing
 from .shapes import GAMMA, SEED, X_DTYPE, parse_shapes
 
 DEFAULT_SHAPES = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
@@ -41,21 +41,21 @@ def sweep(shape, splits_list, device, copy_bw, quick) -> list[dict]:
     case = golden.Case(lead=shape.lead, n=shape.n, D=shape.D, dtype=X_DTYPE, seed=SEED, gamma=GAMMA)
     t = make_inputs(case, device)
     args = [t[k] for k in ("x", "phi", "alpha", "bias", "gamma")]
-    ref64, ref32 = run.references("fwd", t)
-    floor = run.floor_ms(run.op_bytes("fwd", shape.T, shape.n, shape.D, t["x"].element_size()), copy_bw)
+    ref64, ref32 = goldens.references("fwd", t)
+    floor = floors.floor_ms(floors.op_bytes("fwd", shape.T, shape.n, shape.D, t["x"].element_size()), copy_bw)
     rows = []
     for splits in [*splits_list, None]:
         def call(splits=splits):
             return fwd.launch_fwd(*args, 1e-6, 1e-6, splits=splits)
 
-        verdicts = run.judge_outputs("fwd", call(), ref64, ref32)
+        verdicts = goldens.judge_outputs("fwd", call(), ref64, ref32)
         ok = all(v.ok for v in verdicts)
         if not ok:
             ms = None
         elif device.type == "cuda":
             ms = host.graph_gpu_us(lambda call=call: call, device, quick) / 1e3
         else:
-            ms = run.median_ms(call, device, quick)
+            ms = timing.median_ms(call, device, quick)
         label = "auto" if splits is None else str(splits)
         if splits is None and device.type == "cuda":
             label += f" (= {chosen_splits(shape.T, shape.n, shape.D, device)})"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(s < 1 for s in splits_list):
         parser.error("--splits: expected positive ints")
     device = torch.device(args.device)
-    copy_bw = run.copy_bandwidth_GBps(device, args.quick)
+    copy_bw = timing.copy_bandwidth_GBps(device, args.quick)
     print(f"# launch_fwd by split count, {device}, copy bandwidth {copy_bw:.0f} GB/s\n")
     print("| shape | splits | ms | time / floor | accuracy rule |")
     print("|---|---|---|---|---|")

@@ -56,6 +56,8 @@ import triton
 
 from mhc_ops.integrations import apply_to_deepseek_v4, revert_deepseek_v4
 
+from .report import gpu_tag
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -228,8 +230,6 @@ def measure_round(model, optimizer, ids, steps: int, device: torch.device, warmu
 
 def run(args) -> list[dict]:
     import transformers
-
-    from .run import gpu_tag  # here, not at the top: benchmarks.run imports matplotlib (its plots)
 
     device = args.device
     config = model_config(args.layers, args.hidden, args.hc_mult, args.seq, args.vocab, args.experts, args.toy)

@@ -126,7 +126,7 @@ def setup_post(shape: Shape, device: torch.device) -> Training:
 def hyper_connection(t: Mapping[str, torch.Tensor | None]) -> HyperConnection:
     """HyperConnection(D, n) around the identity branch on BACKEND, 20 Sinkhorn iterations, its
     parameters set to the mhc_pre inputs' phi, alpha, bias and gamma (the same numbers as the mhc_pre
-    rows; benchmarks/run.py builds its layer rows with it too)."""
+    rows; benchmarks/impls.py builds its layer rows with it too)."""
     x = t["x"]
     n, D = x.shape[-2:]
     module = HyperConnection(D, n, sinkhorn_iters=20, backend=BACKEND, use_gamma=t["gamma"] is not None)

@@ -24,7 +24,7 @@ import torch
 
 from mhc_ops.kernels import fused_bwd, fwd
 
-from . import run
+from . import floors, goldens, timing
 from .shapes import parsed_shapes
 
 DEFAULT_SHAPES = "1024x4x4096,4096x4x4096,16384x4x7168,8192x6x4096,8192x8x2048"
@@ -60,13 +60,13 @@ def configs(op: str, sweep: bool, grid: dict | None = None) -> list[dict]:
 
 def launcher(op: str, t: dict, options: dict):
     if op == "fwd":
-        args = [t[k] for k in run.OP_ARGS["fwd"]]
+        args = [t[k] for k in goldens.OP_ARGS["fwd"]]
         return lambda: fwd.launch_fwd(*args, 1e-6, 1e-6, **options)
-    args = [t[k] for k in run.OP_ARGS["bwd"]]
+    args = [t[k] for k in goldens.OP_ARGS["bwd"]]
 
     def call():
         out = fused_bwd.launch_backward_fused(*args, None, 1e-6, **options)
-        return tuple(out[k] for k in run.OP_OUTPUTS["bwd"])
+        return tuple(out[k] for k in goldens.OP_OUTPUTS["bwd"])
 
     return call
 
@@ -102,8 +102,8 @@ def measure(op: str, shape, options: dict, t: dict, refs: tuple, device, copy_bw
     for k in KERNELS[op]:
         k._compiled.clear()  # so that compiled_info sees exactly this configuration's kernels
     call = launcher(op, t, options)
-    ok = all(v.ok for v in run.judge_outputs(op, call(), *refs))
-    floor = run.floor_ms(run.op_bytes(op, shape.T, shape.n, shape.D, t["x"].element_size()), copy_bw) * 1e3
+    ok = all(v.ok for v in goldens.judge_outputs(op, call(), *refs))
+    floor = floors.floor_ms(floors.op_bytes(op, shape.T, shape.n, shape.D, t["x"].element_size()), copy_bw) * 1e3
     row = {"shape": shape.label, "op": op, "options": options, "ok": ok, "floor_us": floor, "kernels": {}}
     if not ok:
         return row
@@ -151,15 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     if grid and len(ops) != 1:
         parser.error("--grid: expected a single op in --ops")
     device = torch.device(args.device)
-    copy_bw = run.copy_bandwidth_GBps(device, args.quick)
+    copy_bw = timing.copy_bandwidth_GBps(device, args.quick)
     print(f"# Kernel breakdown, {device}, copy bandwidth {copy_bw:.0f} GB/s\n")
     print("kernel cells: GPU us per call (registers per thread / spilled registers / shared KB[/wgmma])\n")
     print("| shape | op | options | us | time / floor | kernels | accuracy rule |")
     print("|---|---|---|---|---|---|---|")
     for shape in shapes:
-        t = run.shape_inputs(shape, device, tuple(ops))
+        t = goldens.shape_inputs(shape, device, tuple(ops))
         for op in ops:
-            refs = run.references(op, t)
+            refs = goldens.references(op, t)
             for options in configs(op, args.sweep, grid):
                 print(format_row(measure(op, shape, options, t, refs, device, copy_bw, args.quick)), flush=True)
     return 0

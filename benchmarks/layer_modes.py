@@ -66,12 +66,12 @@ import mhc_ops  # noqa: E402
 from mhc_ops.golden.accuracy import rel_err  # noqa: E402
 from mhc_ops.nn import HyperConnection  # noqa: E402
 
-from . import host, run  # noqa: E402
+from . import goldens, host, report, run  # noqa: E402
 from .shapes import SEED, X_DTYPE, Shape, parsed_device, parsed_shapes, parsed_subset  # noqa: E402
 
 DEFAULT_SHAPES = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168"
-OP = "layer_step"  # benchmarks/run.py's name for the same step: its golden and output names
-OUTPUTS = run.OP_OUTPUTS[OP]  # out, dx, dphi, dalpha, dbias, dgamma
+OP = "layer_step"  # benchmarks/goldens.py's name for the same step: its golden and output names
+OUTPUTS = goldens.OP_OUTPUTS[OP]  # out, dx, dphi, dalpha, dbias, dgamma
 STEPS = {"cuda": 100, "cpu": 1}  # default --steps
 # Steps before the checked one (reduce-overhead records its graphs here), and before the timed loops
 # (after the profiled step). On CPU none: the test's smoke run stays short.
@@ -134,7 +134,7 @@ class Case:
 
 def make_case(shape: Shape, device: torch.device, backend: str) -> Case:
     """The layer (parameters from the seeded default init), x and dout ~ N(0, 1) in bf16, and the fp64
-    and fp32 golden of the layer step on them (benchmarks/run.py references)."""
+    and fp32 golden of the layer step on them (benchmarks/goldens.py references)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         layer = HyperConnection(shape.D, shape.n, branch=torch.nn.Identity(), backend=backend)
@@ -144,7 +144,7 @@ def make_case(shape: Shape, device: torch.device, backend: str) -> Case:
     x, dout = (torch.randn(shape.T, shape.n, shape.D, generator=g, device=device).to(dtype) for _ in range(2))
     args = {"x": x, "phi": layer.phi, "alpha": layer.alpha, "bias": layer.bias, "gamma": layer.gamma, "post.dout": dout}
     with torch.no_grad():
-        refs = run.references(OP, {k: None if v is None else v.detach() for k, v in args.items()})
+        refs = goldens.references(OP, {k: None if v is None else v.detach() for k, v in args.items()})
     return Case(layer, x, dout, refs)
 
 
@@ -214,8 +214,8 @@ def count_launches(fn: Callable[[], object], device: torch.device) -> tuple[int 
 
 def judge(outs: Sequence[torch.Tensor | None], case: Case, eager: Sequence | None) -> dict:
     """The accuracy rule on every output against the golden; vs_eager_err against eager's outputs."""
-    verdicts = run.judge_outputs(OP, outs, *case.refs)
-    worst = max(verdicts, key=run._badness)
+    verdicts = goldens.judge_outputs(OP, outs, *case.refs)
+    worst = max(verdicts, key=goldens.badness)
     row = {"worst_output": worst.name, "worst_err": worst.err, "worst_bound": worst.bound}
     if eager is not None:
         diffs = [rel_err(o, e) for o, e in zip(outs, eager) if o is not None and e is not None and o.shape == e.shape]
@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.device.type == "cuda":
         torch.cuda.set_device(args.device)
     env = run.run_env(args.device, quick=True)
-    path = run.jsonl_path(env, args.out, "-layer-modes")
+    path = report.jsonl_path(env, args.out, "-layer-modes")
     rows = run_all(args.shapes, args.modes, env, args.device, args.steps, args.backend,
-                   lambda shape_rows: run.append_jsonl(shape_rows, path, ROW_KEYS))  # fmt: skip
+                   lambda shape_rows: report.append_jsonl(shape_rows, path, ROW_KEYS))  # fmt: skip
     print(
         f"mHC layer step (HyperConnection, identity branch, backend {args.backend}) on {env['device_name']}: "
         f"torch {env['torch']}, triton {env['triton']}, {args.steps} steps per loop, median of "

@@ -24,15 +24,15 @@ import torch
 
 from mhc_ops.kernels import _cache, fwd
 
-from . import host, run
+from . import goldens, host
 from .shapes import parsed_shapes
 
 BUILDERS = {"triton": fwd.split_weights, "torch": fwd.split_weights_host}
 
 
 def measure(shape, builder: str, device: torch.device, quick: bool) -> dict:
-    t = run.shape_inputs(shape, device, ("fwd",))
-    args = [t[k] for k in run.OP_ARGS["fwd"]]
+    t = goldens.shape_inputs(shape, device, ("fwd",))
+    args = [t[k] for k in goldens.OP_ARGS["fwd"]]
     split = BUILDERS[builder]
     fwd_call = lambda: fwd.launch_fwd(*args, 1e-6, 1e-6)  # noqa: E731
     original = fwd.split_weights

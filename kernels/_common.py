@@ -1,7 +1,7 @@
-"""What every stage launcher shares: input validation, token views, grid sizing, shared tile math.
+"""What every stage launcher shares: launch-option checks, token views, grid sizing, shared tile math.
 
-Validation runs before any launch and raises ``TypeError`` (dtype, not a tensor) or ``ValueError``
-(shape, device) naming the argument and the expected value.
+Input validation is mhc_ops/_validate.py's (one table per op); the checks here are the launch
+contract's (block sizes, int32 tile spans), raising ``ValueError`` naming the value.
 """
 
 from __future__ import annotations
@@ -14,82 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-@functools.lru_cache(maxsize=256)  # one entry per (leading dims, n, D): a model calls few
-def _expected_shapes(lead: tuple[int, ...], n: int, D: int) -> dict[str, tuple[int, ...]]:
-    O = n * n + 2 * n
-    per_token = {
-        "dh_in": (D,),
-        "h_in": (D,),
-        "dh_post": (n,),
-        "dh_res": (n, n),
-        "grad_x_post": (n, D),
-        "inv_rms": (),
-        "dinv_rms": (),
-        "h_mix": (O,),
-        "dh_mix": (O,),
-        "h_pre": (n,),
-        "h_post": (n,),
-        "dh_pre": (n,),
-        "h_pre_prev": (n,),
-        "dh_pre2": (n,),
-        "dh_post2": (n,),
-        "dvecX_mm": (n * D,),
-    }
-    shapes = {k: (*lead, *v) for k, v in per_token.items()}
-    shapes |= {"phi": (O, n * D), "alpha": (3,), "bias": (O,), "gamma": (n, D)}
-    return shapes
-
-
-_HINT = {
-    "phi": "[n*n + 2*n, n*D]",
-    "bias": "[n*n + 2*n]",
-    "gamma": "[n, D]",
-    "alpha": "[3] = (a_pre, a_post, a_res)",
-}
-
-
-def check_x(x) -> tuple[tuple[int, ...], int, int]:
-    """x: [B, S, n, D] or [T, n, D] in bf16, fp16 or fp32 -> (lead dims, n, D)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in X_DTYPES:
-        raise TypeError(f"x: expected dtype bfloat16, float16 or float32, got {x.dtype}")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"x: expected shape [B, S, n, D] or [T, n, D], got {tuple(x.shape)}")
-    n, D = x.shape[-2:]
-    if n < 1 or D < 1:
-        raise ValueError(f"x: expected n >= 1 and D >= 1, got n={n}, D={D}")
-    return tuple(x.shape[:-2]), n, D
-
-
-def check_inputs(x, **tensors) -> tuple[tuple[int, ...], int, int]:
-    """Validate x and every named tensor against the shapes x implies. None is allowed for gamma and
-    grad_x_post and h_pre_prev only."""
-    lead, n, D = check_x(x)
-    # Under torch.compile the leading dims may be symbolic: computed, not looked up (Dynamo would trace
-    # through the cache anyway, with a warning).
-    shapes = (_expected_shapes.__wrapped__ if torch.compiler.is_compiling() else _expected_shapes)(lead, n, D)
-    for name, t in tensors.items():
-        if t is None and name in ("gamma", "grad_x_post", "h_pre_prev"):
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-        want = shapes[name]
-        if tuple(t.shape) != want:
-            hint = (
-                f" ({_HINT[name]} with n={n}, D={D})"
-                if name in _HINT
-                else f" (x has leading dims {list(lead)}, n={n}, D={D})"
-            )
-            raise ValueError(f"{name}: expected shape {list(want)}{hint}, got {list(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
-    return lead, n, D
+# The mhc_pre stage modules validate through it (their imports name this module).
+from .._validate import check_inputs  # noqa: F401
 
 
 def check_block(name: str, value: int, minimum: int) -> None:

@@ -55,39 +55,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, check_block, check_x, next_power_of_2, round_to, static_dims, tokens
+from .._validate import check_post_inputs
+from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims, tokens
 from ._launch import launched
-
-
-def check_post_inputs(x, h_res, h_out, h_post, dout=None) -> tuple[tuple[int, ...], int, int]:
-    """Validate mhc_post's inputs -> (leading dims, n, D). Raises TypeError (not a tensor, dtype) or
-    ValueError (shape, device) naming the argument and the expected value, before any launch.
-
-    x ``[B, S, n, D]`` or ``[T, n, D]`` in bf16, fp16 or fp32; h_res ``[.., n, n]``; h_out ``[.., D]``
-    in x's dtype; h_post ``[.., n]``; dout (backward) x's shape and dtype; floats, same leading dims
-    and device as x."""
-    lead, n, D = check_x(x)
-    want = {"h_res": (n, n), "h_out": (D,), "h_post": (n,), "dout": (n, D)}
-    tensors = {"h_res": h_res, "h_out": h_out, "h_post": h_post}
-    if dout is not None:
-        tensors["dout"] = dout
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-        if name in ("h_out", "dout") and t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected dtype {x.dtype} (x's dtype), got {t.dtype}")
-        if name == "h_res" and (t.dim() < 2 or t.shape[-1] != t.shape[-2]):
-            raise ValueError(f"h_res: expected a square [.., n, n] matrix per token, got shape {list(t.shape)}")
-        shape = [*lead, *want[name]]
-        if list(t.shape) != shape:
-            raise ValueError(
-                f"{name}: expected shape {shape} (x has leading dims {list(lead)}, n={n}, D={D}), got {list(t.shape)}"
-            )
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected a tensor on {x.device} (x's device), got {t.device}")
-    return lead, n, D
 
 
 @triton.jit

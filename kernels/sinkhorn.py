@@ -36,13 +36,13 @@ per token per tensor and does ~100 passes of ~3*n*n flops on them, so it is comp
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import X_DTYPES, cdiv, check_block, next_power_of_2, round_to, static_dims
+from .. import _validate
+from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims
 from ._launch import launched
 
 MAX_N = 8  # one token's n x n matrix lives in registers
@@ -184,46 +184,9 @@ def default_block_t(n: int) -> int:
 
 
 def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6, max_n=MAX_N) -> tuple[tuple[int, ...], int]:
-    """logits [T, n, n] or [B, S, n, n] (any leading dims) in bf16, fp16 or fp32 with 1 <= n <= max_n
-    (the kernel's 8; None: any n, for the golden); dP (when given) of logits' shape and device; iters
-    an int >= 1; eps a number >= 0. -> (leading dims, n). Raises TypeError / ValueError naming the
-    argument and the expected value."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in X_DTYPES:
-        raise TypeError(f"logits: expected dtype bfloat16, float16 or float32, got {logits.dtype}")
-    if logits.dim() < 3:
-        raise ValueError(f"logits: expected shape [T, n, n] or [B, S, n, n], got {list(logits.shape)}")
-    n = logits.shape[-1]
-    if logits.shape[-2] != n:
-        raise ValueError(f"logits: expected square last two dims [..., n, n], got {list(logits.shape)}")
-    if n < 1 or (max_n is not None and n > max_n):
-        raise ValueError(f"logits: expected n from 1 to {max_n} (one token's n x n matrix in registers), got n={n}")
-    if dP is not None:
-        if not isinstance(dP, torch.Tensor):
-            raise TypeError(f"dP: expected a torch.Tensor, got {type(dP).__name__}")
-        if dP.dtype not in X_DTYPES:
-            raise TypeError(f"dP: expected dtype bfloat16, float16 or float32, got {dP.dtype}")
-        if dP.shape != logits.shape:
-            raise ValueError(f"dP: expected shape {list(logits.shape)} (logits' shape), got {list(dP.shape)}")
-        if dP.device != logits.device:
-            raise ValueError(f"dP: expected a tensor on {logits.device} (logits' device), got {dP.device}")
-    check_sinkhorn_iters(iters, eps)
-    return tuple(logits.shape[:-2]), n
-
-
-def check_sinkhorn_iters(iters, eps) -> None:
-    """iters an int >= 1 and eps a finite number >= 0, else TypeError / ValueError naming them."""
-    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral):
-        raise TypeError(f"iters: expected an int >= 1, got {iters!r} ({type(iters).__name__})")
-    if iters < 1:
-        raise ValueError(f"iters: expected an int >= 1, got {iters}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps: expected a number >= 0, got {eps!r} ({type(eps).__name__})")
-    # Comparisons only (no math.isinf): torch.compile traces this with eps possibly symbolic, and
-    # `not (0 <= eps < inf)` also rejects NaN (docs/bugs/sinkhorn-validation-under-compile.md).
-    if not 0 <= eps < math.inf:
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+    """The stages' validation (mhc_ops/_validate.py's sinkhorn table) with the kernel's bound on n
+    -> (leading dims, n)."""
+    return _validate.check_sinkhorn_inputs(logits, dP, iters=iters, eps=eps, max_n=max_n)
 
 
 def launch_sinkhorn_fwd(logits, P, iters, eps, *, block_t=None) -> None:

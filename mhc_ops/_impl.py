@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from ._validate import require_kernel_device
 from .golden import mhc_post as golden_post
 from .golden import mhc_pre as golden_pre
 from .golden import sinkhorn as golden_sinkhorn
@@ -17,7 +18,7 @@ from .kernels.fused_bwd import launch_backward_fused
 from .kernels.fwd import launch_fwd
 from .kernels.post import launch_post_bwd, launch_post_fwd
 from .kernels.sinkhorn import MAX_N, launch_sinkhorn_bwd, launch_sinkhorn_fwd
-from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline, require_kernel_device
+from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline
 
 BACKEND_CHOICES = ("auto", "golden", "triton")
 
@@ -96,8 +97,10 @@ def resolve_route(backend: str, stages, t: torch.Tensor, plan: str = "fused") ->
         raise TypeError(f"stages: expected None, a dict of stage -> backend or a Pipeline, got {type(stages).__name__}")
     resolve = _route.__wrapped__ if torch.compiler.is_compiling() else _route
     route = resolve(backend, per_stage, t.is_cuda, plan)
-    if route.uses_triton:
-        require_kernel_device("backend 'triton'", t)
+    if route.uses_triton and t.device.type == "cpu":
+        triton_stages = [s for s, b in route.backends if b == "triton"]
+        what = "backend 'triton'" if backend == "triton" else f"stages {', '.join(triton_stages)} on 'triton'"
+        require_kernel_device(what, t)
     return route
 
 

@@ -14,33 +14,35 @@ kernel/golden, per stream and per part [pre | post | res], and the elements the 
 boundary, and names the first stage whose own outputs break the rule. Exit status 1 when anything
 breaks the rule.
 
-Unwritten elements: the kernels allocate outputs and workspaces with ``torch.empty``; the tool makes
-it return NaN-filled tensors, and when NaNs come out it runs again with a second fill value. An
+Unwritten elements: the kernels allocate outputs and workspaces with ``torch.empty``; inside the run
+a torch function mode (this thread's, for this call only: ``torch.empty`` itself is not replaced)
+fills what it returns with NaN, and when NaNs come out it runs again with a second fill value. An
 element is unwritten when it holds the fill value both times; a NaN that does not follow the fill is
 computed (or read from an unwritten workspace).
 
 Tests inject mutants through ``impl`` / ``impls`` (a callable taking the stage's inputs by name and
-returning its outputs by name).
+returning its outputs by name); a chain runs them through a Pipeline's own stage table, never the
+registry's ``STAGES``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .golden import STAGE_IO, STAGE_NAMES, Bundle, Case, build, judge, run_golden
 from .golden.accuracy import Verdict
 from .golden.fixtures import DTYPES
-from .stages import BACKENDS, BACKWARD_INPUTS, FORWARD_INPUTS, STAGES, Pipeline
+from .stages import BACKENDS, BACKWARD_INPUTS, FORWARD_INPUTS, STAGES, Pipeline, Stage
 
 # |out - ref| buckets (the historical log's: < 0.1, 0.1..1, > 1) and |out - ref| / |ref| buckets.
 ABS_EDGES = (0.1, 1.0)
@@ -174,20 +176,22 @@ class PipelineReport:
 # Running an implementation with its allocations pre-filled
 
 
-@contextlib.contextmanager
-def prefilled_empty(value: float) -> Iterator[None]:
-    """While active, torch.empty returns floating-point tensors filled with ``value``."""
-    empty = torch.empty
+class _PrefilledEmpty(TorchFunctionMode):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
 
-    def filled(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(value) if t.is_floating_point() else t
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.empty and out.is_floating_point():
+            out.fill_(self.value)
+        return out
 
-    torch.empty = filled
-    try:
-        yield
-    finally:
-        torch.empty = empty
+
+def prefilled_empty(value: float) -> TorchFunctionMode:
+    """A context in which torch.empty returns floating-point tensors filled with ``value``: a torch
+    function mode, active in this thread only while entered; nothing global is replaced."""
+    return _PrefilledEmpty(value)
 
 
 def run_prefilled(fn: Callable[[], Mapping]) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -204,15 +208,10 @@ def run_prefilled(fn: Callable[[], Mapping]) -> tuple[dict, dict[str, torch.Tens
     return out, {k: out[k].isnan() & (again[k] == SENTINEL) for k in with_nan}
 
 
-@contextlib.contextmanager
-def stage_impls(impls: Mapping[str, Impl]) -> Iterator[None]:
-    """While active, STAGES[s].run("triton") calls impls[s]: how a mutant enters the Pipeline."""
-    saved = {s: STAGES[s] for s in impls}
-    STAGES.update({s: dataclasses.replace(STAGES[s], triton=f) for s, f in impls.items()})
-    try:
-        yield
-    finally:
-        STAGES.update(saved)
+def stage_table(impls: Mapping[str, Impl]) -> dict[str, Stage]:
+    """The registry's stages with impls[s] as stage s's "triton" implementation: a Pipeline's table
+    (how a mutant enters a chain; STAGES itself is not touched)."""
+    return {s: dataclasses.replace(STAGES[s], triton=f) for s, f in impls.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -344,9 +343,8 @@ def analyse_chain(bundle: Bundle, impls: Mapping[str, Impl]) -> dict[str, StageR
     boundary against the fixture's fp64 reference, with the all-golden fp32 chain as the yardstick."""
     kwargs = chain_inputs(bundle)
     ref32 = Pipeline("golden").run(**kwargs)
-    with stage_impls(impls):
-        chain = Pipeline("golden", **dict.fromkeys(impls, "triton"))
-        env, unwritten = run_prefilled(lambda: chain.run(**kwargs))
+    chain = Pipeline("golden", table=stage_table(impls), **dict.fromkeys(impls, "triton"))
+    env, unwritten = run_prefilled(lambda: chain.run(**kwargs))
     return {s: _report(s, env, bundle.reference[s], ref32, bundle.case, unwritten) for s in bundle.stages()}
 
 

@@ -23,8 +23,7 @@ import math
 import torch
 
 from . import _impl
-from .kernels._common import check_inputs
-from .kernels.sinkhorn import check_sinkhorn_iters
+from ._validate import check_inputs, check_layer_input, check_sinkhorn_iters, check_triton_sinkhorn_n
 from .ops import MHC_PRE, MHC_PRE_DELAYED, SINKHORN, mhc_post
 
 INITS = ("identity", "zero")
@@ -95,10 +94,7 @@ def _hc_pre(x, phi, alpha, bias, gamma, h_pre_prev, delayed, norm_eps, hc_eps, s
     if delayed and stages is not None:
         raise ValueError("stages: expected None with the delayed pre (it runs whole on one backend: use backend=)")
     route = _impl.resolve_route(backend, stages, x)
-    max_n = _impl.sinkhorn_max_n(route)
-    if max_n is not None and n > max_n:
-        raise ValueError(f"x: expected n <= {max_n} for the Triton sinkhorn, got n={n} (put sinkhorn_fwd and "
-                         "sinkhorn_bwd on the golden with stages=)")  # fmt: skip
+    check_triton_sinkhorn_n(n, _impl.sinkhorn_max_n(route))
     with torch.autocast(x.device.type, enabled=False):
         return _HcPre.apply(x, phi, alpha, bias, gamma, h_pre_prev, route, float(norm_eps), float(hc_eps),
                             int(sinkhorn_iters), float(sinkhorn_eps), bool(recompute), delayed)  # fmt: skip
@@ -237,6 +233,7 @@ class HyperConnection(torch.nn.Module):
     def forward(self, x, *args, h_pre_prev=None, **kwargs):
         if self.disable:
             return x + self._branch(x, *args, **kwargs)
+        check_layer_input(x, self.n, self.dim)
         if h_pre_prev is not None and not self.delayed:
             raise ValueError("h_pre_prev: expected None for a HyperConnection without delayed=True")
         h_in, h_post, h_res, h_pre, link = _hc_pre(

@@ -3,7 +3,7 @@ forward/backward functions.
 
 The path a training step takes, top to bottom:
 
-1. ``mhc_pre(...)`` validates its inputs once (``check_inputs``) and resolves ``backend`` and
+1. ``mhc_pre(...)`` validates its inputs once (mhc_ops/_validate.py's table) and resolves ``backend`` and
    ``stages`` into a ``Route`` (cached: the same arguments give the same object).
 2. ``MHC_PRE(route, inputs, consts)``, the op built from its one declaration (mhc_ops/_opspec.py):
    eager, an autograd Function that calls ``_impl.pre_forward`` / ``_impl.pre_backward`` directly;
@@ -20,9 +20,7 @@ import torch
 from . import _impl
 from ._impl import resolve_route, sinkhorn_max_n
 from ._opspec import Op, OpSpec
-from .kernels._common import check_inputs
-from .kernels.post import check_post_inputs
-from .kernels.sinkhorn import check_sinkhorn_inputs
+from ._validate import check_inputs, check_post_inputs, check_sinkhorn_inputs
 
 # --- mhc_pre -------------------------------------------------------------------------------------------------
 

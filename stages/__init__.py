@@ -10,12 +10,12 @@ calls the kernels directly (mhc_ops/ops.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from .._validate import require_kernel_device
 from ..golden.registry import STAGE_IO, STAGE_NAMES
 from ..kernels.dgamma import mhc_pre_dgamma
 from ..kernels.dh_mix import mhc_pre_dh_mix
@@ -33,15 +33,6 @@ PLANS = ("staged", "fused")
 FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
 BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
 PRE_BACKWARD_STAGES = ("dh_mix", "dx", "dparams", "dgamma")
-
-
-def require_kernel_device(what: str, t: torch.Tensor) -> None:
-    """Triton kernels run on CUDA tensors, or on CPU tensors through the interpreter only."""
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            f"{what}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
-            "imported (or move the tensors to a CUDA device)"
-        )
 
 
 @dataclass(frozen=True)
@@ -89,13 +80,17 @@ class Pipeline:
     ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. With
     ``plan="fused"`` mhc_pre's backward is the fused Triton kernels instead of its four stages (its
     per-stage backends then apply to fwd only). Each call returns a dict of every named tensor of
-    the chain that the plan produces (inputs, intermediates and outputs).
+    the chain that the plan produces (inputs, intermediates and outputs). ``table``: the stages to
+    run instead of the registry's, by name (how diagnose runs a mutant without touching STAGES).
     """
 
-    def __init__(self, default: str = "golden", *, plan: str = "staged", **per_stage: str):
+    def __init__(
+        self, default: str = "golden", *, plan: str = "staged", table: Mapping[str, Stage] | None = None, **per_stage: str
+    ):
         if plan not in PLANS:
             raise ValueError(f"plan: expected one of {PLANS}, got {plan!r}")
         self.plan = plan
+        self.table = STAGES if table is None else {**STAGES, **table}
         for name, backend in {"default": default, **per_stage}.items():
             if name != "default" and name not in STAGES:
                 raise ValueError(f"stage: expected one of {STAGE_NAMES}, got {name!r}")
@@ -107,7 +102,7 @@ class Pipeline:
         return f"Pipeline(plan={self.plan!r}, {', '.join(f'{k}={v!r}' for k, v in self.backends.items())})"
 
     def _run(self, name: str, env: dict, options: Mapping) -> None:
-        stage = STAGES[name]
+        stage = self.table[name]
         kwargs = {k: env[k] for k in stage.inputs} | {k: options[k] for k in stage.options}
         env.update(stage.run(self.backends[name], **kwargs))
 

@@ -4,8 +4,11 @@ import pytest
 import torch
 
 import mhc_ops
+from mhc_ops._validate import TABLES
 from mhc_ops.golden import Case, build
+from mhc_ops.golden.registry import OPS, STAGE_IO
 from mhc_ops.kernels._common import check_tile_span
+from mhc_ops.nn import HyperConnection, expand_streams
 from mhc_ops.stages import STAGES, Pipeline
 from tests.helpers import KERNEL_DEVICE
 
@@ -91,10 +94,96 @@ def test_stage_launchers_reject_bad_input(tensors, arg, spoil, exc, msg):
             stage.triton(**kwargs)
 
 
-def test_n_inconsistent_between_x_and_phi(tensors):
-    x3 = tensors["x"][:, :, :3]  # n = 3 while phi was built for n = 4
-    with pytest.raises(ValueError, match=r"phi: expected shape \[15, 24\] .*n=3, D=8"):
-        mhc_ops.mhc_pre_forward(x3, tensors["phi"], tensors["alpha"], tensors["bias"], None)
+def test_x_with_other_n_or_D_than_the_parameters_is_named_as_x(tensors):
+    """x with 3 streams (or 7 features) against parameters for n = 4, D = 8: the parameters agree,
+    so x is the argument named, with the n (or D) they imply."""
+    t = tensors
+    x3 = t["x"][:, :, :3]
+    msg = r"x: expected n=4, as phi \[24, 32\], bias \[24\] and gamma \[4, 8\] imply .*got shape \[2, 3, 3, 8\] with n=3"
+    with pytest.raises(ValueError, match=msg):
+        mhc_ops.mhc_pre_forward(x3, t["phi"], t["alpha"], t["bias"], t["gamma"])
+    with pytest.raises(ValueError, match=r"x: expected n=4, as phi \[24, 32\] and bias \[24\] imply"):
+        mhc_ops.mhc_pre(x3, t["phi"], t["alpha"], t["bias"])
+    x7 = t["x"][..., :7]
+    with pytest.raises(ValueError, match=r"x: expected D=8, as .* got shape \[2, 3, 4, 7\] with D=7"):
+        mhc_ops.mhc_pre(x7, t["phi"], t["alpha"], t["bias"], t["gamma"])
+    post = build(Case(lead=(2, 3), n=4, D=8, op="mhc_post")).tensors
+    with pytest.raises(ValueError, match=r"x: expected n=4, as h_res \[2, 3, 4, 4\] and h_post \[2, 3, 4\] imply"):
+        mhc_ops.mhc_post(post["x"][:, :, :3], post["h_res"], post["h_out"], post["h_post"])
+
+
+def test_one_argument_off_is_still_the_one_named(tensors):
+    """phi for n = 3 beside x and bias for n = 4: phi is named, not x."""
+    t = tensors
+    phi3 = torch.randn(15, 24)
+    with pytest.raises(ValueError, match=r"phi: expected shape \[24, 32\] .*n=4, D=8\), got \[15, 24\]"):
+        mhc_ops.mhc_pre(t["x"], phi3, t["alpha"], t["bias"])
+
+
+def test_hyper_connection_given_unexpanded_input_names_its_n_and_D():
+    """[B, S, D] into a HyperConnection(dim=D, n=4) would read as S streams: the module says what it
+    expected of x and how to get it."""
+    D, n = 16, 4
+    hc = HyperConnection(D, n)
+    h = torch.randn(2, 5, D)
+    msg = rf"x: expected shape \[\.\.\., n, D\] = \[\.\.\., {n}, {D}\] .*got \[2, 5, {D}\].*expand_streams\(h, {n}\)"
+    with pytest.raises(ValueError, match=msg):
+        hc(h)
+    assert hc(expand_streams(h, n)).shape == (2, 5, n, D)
+    assert HyperConnection(D, n, disable=True)(h).shape == h.shape  # a plain residual on [.., D]
+
+
+def test_sinkhorn_of_no_streams_names_the_bound_it_has():
+    """The golden sinkhorn takes any n >= 1: [2, 0, 0] names that bound, not 'from 1 to None'."""
+    with pytest.raises(ValueError, match="logits: expected n >= 1, got n=0") as err:
+        mhc_ops.sinkhorn(torch.zeros(2, 0, 0), backend="golden")
+    assert "None" not in str(err.value)
+
+
+def test_triton_on_cpu_without_the_interpreter_says_so_once(tensors, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = [tensors[k] for k in FWD_ARGS]
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1") as err:
+        mhc_ops.mhc_pre(*args, backend="triton")
+    assert str(err.value).startswith("backend 'triton': ") and str(err.value).count("backend 'triton'") == 1
+    with pytest.raises(RuntimeError, match=r"^stages dx, dgamma on 'triton': .*TRITON_INTERPRET=1"):
+        mhc_ops.mhc_pre(*args, stages={"dx": "triton", "dgamma": "triton"})
+
+
+# (op, argument, dtype it is given): the mHC parameters and mhc_post's coefficients are fp32.
+FP32_ARGS = [
+    ("mhc_pre", "phi", torch.bfloat16),
+    ("mhc_pre", "alpha", torch.float64),
+    ("mhc_pre", "bias", torch.float16),
+    ("mhc_pre", "gamma", torch.bfloat16),
+    ("mhc_post", "h_res", torch.float64),
+    ("mhc_post", "h_post", torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(("op", "arg", "dtype"), FP32_ARGS)
+def test_fp32_arguments_in_another_float_dtype_are_refused(tensors, op, arg, dtype):
+    if op == "mhc_pre":
+        t = dict(tensors) | {arg: tensors[arg].to(dtype)}
+        call = lambda: mhc_ops.mhc_pre(*(t[k] for k in FWD_ARGS))  # noqa: E731
+    else:
+        post = build(Case(lead=(2, 3), n=4, D=8, op="mhc_post")).tensors
+        t = dict(post) | {arg: post[arg].to(dtype)}
+        call = lambda: mhc_ops.mhc_post(t["x"], t["h_res"], t["h_out"], t["h_post"])  # noqa: E731
+    with pytest.raises(TypeError, match=rf"{arg}: expected dtype torch.float32, got {dtype}"):
+        call()
+
+
+def test_modules_cast_to_bf16_or_under_autocast_still_pass_fp32_parameters():
+    """What the fp32 rule must not break: a HyperConnection cast with .to(bf16) keeps its parameters
+    fp32 (nn.py's _apply), and autocast does not touch them."""
+    n, D = 4, 8
+    hc = HyperConnection(D, n, torch.nn.Linear(D, D), use_gamma=True).to(torch.bfloat16)
+    x = torch.randn(3, n, D)
+    assert hc(x.bfloat16()).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hc.float()(x).sum().backward()
+    assert hc.phi.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize("block", [0, 3, 8])
@@ -159,3 +248,23 @@ def test_a_token_block_past_int32_offsets_is_refused_by_name():
     huge = torch.empty_strided((8, 4, 16), (2**26, 16, 1), device="meta")  # 64 tokens span 2**32 elements
     with pytest.raises(ValueError, match=r"strides \[67108864, 16, 1\]: expected 64 tokens to span fewer than 2\*\*31"):
         check_tile_span(64, ok, huge)
+
+
+def test_every_op_and_stage_input_has_a_table_entry():
+    """One table per op (mhc_ops/_validate.py) names every tensor its stages take."""
+    assert set(TABLES) == set(OPS)
+    missing = {s: [k for k in io["inputs"] if k not in TABLES[io["op"]].args] for s, io in STAGE_IO.items()}
+    assert not any(missing.values()), missing
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize(("lead", "n", "D"), [((2, 3), 3, 5), ((4,), 1, 7), ((0,), 6, 2)])
+def test_tables_accept_every_stage_input_of_the_golden(op, lead, n, D):
+    """Each stage's golden inputs (shapes and storage dtypes as the fixtures make them) pass the table
+    of their op, which reads back the case's leading dims, n and D."""
+    bundle = build(Case(lead=lead, n=n, D=D, dtype="bfloat16", op=op, grad_x_post=True))
+    table = TABLES[op]
+    for stage in bundle.stages():
+        named = {k: bundle.tensors[k] for k in STAGE_IO[stage]["inputs"] if k != table.anchor}
+        got = table.check(bundle.tensors[table.anchor], **named)
+        assert got == (lead, n, None if op == "sinkhorn" else D), stage

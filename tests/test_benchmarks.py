@@ -5,12 +5,18 @@ Nothing here is a speed target: the CPU run only checks that rows are produced, 
 from __future__ import annotations
 
 import json
+import pathlib
+import re
 
 import pytest
 import torch
 
 import mhc_ops
 from benchmarks import fwd_splits, host, host_profile, kernel_breakdown, plots, run, weight_split
+from benchmarks.floors import bytes_per_token, floor_ms, op_bytes
+from benchmarks.goldens import GOLDEN, OP_ARGS, OP_OUTPUTS, OpFn, judge_outputs, references
+from benchmarks.impls import COMPILE_IMPL, COMPILE_OPTIONS, IMPLS, PARTS, PARTS_IMPL, Factory, positional
+from benchmarks.report import TABLE_COLUMNS, format_table, gpu_tag
 from benchmarks.shapes import DEFAULT_SHAPES, SEQ_LEN, SHAPE_SETS, Shape, parse_shapes
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
@@ -63,27 +69,55 @@ POST_BWD = 3 * 57344 + 2 * 14336 + 4 * (32 + 8)  # read dout, x, write dx; read 
     ],
 )
 def test_bytes_per_token(op, n, D, x_bytes, gxp, expected):
-    assert run.bytes_per_token(op, n, D, x_bytes, grad_x_post=gxp) == expected
+    assert bytes_per_token(op, n, D, x_bytes, grad_x_post=gxp) == expected
 
 
 def test_op_bytes_and_floor_at_the_target_shape():
-    fwd = run.op_bytes("fwd", 16384, 4, 7168, 2)
-    bwd = run.op_bytes("bwd", 16384, 4, 7168, 2)
+    fwd = op_bytes("fwd", 16384, 4, 7168, 2)
+    bwd = op_bytes("bwd", 16384, 4, 7168, 2)
     assert fwd == 16384 * 71876 == 1_177_616_384
     assert bwd == 16384 * 129220 == 2_117_140_480
     # 3000 GB/s = 3e12 bytes/s: 1.1776e9 B -> 0.39254 ms, 2.1171e9 B -> 0.70571 ms.
-    assert run.floor_ms(fwd, 3000.0) == pytest.approx(0.392538795, rel=1e-9)
-    assert run.floor_ms(bwd, 3000.0) == pytest.approx(0.705713493, rel=1e-9)
-    assert run.floor_ms(3_000_000, 3000.0) == pytest.approx(1e-3)
+    assert floor_ms(fwd, 3000.0) == pytest.approx(0.392538795, rel=1e-9)
+    assert floor_ms(bwd, 3000.0) == pytest.approx(0.705713493, rel=1e-9)
+    assert floor_ms(3_000_000, 3000.0) == pytest.approx(1e-3)
     # post at the target: 16384 * 129104 B = 2.115 GB -> 0.70508 ms; the step is the sum of its parts.
-    post = run.op_bytes("post_fwd", 16384, 4, 7168, 2)
-    assert post == 2_115_239_936 and run.floor_ms(post, 3000.0) == pytest.approx(0.705079979, rel=1e-9)
-    assert run.op_bytes("step", 16384, 4, 7168, 2) == fwd + bwd
+    post = op_bytes("post_fwd", 16384, 4, 7168, 2)
+    assert post == 2_115_239_936 and floor_ms(post, 3000.0) == pytest.approx(0.705079979, rel=1e-9)
+    assert op_bytes("step", 16384, 4, 7168, 2) == fwd + bwd
+
+
+# docs/perf.md's byte tables, at its target shape (T = 16384, n = 4, D = 7168, bf16 x, 3.0 TB/s): row label
+# -> (op, grad_x_post). Its figures are the floor function's, not a second count.
+PERF_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "perf.md"
+PERF_PER_TOKEN = {"pre forward": ("fwd", False), "pre backward": ("bwd", False),
+                  "pre backward with grad_x_post": ("bwd", True)}  # fmt: skip
+PERF_TOTALS = {"forward": ("fwd", False), "backward": ("bwd", False), "backward with grad_x_post": ("bwd", True)}
+
+
+def _doc_row(text: str, label: str) -> list[str]:
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def _number(cell: str) -> int:
+    return int(re.match(r"[*]*([\d ]+)", cell.split("=")[-1].strip()).group(1).replace(" ", ""))
+
+
+def test_docs_perf_floors_are_the_floor_function():
+    text = PERF_DOC.read_text().split("\n## Bytes")[1].split("\n## ")[0]  # its Bytes section
+    for label, (op, gxp) in PERF_PER_TOKEN.items():
+        assert _number(_doc_row(text, label)[2]) == bytes_per_token(op, 4, 7168, 2, grad_x_post=gxp), label
+    for label, (op, gxp) in PERF_TOTALS.items():
+        _, total, floor = _doc_row(text, label)
+        nbytes = op_bytes(op, 16384, 4, 7168, 2, grad_x_post=gxp)
+        assert _number(total) == nbytes, label
+        assert floor.strip("*").removesuffix(" ms") == f"{floor_ms(nbytes, 3000.0):.3f}", label
 
 
 def test_bytes_per_token_rejects_unknown_op():
     with pytest.raises(ValueError, match="op"):
-        run.bytes_per_token("post", 4, 8, 2)
+        bytes_per_token("post", 4, 8, 2)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +131,7 @@ def test_bytes_per_token_rejects_unknown_op():
     ],
 )
 def test_gpu_tag(name, tag):
-    assert run.gpu_tag(name) == tag
+    assert gpu_tag(name) == tag
 
 
 def test_shapes():
@@ -142,7 +176,7 @@ def test_parts_are_the_sum_of_the_separately_timed_rows():
 
 
 def test_sinkhorn_runs_once_per_token_count_and_streams():
-    impls = {op: {"golden.eager": run.IMPLS[op]["golden.eager"]} for op in ("sinkhorn_fwd", "post_fwd")}
+    impls = {op: {"golden.eager": IMPLS[op]["golden.eager"]} for op in ("sinkhorn_fwd", "post_fwd")}
     env = run.run_env(torch.device("cpu"), quick=True)
     written = []
     rows = run.run([Shape(8, 2, 4), Shape(8, 2, 6)], tuple(impls), impls, env, sink=written.append)
@@ -228,27 +262,27 @@ def test_host_profile_rejects_an_unknown_op(capsys):
 # ---- end to end on CPU ----------------------------------------------------------------------------
 
 
-def _mutant(op: str, wrong: str, factor: float, calls: dict) -> run.Factory:
+def _mutant(op: str, wrong: str, factor: float, calls: dict) -> Factory:
     """The fp32 golden with one output scaled by `factor`: plausible numbers, wrong beyond the rule.
     calls[op] counts its calls: a failing row is never timed, so it is called once."""
 
     def call(t):
         calls[op] = calls.get(op, 0) + 1
-        outs = dict(zip(run.OP_OUTPUTS[op], run.GOLDEN[op](*(t[k] for k in run.OP_ARGS[op]))))
+        outs = dict(zip(OP_OUTPUTS[op], GOLDEN[op](*(t[k] for k in OP_ARGS[op]))))
         outs[wrong] = outs[wrong] * factor
         return tuple(outs.values())
 
     return lambda _args: call
 
 
-def _not_implemented(_args) -> run.OpFn:
+def _not_implemented(_args) -> OpFn:
     def call(t):
         raise NotImplementedError("plan 'future' is not there yet")
 
     return call
 
 
-def _broken_factory(_args) -> run.OpFn:
+def _broken_factory(_args) -> OpFn:
     raise RuntimeError("the factory itself fails")
 
 
@@ -281,12 +315,12 @@ def cpu_run(tmp_path_factory):
     if not INTERPRETING:
         pytest.skip("the CPU run of the Triton impls needs TRITON_INTERPRET=1")
     out = tmp_path_factory.mktemp("bench")
-    impls = {op: dict(table) for op, table in run.IMPLS.items()}
+    impls = {op: dict(table) for op, table in IMPLS.items()}
     calls = {}
     for op, wrong, factor in MUTANTS:
         impls[op]["mhc_ops.mutant"] = _mutant(op, wrong, factor, calls)
     # The Triton backward as the op runs it today (no plan argument), so a triton bwd row is always timed.
-    impls["bwd"]["mhc_ops.default"] = lambda _: run.positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton")
+    impls["bwd"]["mhc_ops.default"] = lambda _: positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton")
     impls["bwd"]["mhc_ops.future"] = _not_implemented
     impls["bwd"]["mhc_ops.broken"] = _broken_factory
     impls["layer_bwd"]["mhc_ops.broken"] = _broken_factory
@@ -295,7 +329,7 @@ def cpu_run(tmp_path_factory):
     # The compile baselines are captured by dynamo (fullgraph: a graph break is still an error) and run
     # eagerly: inductor's C++ compiler would take minutes on two cores.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(run.COMPILE_OPTIONS, "backend", "eager")
+        mp.setitem(COMPILE_OPTIONS, "backend", "eager")
         mp.setattr(plots, "write_plots", _plot_fewer_panels(plots.write_plots))
         rows = run.main(argv, impls=impls, host_ops=host_ops)
     device_rows = [r for r in rows if r["op"] != "host"]
@@ -314,7 +348,7 @@ def test_every_impl_gives_one_row_with_the_required_keys(cpu_run):
     for row in rows:
         assert REQUIRED_KEYS <= row.keys(), REQUIRED_KEYS - row.keys()
         assert (row["T"], row["n"], row["D"], row["gpu"]) == (32, 4, 64, "cpu")
-        assert row["bytes"] == run.op_bytes(row["op"], 32, 4, 64, 2)
+        assert row["bytes"] == op_bytes(row["op"], 32, 4, 64, 2)
         assert row["copy_bw_GBps"] > 0 and row["floor_ms"] > 0
 
 
@@ -332,7 +366,7 @@ def test_json_lines_match_the_rows(cpu_run):
 
 
 # Every row of the real table: each op's Triton impls, the golden and its compiled baseline.
-REAL_ROWS = [(op, impl) for op, table in run.IMPLS.items() for impl in table if impl not in ("mhc_ops.staged",)]
+REAL_ROWS = [(op, impl) for op, table in IMPLS.items() for impl in table if impl not in ("mhc_ops.staged",)]
 
 
 @pytest.mark.parametrize("op, impl", REAL_ROWS + [("bwd", "mhc_ops.default")])
@@ -342,8 +376,8 @@ def test_passing_rows_are_timed_against_the_floor_and_compile(cpu_run, op, impl)
     assert row["status"] == "ok" and row["ok"] is True, row
     assert row["ms"] > 0
     assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
-    if run.COMPILE_IMPL in run.IMPLS[op]:
-        compiled = _row(rows, op, run.COMPILE_IMPL)["ms"]
+    if COMPILE_IMPL in IMPLS[op]:
+        compiled = _row(rows, op, COMPILE_IMPL)["ms"]
         assert row["speedup_vs_compile"] == pytest.approx(compiled / row["ms"])
     else:
         assert row["speedup_vs_compile"] is None
@@ -351,14 +385,14 @@ def test_passing_rows_are_timed_against_the_floor_and_compile(cpu_run, op, impl)
     assert row["extra_mem_frac_x"] is None  # measured on CUDA only
 
 
-@pytest.mark.parametrize("op", run.PARTS)
+@pytest.mark.parametrize("op", PARTS)
 def test_composite_rows_are_compared_with_their_parts(cpu_run, op):
     rows, _, _, _, _ = cpu_run
-    row = _row(rows, op, run.PARTS_IMPL)
-    parts = sum(_row(rows, part, impl)["ms"] for part, impl in run.PARTS[op])
+    row = _row(rows, op, PARTS_IMPL)
+    parts = sum(_row(rows, part, impl)["ms"] for part, impl in PARTS[op])
     assert row["parts_ms"] == pytest.approx(parts) and row["vs_parts"] == pytest.approx(row["ms"] / parts)
-    line = next(line for line in run.format_table(rows).splitlines() if f"| {op} | {run.PARTS_IMPL} |" in line)
-    assert line.split("|")[1 + run.TABLE_COLUMNS.index("vs_parts")].strip() == format(row["vs_parts"], ".3g")
+    line = next(line for line in format_table(rows).splitlines() if f"| {op} | {PARTS_IMPL} |" in line)
+    assert line.split("|")[1 + TABLE_COLUMNS.index("vs_parts")].strip() == format(row["vs_parts"], ".3g")
 
 
 @pytest.mark.parametrize("op, wrong", [m[:2] for m in MUTANTS])
@@ -369,10 +403,10 @@ def test_a_wrong_impl_is_a_failure_not_a_speed(cpu_run, op, wrong):
     assert row["worst_output"] == wrong and row["worst_err"] > row["worst_bound"]
     assert row["ms"] is None and row["x_floor"] is None and row["speedup_vs_compile"] is None
     assert calls[op] == 1  # judged on its first call, never timed
-    line = next(line for line in run.format_table(rows).splitlines() if f"| {op} | mhc_ops.mutant |" in line)
+    line = next(line for line in format_table(rows).splitlines() if f"| {op} | mhc_ops.mutant |" in line)
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[run.TABLE_COLUMNS.index("ms")] == "-"
-    assert cells[run.TABLE_COLUMNS.index("accuracy")].startswith(f"FAIL ({wrong} ")
+    assert cells[TABLE_COLUMNS.index("ms")] == "-"
+    assert cells[TABLE_COLUMNS.index("accuracy")].startswith(f"FAIL ({wrong} ")
 
 
 def test_missing_and_broken_impls_are_reported_not_raised(cpu_run):
@@ -410,12 +444,12 @@ def test_host_rows_for_every_call_of_every_op(cpu_run):
 def test_judge_outputs_fails_a_missing_or_misshapen_output():
     case = golden.Case(lead=(2, 3), n=2, D=5, dtype="float32")
     t = make_inputs(case)
-    args = {k: t[k] for k in run.OP_ARGS["fwd"]}
-    ref64, ref32 = run.references("fwd", args)
-    assert all(v.ok for v in run.judge_outputs("fwd", ref32, ref64, ref32))
-    short = run.judge_outputs("fwd", ref32[:-1], ref64, ref32)
+    args = {k: t[k] for k in OP_ARGS["fwd"]}
+    ref64, ref32 = references("fwd", args)
+    assert all(v.ok for v in judge_outputs("fwd", ref32, ref64, ref32))
+    short = judge_outputs("fwd", ref32[:-1], ref64, ref32)
     assert [v.name for v in short if not v.ok] == ["h_pre"]
     flat = (ref32[0].reshape(-1), *ref32[1:])
-    assert [v.name for v in run.judge_outputs("fwd", flat, ref64, ref32) if not v.ok] == ["h_in"]
+    assert [v.name for v in judge_outputs("fwd", flat, ref64, ref32) if not v.ok] == ["h_in"]
     nan = (ref32[0], ref32[1] * torch.nan, *ref32[2:])
-    assert [v.name for v in run.judge_outputs("fwd", nan, ref64, ref32) if not v.ok] == ["h_post"]
+    assert [v.name for v in judge_outputs("fwd", nan, ref64, ref32) if not v.ok] == ["h_post"]

@@ -1,6 +1,8 @@
 """The pipeline composer: each one-stage-on-Triton chain and the all-Triton chain match the golden
 chain at every stage boundary (accuracy rule against the float64 chain)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -75,3 +77,22 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch, plan):
     env = Pipeline("golden").forward(**{k: t[k] for k in ("x", "phi", "alpha", "bias", "gamma")})
     with pytest.raises(RuntimeError, match="needs TRITON_INTERPRET=1"):
         Pipeline("triton", plan=plan).backward(env, dh_in=t["dh_in"], dh_post=t["dh_post"], dh_res=t["dh_res"])
+
+
+def test_a_pipeline_runs_its_own_stage_table_and_leaves_the_registry():
+    """table= replaces stages for one Pipeline only (diagnose's mutants): another Pipeline and STAGES
+    still see the registry's."""
+    t = make_inputs(CHAIN_CASES[0])
+    calls = []
+
+    def golden_fwd(**kwargs):
+        calls.append(kwargs["x"])
+        return STAGES["fwd"].golden(**kwargs)
+
+    registry = dict(STAGES)
+    fwd_in = {k: t[k] for k in ("x", "phi", "alpha", "bias", "gamma")}
+    mine = Pipeline("golden", table={"fwd": dataclasses.replace(STAGES["fwd"], golden=golden_fwd)})
+    out = mine.forward(**fwd_in)
+    assert len(calls) == 1 and calls[0] is t["x"]
+    assert torch.equal(out["h_in"], Pipeline("golden").forward(**fwd_in)["h_in"]) and len(calls) == 1
+    assert STAGES == registry

@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from mhc_ops.diagnose import analyse, analyse_stage, format_stage, main
+from mhc_ops.diagnose import analyse, analyse_stage, format_stage, main, prefilled_empty
 from mhc_ops.golden import Case, build, stage_dx
+from mhc_ops.stages import STAGES
 from tests.helpers import INTERPRETING, KERNEL_DEVICE
 
 from .test_dgamma_missing_inv_rms import dh_mix_res_without_inv_rms
@@ -108,3 +109,29 @@ def test_output_never_written_at_all():
     dgamma = report["dgamma"]
     assert not dgamma.ok and dgamma.unwritten == dgamma.size == 6 and math.isnan(dgamma.max_abs)
     assert "6 unwritten" in format_stage(report)
+
+
+@pytest.mark.stage("dh_mix")
+def test_diagnose_leaves_torch_empty_and_the_registry_as_they_were(capsys):
+    """The NaN fill is a torch function mode and mutants run through a Pipeline's own table: neither
+    torch.empty nor STAGES is replaced, during the run or after it."""
+    empty, registry = torch.empty, dict(STAGES)
+    seen = {}
+
+    def spy(**inputs):
+        seen["empty"], seen["dh_mix"] = torch.empty, STAGES["dh_mix"]
+        return dh_mix_res_without_inv_rms(**inputs)
+
+    assert main(["pipeline", *SMALL], impls={"dh_mix": spy}) == 1
+    capsys.readouterr()
+    assert seen == {"empty": empty, "dh_mix": registry["dh_mix"]}
+    assert torch.empty is empty and STAGES == registry
+    assert all(STAGES[k] is v for k, v in registry.items())
+
+
+def test_prefilled_empty_fills_without_rebinding_torch_empty():
+    empty = torch.empty
+    with prefilled_empty(math.nan):
+        assert torch.empty is empty
+        assert torch.empty(5).isnan().all() and torch.empty(3, dtype=torch.int32).dtype == torch.int32
+    assert torch.empty is empty
