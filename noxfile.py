@@ -6,21 +6,19 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-# CPU machines: torch 2.13.0 is a local CPU wheel (an unpinned torch downloads gigabytes of CUDA
-# packages); triton 3.6.0 is the GPU image's version, so the interpreter matches its compiler.
-# numpy 2.4 turned int() of a one-element array into an error, which breaks the 3.6 interpreter's
-# `range(n)` over a runtime argument (docs/bugs/numpy-interpreter-range.md).
-CPU_PINS = ("torch==2.13.0", "triton==3.6.0", "numpy<2.4")
-# matplotlib: the benchmark's and the training run's plots; transformers: the DeepSeek-V4 drop-in's tests.
-TEST_DEPS = ("pytest", "pytest-xdist", "hypothesis", "matplotlib", "tqdm", "transformers==5.23.0")
+# torch 2.13.0 is a local CPU wheel (an unpinned torch downloads gigabytes of CUDA packages). It is the
+# only pin here: everything else comes from pyproject.toml, so a session gets what
+# `pip install torch==2.13.0 -e ".[test]"` gives a user (the newest Triton and numpy pip picks).
+CPU_TORCH = "torch==2.13.0"
 # Triton kernels run on CPU tensors through the interpreter; a GPU machine runs them compiled.
 INTERPRET = {"TRITON_INTERPRET": "1"}
 
 
-def _install(session: nox.Session) -> None:
-    session.install(*CPU_PINS)
-    session.install(*TEST_DEPS)
-    session.install("--no-deps", "-e", ".")
+def _install(session: nox.Session, extras: str | None = "test") -> None:
+    """The project and its dependencies as a user installs them (extras: the pyproject extras, None for
+    none); eager upgrades, so a reused venv resolves as a fresh one does."""
+    target = f".[{extras}]" if extras else "."
+    session.install("--upgrade", "--upgrade-strategy", "eager", CPU_TORCH, "-e", target)
 
 
 @nox.session
@@ -33,9 +31,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def train(session: nox.Session) -> None:
     """nox -s train -- [options]: the main job, python -m mhc_ops.train (--help lists the options)."""
-    session.install(*CPU_PINS)
-    session.install("matplotlib", "tqdm")
-    session.install("--no-deps", "-e", ".")
+    _install(session, None)
     session.run("python", "-m", "mhc_ops.train", *session.posargs)
 
 

@@ -36,11 +36,18 @@ import contextlib
 import functools
 import threading
 
+import numpy as np
 import triton
 from triton import knobs
 from triton.runtime import driver
 
 from ._common import interpreting
+
+# Triton 3.6's interpreter converts one-element arrays to int, an error from numpy 2.4 on; 3.7 squeezes
+# them first (docs/bugs/numpy-interpreter-range.md).
+INTERPRETER_NUMPY_CLASH = (
+    tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7) and np.lib.NumpyVersion(np.__version__) >= "2.4.0"
+)
 
 
 def _hooked(hook) -> bool:
@@ -104,6 +111,11 @@ class LaunchedKernel:
 
     def __getitem__(self, grid):
         if interpreting():
+            if INTERPRETER_NUMPY_CLASH:
+                raise RuntimeError(
+                    f"Triton {triton.__version__}'s interpreter (TRITON_INTERPRET=1) fails with numpy {np.__version__}: "
+                    "install numpy<2.4 or triton>=3.7"
+                )
             return self.jit[grid]
         if _OP_BODY.traced:
             return functools.partial(_traced_launch, self.jit, grid)

@@ -258,7 +258,8 @@ def apply_tile(
         h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
         x_base = x_ptr + (t0 * sx_t + d0 * sx_d)
         for i in tl.static_range(N_PAD):
-            xt = tl.load(x_base + stream_offset(i, sx_i, STREAM64) + off_x, mask=mask & (i < n), other=0.0)
+            # where(i < n, True, False), not (i < n): a bool mask in the interpreter (docs/bugs/interpreter-scalar-mask.md)
+            xt = tl.load(x_base + stream_offset(i, sx_i, STREAM64) + off_x, mask=mask & tl.where(i < n, True, False), other=0.0)
             h_in += tl.sum(tl.where(j[None, :] == i, h_pre, 0.0), axis=1)[:, None] * xt.to(tl.float32)
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
@@ -431,7 +432,7 @@ def _fwd_finish_kernel(
     for s0 in range(0, splits, UNROLL):
         # UNROLL independent loads in flight; a split past the end adds an exact 0.
         for u in tl.static_range(UNROLL):
-            live = row_mask & (s0 + u < splits)
+            live = row_mask & tl.where(s0 + u < splits, True, False)  # as in apply_tile: a bool mask in the interpreter
             part_rows = (s0 + u) * T64 + rows
             h_mix += tl.load(
                 ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], mask=live[:, None] & (cols < O)[None, :], other=0.0

@@ -1,8 +1,6 @@
-"""Regression: numpy 2.4 breaks Triton 3.6's interpreter on `range(n)` over a runtime argument;
-the CPU pins in noxfile.py keep numpy below 2.4."""
+"""Regression: numpy 2.4 breaks Triton 3.6's interpreter on `range(n)` over a runtime argument; the
+library's launches refuse that pair with the fix in the message."""
 
-import ast
-import pathlib
 import warnings
 
 import numpy as np
@@ -11,11 +9,13 @@ import torch
 import triton
 import triton.language as tl
 
-from tests.helpers import INTERPRETING, KERNEL_DEVICE
+import mhc_ops
+from mhc_ops.kernels import _launch
+from tests.helpers import INTERPRETING
 
 RECORD = "docs/bugs/numpy-interpreter-range.md"
-needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-NOXFILE = pathlib.Path(__file__).resolve().parents[2] / "noxfile.py"
+pytestmark = pytest.mark.skipif(not INTERPRETING, reason="compiled kernels do not go through numpy")
+TRITON_BEFORE_3_7 = tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7)
 
 
 @triton.jit
@@ -28,38 +28,35 @@ def _triangle_kernel(out_ptr, n):
 
 
 def _triangle(n: int) -> int:
-    out = torch.zeros(1, dtype=torch.int32, device=KERNEL_DEVICE)
+    out = torch.zeros(1, dtype=torch.int32)
     _triangle_kernel[(1,)](out, n)
     return int(out.item())
 
 
-@needs_kernels
 def test_range_over_a_runtime_argument_runs():
-    try:
-        got = _triangle(7)
-    except Exception as e:  # the interpreter wraps the numpy error in its own exception type
-        pytest.fail(
-            f"a kernel with range(n) over a runtime argument fails with numpy {np.__version__}: {e!r}. "
-            "Triton 3.6's interpreter needs numpy<2.4 (CPU_PINS in noxfile.py)"
-        )
-    assert got == 28
+    # The pair the launches refuse (INTERPRETER_NUMPY_CLASH) is exactly the pair this kernel fails on.
+    n = int(torch.randint(1, 50, ()))
+    if _launch.INTERPRETER_NUMPY_CLASH:
+        with pytest.raises(Exception, match="scalar"):
+            _triangle(n)
+    else:
+        assert _triangle(n) == n * (n + 1) // 2, (triton.__version__, np.__version__)
 
 
-@pytest.mark.skipif(not INTERPRETING, reason="compiled kernels do not go through numpy")
 @pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) >= "2.4.0", reason="numpy 2.4 raises by itself")
 def test_check_catches_numpy_rejecting_one_element_arrays():
-    # numpy < 2.4 only warns (DeprecationWarning) where 2.4 raises; as an error the warning re-enacts 2.4.
+    # numpy < 2.4 only warns (DeprecationWarning) where 2.4 raises; as an error the warning re-enacts 2.4:
+    # Triton 3.6 fails on it (so the first test can see the breakage), Triton 3.7 on does not convert.
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        with pytest.raises(Exception, match="scalar"):
-            _triangle(7)
+        if TRITON_BEFORE_3_7:
+            with pytest.raises(Exception, match="scalar"):
+                _triangle(7)
+        else:
+            assert _triangle(7) == 28
 
 
-def test_cpu_pins_keep_numpy_below_2_4():
-    tree = ast.parse(NOXFILE.read_text())
-    pins = next(
-        ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CPU_PINS" for t in node.targets)
-    )
-    assert "triton==3.6.0" not in pins or "numpy<2.4" in pins, pins
+def test_launch_refuses_the_clash_naming_the_fix(monkeypatch):
+    monkeypatch.setattr(_launch, "INTERPRETER_NUMPY_CLASH", True)
+    with pytest.raises(RuntimeError, match=r"numpy .*: install numpy<2\.4 or triton>=3\.7"):
+        mhc_ops.sinkhorn(torch.randn(3, 4, 4), backend="triton")
