@@ -6,7 +6,14 @@
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
 set -uo pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
+# golden/, kernels/ and stages/ are mhc_ops' subpackages by packaging (pyproject.toml): install the checkout
+# (no dependencies, no network: the image has torch and triton); where the image's site-packages is not
+# writable, a plain install into /tmp/mhc-pkg instead, ahead of the checkout on the path.
+if ! python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1; then
+  python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/mhc-pkg . >/dev/null && export PYTHONPATH=/tmp/mhc-pkg
+fi
+python3 -c "import mhc_ops.golden, mhc_ops.kernels, mhc_ops.stages" || { echo "mhc_ops does not import"; exit 1; }
 OUT=${OUT:-/tmp/mhc-gpu}
 R=/tmp/mhc-results
 mkdir -p "$R" "$OUT"

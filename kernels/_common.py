@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 # The mhc_pre stage modules validate through it (their imports name this module).
-from .._validate import check_inputs  # noqa: F401
+from mhc_ops._validate import check_inputs  # noqa: F401
 
 
 def check_block(name: str, value: int, minimum: int) -> None:

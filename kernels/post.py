@@ -55,7 +55,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validate import check_post_inputs
+from mhc_ops._validate import check_post_inputs
+
 from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims, tokens
 from ._launch import launched
 

@@ -41,7 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _validate
+from mhc_ops import _validate
+
 from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims
 from ._launch import launched
 

@@ -5,17 +5,10 @@ module ``mhc_ops.nn.HyperConnection``. Subpackages: ``mhc_ops.golden`` (PyTorch 
 ``mhc_ops.kernels`` (Triton stage kernels), ``mhc_ops.stages`` (stage registry and pipeline composer).
 """
 
-import pathlib as _pathlib
-
-# An installed distribution places golden/, kernels/ and stages/ inside this package (pyproject maps
-# them). In a source checkout they sit at the repository's top level, next to this folder: extending
-# the package path lets `PYTHONPATH=.` find them there too.
-_here = _pathlib.Path(__file__).resolve().parent
-if not (_here / "golden").is_dir() and (_here.parent / "golden" / "__init__.py").is_file():
-    __path__.append(str(_here.parent))
-
-from .kernels._cache import clear as clear_weight_cache  # noqa: E402
-from .ops import mhc_post, mhc_pre, mhc_pre_backward, mhc_pre_delayed, mhc_pre_forward, sinkhorn  # noqa: E402
+# golden/, kernels/ and stages/ are this package's subpackages by packaging alone (pyproject.toml maps
+# them): an installed wheel holds them inside mhc_ops/, a source checkout uses `pip install -e .`.
+from .kernels._cache import clear as clear_weight_cache
+from .ops import mhc_post, mhc_pre, mhc_pre_backward, mhc_pre_delayed, mhc_pre_forward, sinkhorn
 
 __version__ = "0.2.0"
 __all__ = [

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import require_kernel_device
-from ..golden.registry import STAGE_IO, STAGE_NAMES
-from ..kernels.dgamma import mhc_pre_dgamma
-from ..kernels.dh_mix import mhc_pre_dh_mix
-from ..kernels.dparams import mhc_pre_dparams
-from ..kernels.dx import mhc_pre_dx
-from ..kernels.fused_bwd import mhc_pre_backward_fused
-from ..kernels.fwd import mhc_pre_fwd
-from ..kernels.post import post_bwd, post_fwd
-from ..kernels.sinkhorn import sinkhorn_bwd, sinkhorn_fwd
+from mhc_ops._validate import require_kernel_device
+from mhc_ops.golden.registry import STAGE_IO, STAGE_NAMES
+from mhc_ops.kernels.dgamma import mhc_pre_dgamma
+from mhc_ops.kernels.dh_mix import mhc_pre_dh_mix
+from mhc_ops.kernels.dparams import mhc_pre_dparams
+from mhc_ops.kernels.dx import mhc_pre_dx
+from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
+from mhc_ops.kernels.fwd import mhc_pre_fwd
+from mhc_ops.kernels.post import post_bwd, post_fwd
+from mhc_ops.kernels.sinkhorn import sinkhorn_bwd, sinkhorn_fwd
 
 BACKENDS = ("golden", "triton")
 # staged: the four backward stage kernels (how a stage is debugged); fused: dx, dparams and dgamma

@@ -107,3 +107,18 @@ def test_test_extra_brings_every_module_the_suite_imports():
         if not any(canonicalize_name(d) in closure for d in dists.get(mod, ()))
     }
     assert not missing, f"imported but not brought by pyproject's test extra: {missing}"
+
+
+def test_the_checkout_is_not_a_path_rewrite():
+    """mhc_ops maps golden/, kernels/ and stages/ by packaging alone: from the clone's root (where a
+    path rewrite would expose every top-level folder), mhc_ops has one package folder and neither
+    mhc_ops.tests nor mhc_ops.benchmarks imports."""
+    code = (
+        "import importlib, mhc_ops, mhc_ops.golden;"
+        "assert len(mhc_ops.__path__) == 1, mhc_ops.__path__;"
+        "bad = [m for m in ('mhc_ops.tests', 'mhc_ops.benchmarks', 'mhc_ops.noxfile')"
+        " if importlib.util.find_spec(m) is not None];"
+        "assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
