@@ -1,12 +1,15 @@
 """python -m mhc_ops.train: train a small byte-level GPT whose residual is mHC (docs/train.md).
 
-Every option is validated before anything is built: a bad value prints one line naming the option on
-stderr and exits with status 2. Under torchrun, ``--dist ddp|fsdp`` runs data-parallel.
+Every option is validated before anything is built, the memory estimate included: a bad value prints
+one line naming the option on stderr and exits with status 2. Under torchrun, ``--dist ddp|fsdp`` runs
+data-parallel. ``--resume DIR`` continues a run from its checkpoint; Ctrl-C stops at the next step with
+a checkpoint, the summary and the plot, and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import sys
@@ -17,8 +20,14 @@ import torch
 from mhc_ops.golden import STAGE_NAMES
 from mhc_ops.stages import BACKENDS
 
+from . import checkpoint, loop, memory
 from . import data as data_mod
-from . import loop
+from .model import GPT
+
+# With --resume these may differ from the saved run: they choose how the same math runs, not what is
+# learned. Every other option given with --resume must equal the saved value.
+RESUME_MAY_CHANGE = ("device", "dtype", "dist", "backend", "stages", "compile", "compile_mode")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
 
 PROG = "python -m mhc_ops.train"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -68,9 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", metavar="PATH", help="a UTF-8 file (default: the Python stdlib's source)")
     run.add_argument("--eval-every", type=int, default=50, metavar="STEPS", help="steps between evaluations" + d)
     run.add_argument("--eval-batches", type=int, default=8, help="validation batches of --batch sequences" + d)
-    run.add_argument("--out", metavar="DIR", help="output folder (default: runs/RESIDUAL)")
+    folder = p.add_argument_group("run folder")
+    folder.add_argument("--out", metavar="DIR", help="output folder (default: runs/RESIDUAL); refused if it holds a run")
+    folder.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt to its --steps"
+    )
+    folder.add_argument("--overwrite", action="store_true", help="replace the run files in --out")
     system = p.add_argument_group("system")
-    system.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: %(default)s")
+    system.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if torch sees a GPU, else cpu"
+    )
     system.add_argument(
         "--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA, fp32 on CPU"
     )
@@ -97,8 +113,106 @@ def parse_stages(text: str) -> dict[str, str]:
     return stages
 
 
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[loop.TrainConfig, data_mod.Corpus]:
-    """Every check that does not need the model; parser.error (exit 2) on the first failure."""
+def format_stages(stages: dict | None) -> str | None:
+    return None if stages is None else ",".join(f"{k}={v}" for k, v in stages.items())
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The dests of the options argv sets explicitly (a parser whose defaults are all suppressed)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What main runs: the config, the corpus, the checkpoint to resume from, the files to replace."""
+
+    cfg: loop.TrainConfig
+    corpus: data_mod.Corpus
+    resume: dict | None = None
+    overwrite: list[str] = dataclasses.field(default_factory=list)
+
+
+def parse(argv: list[str] | None = None) -> Plan:
+    """argv -> the Plan; parser.error (exit 2, one line) on the first problem. With --resume the saved
+    configuration is the default of every option, and only RESUME_MAY_CHANGE may differ from it."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return validate(args, parser)
+    run = pathlib.Path(args.resume)
+    if args.overwrite:
+        parser.error("argument --overwrite: not with --resume, which continues the run instead of replacing it")
+    if args.out is not None and pathlib.Path(args.out).resolve() != run.resolve():
+        parser.error(f"argument --out: --resume continues the run in its own folder ({run}), got {args.out}")
+    try:
+        ckpt = checkpoint.load(run / checkpoint.NAME)
+    except checkpoint.CheckpointError as e:
+        parser.error(f"argument --resume: {e}")
+    saved = loop.TrainConfig(**{**ckpt["config"], "out": str(run)})
+    if ckpt["step"] >= saved.steps:
+        parser.error(f"argument --resume: {run} finished its {saved.steps} steps; there is nothing to continue")
+    parser.set_defaults(**{**dataclasses.asdict(saved), "stages": format_stages(saved.stages), "out": str(run)})
+    plan = validate(parser.parse_args(argv), parser, resuming=True)
+    given = given_options(argv)
+    for field in dataclasses.fields(saved):
+        name = field.name
+        if name in RESUME_MAY_CHANGE or name == "out":
+            continue
+        new, old = getattr(plan.cfg, name), getattr(saved, name)
+        if new != old:
+            # Only an option given on the command line can differ (the others default to the saved value).
+            option = "--" + name.replace("_", "-") if name in given else "--resume"
+            parser.error(f"argument {option}: the run in {run} has {name} {old!r}; resuming it with {new!r} would change it")
+    if plan.corpus.sha256 != ckpt["corpus"]["sha256"]:
+        parser.error(
+            f"argument --resume: the corpus ({plan.corpus.source}) is not the run's ({ckpt['corpus']['source']}, "
+            f"sha256 {ckpt['corpus']['sha256'][:12]}...)"
+        )
+    plan.resume = ckpt
+    return plan
+
+
+def check_memory(cfg: loop.TrainConfig, world: int, parser: argparse.ArgumentParser) -> None:
+    """parser.error when memory.estimate says the run cannot fit in the device's free memory (CUDA) or
+    the available RAM (CPU; the processes of a torchrun share it)."""
+    with torch.device("meta"):  # parameter count without allocating
+        params = sum(p.numel() for p in GPT(cfg.model_config()).parameters())
+    est = memory.estimate(
+        layers=cfg.layers,
+        dim=cfg.dim,
+        n=cfg.n,
+        seq=cfg.seq,
+        batch=cfg.batch,
+        mhc=cfg.residual == "mhc",
+        bf16=cfg.dtype == "bf16",
+        params=params,
+        world=world,
+        sharded=cfg.dist == "fsdp",
+    )
+    if cfg.device == "cuda":
+        device, processes = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))), 1
+    else:
+        device, processes = torch.device("cpu"), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    free, source = memory.available(device)
+    need = est.total * processes
+    if need > free:
+        gib = lambda b: f"{b / memory.GiB:,.1f} GiB"  # noqa: E731
+        each = f" for each of {processes} processes" if processes > 1 else ""
+        parser.error(
+            f"memory estimate: the run needs about {gib(need)} (activations {gib(est.activations)} for "
+            f"{cfg.batch // world} x {cfg.seq} tokens, parameters with gradients and AdamW {gib(est.parameters)}"
+            f"{each}), more than the {gib(free)} of {source}; lower --batch, --seq, --dim or --layers"
+        )
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, resuming: bool = False) -> Plan:
+    """Every check before anything is built (the memory estimate counts the parameters of a model on
+    the meta device); parser.error (exit 2) on the first failure. resuming: args continue the run in
+    args.out, which therefore holds one."""
     for name in ("steps", "n", "layers", "dim", "heads", "seq", "batch", "eval_every", "eval_batches"):
         if getattr(args, name) < 1:
             parser.error(f"argument --{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
@@ -111,6 +225,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
         parser.error(f"argument --warmup: must be between 0 and --steps ({args.steps}), got {args.warmup}")
     if args.dim % args.heads:
         parser.error(f"argument --heads: must divide --dim ({args.dim}), got {args.heads}")
+    if args.overwrite and args.out is None:
+        parser.error("argument --overwrite: needs --out DIR, the folder whose run it replaces")
 
     stages = None
     if args.stages is not None:
@@ -133,11 +249,12 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
 
     if args.compile_mode is not None and not args.compile:
         parser.error(f"argument --compile-mode: {args.compile_mode} applies only with --compile")
-    if args.compile_mode == "reduce-overhead" and args.device != "cuda":
-        parser.error("argument --compile-mode: reduce-overhead records CUDA graphs, which need --device cuda")
-
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda asked for, but torch sees no CUDA device on this machine")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.compile_mode == "reduce-overhead" and args.device != "cuda":
+        parser.error("argument --compile-mode: reduce-overhead records CUDA graphs, which need --device cuda")
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         if args.backend == "triton":
             parser.error(
@@ -162,6 +279,12 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
     out = pathlib.Path(args.out if args.out is not None else f"runs/{args.residual}")
     if out.exists() and not out.is_dir():
         parser.error(f"argument --out: {out} exists and is not a folder")
+    present = checkpoint.holds_run(out) if out.is_dir() and not resuming else []
+    if present and not args.overwrite:
+        parser.error(
+            f"argument --out: {out} already holds a run ({', '.join(present)}); continue it with --resume {out}, "
+            f"or replace it with --overwrite"
+        )
     try:
         corpus = data_mod.load(args.data, args.seq)
     except data_mod.DataError as e:
@@ -195,7 +318,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
     )
-    return cfg, corpus
+    check_memory(cfg, world, parser)
+    return Plan(cfg, corpus, overwrite=present)
 
 
 def format_summary(cfg: loop.TrainConfig, summary: dict, world: int) -> str:
@@ -224,12 +348,25 @@ def format_summary(cfg: loop.TrainConfig, summary: dict, world: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    cfg, corpus = validate(parser.parse_args(argv), parser)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Before the first step, or a second Ctrl-C while the first one's stop was pending.
+        print(f"{PROG}: interrupted: stopped at once, nothing more written (a checkpoint of an earlier "
+              "evaluation stays in the run folder)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
+    plan = parse(argv)
+    cfg = plan.cfg
     ctx = loop.setup(cfg)
     finished = False
     try:
-        summary = loop.train(cfg, corpus, ctx)
+        if ctx.main:
+            for name in plan.overwrite:
+                (pathlib.Path(cfg.out) / name).unlink()
+        summary = loop.train(cfg, plan.corpus, ctx, plan.resume)
         finished = True
     except Exception as e:
         if cfg.dist == "none":
@@ -244,10 +381,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         loop.teardown(cfg, finished)
+    if summary["interrupted"]:
+        print(
+            f"{PROG}: interrupted at step {summary['steps_done']} of {cfg.steps}: wrote {checkpoint.NAME}, "
+            f"summary.json and loss.png in {cfg.out}; continue with --resume {cfg.out}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if ctx.main:
         print(format_summary(cfg, summary, ctx.world))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    loop.exit_process(main())

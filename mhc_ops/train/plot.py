@@ -2,8 +2,11 @@
 
     python -m mhc_ops.train.plot DIR1 DIR2 ... [--out FILE] [--health]
 
-Each DIR is a ``python -m mhc_ops.train --out DIR`` run (its metrics.jsonl and config.json); the label
-of a run is its folder name. Without --out the figure is written to loss.png in the current folder.
+Each DIR is a ``python -m mhc_ops.train --out DIR`` run (its metrics.jsonl); the label of a run is its
+folder name. Each run's validation loss is a solid line; its train loss, dashed in the same colour, is
+the mean training loss over the steps since the previous evaluation (what metrics.jsonl logs), so it
+lags the validation curve by half an evaluation interval. Other fields of the records (lr, grad_norm,
+...) are not drawn. Without --out the figure is written to loss.png in the current folder.
 --health adds two panels: the mHC health numbers of each mHC run over training (Sinkhorn's largest
 row/column-sum deviation from 1, and the gain of the product of all layers' h_res).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import pathlib
 import sys
 
@@ -20,6 +24,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on CI or GPU machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+TRAIN_LABEL = "dashed: train loss, the mean over the\nsteps since the previous evaluation"
 
 
 def read_metrics(run: pathlib.Path, min_step: int = 0) -> list[dict]:
@@ -34,9 +41,10 @@ HEALTH = (
 
 
 def plot_runs(runs: list[pathlib.Path], out: pathlib.Path, health: bool = False, min_step: int = 0) -> None:
-    """Val loss (solid) and the mean train loss of each evaluation interval (dashed, same colour);
-    with health, one panel per HEALTH metric (runs without mHC, which log None, are left out);
-    evaluations before min_step are left out (a zoom on the later steps)."""
+    """Val loss (solid) and the mean train loss of each evaluation interval (dashed, same colour; one
+    legend entry, TRAIN_LABEL, explains them); with health, one panel per HEALTH metric (runs without
+    mHC, which log None, are left out); evaluations before min_step are left out (a zoom on the later
+    steps). The figure replaces out atomically (a temporary file, then a rename)."""
     panels = 1 + len(HEALTH) * health
     fig, axes = plt.subplots(1, panels, figsize=(7 + 4.5 * (panels - 1), 4.5), squeeze=False)
     ax = axes[0, 0]
@@ -53,9 +61,10 @@ def plot_runs(runs: list[pathlib.Path], out: pathlib.Path, health: bool = False,
         ax.axhline(math.log(256), color="grey", lw=0.8, ls=":", label="uniform, ln 256")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per byte)")
-    ax.set_title("validation loss (dashed: train loss)")
+    ax.set_title("validation loss and train loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=[*handles, Line2D([], [], color="grey", ls="--", alpha=0.6, label=TRAIN_LABEL)], fontsize="small")
     for hax, (key, title, scale) in zip(axes[0, 1:], HEALTH):
         for k, run in enumerate(runs):
             rows = [r for r in read_metrics(run, min_step) if r.get(key) is not None]
@@ -66,7 +75,9 @@ def plot_runs(runs: list[pathlib.Path], out: pathlib.Path, health: bool = False,
         hax.set_title(title)
         hax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png")
+    os.replace(tmp, out)
     plt.close(fig)
 
 

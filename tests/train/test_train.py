@@ -1,5 +1,7 @@
 """python -m mhc_ops.train on CPU: a short run and its outputs, plain residual, per-stage backends,
-recompute, --compile and --compile-mode, bad input, the data split, and the plot command.
+recompute, --compile and --compile-mode, bad input, the data split, the learning-rate schedule and the
+plot command (checkpoints and resume: test_resume.py; Ctrl-C: test_interrupt.py; the memory estimate:
+test_memory.py; sampling: test_sample.py).
 
 Runs are tiny (one layer, D = 32, a few steps) so the folder stays within CI's budget; the default
 configuration is what nox -s train runs. The training runs call ``main`` in-process (no interpreter
@@ -11,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
+import random
+import types
 
 import pytest
 import torch
@@ -22,37 +23,9 @@ import torch
 from mhc_ops.train import data, loop, plot
 from mhc_ops.train.__main__ import build_parser, main, validate
 from tests.helpers import INTERPRETING
+from tests.train.runs import DETERMINISTIC, TINY, run_module, train
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = [
-    "--layers",
-    "1",
-    "--dim",
-    "32",
-    "--heads",
-    "2",
-    "--seq",
-    "32",
-    "--batch",
-    "4",
-    "--eval-batches",
-    "2",
-    "--lr",
-    "1e-2",
-]
-KEYS = {"step", "train_loss", "val_loss", "tokens_per_s", "peak_mem_bytes", "sinkhorn_max_dev", "h_res_gain"}
-
-
-def train(tmp_path: pathlib.Path, name: str, *args: str) -> tuple[pathlib.Path, list[dict]]:
-    out = tmp_path / name
-    assert main([*TINY, "--out", str(out), *args]) == 0
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return out, metrics
-
-
-def run_module(*args: str, module: str = "mhc_ops.train") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
+KEYS = {*DETERMINISTIC, "tokens_per_s", "peak_mem_bytes"}
 
 
 def test_short_run_writes_outputs_and_learns(tmp_path, capsys):
@@ -69,6 +42,8 @@ def test_short_run_writes_outputs_and_learns(tmp_path, capsys):
         assert abs(m["h_res_gain"] - 1) < 0.05
         assert m["peak_mem_bytes"] > 0
     assert metrics[-1]["tokens_per_s"] > 0
+    assert metrics[0]["lr"] is None and metrics[0]["grad_norm"] is None  # no step yet
+    assert all(m["lr"] > 0 and m["grad_norm"] > 0 for m in metrics[1:])
     config = json.loads((out / "config.json").read_text())
     assert config["residual"] == "mhc" and config["n"] == 4 and config["world_size"] == 1
     assert config["compile"] is False and config["compile_mode"] is None
@@ -77,6 +52,8 @@ def test_short_run_writes_outputs_and_learns(tmp_path, capsys):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_val_loss"] == metrics[-1]["val_loss"]
+    assert summary["steps_done"] == 16 and summary["interrupted"] is False
+    assert (out / "checkpoint.pt").is_file()
     printed = capsys.readouterr().out
     assert "final val loss" in printed and "tokens/s" in printed and "wall time" in printed
 
@@ -145,9 +122,9 @@ def test_reduce_overhead_marks_each_training_step(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
     parser = build_parser()
     argv = [*TINY, "--steps", "3", "--eval-every", "3", "--compile", "--out", str(tmp_path / "graphs")]
-    cfg, corpus = validate(parser.parse_args(argv), parser)
-    cfg = dataclasses.replace(cfg, compile_mode="reduce-overhead")
-    loop.train(cfg, corpus, loop.setup(cfg))
+    plan = validate(parser.parse_args(argv), parser)
+    cfg = dataclasses.replace(plan.cfg, compile_mode="reduce-overhead")
+    loop.train(cfg, plan.corpus, loop.setup(cfg))
     assert events == ["reduce-overhead"] + ["mark", "forward"] * 3  # no eval forward through the graphs
     assert json.loads((tmp_path / "graphs" / "config.json").read_text())["compile_mode"] == "reduce-overhead"
 
@@ -191,6 +168,9 @@ def _bad_cases(tmp_path: pathlib.Path) -> list[tuple[list[str], str]]:
         (["--compile", "--compile-mode", "fast"], "--compile-mode"),
         (["--compile", "--compile-mode", "reduce-overhead"], "--compile-mode"),  # CUDA graphs on CPU
         (["--compile", "--compile-mode", "reduce-overhead", "--device", "cpu"], "--compile-mode"),
+        (["--warmup", "500"], "--warmup"),  # more than --steps
+        (["--resume", str(tmp_path / "missing")], "--resume"),
+        (["--resume", str(tmp_path)], "--resume"),  # a folder without a checkpoint
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "--device"))
@@ -201,7 +181,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     for argv, option in _bad_cases(tmp_path):
         with pytest.raises(SystemExit) as exc:
-            main([*argv, "--out", str(tmp_path / "never")] if "--out" not in argv else argv)
+            main([*argv, "--out", str(tmp_path / "never")] if {"--out", "--resume"}.isdisjoint(argv) else argv)
         err = capsys.readouterr().err
         assert exc.value.code == 2, argv
         assert len(err.strip().splitlines()) == 1 and option in err and "Traceback" not in err, (argv, err)
@@ -241,6 +221,42 @@ def test_split_and_batches_are_deterministic_and_disjoint_per_rank():
         assert torch.equal(torch.cat([val_halves[0][i][0], val_halves[1][i][0]]), val[i][0])
 
 
+def test_schedule_is_linear_warmup_then_cosine():
+    """make_scheduler (LinearLR, then CosineAnnealingLR, through SequentialLR) gives step s the closed
+    form: lr · (s + 1) / warmup during the warmup, then the cosine from lr down to a tenth of it."""
+    rng = random.Random()
+    steps = rng.randrange(8, 40)
+    cases = [(steps, rng.randrange(2, steps)), (steps, 0), (steps, 1), (steps, steps)]  # the edges too
+    for steps, warmup in cases:
+        cfg = types.SimpleNamespace(steps=steps, warmup=warmup, lr=10 ** rng.uniform(-4, -1))
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([param], lr=cfg.lr)
+        sched = loop.make_scheduler(opt, cfg)
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            param.grad = torch.ones(1)
+            opt.step()
+            sched.step()
+        decay = steps - warmup
+        expected = [
+            cfg.lr * (s + 1) / warmup
+            if s < warmup
+            else cfg.lr * (loop.MIN_LR_FRACTION + (1 - loop.MIN_LR_FRACTION) * (1 + math.cos(math.pi * (s - warmup) / decay)) / 2)
+            for s in range(steps)
+        ]
+        assert lrs == pytest.approx(expected, rel=1e-12), (steps, warmup)
+
+
+def test_logged_lr_is_the_schedules(tmp_path):
+    """metrics.jsonl's lr is the learning rate of the last step before each evaluation."""
+    _, metrics = train(tmp_path, "lr", "--steps", "6", "--eval-every", "2", "--warmup", "3")
+    lr = float(TINY[TINY.index("--lr") + 1])
+    assert [m["lr"] for m in metrics[1:]] == pytest.approx(
+        [lr * 2 / 3, lr, lr * (0.1 + 0.9 * (1 + math.cos(math.pi * 2 / 3)) / 2)], rel=1e-12
+    )
+
+
 def _fake_run(folder: pathlib.Path, losses: list[float]) -> pathlib.Path:
     folder.mkdir()
     rows = [{"step": 10 * i, "train_loss": None if i == 0 else v + 0.1, "val_loss": v} for i, v in enumerate(losses)]
@@ -278,6 +294,9 @@ def test_plot_health_panels_leave_out_runs_without_mhc(tmp_path, monkeypatch):
     (fig,) = closed
     loss_ax, dev_ax, gain_ax = fig.axes
     assert len(loss_ax.get_lines()) == 5  # val + train per run, and the uniform line
+    # One legend entry explains every run's dashed line.
+    assert loss_ax.get_legend().get_texts()[-1].get_text() == plot.TRAIN_LABEL
+    assert "since the previous evaluation" in plot.TRAIN_LABEL.replace("\n", " ")
     assert [line.get_label() for line in dev_ax.get_lines()] == ["mhc"]
     assert list(gain_ax.get_lines()[0].get_ydata()) == [r["h_res_gain"] for r in rows]
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
