@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument(
         "--stages", metavar="NAME=BACKEND,...", help=f"per-stage backends; names: {', '.join(STAGE_NAMES)}"
     )
+    kernels.add_argument(
+        "--hc", choices=("standard", "delayed"), default="standard",
+        help="standard: mhc_pre; delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with the previous block's h_pre)" + d,
+    )  # fmt: skip
     kernels.add_argument("--gamma", action="store_true", help="learned gamma [n, D] in mhc_pre (the dgamma stage)")
     kernels.add_argument(
         "--recompute", action="store_true", help="recompute the mHC intermediates in backward instead of saving them"
@@ -240,10 +244,13 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, resuming
             ("--gamma", args.gamma),
             ("--recompute", args.recompute),
             ("--backend", args.backend != "auto"),
+            ("--hc", args.hc != "standard"),
         ):
             if used:
                 parser.error(f"argument {flag}: only applies to --residual mhc")
 
+    if stages and args.hc == "delayed":
+        parser.error("argument --stages: per-stage backends do not apply with --hc delayed (use --backend)")
     if stages and "dgamma" in stages and not args.gamma:
         parser.error("argument --stages: stage dgamma runs only with --gamma (without gamma there is no dgamma)")
 
@@ -317,6 +324,7 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, resuming
         warmup=args.warmup if args.warmup is not None else args.steps // 10,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
+        hc=args.hc,
     )
     check_memory(cfg, world, parser)
     return Plan(cfg, corpus, overwrite=present)

@@ -73,6 +73,7 @@ class TrainConfig:
     warmup: int
     weight_decay: float
     grad_clip: float
+    hc: str = "standard"  # "standard" (mhc_pre) | "delayed" (DeepSeek-V4.1's delayed pre)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -86,6 +87,7 @@ class TrainConfig:
             stages=self.stages,
             gamma=self.gamma,
             recompute=self.recompute,
+            delayed=self.hc == "delayed",
         )
 
 

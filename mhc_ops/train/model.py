@@ -40,6 +40,7 @@ class ModelConfig:
     stages: dict | None = None
     gamma: bool = False  # a learned gamma [n, D] in mhc_pre
     recompute: bool = False
+    delayed: bool = False  # DeepSeek-V4.1's delayed pre: each block collapses with the previous block's h_pre
 
 
 def _init_linear(layer: nn.Linear, std: float) -> nn.Linear:
@@ -103,6 +104,7 @@ class GPT(nn.Module):
                 stages=cfg.stages,
                 backend=cfg.backend,
                 use_gamma=cfg.gamma,
+                delayed=cfg.delayed and self.mhc,
             )
             for i, branch in enumerate(branches)
         )
@@ -116,8 +118,12 @@ class GPT(nn.Module):
             # The streams are carried in the autocast dtype (bf16), like every other activation.
             h = h.to(torch.get_autocast_dtype(h.device.type))
         x = expand_streams(h, self.cfg.n) if self.mhc else h  # [B, S, n, D] (mhc) or [B, S, D]
+        h_pre = None  # the delayed pre's coefficients, from block to block
         for block in self.blocks:
-            x = block(x)
+            if self.cfg.delayed and self.mhc:
+                x, h_pre = block(x, h_pre_prev=h_pre)
+            else:
+                x = block(x)
         h = reduce_streams(x) if self.mhc else x  # [B, S, D]
         return self.head(self.norm(h)).float()
 

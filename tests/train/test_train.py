@@ -79,6 +79,13 @@ def test_stages_on_triton_and_recompute_match_golden(tmp_path):
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-5)
 
 
+def test_delayed_pre_learns(tmp_path):
+    """--hc delayed: every block collapses its streams with the previous block's h_pre (DeepSeek-V4.1)."""
+    out, metrics = train(tmp_path, "delayed", "--hc", "delayed", "--steps", "16", "--eval-every", "8")
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 1.0
+    assert json.loads((out / "config.json").read_text())["hc"] == "delayed"
+
+
 def test_compile_mode_default_trains(tmp_path, monkeypatch):
     """--compile --compile-mode default reaches torch.compile, whose graph of the model trains. The
     backend is dynamo's eager instead of inductor: inductor's C++ build of this tiny model takes about
@@ -162,6 +169,9 @@ def _bad_cases(tmp_path: pathlib.Path) -> list[tuple[list[str], str]]:
         (["--stages", "dgamma=golden"], "--stages"),  # no gamma, no dgamma stage
         (["--residual", "plain", "--stages", "dx=golden"], "--stages"),
         (["--residual", "plain", "--recompute"], "--recompute"),
+        (["--residual", "plain", "--hc", "delayed"], "--hc"),
+        (["--hc", "delayed", "--stages", "dx=golden"], "--stages"),
+        (["--hc", "later"], "--hc"),
         (["--dist", "ddp"], "--dist"),
         (["--out", str(short)], "--out"),
         (["--compile-mode", "default"], "--compile-mode"),  # without --compile
