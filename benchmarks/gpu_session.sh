@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [delayed]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -58,6 +58,16 @@ train-seeds)  # the run-to-run spread of mHC on Triton: seeds 1 and 2 (seed 0 is
     timeout 60 $T --steps 250 --backend triton --seed $seed --out "$R/train-triton-seed$seed" 2>&1 | tr '\r' '\n' \
       | tail -4 | tee -a "$R/train.txt"
   done ;;
+train-resume)  # checkpoint, Ctrl-C and --resume on CUDA (auto device, bf16, Triton): straight against stopped + resumed
+  T="python3 -m mhc_ops.train --layers 2 --dim 128 --heads 4 --seq 128 --batch 16 --steps 1500 --eval-every 100"
+  timeout 120 $T --out "$R/train-resume-straight" 2>&1 | tr '\r' '\n' | tail -3 | tee -a "$R/train-resume.txt"
+  timeout -s INT 15 $T --out "$R/train-resume" 2>&1 | tr '\r' '\n' | tail -1 | tee -a "$R/train-resume.txt"
+  timeout 120 python3 -m mhc_ops.train --resume "$R/train-resume" 2>&1 | tr '\r' '\n' | tail -2 | tee -a "$R/train-resume.txt"
+  python3 -c "import json, sys; rows = lambda d: [json.loads(l) for l in open(d + '/metrics.jsonl')]
+a, b = rows(sys.argv[1] + '/train-resume-straight'), rows(sys.argv[1] + '/train-resume')
+print('steps equal:', [r['step'] for r in a] == [r['step'] for r in b], 'bitwise:', [(r['train_loss'], r['val_loss']) for r in a] == [(r['train_loss'], r['val_loss']) for r in b],
+      'max |val diff|:', max(abs(x['val_loss'] - y['val_loss']) for x, y in zip(a, b)))" "$R" 2>&1 | tee -a "$R/train-resume.txt"
+  timeout 60 python3 -m mhc_ops.train.sample "$R/train-resume" --prompt "def " 2>&1 | tee -a "$R/train-resume.txt" ;;
 host)  # the host-time rows alone (benchmarks/host.py at T = 1, 1024, 4096), with one op row
   timeout 150 python3 -m benchmarks.run --shapes 1024x4x4096 --ops fwd --impls mhc_ops --quick \
     --host 1x4x4096,1024x4x4096,4096x4x4096 --out "$R/host" 2>&1 | tail -60 | tee "$R/host.txt" ;;
@@ -91,6 +101,6 @@ hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek
 hf-compile)  # the same, eager and patched, each also with every decoder layer under torch.compile (Inductor)
   timeout 540 python3 -m benchmarks.hf_deepseek_v4 --rounds 5 --variants eager,mhc_ops,eager.compile,mhc_ops.compile \
     --out "$R" 2>&1 | tail -14 | tee "$R/hf-compile.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument(
         "--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt to its --steps"
     )
-    folder.add_argument("--overwrite", action="store_true", help="replace the run files in --out")
+    folder.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files only)")
     system = p.add_argument_group("system")
     system.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if torch sees a GPU, else cpu"
@@ -229,8 +229,6 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser, resuming
         parser.error(f"argument --warmup: must be between 0 and --steps ({args.steps}), got {args.warmup}")
     if args.dim % args.heads:
         parser.error(f"argument --heads: must divide --dim ({args.dim}), got {args.heads}")
-    if args.overwrite and args.out is None:
-        parser.error("argument --overwrite: needs --out DIR, the folder whose run it replaces")
 
     stages = None
     if args.stages is not None:

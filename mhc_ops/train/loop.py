@@ -102,6 +102,10 @@ class Context:
         return self.rank == 0
 
 
+# Whether this process joined a gloo group: its worker threads outlive teardown (exit_process).
+_GLOO = False
+
+
 def setup(cfg: TrainConfig) -> Context:
     """Joins the process group under torchrun (NCCL on CUDA with device LOCAL_RANK, gloo on CPU)."""
     global _GLOO
@@ -117,10 +121,6 @@ def setup(cfg: TrainConfig) -> Context:
         dist.init_process_group("gloo")
         _GLOO = True
     return Context(dist.get_rank(), dist.get_world_size(), device)
-
-
-# Whether this process joined a gloo group: its worker threads outlive teardown (exit_process).
-_GLOO = False
 
 
 def teardown(cfg: TrainConfig, finished: bool) -> None:

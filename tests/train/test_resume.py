@@ -18,13 +18,13 @@ def _deterministic(rows: list[dict]) -> list[tuple]:
     return [tuple(r[k] for k in DETERMINISTIC) for r in rows]
 
 
-@pytest.mark.parametrize("stop", [4, 3], ids=["at-an-evaluation", "between-evaluations"])
+@pytest.mark.parametrize("stop", [3, 2], ids=["at-an-evaluation", "between-evaluations"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, stop):
-    """8 steps straight against 8 steps stopped by Ctrl-C after step `stop` and resumed: the same
+    """6 steps straight against 6 steps stopped by Ctrl-C after step `stop` and resumed: the same
     losses, learning rates, gradient norms and health numbers, to the bit. Stopping between two
-    evaluations (step 3, evaluations every 4) checks that the checkpoint carries the partial sums of
-    the interval; stopping at one (step 4), that the resumed run does not evaluate that step twice."""
-    args = ["--steps", "8", "--eval-every", "4", "--warmup", "2", "--seed", str(random.randrange(10**6))]
+    evaluations (step 2, evaluations every 3) checks that the checkpoint carries the partial sums of
+    the interval; stopping at one (step 3), that the resumed run does not evaluate that step twice."""
+    args = ["--steps", "6", "--eval-every", "3", "--warmup", "2", "--seed", str(random.randrange(10**6))]
     _, straight = train(tmp_path, "straight", *args)
 
     resumed = tmp_path / "resumed"
@@ -33,14 +33,14 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, stop):
         assert main([*TINY, *args, "--out", str(resumed)]) == EXIT_INTERRUPTED
     ckpt = checkpoint.load(resumed / checkpoint.NAME)
     assert ckpt["step"] == stop and ckpt["data"] == {"seed": int(args[-1]), "next_step": stop}
-    assert ckpt["interval"]["steps"] == stop % 4
+    assert ckpt["interval"]["steps"] == stop % 3
     assert ckpt["history"] == metrics(resumed)  # every record logged up to the checkpoint
     assert {"model", "optimizer", "scheduler", "config", "corpus"} <= ckpt.keys()
     assert ckpt["rng"].keys() == {"torch", "cuda", "python"} and ckpt["rng"]["cuda"] is None  # a CPU run
 
     assert main(["--resume", str(resumed)]) == 0
     assert _deterministic(metrics(resumed)) == _deterministic(straight), args
-    assert checkpoint.load(resumed / checkpoint.NAME)["step"] == 8
+    assert checkpoint.load(resumed / checkpoint.NAME)["step"] == 6
 
 
 def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
@@ -55,11 +55,6 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "--out" in err and "--resume" in err and "--overwrite" in err and "metrics.jsonl" in err
     assert (out / "metrics.jsonl").read_text() == first  # untouched
-    with pytest.raises(SystemExit) as exc:
-        main([*TINY, "--overwrite"])  # which folder?
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "--overwrite" in err and "--out" in err
-
     assert main([*TINY, "--steps", "1", "--out", str(out), "--overwrite"]) == 0
     assert [m["step"] for m in metrics(out)] == [0, 1]
     assert (out / "notes.txt").read_text() == "mine"  # --overwrite replaces the run's files only

@@ -176,7 +176,6 @@ def _bad_cases(tmp_path: pathlib.Path) -> list[tuple[list[str], str]]:
         (["--out", str(short)], "--out"),
         (["--compile-mode", "default"], "--compile-mode"),  # without --compile
         (["--compile", "--compile-mode", "fast"], "--compile-mode"),
-        (["--compile", "--compile-mode", "reduce-overhead"], "--compile-mode"),  # CUDA graphs on CPU
         (["--compile", "--compile-mode", "reduce-overhead", "--device", "cpu"], "--compile-mode"),
         (["--warmup", "500"], "--warmup"),  # more than --steps
         (["--resume", str(tmp_path / "missing")], "--resume"),
@@ -184,6 +183,7 @@ def _bad_cases(tmp_path: pathlib.Path) -> list[tuple[list[str], str]]:
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "--device"))
+        cases.append((["--compile", "--compile-mode", "reduce-overhead"], "--compile-mode"))  # auto is cpu here
     return cases
 
 
