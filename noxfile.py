@@ -1,4 +1,9 @@
-"""Sessions: tests (CI), train (the main job), test_stage -- NAME, bugs, lint, fixtures, diagnose, bench."""
+"""Sessions: tests (CI), train (the main job), test_stage -- NAME, bugs, lint, fixtures, diagnose, bench;
+hf [-- VERSION ...] (the Hugging Face integrations on other transformers releases)."""
+
+import pathlib
+import re
+import runpy
 
 import nox
 
@@ -91,3 +96,37 @@ def diagnose_gpu(session: nox.Session) -> None:
     if not session.posargs or session.posargs[0] not in GPU_DIAGNOSTICS:
         session.error(f"usage: nox -s diagnose_gpu -- NAME [args], with NAME one of: {', '.join(GPU_DIAGNOSTICS)}")
     session.run("python", "-m", f"benchmarks.{session.posargs[0]}", *session.posargs[1:])
+
+
+# ---- the Hugging Face integrations on other transformers releases ---------------------------------------
+# The tests session runs tests/integrations with the transformers of pyproject's extra; this one runs them
+# with other releases of the table the integrations have read (mhc_ops/integrations/_versions.py, plain
+# data, read here without torch), one after the other in one venv of its own (torch is installed once).
+HF_RELEASES = runpy.run_path(str(pathlib.Path(__file__).parent / "mhc_ops" / "integrations" / "_versions.py"))
+# Declared dependencies the package index lacks, per release: the release is installed with --no-deps,
+# then its other requirements. 5.25.0 hard-requires kernels>=0.19.1,<0.20; it imports and runs without it.
+HF_UNAVAILABLE = {"5.25.0": ("kernels",)}
+_REQUIRES = "import importlib.metadata as m; print(*(r for r in m.requires('transformers') if 'extra ==' not in r), sep='\\n')"
+
+
+def _install_transformers(session: nox.Session, version: str) -> None:
+    session.install("--no-deps", f"transformers=={version}")
+    requires = session.run("python", "-c", _REQUIRES, silent=True).splitlines()
+    unavailable = HF_UNAVAILABLE.get(version, ())
+    session.install(*(r for r in requires if re.split(r"[ <>=!~;\[]", r, maxsplit=1)[0] not in unavailable))
+
+
+@nox.session
+def hf(session: nox.Session) -> None:
+    """nox -s hf -- [VERSION ...] [pytest arguments]: tests/integrations with each transformers release
+    given, in turn (default: the oldest and the newest read, as CI runs them)."""
+    supported = HF_RELEASES["SUPPORTED_TRANSFORMERS"]
+    versions = [arg for arg in session.posargs if arg in supported]
+    pytest_args = [arg for arg in session.posargs if arg not in supported]
+    bad = [arg for arg in pytest_args if re.fullmatch(r"\d+\.\d+\.\d+\S*", arg)]  # a release not read
+    if bad:
+        session.error(f"nox -s hf: {bad[0]} is not a release read; expected one of: {', '.join(supported)}")
+    _install(session)  # the test extra (its transformers replaced below)
+    for version in versions or [HF_RELEASES["OLDEST"], HF_RELEASES["NEWEST"]]:
+        _install_transformers(session, version)
+        session.run("pytest", "-q", "-p", "no:cacheprovider", "tests/integrations", *pytest_args, env=INTERPRET)

@@ -20,6 +20,20 @@ mkdir -p "$R" "$OUT"
 parts=${*:-tests bench train hf}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$R/gpu.txt"
 
+# The hf parts run under a transformers carried as a wheel when .whl/ holds one: the image has 5.17.0 only,
+# whose DeepSeek-V4 fails in bf16 (HF's own model too; fixed in 5.20). Here, before the device call, in the
+# repo's root (.whl/ is git-ignored; the device README's recipe):
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl transformers==5.24.0
+# and name .whl in the call's carry. 5.24.0 runs on the image's dependencies (huggingface_hub 1.33); 5.25.0
+# needs huggingface_hub 2.4, whose own dependencies (httpx2, ...) the image lacks. The wheel is installed
+# with --no-deps into /tmp/tf, which the hf parts put first on PYTHONPATH; the other parts keep the image's.
+HF_PATH=${PYTHONPATH:-}
+if [[ " $parts " == *" hf"* ]] && compgen -G ".whl/transformers-*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tf \
+    .whl/transformers-*.whl && HF_PATH=/tmp/tf${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 for part in $parts; do case $part in
 tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recompiles per T
   timeout 160 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v '^DEBUG' \
@@ -96,11 +110,14 @@ delayed)  # the delayed pre against mhc_pre, kernel by kernel, and the boundary 
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time
   timeout 420 python3 -m benchmarks.layer_modes --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168 --out "$R" \
     2>&1 | tee "$R/layer_modes.md" | tail -24 ;;
-hf)  # Hugging Face DeepSeek-V4 training step with and without apply_to_deepseek_v4
-  timeout 80 python3 -m benchmarks.hf_deepseek_v4 --rounds 3 --out "$R" 2>&1 | tail -12 | tee "$R/hf.txt" ;;
+hf)  # Hugging Face DeepSeek-V4 and GLM-5-Next training steps: HF eager, patched (mhc_ops.integrations), trivial mix
+  PYTHONPATH=$HF_PATH python3 -c "import transformers; print('transformers', transformers.__version__)" | tee "$R/hf.txt"
+  PYTHONPATH=$HF_PATH timeout 300 python3 -m benchmarks.hf_models --rounds 7 --out "$R" 2>&1 | grep -v falling \
+    | tail -20 | tee -a "$R/hf.txt" ;;
 hf-compile)  # the same, eager and patched, each also with every decoder layer under torch.compile (Inductor)
-  timeout 540 python3 -m benchmarks.hf_deepseek_v4 --rounds 5 --variants eager,mhc_ops,eager.compile,mhc_ops.compile \
-    --out "$R" 2>&1 | tail -14 | tee "$R/hf-compile.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes)"; exit 2 ;;
+  PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
+    --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
+    | tail -24 | tee "$R/hf-compile.txt" ;;
+*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes, delayed)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .
