@@ -4,7 +4,7 @@ hyper-connections for the mhc-ops kernels, keeping its parameters (names, shapes
 ``apply(model)`` patches every supported family it finds in a model (DeepSeek-V4, GLM-5-Next) and
 returns which; ``apply_to_deepseek_v4`` / ``apply_to_glm5_next`` patch one family (the classes too).
 Each integration imports its library only when called: ``transformers`` is an optional extra
-(``pip install mhc-ops[transformers]``); the releases read are ``SUPPORTED_TRANSFORMERS``.
+(``pip install -e ".[transformers]"`` in the clone); the releases read are ``SUPPORTED_TRANSFORMERS``.
 """
 
 from __future__ import annotations

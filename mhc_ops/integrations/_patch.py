@@ -132,7 +132,7 @@ def modeling(family: Family) -> tuple[types.ModuleType, dict]:
     try:
         import transformers  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"{family.entry} needs transformers: pip install mhc-ops[transformers]") from e
+        raise ImportError(f"{family.entry} needs transformers: pip install -e \".[transformers]\" in the mhc-ops clone") from e
     row = release(family)
     try:
         module = importlib.import_module(family.module)
