@@ -299,7 +299,7 @@ def test_missing_class_or_module_is_refused(case, monkeypatch):
             case.apply()
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "transformers", None)
-        with pytest.raises(ImportError, match=r"mhc-ops\[transformers\]"):
+        with pytest.raises(ImportError, match=r"pip install -e \"\.\[transformers\]\" in the mhc-ops clone"):
             case.apply()
 
 
