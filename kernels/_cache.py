@@ -1,22 +1,14 @@
-"""Tensors derived from weights only, computed once per weight version instead of once per call.
+"""Tensors derived from weights only (the bf16 split of gamma*phi), computed once per weight version.
 
-A training step calls an op with the same parameters many times between optimizer steps (every
-layer, forward and backward, every micro-batch), and what depends only on them (the bf16 split of
-gamma*phi for the tensor cores: an allocation and a launch) need not be rebuilt per call.
-``weight_derived`` keeps it until a weight changes: in place (its version counter moves, as for
-every optimizer step), by a new storage (``.data = ...``), or when the weight is freed. Changing a
-weight through ``.data`` in place bypasses version counting, as it does for autograd: call
-``clear()`` after doing that.
-
-Bypassed inside a registered op's body (the compiled path: torch.compile's graph computes the split
-itself; under ``mode="reduce-overhead"`` the body's allocations come from a CUDA-graph pool, and a
-tensor kept from there is one the pool does not track, docs/bugs/weight-cache-in-graph-pool.md),
-while a CUDA graph is being captured (the derived tensor must then be rebuilt inside the
-graph, so a replay after an optimizer step sees the new weights) and for inference-mode tensors,
-which carry no version counter. A weight seen during a capture is never cached again: a replay
-changes its values without moving its version counter, so an eager call after replays could not tell.
-A weight changed only by replays of a graph that never called the op (a captured optimizer step
-alone) is the one case the cache cannot see: call ``clear()`` after such replays, or capture the op too.
+``weight_derived`` keeps a value until a weight changes: in place (its version counter moves, as at
+every optimizer step), by a new storage (``.data = ...``), or when the weight is freed. An in-place
+change through ``.data`` bypasses version counting, as for autograd: call ``clear()`` after it.
+Bypassed (computed per call) inside a registered op's body (a compiled graph's allocations can come
+from a CUDA-graph pool, docs/bugs/weight-cache-in-graph-pool.md), during a CUDA-graph capture (the
+graph must rebuild it, so a replay after an optimizer step sees the new weights) and for
+inference-mode tensors (no version counter). A weight seen in a capture is never cached again: replays
+change it without moving its version. A weight changed only by replays of a graph that never called
+the op is invisible here: call ``clear()`` after such replays, or capture the op too.
 """
 
 from __future__ import annotations

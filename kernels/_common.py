@@ -69,9 +69,8 @@ def size_hint(v) -> int:
 
 
 def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for the host's grid arithmetic. triton.cdiv and triton.next_power_of_2 are
-    constexpr_functions: 4 to 6 us per call from host code in Triton 3.6, and a training step made a
-    dozen such calls (measured with timeit on the CI machine)."""
+    """ceil(a / b) for the host's grid arithmetic: triton.cdiv and triton.next_power_of_2 are
+    constexpr_functions, slow from host code (docs/perf.md, kernels/_common.py)."""
     return -(-a // b)
 
 
@@ -92,7 +91,7 @@ def o_groups(n: int) -> tuple[int, int]:
     """Column groups (O_A, O_B) of a coefficient tile that a product runs over, where O = n*n + 2*n
     padded to one power of two wastes work: O_A the largest power of two <= O, O_B the rest padded
     (>= 16 for tl.dot); (o_pad(n), 0) where two groups are no narrower. n = 6: 32 + 16 columns, not
-    64; n = 8: 64 + 16, not 128 (with that padding n = 8's backward ran at 21.8x its floor on an H200)."""
+    64; n = 8: 64 + 16, not 128 (docs/perf.md, kernels/_common.py)."""
     O = n * n + 2 * n
     a = 1 << (O.bit_length() - 1)
     b = max(16, next_power_of_2(O - a)) if O > a else 0
@@ -116,8 +115,7 @@ def stream_block_d(block_t: int, n: int) -> int:
 
 def default_block_d(n: int, block_d: int | None) -> int:
     """BLOCK_D for kernels whose tiles meet a [BLOCK_D, O_PAD] operand: 128 columns at n <= 4,
-    fewer as O_PAD grows, so the pipelined tiles stay inside shared memory (n = 8 in fp32 with
-    128 columns asked for 321 KB on an H100)."""
+    fewer as O_PAD grows, so the pipelined tiles stay inside shared memory (docs/perf.md, kernels/_common.py)."""
     return block_d if block_d is not None else max(16, min(128, 4096 // o_pad(n)))
 
 
@@ -134,10 +132,9 @@ def sm_count(device: torch.device) -> int:
 
 
 def token_splits(device: torch.device, other_programs: int, token_blocks: int, max_splits: int = 64) -> int:
-    """How many token ranges a parameter-gradient reduction is split into: enough programs for about
-    sixteen per SM (fewer leave a tail wave: pass B of the fused plan took 1.83 ms with 2 splits,
-    1.64 ms with 8 and 1.60 ms with 16 on an H100 at T=16384, n=4, D=7168), at most one per token
-    block and at most max_splits (the caller's bound on the per-split partials' memory)."""
+    """How many token ranges a parameter-gradient reduction is split into: about sixteen programs per
+    SM (fewer leave a tail wave: docs/perf.md, kernels/_common.py), at most one per token block and at
+    most max_splits (the caller's bound on the per-split partials' memory)."""
     want = math.ceil(16 * sm_count(device) / max(other_programs, 1))
     return max(1, min(want, token_blocks, max_splits))
 
@@ -158,9 +155,8 @@ def fp32_dot(a, b):
 @triton.jit
 def stream_offset(i, s_i, STREAM64: tl.constexpr):
     """i * s_i, stream i's element offset: in int64 where it can reach 2**31 (STREAM64, from stream64 on
-    the host: a stream-major view, docs/bugs/stream-stride-int32.md), else in int32, which the forward
-    compiles to fewer registers (its n = 6 finish kernel: 128 against 148, 172 against 187 us on an
-    H200, docs/perf.md Performance V)."""
+    the host: a stream-major view, docs/bugs/stream-stride-int32.md), else in int32, which compiles to
+    fewer registers (docs/perf.md, kernels/_common.py)."""
     if STREAM64:
         off = tl.cast(i, tl.int64) * s_i
     else:
@@ -180,9 +176,8 @@ def tile_offsets(BLOCK_T: tl.constexpr, d, s_t, s_d):
 @triton.jit
 def stream_tile(x_ptr, rows, row_mask, d, d_mask, n, sx_t, sx_i, sx_d, N_PAD: tl.constexpr):
     """[BLOCK_T, N_PAD, BLOCK_D] tile x[rows, i, d] of all n streams in x's dtype, zero for i >= n. One
-    load for every stream: a loop over the streams with a runtime n issues one load at a time and
-    waits for each (pass A of the backward was latency-bound that way: 147 us at T = 1024, n = 4,
-    D = 4096 on an H200, 43 us with this tile)."""
+    load for every stream: a loop over a runtime n issues one load at a time and waits for each
+    (docs/perf.md, kernels/_common.py)."""
     i = tl.arange(0, N_PAD)
     offs = rows[:, None, None] * sx_t + i[None, :, None].to(tl.int64) * sx_i + d[None, None, :] * sx_d
     mask = row_mask[:, None, None] & (i < n)[None, :, None] & d_mask[None, None, :]
@@ -282,7 +277,7 @@ def split_dot_bf16(a, b, INTERPRET: tl.constexpr):
     """a @ b at fp32 grade where one operand is bf16 and exact (such as x) and the other fp32: the fp32
     one is split into three bf16 parts, three bf16 tensor-core products. The product starts from a
     zero accumulator and the caller adds it in fp32: chaining a large running sum through the tensor
-    cores' accumulator loses bits (h_mix and dphi failed the accuracy rule on an H100 that way)."""
+    cores' accumulator loses bits (docs/perf.md, kernels/_common.py)."""
     # if/else with one return: Triton compiles the code after an early return for either branch.
     acc = tl.zeros([a.shape[0], b.shape[1]], dtype=tl.float32)
     if a.dtype == tl.bfloat16:

@@ -1,33 +1,14 @@
 """Kernel launches with Triton's per-call work done once per specialisation.
 
-``kernel[grid](*args, **constexprs)`` on a ``triton.jit`` function costs 26 us more host time per
-launch than the compiled kernel's own launcher (measured on the H200 host with
-``benchmarks/host_profile.py``: 43.2 against 16.6 us for the forward's launch, 114 against 41 us for
-the fused backward's three): ``JITFunction.run`` binds the arguments, specialises each one, builds
-its cache key as a string of the options, checks the globals the kernel read and builds launch
-metadata, on every call. A training step makes eight launches per mHC layer.
-
-``@launched(...)`` (the arguments of ``triton.jit``) gives a kernel the same ``kernel[grid](...)``
-syntax with a shorter path once a specialisation has been seen:
-
-1. Triton's own binder (the function ``JITFunction.run`` calls) turns the arguments into their
-   specialisation: each tensor's dtype and 16-byte alignment, each integer's width and divisibility
-   by 16 (unless in ``do_not_specialize``), every constexpr's value. That is exactly Triton's rule,
-   not a copy of it;
-2. the specialisation, the launch options and the device look up the ``CompiledKernel`` that
-   ``JITFunction.run`` returned the first time it saw them (compiling, or finding its own cache);
-3. the compiled kernel's launcher runs on the current stream (so CUDA-graph capture records it).
-
-What the short path leaves out, each falling back to ``JITFunction.run``: the interpreter
-(``TRITON_INTERPRET=1``), a device's first launch of the kernel, launch hooks (profilers such as
-Proton add to ``knobs.runtime.launch_enter_hook``, a ``HookChain`` in Triton 3.6, empty unless one
-is installed) and ``knobs.runtime.debug``. It does not re-check the
-kernel's global values (our kernels read none that change) and keys on the compilation knobs of the
-first call (``knobs.compilation.instrumentation_mode`` changed at run time is not seen).
-
-Inside a registered op's body that torch.compile traces (``op_body(traced=True)``, mhc_ops/_opspec.py),
-``kernel[grid](...)`` records the launch through ``torch.library.wrap_triton`` instead, so Inductor
-launches the kernel itself and no launcher of ours runs in the compiled graph.
+``@launched(...)`` (triton.jit's arguments) keeps the ``kernel[grid](...)`` syntax with a short path
+once a specialisation has been seen: Triton's own binder gives the arguments' specialisation (its
+rule, not a copy); with the launch options and the device it looks up the ``CompiledKernel`` that
+``JITFunction.run`` returned the first time; that kernel's launcher runs on the current stream (so
+CUDA-graph capture records it). ``JITFunction.run`` still serves the interpreter, a device's first
+launch, launch hooks (Proton) and ``knobs.runtime.debug``. Not re-checked: the kernel's globals (ours
+read none that change) and compilation knobs changed after the first call. In an op body that
+torch.compile traces (``op_body(traced=True)``, mhc_ops/_opspec.py) the launch goes through
+``torch.library.wrap_triton`` and Inductor launches it. Why: docs/perf.md, kernels/_launch.py.
 """
 
 from __future__ import annotations

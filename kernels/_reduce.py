@@ -1,9 +1,8 @@
 """Deterministic reduction of per-program partials: a fixed-order sum over the partials axis.
 
-The sum runs in fp64: with a thousand partials (one per token block) an fp32 running sum loses
-enough to fail the accuracy rule for dalpha at T = 16384 (benchmark run on an H100). Each step adds
-a [BLOCK_P, BLOCK_M] tile's column sums (a tree of fixed shape), so the order depends only on the
-block sizes, which depend only on M.
+The sum runs in fp64 (an fp32 running sum over a thousand partials fails the accuracy rule for
+dalpha: docs/perf.md, kernels/_reduce.py). Each step adds a [BLOCK_P, BLOCK_M] tile's column sums (a
+tree of fixed shape), so the order depends only on the block sizes, which depend only on M.
 """
 
 from __future__ import annotations

@@ -33,8 +33,7 @@ def store_dcoeff_partials(ws_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, c
     """One program's partials of dbias and dalpha into row pid of the fp64 workspace ws [P, O + 3]:
     columns 0..O-1 sum_t g2 (dbias), columns O, O+1, O+2 sum_t g2*m over the pre, post and res columns
     (dalpha), with g2 = [dh_pre2 | dh_post2 | dh_res] and m = h_mix*inv_rms. The sums run in fp64:
-    dalpha's cancels, and an fp32 sum over one program's tokens missed the accuracy rule (fp32 x
-    scaled by 30, T = 5, n = 4, D = 49: err 1.39e-6 against 1.07e-6 allowed)."""
+    dalpha's cancels, and an fp32 sum missed the accuracy rule (docs/perf.md, kernels/dparams.py)."""
     O = n * n + 2 * n
     m = load_coeff_part(h_mix_ptr, rows, row_mask, cols, 0, O) * inv_rms[:, None]
     gm = tl.sum((g2 * m).to(tl.float64), axis=0)

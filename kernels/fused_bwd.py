@@ -1,16 +1,13 @@
 """The fused backward plan: dx, dparams and dgamma in two passes over x, no [T, nD] fp32 tensor.
 
-Pass A (one program per token block) reads x and dh_in for dh_pre (all n streams of a chunk as one
-stream tile), and writes the per-token coefficient gradients dh_mix [T, O] and
-rms_coef = -dinv_rms*inv_rms^3/nD [T], plus per-program partials of dbias and dalpha.
-Pass B (programs own a BLOCK_D column slice of one stream and one of ``splits`` token ranges)
-recomputes dvecX_mm = dh_mix @ phi per tile, writes dx (+ grad_x_post), and accumulates
-G = sum_t dh_mix^T v for its slice; both products run over the coefficient columns in one or two
-power-of-two groups (o_groups: n = 8's 80 columns as 64 + 16, not 128). The finish kernel reduces
-the G partials in a fixed order and applies the identity dphi = G*gamma,
-dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md); its last program reduces the dbias/dalpha
-partials. Three launches in all.
-The tile math is the staged kernels' own (imported, not copied).
+Pass A (grid: token blocks) reads x and dh_in for dh_pre (all n streams of a chunk as one stream
+tile) and writes dh_mix [T, O], rms_coef = -dinv_rms*inv_rms^3/nD [T] and per-program dbias/dalpha
+partials. Pass B (grid: n * D blocks, ``splits`` token ranges) recomputes dvecX_mm = dh_mix @ phi per
+tile, writes dx (+ grad_x_post) and accumulates G = sum_t dh_mix^T v for its slice, over the
+coefficient columns in one or two power-of-two groups (o_groups). The finish kernel reduces the G
+partials in a fixed order (no atomics), applies dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k]
+(docs/math.md), and its last program reduces the dbias/dalpha partials. Three launches; the tile math
+is the staged kernels' own (imported). Figures behind the choices: docs/perf.md, kernels/fused_bwd.py.
 """
 
 from __future__ import annotations
@@ -154,8 +151,8 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
         xt = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + t0 * sdh_t + off_dh, mask=mask, other=0.0).to(tl.float32)
-        # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products, which
-        # keeps fewer tiles live across them (that order measured 1.34x faster at n = 4 on an H200).
+        # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products: fewer
+        # tiles live across them, faster (docs/perf.md, kernels/fused_bwd.py).
         mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
         if O_B > 0:
             mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
@@ -210,12 +207,9 @@ PASS_B_MIN_PROGRAMS_PER_SM = 2
 
 
 def pass_b_tile(width: int, n: int, D: int, T: int, device: torch.device, max_splits: int) -> tuple[int, int]:
-    """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all: the fastest
-    tiles of benchmarks/kernel_breakdown.py --sweep on an H200 (4 warps). 32 x 128 up to 48 columns
-    (n = 4: 1528 us against 1877 us for 64 x 64 at T = 16384, D = 7168; n = 6: 1087 against 1374 us at
-    T = 8192, D = 4096), unless its grid has fewer than PASS_B_MIN_PROGRAMS_PER_SM programs per SM
-    (at T = 1024, n = 4, D = 4096 it has 128, one split: 91.8 us against 63.1 us for 64 x 64); 64 x 64
-    above 48 columns (n = 8: 893 us against 994 us for 32 x 128 at T = 8192, D = 2048)."""
+    """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all, the fastest
+    tiles of benchmarks/kernel_breakdown.py --sweep (4 warps): 32 x 128 up to 48 columns unless its grid
+    has fewer than PASS_B_MIN_PROGRAMS_PER_SM programs per SM, else 64 x 64 (docs/perf.md, kernels/fused_bwd.py)."""
     if width > 48:
         return 64, 64
     col_programs = n * cdiv(D, 128)
@@ -244,7 +238,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
 
     block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
     stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
-    pass B (default: token_splits). 16 tokens per pass-A program give 64 programs at T = 1024."""
+    pass B (default: token_splits). 16 tokens per pass-A program: enough programs at small T."""
     n, D = static_dims(x, 2)
     O, nD = n * n + 2 * n, n * D
     T = x.numel() // nD  # validated: n, D >= 1

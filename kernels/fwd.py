@@ -1,31 +1,15 @@
 """Stage fwd: h_mix and inv_rms from one pass over x, the coefficients, then h_in.
 
-Two paths, chosen by launch_fwd's ``splits`` (auto: by the number of token blocks per SM).
-
-Single kernel (``_fwd_kernel``, grid (cdiv(T, BLOCK_T),)): one program owns BLOCK_T tokens. Pass 1
-(mix_tile) streams x in [BLOCK_T, BLOCK_D] tiles, chunk by chunk over all n * cdiv(D, BLOCK_D)
-chunks of the nD columns, accumulating sum(x^2) and the GEMM h_mix = (x*gamma) @ phi^T into a
-[BLOCK_T, O_PAD] fp32 tile. Pass 2 (apply_tile) reads x again for h_in = sum_i h_pre[i] * x[i].
-Enough work per program when there are many token blocks; at T <= 4096 (<= 64 programs of 64
-tokens on a 132-SM H200) most SMs sit idle and each program walks all the chunks serially
-(226 us at T=1 for n=4, D=4096 against a memory floor of ~10 us).
-
-Split-K (``_fwd_partial_kernel`` then ``_fwd_finish_kernel``), for few token blocks:
-  partial, grid (token blocks, splits): program (b, s) reduces the chunk range s (an even split of
-    the chunks) of its BLOCK_T tokens with the same mix_tile and stores the fp32 partials h_mix
-    [splits, T, O_PAD] (columns < O) and sum(x^2) [splits, T] into one torch.empty workspace
-    (every element the finish kernel reads is written: no zero fill).
-  finish, grid (cdiv(T, min(BLOCK_T, FINISH_BLOCK_T)), cdiv(D, apply_cols)): sums the partials over
-    s = 0 .. splits-1 in that order (deterministic, no atomics), computes inv_rms and the
-    coefficients; D block 0 stores inv_rms, h_mix, h_pre, h_post, h_res, and every program writes
-    h_in for its apply_cols columns with apply_tile. Each D-block program recomputes the tiny
-    coefficient tile of its tokens (splits * (O + 1) floats per token) instead of a third launch.
-Both kernels of the split path read x once each, so it moves one more read of x than the floor;
-the single kernel's second pass re-reads x too. The shared tile math (mix_tile, coeff_tile,
-store_saved, apply_tile) is one set of jit helpers that all three kernels call.
-The kernels take T, splits and apply_cols as runtime arguments (no recompilation per T), address x
-and the workspace with 64-bit offsets (the apply: a 64-bit base per tile plus int32 offsets within
-it, tile_offsets), and keep every sum in fp32; only h_in is stored in x's dtype.
+Two paths, chosen by launch_fwd's ``splits`` (auto_splits: by token blocks per SM):
+- ``_fwd_kernel``, grid (cdiv(T, BLOCK_T),): mix_tile streams x for sum(x^2) and h_mix =
+  (x*gamma) @ phi^T ([BLOCK_T, O_PAD] fp32), then apply_tile re-reads x for h_in.
+- split-K: ``_fwd_partial_kernel``, grid (token blocks, splits), stores fp32 partials of a chunk range
+  into one workspace (every element read is written: no zero fill); ``_fwd_finish_kernel``, grid
+  (token blocks, D blocks), sums them in split order (deterministic, no atomics), computes the
+  coefficients, stores the saved tensors (D block 0) and h_in. The delayed pre (COLLAPSE > 0) writes
+  h_in in the projection's pass. T, splits, apply_cols are runtime arguments; x and the workspace use
+  64-bit offsets (tile_offsets: 64-bit base, int32 within); sums in fp32, h_in in x's dtype.
+Figures behind the choices: docs/perf.md, kernels/fwd.py.
 """
 
 from __future__ import annotations
@@ -64,29 +48,17 @@ from ._common import (
 )
 from ._launch import launched
 
-# Split-K heuristic (auto_splits). The single kernel is latency-bound when its programs are few: each
-# walks all n*cdiv(D, BLOCK_D) chunks serially, and below about one program per SM most SMs idle
-# (measured on an H200, n=4, D=4096, bf16: 226 us at T=1, 246 us at T=1024, floor ~10 us).
-# At 256 token blocks on 132 SMs (T = 16384, n = 4, D = 7168) the single kernel took 0.686 ms and 2 splits
-# 0.978 ms (benchmarks/fwd_splits.py on an H200): split only below one block per SM.
+# Split-K heuristic (auto_splits) and the finish kernel's shape; the sweeps behind each value:
+# docs/perf.md, kernels/fwd.py.
 SPLIT_BELOW_PROGRAMS_PER_SM = 1  # split when the token blocks are fewer than this many per SM
-# then aim the partial kernel at about this many programs per SM: the fastest forced split counts of the
-# H200 sweep (CUDA-graph GPU time, n=4, D=4096) were 16 at T=1024 (75.5 us; 33 splits 84.8 us), 4 at
-# T=4096 (169 us; 8 splits 172 us) and 2 at T=8192, n=8, D=2048, which 2 per SM gives.
-SPLIT_PROGRAMS_PER_SM = 2
+SPLIT_PROGRAMS_PER_SM = 2  # then aim the partial kernel at about this many programs per SM
 MAX_SPLITS = 64  # bounds the workspace (splits * (O_PAD + 1) floats per token) and the finish's re-reads
-# Finish kernel (finish_cols): about this many programs per SM, but each D-block program re-reads its
-# tokens' partials (splits * (O + 1) * 4 bytes per token, from L2), so once the grid fills the SMs
-# the D blocks are kept wide enough that those re-reads stay under FINISH_REREAD_LIMIT times the bytes
-# of x the program streams.
+# finish_cols: about FINISH_PROGRAMS_PER_SM programs per SM, but D blocks wide enough that a program's
+# re-reads of the partials stay under FINISH_REREAD_LIMIT times the bytes of x it streams.
 FINISH_PROGRAMS_PER_SM = 4
 FINISH_REREAD_LIMIT = 2
-# Partials the finish kernel loads per step: independent loads in flight, added in order s, s+1, ...
-FINISH_UNROLL = 8
-# Tokens per finish program (at most block_t). Its [rows, BLOCK_D] h_in tile at 64 rows and 128 columns
-# needs 255 registers and spills ~750 bytes at 4 warps (ptxas -v, sm_90a); 16 rows take 158, no spill.
-# More token blocks also let the D blocks be wider for the same grid: fewer partial re-reads.
-FINISH_BLOCK_T = 16
+FINISH_UNROLL = 8  # partials loaded per step: independent loads in flight, added in order s, s+1, ...
+FINISH_BLOCK_T = 16  # tokens per finish program (at most block_t): a 64-row h_in tile spills registers
 
 
 @triton.jit
@@ -97,7 +69,7 @@ def mix_chunk(
 ):  # fmt: skip
     """One chunk (stream i, columns d) of every token in rows -> (x tile in fp32, its sum of x^2
     [BLOCK_T], its h_mix terms [BLOCK_T, O_PAD] (mix_dot))."""
-    # 64-bit offsets, not tile_offsets: that form measured 1 to 5 % slower here (H200; docs/perf.md)
+    # 64-bit offsets, not tile_offsets: slower here (docs/perf.md, kernels/fwd.py)
     xt = tl.load(
         x_ptr + rows[:, None] * sx_t + stream_offset(i, sx_i, STREAM64) + d[None, :] * sx_d,
         mask=row_mask[:, None] & d_mask[None, :],
@@ -243,11 +215,9 @@ def apply_tile(
 ):  # fmt: skip
     """h_in[rows, d_start:d_end] = sum_i h_pre[i] * x[rows, i, d_start:d_end] (h_pre: the pre columns
     of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype.
-    h_pre's columns are taken out of coef once, before the loop, and the stream loop is unrolled to
-    N_PAD (streams past n masked, no bytes moved), so a chunk's n loads are in flight together. Rows
-    are t0 + 0 .. BLOCK_T-1, addressed as a 64-bit base per chunk, the stream's offset
-    (stream_offset) and loop-invariant int32 offsets (tile_offsets): the finish kernel at n = 4 went
-    from 255 to 212 registers that way on an H200 (docs/perf.md, Performance V)."""
+    h_pre's columns are taken out of coef once; the stream loop is unrolled to N_PAD (past n masked),
+    so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit base per chunk,
+    stream_offset and loop-invariant int32 tile_offsets (fewer registers: docs/perf.md, kernels/fwd.py)."""
     h_pre = pre_columns(coef, cols, n, N_PAD)  # [BLOCK_T, N_PAD]
     j = tl.arange(0, N_PAD)
     off_x = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), sx_t, sx_d)
@@ -454,10 +424,9 @@ def _fwd_finish_kernel(
 @launched(do_not_specialize=["nD"])
 def _split_weights_kernel(phi_ptr, gamma_ptr, w_ptr, O, nD, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr,
                           BLOCK_K: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
-    # w [3, nD, O_PAD] bf16: hi, mid, lo of (gamma*phi)^T, columns >= O zero. One launch for what the
-    # torch version (split_weights_host) does in about ten. Launched with enable_fp_fusion=False: with
-    # it, phi*gamma - hi compiles to one FMA and the parts split the unrounded product, not torch's
-    # rounded gamma*phi (every gamma case of test_split_weights differed on an H200).
+    # w [3, nD, O_PAD] bf16: hi, mid, lo of (gamma*phi)^T, columns >= O zero; one launch (the torch
+    # version, split_weights_host, takes about ten). Launched with enable_fp_fusion=False: an FMA in
+    # phi*gamma - hi would split the unrounded product, not torch's rounded gamma*phi (docs/perf.md, kernels/fwd.py).
     k = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     cols = tl.arange(0, O_PAD)
     k_mask = k < nD

@@ -1,52 +1,16 @@
-"""Stages post_fwd and post_bwd: mhc_post forward and backward, one launch each.
+"""Stages post_fwd and post_bwd: mhc_post forward and backward, one launch each (docs/math.md, mhc_post;
+the first index of h_res is the input stream)::
 
-Per token (../shared/spec/mhc-math.md, section mhc_post; the first index of h_res is the input stream)::
-
-    out[j]       = h_post[j] * h_out + sum_i h_res[i, j] * x[i]            (post_fwd)
-    dx[i]        = sum_j h_res[i, j] * dout[j]                               (post_bwd)
+    out[j] = h_post[j] * h_out + sum_i h_res[i, j] * x[i]                          (post_fwd)
+    dx[i] = sum_j h_res[i, j] * dout[j],   dh_out = sum_j h_post[j] * dout[j]      (post_bwd)
     dh_res[i, j] = sum_d dout[j, d] * x[i, d],   dh_post[j] = sum_d dout[j, d] * h_out[d]
-    dh_out       = sum_j h_post[j] * dout[j]
 
-Both are bound by device-memory traffic: the floors per token are ``2*s*nD + s*D + 4*(n*n + n)`` bytes
-forward and ``3*s*nD + 2*s*D + 4*(2*n*n + 2*n)`` backward (s: bytes per element of x), and each kernel
-reads every input element once and writes every output element once. All arithmetic is fp32; outputs
-in x's dtype are rounded to nearest even by ``round_to``.
-
-Tiles. A program holds ``[BLOCK_T, N_PAD, BLOCK_D]`` tiles: BLOCK_T tokens, every stream (the stream
-axis padded to a power of two and masked: for n = 6 two rows are never loaded or stored) and BLOCK_D
-columns. n is a compile-time constant (one compilation per n, none per token count) and the stream
-loops are static, so the loads of all streams are independent instructions. ``mix_in`` is the tile
-math both kernels share: one [BLOCK_T, BLOCK_D] input tile, weighted per token by a coefficient vector
-over the streams, added into all N_PAD output streams at once (no reduction over streams, so no data
-moves between threads).
-
-post_fwd: grid (token blocks, D blocks). Each program loads h_out and the n tiles of x of its slice
-once, accumulates the n output tiles in registers (h_out enters like one more input stream, with the
-coefficients h_post) and stores them once.
-
-post_bwd: grid (token blocks); each program loops over all of D. dx and dh_out are finished per D
-chunk; dh_res and dh_post, per-token sums over D, are accumulated in registers across the loop and
-stored once at the end: no workspace, no atomics, and the order of every sum depends only on the
-block sizes, so two runs are bitwise identical. The loop is software-pipelined (``num_stages``): the
-loads of the next chunks are in flight while a chunk is computed, which is what makes it fast. On an
-H200 at T = 16384, n = 4, D = 7168, bf16 the same loop without pipelining ran at 1.8x its floor, and
-the alternative, a grid over D slices too with per-slice partials of dh_res and dh_post in a
-``[D_blocks, T, n*n + n]`` workspace and a fixed-order second reduce (more programs, 1 % more bytes at
-this shape, one more launch), at 1.6x at best: each program then pays the cross-thread reductions of
-its slice with no loop to overlap them. At T = 1024 the loop has only 512 programs (4 per SM) and
-still ran at 1.3x, as the forward did, so the single launch is kept at every T.
-
-Measured with the default blocks on an H200 (copy bandwidth 4.25 TB/s; time / floor): at T = 16384,
-n = 4, D = 7168, bf16, forward 1.06x (0.525 ms) and backward 1.05x (0.806 ms); fp32 1.05x and 1.05x;
-T = 1024 1.3x and 1.3x (floors of 31 and 48 us: launch and ramp-up show); n = 1 and 3 at most 1.07x; n = 6
-(D = 1280) and n = 8 (D = 2560) 1.2x forward but 1.8-1.9x backward, where the padded stream axis and
-the n*n products per element make the backward arithmetic-bound. An H100 runs the same code against
-about 30 % less bandwidth, so at the target shape these kernels sit further below their arithmetic
-limit there: about 1.05x forward and backward expected (floors 0.72 ms and 1.12 ms at ~2.95 TB/s).
-
-Offsets: the row index is int64, so tensors past 2**31 elements are addressed correctly; the strides
-of every tensor are runtime arguments (x may have a stride-0 or any stream stride) and the token count
-is not specialised on (``do_not_specialize``).
+Programs hold ``[BLOCK_T, N_PAD, BLOCK_D]`` tiles (streams padded to a power of two and masked; n a
+constexpr, so the stream loops are static). post_fwd: grid (token blocks, D blocks), every input
+read once, the n output tiles stored once. post_bwd: grid (token blocks), a pipelined loop over D: dx
+and dh_out per chunk, dh_res and dh_post summed in registers and stored at the end (no workspace, no
+atomics, a sum order fixed by the block sizes). fp32 arithmetic, outputs rounded by ``round_to``;
+int64 rows, runtime strides, T not specialised on. Why this shape: docs/perf.md, kernels/post.py.
 """
 
 from __future__ import annotations
@@ -218,8 +182,8 @@ def _post_bwd_kernel(
 
 def fwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None = None) -> tuple[int, int]:
     """(BLOCK_T, BLOCK_D) of post_fwd: the caller's, or a [BLOCK_T, N_PAD, BLOCK_D] tile of 4096 elements
-    (64 fp32 accumulators per thread with 2 warps) whose last D block is at most 1/8 padding (n = 6,
-    D = 1280 on an H200: 2 x 256 columns ran at 1.20x floor, 1 x 512 with 4 warps at 1.9x)."""
+    (64 fp32 accumulators per thread with 2 warps) whose last D block is at most 1/8 padding (docs/perf.md,
+    kernels/post.py)."""
     n_pad = next_power_of_2(n)
     if block_d is None:
         block_d = min(next_power_of_2(D), 4096 // n_pad)
@@ -232,8 +196,8 @@ def fwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None =
 
 def bwd_blocks(n: int, D: int, block_t: int | None = None, block_d: int | None = None) -> tuple[int, int]:
     """(BLOCK_T, BLOCK_D) of post_bwd: the caller's, or a [BLOCK_T, N_PAD, BLOCK_D] tile of 2048 elements
-    per loop step, 256 columns (128 from n = 5 on), the rest tokens: the best of a sweep on an H200 at
-    n = 1, 3, 4 (at n = 4, D = 7168: 2 x 256 at 1.05x floor, 4 x 128 at 1.07x, 1 x 512 with 4 warps at 1.7x)."""
+    per loop step, 256 columns (128 from n = 5 on), the rest tokens: the best of a sweep (docs/perf.md,
+    kernels/post.py)."""
     n_pad = next_power_of_2(n)
     if block_d is None:
         block_d = min(next_power_of_2(D), 256 if n_pad <= 4 else 128)

@@ -84,10 +84,9 @@ def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma
     """The seam forward on validated inputs (mhc_post's and the delayed pre's) -> (out, h_in, next
     h_post, next h_res, next inv_rms, next h_mix, next h_pre) (golden/seam.py SEAM_OUTPUTS).
     splits: column-chunk ranges per token block (None: kernels/fwd.auto_splits on CUDA, 1 on CPU).
-    block_t: None = 32 tokens up to n = 4, 16 above (the fastest on an H200, docs/perf.md). num_stages=1:
-    pipelined, the loop's loads overflowed shared memory on an H200. Compiled without FMA contraction:
-    with it, the x(l+1) tile the projection multiplied was not always the one stored (the compiler
-    recomputes it for the dot's layout), and h_mix failed the accuracy rule at D = 4096."""
+    block_t: None = 32 tokens up to n = 4, 16 above (the fastest). num_stages=1: pipelined, the loop's
+    loads overflow shared memory. Compiled without FMA contraction, so the x(l+1) tile the projection
+    multiplies is the one stored (docs/perf.md, kernels/seam.py)."""
     block_t = block_t if block_t is not None else (32 if x.shape[-2] <= 4 else 16)
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]

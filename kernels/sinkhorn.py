@@ -1,36 +1,14 @@
 """Stages sinkhorn_fwd and sinkhorn_bwd: DeepSeek's Sinkhorn-Knopp projection of per-token logits
 ``[T, n, n]`` (or ``[B, S, n, n]``), forward and its exact reverse-mode gradient (docs/sinkhorn.md).
 
-Tiles. One program owns BLOCK_T tokens as a ``[BLOCK_T, N_PAD, N_PAD]`` fp32 tile in registers
-(N_PAD = n rounded up to a power of two). Entries outside ``[n, n]`` are masked out of the softmax
-(-inf before the max) and are exactly 0 in every P, so they never enter a row or column sum; a padded
-row or column gets a divisor reciprocal of 0, not 1/eps (finite with eps = 0 too). Logits are read in
-their dtype (fp32, bf16, fp16) and upcast; P is always fp32; dlogits is rounded to logits' dtype
-(``round_to``). ``iters`` and ``T`` are runtime arguments: a new token count or iteration count reuses
-the compiled kernel (one compilation per n, block size and logits dtype).
-
-Divisions. Each pass divides by ``sum + eps``: the kernels take the n reciprocals of a pass rounded to
-nearest (``tl.math.div_rn``; Triton's ``/`` is an approximate division on the GPU) and multiply the
-n*n entries by them.
-
-The backward's memory. The adjoint of a pass needs that pass's output and divisor, in reverse order:
-2*iters passes of n divisors per token. Triton has no indexable per-thread arrays, so a history of
-them would live in device memory (n*iters floats per token, written and read back by the same program)
-or in a register tile updated by masked selects (``[BLOCK_T, 2*ITERS_PAD, N_PAD]``: a compile-time
-bound on iters, and a select over the whole history at every pass, as costly as the pass itself).
-Neither is used: the backward recomputes the forward in registers from the logits, with one
-checkpoint level. The iterations 1 .. iters-1 (a row pass and a column pass each; iteration 0 is the
-softmax and the first column pass) are cut into segments of ``seg = isqrt(iters - 1)``; for each
-segment, last first, the forward is rerun from the output of iteration 0 to the segment's start (one
-checkpoint tile, Xs), and for each iteration of the segment, last first, from Xs to that iteration's
-input, then that iteration's two passes are redone keeping their outputs and divisors and their
-adjoints applied. That is about ``iters**1.5`` passes instead of the ``iters**2 / 2`` of rerunning from
-the start for every step: for iters = 20, 86 iterations recomputed plus 19 adjoints, against 190 plus
-19, and against the forward's 20; only five tiles stay live (softmax, iteration 0's output, Xs, the
-running gradient, and the pass being undone). The recomputation runs the same helpers as the forward
-kernel, so the backward sees bitwise the forward's values. No device memory beyond the inputs and
-dlogits is touched; the cost is arithmetic on data already in registers (the op reads 4*n*n bytes
-per token per tensor and does ~100 passes of ~3*n*n flops on them, so it is compute bound either way).
+One program owns BLOCK_T tokens as a ``[BLOCK_T, N_PAD, N_PAD]`` fp32 tile in registers. Entries
+outside ``[n, n]`` are masked (-inf before the softmax's max, exactly 0 in every P; a padded line's
+divisor reciprocal is 0). Logits are read in their dtype and upcast; P is fp32; dlogits is rounded to
+logits' dtype (``round_to``). Each pass multiplies by the n reciprocals of ``sum + eps``, rounded to
+nearest (``tl.math.div_rn``). ``iters`` and ``T`` are runtime arguments. The backward keeps no
+history: it recomputes the forward from the logits in registers with one checkpoint tile (segments
+of ``isqrt(iters - 1)`` iterations, about iters**1.5 passes), through the forward's helpers, so it
+sees bitwise the forward's values. Why this shape: docs/perf.md, kernels/sinkhorn.py.
 """
 
 from __future__ import annotations
@@ -47,8 +25,8 @@ from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims
 from ._launch import launched
 
 MAX_N = 8  # one token's n x n matrix lives in registers
-# Elements of a [BLOCK_T, N_PAD, N_PAD] tile per program at the default block size: 4 per thread of
-# 4 warps, so the backward's live tiles stay well inside the register file.
+# Elements of a [BLOCK_T, N_PAD, N_PAD] tile at the default block size: 4 per thread of 4 warps, so
+# the backward's live tiles fit the register file.
 TILE_ELEMENTS = 512
 
 
