@@ -52,7 +52,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
                    h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh_pre_prev_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
-                   COLLAPSE: tl.constexpr):  # fmt: skip
+                   COLLAPSE: tl.constexpr, HAS_DH_PRE: tl.constexpr):  # fmt: skip
     # COLLAPSE (kernels/fwd.collapse_tile): 0 mhc_pre; the delayed pre's dh_pre is an input (the next
     # sublayer's) and sum_d dh_in*x[i] is dh_pre_prev (1), not needed without h_pre_prev (2: x is not read).
     hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
@@ -70,7 +70,10 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
             dh_coll = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
                                   BLOCK_D, O_PAD, N_PAD)  # fmt: skip
             store_coeff_part(dh_pre_prev_ptr, dh_coll, rows, row_mask, cols, 0, n)
-        dh_pre = load_coeff_part(dh_pre_ptr, rows, row_mask, cols, 0, n)
+        if HAS_DH_PRE:
+            dh_pre = load_coeff_part(dh_pre_ptr, rows, row_mask, cols, 0, n)
+        else:  # the next sublayer did not use this h_pre
+            dh_pre = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
         g2, dh_mix, dinv_rms = coeff_grads_of(
             dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr, rows,
             row_mask, cols, n, hc_eps,
@@ -280,10 +283,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     )
     gxp = tokens(grad_x_post, 2) if grad_x_post is not None else xt  # never read without HAS_GXP
     check_tile_span(block_t, xt, dh_in_t, dx_t, gxp)
-    if collapse:
-        dh_pre = dh_pre.contiguous() if dh_pre is not None else h_pre.new_zeros(h_pre.shape)
-    else:
-        dh_pre = h_pre  # never read with COLLAPSE == 0
+    has_dh_pre = collapse > 0 and dh_pre is not None
+    dh_pre = dh_pre.contiguous() if has_dh_pre else h_pre  # never read without HAS_DH_PRE
     dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
     h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
@@ -292,7 +293,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     _pass_a_kernel[(blocks_a,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
         dh_pre, dpp, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d_a,
-        O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, num_warps=num_warps, num_stages=num_stages,
+        O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, HAS_DH_PRE=has_dh_pre, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)

@@ -67,37 +67,19 @@ def _post_fwd_kernel(
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT] int64
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
-    row_mask = rows < T
-    acc = post_tile(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, rows, row_mask, d, D, sx_t, sx_i, sx_d, sr_t, sr_i,
-                    sr_j, sho_t, sho_d, shp_t, shp_j, N, N_PAD)  # fmt: skip
-    store_streams(out_ptr, round_to(acc, out_ptr.dtype.element_ty), rows, row_mask, d, D, so_t, so_j, so_d, N, N_PAD)
-
-
-@triton.jit
-def post_tile(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, rows, row_mask, d, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j,
-              sho_t, sho_d, shp_t, shp_j, N: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
-    """[BLOCK_T, N_PAD, BLOCK_D] fp32 tile of out[rows, j, d] = h_post[j] * h_out + sum_i h_res[i, j] * x[i]
-    (output streams j past N zero)."""
     s = tl.arange(0, N_PAD)  # output stream j
+    row_mask = rows < T
     mask_d = row_mask[:, None] & (d < D)[None, :]  # [BT, BD]
     mask_s = row_mask[:, None] & (s < N)[None, :]  # [BT, N_PAD]
     h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask_d)
     h_post = load_tile(h_post_ptr, rows, s, shp_t, shp_j, mask_s)
-    acc = mix_in(tl.zeros([rows.shape[0], N_PAD, d.shape[0]], dtype=tl.float32), h_post, h_out)
+    acc = mix_in(tl.zeros([BLOCK_T, N_PAD, BLOCK_D], dtype=tl.float32), h_post, h_out)
     for i in tl.static_range(N):
         x_i = load_tile(x_ptr + tl.cast(i, tl.int64) * sx_i, rows, d, sx_t, sx_d, mask_d)  # input stream i
         res_i = load_tile(h_res_ptr + i * sr_i, rows, s, sr_t, sr_j, mask_s)  # h_res[:, i, j] over j
         acc = mix_in(acc, res_i, x_i)
-    return acc
-
-
-@triton.jit
-def store_streams(out_ptr, tile, rows, row_mask, d, D, so_t, so_j, so_d, N: tl.constexpr, N_PAD: tl.constexpr):
-    """Store a [BLOCK_T, N_PAD, BLOCK_D] tile into out[rows, j, d] for the streams j < N."""
-    s = tl.arange(0, N_PAD)
     offs = rows[:, None, None] * so_t + s[None, :, None].to(tl.int64) * so_j + d[None, None, :] * so_d
-    mask = (row_mask[:, None] & (d < D)[None, :])[:, None, :] & (s < N)[None, :, None]
-    tl.store(out_ptr + offs, tile, mask=mask)
+    tl.store(out_ptr + offs, round_to(acc, out_ptr.dtype.element_ty), mask=mask_d[:, None, :] & (s < N)[None, :, None])
 
 
 @launched(do_not_specialize=["T"])
