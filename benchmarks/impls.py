@@ -29,9 +29,10 @@ from .goldens import (
 )
 
 COMPILE_IMPL = "golden.compile"  # the baseline of speedup_vs_compile
-# Raised by an impl that does not exist yet (e.g. a `plan` the op does not take): the row is
+# Raised by an impl that does not exist yet (e.g. an argument the op does not take): the row is
 # reported as unavailable.
 UNAVAILABLE = (TypeError, NotImplementedError)
+STAGED = {"pre_bwd": "parts"}
 
 # Called once per shape with that shape's inputs: a fresh torch.compile per shape, or a module and an
 # autograd graph built from the inputs.
@@ -152,15 +153,14 @@ IMPLS: dict[str, dict[str, Factory]] = {
         **golden_impls("fwd"),
     },
     "bwd": {
-        "mhc_ops.staged": lambda _: positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton", plan="staged"),
-        "mhc_ops.fused": lambda _: positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton", plan="fused"),
+        # pre_bwd as its four parts, and whole (the fused kernels, the default)
+        "mhc_ops.staged": lambda _: positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton", stages=STAGED),
+        "mhc_ops.fused": lambda _: positional(mhc_ops.mhc_pre_backward, "bwd", backend="triton"),
         **golden_impls("bwd"),
     },
-    # Only the plan the layer runs: the other half of layer_bwd's parts.
+    # Only the backward the layer runs (pre_bwd whole): the other half of layer_bwd's parts.
     "bwd_gxp": {
-        "mhc_ops.fused": lambda _: positional(
-            grad_x_post_last(mhc_ops.mhc_pre_backward), "bwd_gxp", backend="triton", plan="fused"
-        ),
+        "mhc_ops.fused": lambda _: positional(grad_x_post_last(mhc_ops.mhc_pre_backward), "bwd_gxp", backend="triton"),
     },
     "sinkhorn_fwd": {
         "mhc_ops": lambda _: stage_launcher(

@@ -10,10 +10,12 @@ from .mhc_pre import (
     stage_dparams,
     stage_dx,
     stage_fwd,
+    stage_pre_bwd,
 )
-from .registry import OP_STAGES, OPS, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
+from .registry import COMPOSITES, OP_STAGES, OPS, PRE_STAGE_NAMES, STAGE_IO, STAGE_NAMES
 
 __all__ = [
+    "COMPOSITES",
     "OPS",
     "OP_STAGES",
     "PRE_STAGE_NAMES",
@@ -32,4 +34,5 @@ __all__ = [
     "stage_dparams",
     "stage_dx",
     "stage_fwd",
+    "stage_pre_bwd",
 ]

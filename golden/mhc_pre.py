@@ -318,9 +318,22 @@ def mhc_pre_delayed_backward(
     return t["dx"], t["dphi"], t["dalpha"], t["dbias"], dgamma, dh_pre_prev
 
 
-# The five stages of mhc_pre's staged plan: the op they belong to, the named tensors each one reads
-# and writes, the scalar options it takes, and its golden implementation. Outputs are the ones a kernel must produce;
-# the golden may return more (dh_mix_tmp, dvecX_inv, dvecX_hin, G) for inspection.
+def stage_pre_bwd(
+    *, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None, grad_x_post=None,
+    hc_eps=1e-6, compute_dtype=torch.float32,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The composite stage pre_bwd: dh_mix -> dx -> dparams -> dgamma in one call, every named tensor of
+    the four (dgamma None without gamma)."""
+    _, t = mhc_pre_backward(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma,
+                            hc_eps=hc_eps, grad_x_post=grad_x_post, compute_dtype=compute_dtype,
+                            return_intermediates=True)  # fmt: skip
+    return t
+
+
+# mhc_pre's stages: the op they belong to, the named tensors each one reads and writes, the scalar options
+# it takes, and its golden implementation. Outputs are the ones a kernel must produce; the golden may
+# return more (dh_mix_tmp, dvecX_inv, dvecX_hin, G) for inspection. pre_bwd is a composite: it stands for
+# its parts (the backward as one stage, what training runs: kernels/fused_bwd.py on Triton).
 STAGE_IO = {
     "fwd": {
         "op": "mhc_pre",
@@ -356,5 +369,14 @@ STAGE_IO = {
         "options": (),
         "outputs": ("dgamma",),
         "golden": stage_dgamma,
+    },
+    "pre_bwd": {
+        "op": "mhc_pre",
+        "inputs": ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma",
+                   "grad_x_post"),  # fmt: skip
+        "options": ("hc_eps",),
+        "outputs": ("dx", "dphi", "dalpha", "dbias", "dgamma"),
+        "golden": stage_pre_bwd,
+        "parts": ("dh_mix", "dx", "dparams", "dgamma"),
     },
 }

@@ -12,13 +12,12 @@ from ._validate import require_kernel_device
 from .golden import mhc_post as golden_post
 from .golden import mhc_pre as golden_pre
 from .golden import sinkhorn as golden_sinkhorn
-from .golden.registry import STAGE_NAMES
 from .kernels._common import interpreting
 from .kernels.fused_bwd import launch_backward_fused
 from .kernels.fwd import launch_fwd
 from .kernels.post import launch_post_bwd, launch_post_fwd
 from .kernels.sinkhorn import MAX_N, launch_sinkhorn_bwd, launch_sinkhorn_fwd
-from .stages import BACKENDS, PLANS, PRE_BACKWARD_STAGES, Pipeline
+from .stages import PARTS, Pipeline, resolve_backends
 
 BACKEND_CHOICES = ("auto", "golden", "triton")
 
@@ -28,23 +27,20 @@ class Route:
     compiled op carries (``Route.from_key``). Everything is computed here, once per distinct route
     (resolve_route caches them), so the hot path only reads attributes."""
 
-    def __init__(self, backends: tuple[tuple[str, str], ...], plan: str):
-        self.backends = backends  # (stage name, "golden" | "triton") for every stage
-        self.plan = plan  # mhc_pre backward with every stage on Triton: "fused" or "staged"
+    def __init__(self, backends: tuple[tuple[str, str], ...]):
+        self.backends = backends  # (stage name, "golden" | "triton", or "parts" for a composite) for every stage
         self._backend = dict(backends)
-        self.key = ";".join([f"plan={plan}", *(f"{s}={b}" for s, b in backends)])
+        self.key = ";".join(f"{s}={b}" for s, b in backends)
         self.uses_triton = "triton" in self._backend.values()
-        chosen = {self._backend[s] for s in PRE_BACKWARD_STAGES}
-        # "fused" (the fused Triton kernels), "golden" (the golden stages) or "pipeline" (mixed)
-        self.pre_backward = (
-            "fused" if chosen == {"triton"} and plan == "fused" else "golden" if chosen == {"golden"} else "pipeline"
-        )
-        self.pipeline = Pipeline("golden", plan="staged", **self._backend) if self.pre_backward == "pipeline" else None
+        # mhc_pre's backward: "triton" (the fused kernels), "golden" (the golden chain) or "parts" (the
+        # composer, each part on its own backend)
+        self.pre_backward = self._backend["pre_bwd"]
+        self.pipeline = Pipeline(**self._backend) if self.pre_backward == PARTS else None
         # torch.compile traces the op bodies of the all-Triton route (Inductor then launches the
         # kernels). Others stay opaque ops: a golden stage (traced, Inductor would recompute the
         # reference in its own way: in bf16 it failed the accuracy rule), the interpreter (its
         # launches cannot be traced), the composer (its stage launchers were not written to be).
-        self.traced = set(self._backend.values()) == {"triton"} and plan == "fused" and not interpreting()
+        self.traced = set(self._backend.values()) == {"triton"} and not interpreting()
 
     def of(self, stage: str) -> str:
         return self._backend[stage]
@@ -52,43 +48,34 @@ class Route:
     @staticmethod
     @functools.cache
     def from_key(key: str) -> Route:
-        items = dict(part.split("=") for part in key.split(";"))
-        plan = items.pop("plan")
-        return _route_cached(tuple(items.items()), plan)
+        return _route_cached(tuple(tuple(part.split("=")) for part in key.split(";")))
 
     def __repr__(self) -> str:
         return f"Route({self.key!r})"
 
 
 @functools.cache
-def _route_cached(backends: tuple, plan: str) -> Route:
-    return Route(backends, plan)
+def _route_cached(backends: tuple) -> Route:
+    return Route(backends)
 
 
 @functools.cache
-def _route(backend: str, stages: tuple | None, on_cuda: bool, plan: str = "fused") -> Route:
+def _route(backend: str, stages: tuple | None, on_cuda: bool) -> Route:
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend: expected one of {BACKEND_CHOICES}, got {backend!r}")
-    if plan not in PLANS:
-        raise ValueError(f"plan: expected one of {PLANS}, got {plan!r}")
     default = ("triton" if on_cuda else "golden") if backend == "auto" else backend
-    per_stage = dict(stages or ())
-    for name, b in per_stage.items():
-        if name not in STAGE_NAMES:
-            raise ValueError(f"stages: expected stage names in {STAGE_NAMES}, got {name!r}")
-        if b not in BACKENDS:
-            raise ValueError(f"stages[{name!r}]: expected a backend in {BACKENDS}, got {b!r}")
+    backends = resolve_backends(default, dict(stages or ()), composite_default=default)
     # Under torch.compile the route is built while tracing (Dynamo would trace through a cache anyway).
     make = Route if torch.compiler.is_compiling() else _route_cached
-    return make(tuple((s, per_stage.get(s, default)) for s in STAGE_NAMES), plan)
+    return make(tuple(backends.items()))
 
 
-def resolve_route(backend: str, stages, t: torch.Tensor, plan: str = "fused") -> Route:
+def resolve_route(backend: str, stages, t: torch.Tensor) -> Route:
     """backend ("auto": Triton on CUDA tensors, golden on CPU) and stages (None, a dict of per-stage
-    backends, or a Pipeline, whose plan then applies) -> the Route; a Triton stage on CPU tensors
+    backends, or a Pipeline, whose backends then apply) -> the Route; a Triton stage on CPU tensors
     without the interpreter is an error here, before anything runs."""
     if isinstance(stages, Pipeline):
-        per_stage, plan = tuple(stages.backends.items()), stages.plan
+        per_stage = tuple(stages.backends.items())
     elif stages is None:
         per_stage = None
     elif isinstance(stages, dict):
@@ -96,7 +83,7 @@ def resolve_route(backend: str, stages, t: torch.Tensor, plan: str = "fused") ->
     else:
         raise TypeError(f"stages: expected None, a dict of stage -> backend or a Pipeline, got {type(stages).__name__}")
     resolve = _route.__wrapped__ if torch.compiler.is_compiling() else _route
-    route = resolve(backend, per_stage, t.is_cuda, plan)
+    route = resolve(backend, per_stage, t.is_cuda)
     if route.uses_triton and t.device.type == "cpu":
         triton_stages = [s for s, b in route.backends if b == "triton"]
         what = "backend 'triton'" if backend == "triton" else f"stages {', '.join(triton_stages)} on 'triton'"
@@ -120,7 +107,7 @@ def pre_backward(route: Route, saved: tuple, dh_in, dh_post, dh_res, grad_x_post
     A None upstream gradient (an output the loss does not use) is zero."""
     x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post = saved
     dh_in, dh_post, dh_res = zero_grads(x, h_post, dh_in, dh_post, dh_res)
-    if route.pre_backward == "fused":
+    if route.pre_backward == "triton":
         out = launch_backward_fused(
             x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post, hc_eps
         )
@@ -153,7 +140,7 @@ def pre_delayed_backward(route: Route, saved: tuple, dh_in, dh_post, dh_res, dh_
     mixed per-stage backends)."""
     x, phi, alpha, gamma, h_pre_prev, inv_rms, h_mix, h_pre, h_post = saved
     dh_in, dh_post, dh_res = zero_grads(x, h_post, dh_in, dh_post, dh_res)
-    if route.pre_backward == "fused":
+    if route.pre_backward == "triton":
         out = launch_backward_fused(
             x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post, hc_eps,
             delayed=True, h_pre_prev=h_pre_prev, dh_pre=dh_pre,

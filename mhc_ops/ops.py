@@ -21,6 +21,7 @@ from . import _impl
 from ._impl import resolve_route, sinkhorn_max_n
 from ._opspec import Op, OpSpec
 from ._validate import check_inputs, check_post_inputs, check_sinkhorn_inputs
+from .stages import PARTS
 
 # --- mhc_pre -------------------------------------------------------------------------------------------------
 
@@ -86,17 +87,30 @@ def mhc_pre_forward(
 
 def mhc_pre_backward(
     x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None, *, hc_eps=1e-6,
-    grad_x_post=None, backend="auto", plan="fused", stages=None,
+    grad_x_post=None, backend="auto", stages=None, plan=None,
 ) -> tuple:  # fmt: skip
     """-> (dx, dphi, dalpha, dbias, dgamma); dgamma is None when gamma is None.
 
-    plan: "fused" (the default: two passes over x, no [T, nD] intermediate) or "staged" (the four
-    stage kernels); it applies where every backward stage runs on Triton."""
+    What runs is the stage pre_bwd: on Triton the fused backward (two passes over x, no [T, nD]
+    intermediate); stages={"pre_bwd": "parts"}, or a backend for one of dh_mix, dx, dparams, dgamma,
+    runs the four stages instead. plan: the older spelling of that choice ("fused": the default;
+    "staged": pre_bwd "parts")."""
     check_inputs(x, phi=phi, alpha=alpha, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, inv_rms=inv_rms, h_mix=h_mix,
                  h_pre=h_pre, h_post=h_post, gamma=gamma, grad_x_post=grad_x_post)  # fmt: skip
-    route = resolve_route(backend, stages, x, plan)
+    route = resolve_route(backend, _with_plan(stages, plan), x)
     saved = (x, phi, alpha, gamma, inv_rms, h_mix, h_pre, h_post)
     return _impl.pre_backward(route, saved, dh_in, dh_post, dh_res, grad_x_post, hc_eps)
+
+
+def _with_plan(stages, plan):
+    """mhc_pre_backward's plan= as the per-stage choice it names."""
+    if plan is None or plan == "fused":
+        return stages
+    if plan != "staged":
+        raise ValueError(f"plan: expected 'fused' or 'staged', got {plan!r}")
+    if stages is None or isinstance(stages, dict):
+        return {"pre_bwd": PARTS} | (stages or {})
+    raise ValueError("plan: give it with stages=None or a dict, not a Pipeline (a Pipeline's pre_bwd decides)")
 
 
 # --- mhc_pre_delayed (DeepSeek-V4.1) ---------------------------------------------------------------------------

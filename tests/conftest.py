@@ -1,8 +1,8 @@
 """Test configuration: the Triton interpreter on CPU-only machines, and stage selection.
 
-``pytest --stage NAME`` keeps only the tests marked ``@pytest.mark.stage(NAME)``, or with NAME among
-the stages of a composite (``@pytest.mark.stage("dh_mix", "dx", "dparams", "dgamma")`` for the fused
-backward, which stands for all four); ``nox -s test_stage -- NAME`` passes it.
+``pytest --stage NAME`` keeps only the tests marked ``@pytest.mark.stage(NAME)``, the tests of a
+composite that stands for NAME (``--stage dx`` keeps those marked ``pre_bwd``, the fused backward), and
+for a composite the tests of its parts; ``nox -s test_stage -- NAME`` passes it.
 """
 
 import os
@@ -15,7 +15,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from mhc_ops.golden import STAGE_NAMES  # noqa: E402
+from mhc_ops.golden import COMPOSITES, STAGE_NAMES  # noqa: E402
+from mhc_ops.golden.registry import composites_of  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -30,9 +31,10 @@ def pytest_collection_modifyitems(config, items):
         return
     if stage not in STAGE_NAMES:
         raise pytest.UsageError(f"--stage: unknown stage {stage!r}; valid names: {', '.join(STAGE_NAMES)}")
+    wanted = {*composites_of(stage), *COMPOSITES.get(stage, ())}
     keep, drop = [], []
     for item in items:
         names = {name for m in item.iter_markers("stage") for name in m.args}
-        (keep if stage in names else drop).append(item)
+        (keep if names & wanted else drop).append(item)
     config.hook.pytest_deselected(items=drop)
     items[:] = keep

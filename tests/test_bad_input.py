@@ -9,7 +9,7 @@ from mhc_ops.golden import Case, build
 from mhc_ops.golden.registry import OPS, STAGE_IO
 from mhc_ops.kernels._common import check_tile_span
 from mhc_ops.nn import HyperConnection, expand_streams
-from mhc_ops.stages import STAGES, Pipeline
+from mhc_ops.stages import STAGES, Stage
 from tests.helpers import KERNEL_DEVICE
 
 CASE = Case(lead=(2, 3), n=4, D=8, grad_x_post=True)  # O = 24, nD = 32
@@ -60,7 +60,7 @@ def no_launch(monkeypatch):
     def launched(*args, **kwargs):
         raise AssertionError("a stage ran before the input was validated")
 
-    monkeypatch.setattr(Pipeline, "_run", launched)
+    monkeypatch.setattr(Stage, "run", launched)
 
 
 def _spoil(tensors, arg, spoil):

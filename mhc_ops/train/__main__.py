@@ -17,8 +17,8 @@ import traceback
 
 import torch
 
-from mhc_ops.golden import STAGE_NAMES
-from mhc_ops.stages import BACKENDS
+from mhc_ops.golden import COMPOSITES, STAGE_NAMES
+from mhc_ops.stages import BACKENDS, PARTS
 
 from . import checkpoint, loop, memory
 from . import data as data_mod
@@ -109,8 +109,9 @@ def parse_stages(text: str) -> dict[str, str]:
             raise ValueError(f"expected NAME=BACKEND[,NAME=BACKEND...], got {text!r}")
         if name not in STAGE_NAMES:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r} for stage {name}; backends: {', '.join(BACKENDS)}")
+        choices = (*BACKENDS, PARTS) if name in COMPOSITES else BACKENDS
+        if backend not in choices:
+            raise ValueError(f"unknown backend {backend!r} for stage {name}; backends: {', '.join(choices)}")
         if name in stages:
             raise ValueError(f"stage {name} given twice")
         stages[name] = backend

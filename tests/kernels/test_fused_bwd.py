@@ -1,7 +1,8 @@
-"""The fused backward plan against the float64 golden backward (accuracy rule), on the saved tensors
-of the golden fixtures: CPU through the interpreter, GPU at realistic shapes. The fused plan is what
-training runs for dh_mix, dx, dparams and dgamma together, so its tests carry all four stage marks
-(``nox -s test_stage -- dx`` runs them), and one test checks it against those four stage kernels."""
+"""The composite stage pre_bwd on Triton (the fused backward) against the float64 golden backward
+(accuracy rule), on the saved tensors of the golden fixtures: CPU through the interpreter, GPU at
+realistic shapes. It is what training runs for dh_mix, dx, dparams and dgamma together: its tests carry
+the stage mark pre_bwd, which each of those four names selects (``nox -s test_stage -- dx`` runs them),
+and one test checks it against its four parts through the composer."""
 
 import pytest
 import torch
@@ -10,13 +11,13 @@ from mhc_ops.golden import build, judge, mhc_pre_backward, rel_err
 from mhc_ops.kernels import fused_bwd
 from mhc_ops.kernels._common import o_groups, o_pad
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
-from mhc_ops.stages import PRE_BACKWARD_STAGES, Pipeline
+from mhc_ops.stages import Pipeline
 from tests.cases import EMPTY_CASES, GPU_CASES, GROUPED_CASES, KERNEL_BLOCKS, KERNEL_CASES
 from tests.helpers import HAS_CUDA, KERNEL_DEVICE, nan_filled_outputs
 
 pytestmark = [
     pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device"),
-    pytest.mark.stage(*PRE_BACKWARD_STAGES),
+    pytest.mark.stage("pre_bwd"),
 ]
 ARGS = ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", "inv_rms", "h_mix", "h_pre", "h_post", "gamma")
 OUTPUTS = ("dx", "dphi", "dalpha", "dbias", "dgamma")
@@ -51,16 +52,19 @@ def test_fused_backward(case):
 
 @pytest.mark.parametrize("case", KERNEL_CASES[:4], ids=str)
 def test_the_composite_and_its_four_stages_agree(case):
-    """The fused plan and the staged plan (the dh_mix, dx, dparams, dgamma kernels through the
-    composer) on the same saved tensors: each passes the accuracy rule, and they differ by no more
-    than their two bounds (they compute differently: dgamma by sum_o phi*G, split-bf16 dvecX_mm)."""
+    """The composer runs pre_bwd whole (the fused kernels) or as its parts (the dh_mix, dx, dparams,
+    dgamma kernels) on the same saved tensors: each passes the accuracy rule, and they differ by no
+    more than their two bounds (they compute differently: dgamma by sum_o phi*G, split-bf16 dvecX_mm)."""
     t = build(case, KERNEL_DEVICE).tensors
     env = {k: t[k] for k in ("x", "phi", "alpha", "gamma", "inv_rms", "h_mix", "h_pre", "h_post")}
+    grads = {k: t[k] for k in ("dh_in", "dh_post", "dh_res", "grad_x_post")}
+    composite, parts = Pipeline("triton", pre_bwd="triton"), Pipeline("triton")
+    assert composite.stages_of("mhc_pre") == ("fwd", "pre_bwd")
+    assert parts.stages_of("mhc_pre") == ("fwd", "dh_mix", "dx", "dparams", "dgamma")
     with nan_filled_outputs():
-        staged = Pipeline("triton", plan="staged").backward(
-            env, dh_in=t["dh_in"], dh_post=t["dh_post"], dh_res=t["dh_res"], grad_x_post=t["grad_x_post"]
-        )
-    fused = _fused(t)
+        staged = parts.backward(env, **grads)
+        fused = composite.backward(env, **grads)
+    assert "dvecX_mm" in staged and "dvecX_mm" not in fused  # the parts' intermediate; the fused pass keeps none
     v_fused, v_staged = _verdicts(t, fused), _verdicts(t, staged)
     for k in v_fused:
         assert v_fused[k].ok and v_staged[k].ok, f"{k}: fused {v_fused[k]}; staged {v_staged[k]}"
