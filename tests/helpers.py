@@ -10,9 +10,7 @@ import torch
 from mhc_ops.diagnose import prefilled_empty
 from mhc_ops.golden import judge, run_golden
 from mhc_ops.golden.fixtures import make_inputs
-from mhc_ops.golden.mhc_post import mhc_post_forward
-from mhc_ops.golden.mhc_pre import mhc_pre_forward
-from mhc_ops.golden.sinkhorn import sinkhorn_forward
+from mhc_ops.golden.layer import layer_forward
 from mhc_ops.nn import HyperConnection
 from mhc_ops.stages import STAGES
 
@@ -83,14 +81,13 @@ def random_layer(n, D, seed, *, use_gamma=True, linear=True, **kw):
 
 
 def layer_golden64(hc, x, dout):
-    """Every gradient of <x_next, dout> by torch.autograd through the float64 golden forwards."""
+    """Every gradient of <x_next, dout> by torch.autograd through the float64 layer golden."""
     p = {k: getattr(hc, k).detach().double().requires_grad_() for k in PARAMS if getattr(hc, k) is not None}
     w = hc.branch.weight.detach().double().requires_grad_() if hc.branch is not None else None
     x64 = x.detach().double().requires_grad_()
-    h_in, h_post, logits, *_ = mhc_pre_forward(x64, p["phi"], p["alpha"], p["bias"], p.get("gamma"),
-                                               compute_dtype=torch.float64)  # fmt: skip
-    P = sinkhorn_forward(logits, hc.sinkhorn_iters, 1e-6, compute_dtype=torch.float64)
-    out = mhc_post_forward(x64, P, h_in if w is None else h_in @ w.t(), h_post, compute_dtype=torch.float64)
+    branch = None if w is None else lambda h: h @ w.t()
+    out = layer_forward(x64, p["phi"], p["alpha"], p["bias"], p.get("gamma"), branch, iters=hc.sinkhorn_iters,
+                        compute_dtype=torch.float64)  # fmt: skip
     (out * dout.double()).sum().backward()
     grads = {"x": x64.grad} | ({"weight": w.grad} if w is not None else {})
     return out.detach(), grads | {k: v.grad for k, v in p.items()}
