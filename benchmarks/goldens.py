@@ -11,6 +11,7 @@ import torch
 from mhc_ops import golden
 from mhc_ops.golden.accuracy import Verdict
 from mhc_ops.golden.fixtures import make_inputs
+from mhc_ops.golden.layer import layer_backward, layer_forward
 from mhc_ops.golden.mhc_post import mhc_post_backward, mhc_post_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_backward, sinkhorn_forward
 
@@ -102,22 +103,17 @@ def _golden_step(x, phi, alpha, bias, gamma, dh_in, dh_post, dh_res, *, compute_
 
 
 def golden_layer_fwd(x, phi, alpha, bias, gamma, *, compute_dtype=torch.float32):
-    """x_next = mhc_post(x, sinkhorn(h_res), h_in, h_post): the identity branch gives h_out = h_in (in
-    x's dtype, as the module stores the branch output)."""
-    h_in, h_post, logits, *_ = golden.mhc_pre_forward(x, phi, alpha, bias, gamma, compute_dtype=compute_dtype)
-    P = sinkhorn_forward(logits, SINKHORN_ITERS, SINKHORN_EPS, compute_dtype=compute_dtype)
-    return (mhc_post_forward(x, P, h_in, h_post, compute_dtype=compute_dtype),)
+    """(x_next,) of the layer golden around the identity branch: h_out = h_in (in x's dtype, as the
+    module stores the branch output)."""
+    cd = compute_dtype
+    return (layer_forward(x, phi, alpha, bias, gamma, iters=SINKHORN_ITERS, eps=SINKHORN_EPS, compute_dtype=cd),)
 
 
 def _golden_layer_bwd(x, phi, alpha, bias, gamma, dout, *, compute_dtype=torch.float32):
-    """The layer's backward: post, then sinkhorn, then pre with post's dx as grad_x_post."""
-    cd = compute_dtype
-    h_in, h_post, logits, inv_rms, h_mix, h_pre = golden.mhc_pre_forward(x, phi, alpha, bias, gamma, compute_dtype=cd)
-    P = sinkhorn_forward(logits, SINKHORN_ITERS, SINKHORN_EPS, compute_dtype=cd)
-    dx_post, dP, dh_out, dh_post = mhc_post_backward(x, P, h_in, h_post, dout, compute_dtype=cd)
-    dlogits = sinkhorn_backward(logits, dP, SINKHORN_ITERS, SINKHORN_EPS, compute_dtype=cd)
-    return golden.mhc_pre_backward(x, phi, alpha, dh_out, dh_post, dlogits, inv_rms, h_mix, h_pre, h_post, gamma,
-                                   grad_x_post=dx_post, compute_dtype=cd)  # fmt: skip
+    """The layer golden's backward around the identity branch: post, then sinkhorn, then pre with post's
+    dx as grad_x_post."""
+    return layer_backward(x, phi, alpha, bias, gamma, dout, iters=SINKHORN_ITERS, eps=SINKHORN_EPS,
+                          compute_dtype=compute_dtype)  # fmt: skip
 
 
 def _golden_layer_step(x, phi, alpha, bias, gamma, dout, *, compute_dtype=torch.float32):

@@ -69,6 +69,15 @@ LAYER_CASES = [
     Case(lead=(3,), n=6, D=7, dtype="float32", seed=504, gamma=False),
 ]
 
+# Float64 golden-vs-autograd cases of the whole layer (golden/layer.py): both layouts, gamma on/off,
+# n = 1 and 6, odd D, a short Sinkhorn and V4.1's norm_eps.
+LAYER_AUTOGRAD_CASES = [
+    Case(lead=(2, 3), n=4, D=5, dtype="float32", seed=701),
+    Case(lead=(5,), n=1, D=13, dtype="float32", seed=702, gamma=False),
+    Case(lead=(3,), n=6, D=7, dtype="float32", seed=703, iters=3, norm_eps=1e-20),
+    Case(lead=(1, 4), n=3, D=13, dtype="float32", seed=704, gamma=False, x_scale=4.0),
+]
+
 # A cancelling dalpha sum: fp32 x scaled by 30, T = 5, n = 4, D = 49, no gamma
 # (docs/bugs/dalpha-fp32-program-sum.md; seed 290 fails the rule when a program sums in fp32).
 DALPHA_CANCEL_CASES = [

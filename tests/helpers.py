@@ -1,18 +1,19 @@
-"""Shared test machinery: NaN-prefilled outputs, devices, and the stage check by the accuracy rule."""
+"""Shared test machinery: NaN-prefilled outputs, devices, any registered stage run on Triton and judged
+by the accuracy rule, and the layer's golden gradients."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
+import pytest
 import torch
 
 from mhc_ops.diagnose import prefilled_empty
-from mhc_ops.golden import judge, run_golden
+from mhc_ops.golden import Bundle, build, judge
 from mhc_ops.golden.fixtures import make_inputs
-from mhc_ops.golden.mhc_post import mhc_post_forward
-from mhc_ops.golden.mhc_pre import mhc_pre_forward
-from mhc_ops.golden.sinkhorn import sinkhorn_forward
+from mhc_ops.golden.layer import layer_forward
 from mhc_ops.nn import HyperConnection
 from mhc_ops.stages import STAGES
 
@@ -28,20 +29,46 @@ def nan_filled_outputs():
     return prefilled_empty(math.nan)
 
 
+def stage_params(stages) -> list:
+    """pytest parameters of the named stages, each marked with its stage (nox -s test_stage -- NAME)."""
+    return [pytest.param(s, marks=pytest.mark.stage(s)) for s in stages]
+
+
+@functools.cache
+def cached_bundle(case, device) -> Bundle:
+    """The fixture bundle of ``case`` on ``device``, built once per test process (tests only read it)."""
+    return build(case, device)
+
+
 def run_triton_stage(stage: str, inputs: dict, **launch) -> dict:
+    """The registered stage's Triton implementation (STAGES[stage]) on named inputs, options and launch
+    options, with every torch.empty NaN-filled: an output element it does not write shows up."""
     with nan_filled_outputs():
         return STAGES[stage].run("triton", **inputs, **launch)
 
 
-def assert_stage_accurate(stage: str, bundle, out: dict) -> None:
-    """Every output of ``stage`` passes the accuracy rule against the fp64 golden on the same inputs."""
-    inputs, ref64 = bundle.stage_view(stage)
-    ref32 = run_golden(stage, inputs, "fp32")
-    verdicts = [judge(k, out[k], ref64[k], ref32[k]) for k in ref64]
-    for k in ref64:
+def assert_accurate(stage: str, inputs: dict, out: dict, *, ref64: dict | None = None, label: str = "") -> None:
+    """Every output of the registered stage (STAGES[stage].outputs) has the fp64 golden's shape and the
+    dtype the fp32 golden stores it in (x's or the logits' for h_in, dx, out, dh_out, dlogits; fp32 else),
+    and passes the accuracy rule (golden.judge) against the stage's golden in float64 on the same
+    (rounded) inputs. ref64: those float64 outputs when already computed (a fixture bundle's)."""
+    golden = STAGES[stage].golden
+    ref32 = golden(**inputs, compute_dtype=torch.float32)
+    if ref64 is None:
+        inputs64 = {k: v.double() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        ref64 = golden(**inputs64, compute_dtype=torch.float64)
+    verdicts = []
+    for k in STAGES[stage].outputs:
         assert out[k].shape == ref64[k].shape, (k, out[k].shape, ref64[k].shape)
-        assert out[k].dtype == bundle.tensors[k].dtype, (k, out[k].dtype)
-    assert all(v.ok for v in verdicts), f"{stage} on {bundle.case}:\n" + "\n".join(map(str, verdicts))
+        assert out[k].dtype == ref32[k].dtype, (k, out[k].dtype, ref32[k].dtype)
+        verdicts.append(judge(k, out[k], ref64[k], ref32[k]))
+    assert all(v.ok for v in verdicts), f"{label or stage}:\n" + "\n".join(map(str, verdicts))
+
+
+def assert_stage_accurate(stage: str, bundle: Bundle, out: dict) -> None:
+    """assert_accurate on a fixture bundle's inputs of the stage, against the bundle's float64 outputs."""
+    inputs, ref64 = bundle.stage_view(stage)
+    assert_accurate(stage, inputs, out, ref64=ref64, label=f"{stage} on {bundle.case}")
 
 
 def capture_graph(fn, warmup=3):
@@ -83,14 +110,13 @@ def random_layer(n, D, seed, *, use_gamma=True, linear=True, **kw):
 
 
 def layer_golden64(hc, x, dout):
-    """Every gradient of <x_next, dout> by torch.autograd through the float64 golden forwards."""
+    """Every gradient of <x_next, dout> by torch.autograd through the float64 layer golden."""
     p = {k: getattr(hc, k).detach().double().requires_grad_() for k in PARAMS if getattr(hc, k) is not None}
     w = hc.branch.weight.detach().double().requires_grad_() if hc.branch is not None else None
     x64 = x.detach().double().requires_grad_()
-    h_in, h_post, logits, *_ = mhc_pre_forward(x64, p["phi"], p["alpha"], p["bias"], p.get("gamma"),
-                                               compute_dtype=torch.float64)  # fmt: skip
-    P = sinkhorn_forward(logits, hc.sinkhorn_iters, 1e-6, compute_dtype=torch.float64)
-    out = mhc_post_forward(x64, P, h_in if w is None else h_in @ w.t(), h_post, compute_dtype=torch.float64)
+    branch = None if w is None else lambda h: h @ w.t()
+    out = layer_forward(x64, p["phi"], p["alpha"], p["bias"], p.get("gamma"), branch, iters=hc.sinkhorn_iters,
+                        compute_dtype=torch.float64)  # fmt: skip
     (out * dout.double()).sum().backward()
     grads = {"x": x64.grad} | ({"weight": w.grad} if w is not None else {})
     return out.detach(), grads | {k: v.grad for k, v in p.items()}

@@ -1,11 +1,12 @@
 """HyperStack with DeepSeek-V4.1's delayed pre: three blocks chaining h_pre, output and every gradient
-against the contract written out in torch (autograd in float64) by the accuracy rule, on each backend;
-and the module's errors."""
+against the layer golden (golden/layer.py, autograd through it in float64) by the accuracy rule, on each
+backend; and the module's errors."""
 
 import pytest
 import torch
 
 from mhc_ops.golden import judge
+from mhc_ops.golden.layer import layer_forward
 from mhc_ops.nn import HyperConnection, HyperStack
 from tests.helpers import KERNEL_DEVICE
 
@@ -13,29 +14,12 @@ BACKENDS = ["golden"] + (["triton"] if KERNEL_DEVICE is not None else [])
 PARAMS = ("phi", "alpha", "bias")
 
 
-def _sinkhorn(L, iters=20, eps=1e-6):
-    P = torch.softmax(L, dim=-1) + eps
-    P = P / (P.sum(-2, keepdim=True) + eps)
-    for _ in range(iters - 1):
-        P = P / (P.sum(-1, keepdim=True) + eps)
-        P = P / (P.sum(-2, keepdim=True) + eps)
-    return P
-
-
 def _reference(x, layers, dtype):
-    """The stack by the contract: identity blocks, h_in collapsed with the previous block's h_pre."""
-    n, D = x.shape[-2:]
+    """The stack by the layer golden: identity blocks, h_in collapsed with the previous block's h_pre."""
     h_pre = None
     for p in layers:
-        phi, alpha, bias = (p[k].to(dtype) for k in PARAMS)
-        v = x.reshape(-1, n * D)
-        m = (v @ phi.t()) * torch.rsqrt(v.square().mean(-1, keepdim=True) + 1e-6)
-        h_pre_new = torch.sigmoid(alpha[0] * m[:, :n] + bias[:n]) + 1e-6
-        h_post = 2 * torch.sigmoid(alpha[1] * m[:, n : 2 * n] + bias[n : 2 * n])
-        P = _sinkhorn((alpha[2] * m[:, 2 * n :] + bias[2 * n :]).reshape(-1, n, n))
-        h_in = x[:, 0] if h_pre is None else (h_pre[:, :, None] * x).sum(1)
-        x = h_post[:, :, None] * h_in[:, None, :] + torch.einsum("tij,tid->tjd", P, x)
-        h_pre = h_pre_new
+        x, h_pre = layer_forward(x, *(p[k].to(dtype) for k in PARAMS), delayed=True, h_pre_prev=h_pre,
+                                 compute_dtype=dtype)  # fmt: skip
     return x
 
 

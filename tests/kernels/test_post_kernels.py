@@ -10,60 +10,40 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhc_ops.golden import Case, build, judge, run_golden
-from mhc_ops.golden.mhc_post import STAGE_IO
+from mhc_ops.golden import build
 from mhc_ops.kernels import post as kp
+from mhc_ops.stages import STAGES
 from tests.cases import POST_BLOCKS, POST_GPU_CASES, POST_KERNEL_CASES, post_case
-from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs
+from tests.helpers import (
+    HAS_CUDA,
+    INTERPRETING,
+    KERNEL_DEVICE,
+    assert_accurate,
+    assert_stage_accurate,
+    cached_bundle,
+    run_triton_stage,
+    stage_params,
+)
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-TRITON = {"post_fwd": kp.post_fwd, "post_bwd": kp.post_bwd}
-STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in TRITON]
-# Stored in x's dtype; dh_res and dh_post in fp32.
-X_DTYPE_OUTPUTS = ("out", "dx", "dh_out")
-
-
-_bundles = {}
-
-
-def _bundle(case: Case):
-    """The fixture bundle of ``case`` on the kernel device, built once per test process."""
-    if case not in _bundles:
-        _bundles[case] = build(case, KERNEL_DEVICE)
-    return _bundles[case]
-
-
-def run_stage(stage: str, inputs: dict, **launch) -> dict:
-    """The Triton stage with every torch.empty NaN-filled: an unwritten output element shows up."""
-    with nan_filled_outputs():
-        return TRITON[stage](**inputs, **launch)
-
-
-def assert_accurate(stage: str, inputs: dict, out: dict) -> None:
-    """Every output passes the accuracy rule against the fp64 golden on ``inputs``, in its storage dtype."""
-    ref64, ref32 = run_golden(stage, inputs, "fp64"), run_golden(stage, inputs, "fp32")
-    verdicts = []
-    for k in STAGE_IO[stage]["outputs"]:
-        want = inputs["x"].dtype if k in X_DTYPE_OUTPUTS else torch.float32
-        assert out[k].shape == ref64[k].shape and out[k].dtype == want, (k, out[k].shape, out[k].dtype)
-        verdicts.append(judge(k, out[k], ref64[k], ref32[k]))
-    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+POST_STAGES = ("post_fwd", "post_bwd")
+STAGE_PARAMS = stage_params(POST_STAGES)
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 @pytest.mark.parametrize("case", POST_KERNEL_CASES, ids=str)
 def test_stage_on_golden_inputs(stage, case):
-    bundle = _bundle(case)
+    bundle = cached_bundle(case, KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
-    assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
+    assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs))
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 @pytest.mark.parametrize(("block_t", "block_d"), POST_BLOCKS)
 def test_block_sizes(stage, block_t, block_d):
-    bundle = _bundle(POST_KERNEL_CASES[0])
+    bundle = cached_bundle(POST_KERNEL_CASES[0], KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
-    assert_stage_accurate(stage, bundle, run_stage(stage, inputs, block_t=block_t, block_d=block_d))
+    assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs, block_t=block_t, block_d=block_d))
 
 
 class _NotLaunched:
@@ -79,7 +59,7 @@ def test_zero_tokens(stage, lead, monkeypatch):
     monkeypatch.setattr(kp, "_post_bwd_kernel", _NotLaunched())
     bundle = build(post_case(lead, 3, 5), KERNEL_DEVICE)
     inputs, ref = bundle.stage_view(stage)
-    out = run_stage(stage, inputs)
+    out = run_triton_stage(stage, inputs)
     for k, r in ref.items():
         assert out[k].shape == r.shape and out[k].dtype == bundle.tensors[k].dtype, k
 
@@ -88,14 +68,14 @@ def test_zero_tokens(stage, lead, monkeypatch):
 def test_nan_stays_in_its_token(stage):
     """A NaN in one token's x (and dout) makes that token's outputs NaN and leaves the tokens that share
     its program bitwise as they were."""
-    inputs, _ = _bundle(post_case((6,), 4, 9, seed=7)).stage_view(stage)
+    inputs, _ = cached_bundle(post_case((6,), 4, 9, seed=7), KERNEL_DEVICE).stage_view(stage)
     spoiled = dict(inputs)
     for k in ("x", "dout"):
         if k in inputs:
             spoiled[k] = inputs[k].clone()
             spoiled[k][2, 1, 3] = math.nan
-    a = run_stage(stage, inputs, block_t=8)
-    b = run_stage(stage, spoiled, block_t=8)
+    a = run_triton_stage(stage, inputs, block_t=8)
+    b = run_triton_stage(stage, spoiled, block_t=8)
     others = [0, 1, 3, 4, 5]
     for k in a:
         assert torch.isfinite(a[k]).all() and b[k][2].isnan().any(), k
@@ -104,8 +84,8 @@ def test_nan_stays_in_its_token(stage):
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 def test_two_runs_are_bitwise_identical(stage):
-    inputs, _ = _bundle(POST_KERNEL_CASES[3]).stage_view(stage)
-    a, b = run_stage(stage, inputs, block_d=8), run_stage(stage, inputs, block_d=8)
+    inputs, _ = cached_bundle(POST_KERNEL_CASES[3], KERNEL_DEVICE).stage_view(stage)
+    a, b = run_triton_stage(stage, inputs, block_d=8), run_triton_stage(stage, inputs, block_d=8)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -125,7 +105,7 @@ def test_strided_inputs(stage):
     """Inputs are read in place through their strides: x with a stride-0 stream axis (one stream
     broadcast to all, as a model's first layer sees it), x and dout transposed in memory, h_out a
     strided slice, h_res and h_post transposed in memory."""
-    inputs, _ = _bundle(post_case((3, 2), 4, 9, seed=8)).stage_view(stage)
+    inputs, _ = cached_bundle(post_case((3, 2), 4, 9, seed=8), KERNEL_DEVICE).stage_view(stage)
     common = {
         "h_out": _every_other(inputs["h_out"]),
         "h_res": _transposed_storage(inputs["h_res"]),
@@ -138,7 +118,7 @@ def test_strided_inputs(stage):
         strided = inputs | common | variant
         assert strided["h_out"].stride(-1) == 2 and strided["h_post"].stride(-1) == 2
         assert not strided["x"].is_contiguous()
-        assert_accurate(stage, strided, run_stage(stage, strided))
+        assert_accurate(stage, strided, run_triton_stage(stage, strided))
 
 
 def _meta(t):
@@ -171,16 +151,17 @@ BAD = [
 def test_bad_input_is_rejected_before_launch(arg, spoil, exc, msg, monkeypatch):
     monkeypatch.setattr(kp, "_post_fwd_kernel", _NotLaunched())
     monkeypatch.setattr(kp, "_post_bwd_kernel", _NotLaunched())
-    good = dict(_bundle(post_case((2, 3), 4, 5, seed=9)).tensors) | {"block_t": None, "block_d": None}
+    bundle = cached_bundle(post_case((2, 3), 4, 5, seed=9), KERNEL_DEVICE)
+    good = dict(bundle.tensors) | {"block_t": None, "block_d": None}
     bad = good | {arg: spoil(good[arg])}
-    stages = ["post_bwd"] if arg == "dout" else list(TRITON)
+    stages = ["post_bwd"] if arg == "dout" else POST_STAGES
     for stage in stages:
-        kwargs = {k: bad[k] for k in (*STAGE_IO[stage]["inputs"], "block_t", "block_d")}
+        kwargs = {k: bad[k] for k in (*STAGES[stage].inputs, "block_t", "block_d")}
         with pytest.raises(exc, match=msg):
-            TRITON[stage](**kwargs)
+            STAGES[stage].triton(**kwargs)
     if not arg.startswith("block") and bad[arg] is not None:  # check_post_inputs reads dout=None as "forward"
         with pytest.raises(exc, match=msg):
-            kp.check_post_inputs(*(bad[k] for k in STAGE_IO["post_bwd"]["inputs"]))
+            kp.check_post_inputs(*(bad[k] for k in STAGES["post_bwd"].inputs))
 
 
 @st.composite
@@ -206,9 +187,9 @@ def fuzz_cases(draw):
 def test_fuzz_shapes(case_blocks):
     case, (block_t, block_d) = case_blocks
     bundle = build(case, KERNEL_DEVICE)
-    for stage in TRITON:
+    for stage in POST_STAGES:
         inputs, _ = bundle.stage_view(stage)
-        assert_stage_accurate(stage, bundle, run_stage(stage, inputs, block_t=block_t, block_d=block_d))
+        assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs, block_t=block_t, block_d=block_d))
 
 
 @pytest.mark.gpu
@@ -218,9 +199,9 @@ def test_fuzz_shapes(case_blocks):
 @pytest.mark.parametrize("case", POST_GPU_CASES, ids=str)
 def test_stages_on_gpu_at_realistic_shapes(case):
     bundle = build(case, "cuda")
-    for stage in TRITON:
+    for stage in POST_STAGES:
         inputs, _ = bundle.stage_view(stage)
-        assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
+        assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs))
 
 
 @pytest.mark.gpu
@@ -238,7 +219,7 @@ def test_tokens_past_two_to_the_31():
     assert (T - tail) * n * D > 2**31
     full = {"x": x, "h_res": h_res, "h_out": h_out, "h_post": h_post, "dout": dout}
     last = {k: v[-tail:] for k, v in full.items()}
-    for stage in TRITON:
-        names = STAGE_IO[stage]["inputs"]
-        out = TRITON[stage](**{k: full[k] for k in names})
+    for stage in POST_STAGES:
+        names = STAGES[stage].inputs
+        out = STAGES[stage].run("triton", **{k: full[k] for k in names})
         assert_accurate(stage, {k: last[k] for k in names}, {k: v[-tail:] for k, v in out.items()})

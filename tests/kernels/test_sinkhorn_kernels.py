@@ -12,16 +12,24 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhc_ops.golden import Case, build, judge, run_golden
+from mhc_ops.golden import Case, build, run_golden
 from mhc_ops.golden.fixtures import make_inputs as fixture_inputs
-from mhc_ops.golden.sinkhorn import STAGE_IO
 from mhc_ops.kernels import sinkhorn as ks
+from mhc_ops.stages import STAGES
 from tests.cases import SINKHORN_KERNEL_CASES, sinkhorn_case
-from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, assert_stage_accurate, nan_filled_outputs
+from tests.helpers import (
+    HAS_CUDA,
+    INTERPRETING,
+    KERNEL_DEVICE,
+    assert_accurate,
+    assert_stage_accurate,
+    run_triton_stage,
+    stage_params,
+)
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-TRITON = {"sinkhorn_fwd": ks.sinkhorn_fwd, "sinkhorn_bwd": ks.sinkhorn_bwd}
-STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in TRITON]
+SINKHORN_STAGES = ("sinkhorn_fwd", "sinkhorn_bwd")
+STAGE_PARAMS = stage_params(SINKHORN_STAGES)
 FWD = pytest.mark.stage("sinkhorn_fwd")
 BWD = pytest.mark.stage("sinkhorn_bwd")
 
@@ -39,26 +47,9 @@ def make_inputs(case: Case, device) -> dict:
 
 
 def stage_inputs(stage: str, case: Case, tensors: dict) -> dict:
-    io = STAGE_IO[stage]
-    return {k: tensors[k] for k in io["inputs"]} | {k: getattr(case, k) for k in io["options"]}
-
-
-def run_stage(stage: str, inputs: dict, **launch) -> dict:
-    """The Triton stage with every torch.empty NaN-filled: an unwritten output element shows up."""
-    with nan_filled_outputs():
-        return TRITON[stage](**inputs, **launch)
-
-
-def assert_accurate(stage: str, inputs: dict, out: dict) -> None:
-    """Every output passes the accuracy rule against the fp64 golden on the same (rounded) inputs;
-    P is fp32, dlogits in logits' dtype."""
-    ref64, ref32 = run_golden(stage, inputs, "fp64"), run_golden(stage, inputs, "fp32")
-    want_dtype = {"P": torch.float32, "dlogits": inputs["logits"].dtype}
-    verdicts = []
-    for k in STAGE_IO[stage]["outputs"]:
-        assert out[k].shape == inputs["logits"].shape and out[k].dtype == want_dtype[k], (k, out[k].shape, out[k].dtype)
-        verdicts.append(judge(k, out[k], ref64[k], ref32[k]))
-    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+    """The stage's registered inputs from tensors, its options from the case."""
+    spec = STAGES[stage]
+    return {k: tensors[k] for k in spec.inputs} | {k: getattr(case, k) for k in spec.options}
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
@@ -66,7 +57,7 @@ def assert_accurate(stage: str, inputs: dict, out: dict) -> None:
 def test_stage_on_golden_inputs(stage, case_block):
     case, block_t = case_block
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
-    assert_accurate(stage, inputs, run_stage(stage, inputs, block_t=block_t))
+    assert_accurate(stage, inputs, run_triton_stage(stage, inputs, block_t=block_t))
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
@@ -74,7 +65,7 @@ def test_stage_on_fixture_bundle(stage):
     """The fixture builder's bundle (fp32 logits), checked by the suite's common helper."""
     bundle = build(sinkhorn_case((2, 3), 4, iters=5, init="identity", seed=9), KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
-    assert_stage_accurate(stage, bundle, run_stage(stage, inputs))
+    assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs))
 
 
 @BWD
@@ -98,7 +89,7 @@ def test_backward_at_other_iteration_counts(iters):
     """iters - 1 = 2 (segments of 1) and 11 (segments of 3, 3, 3, 2)."""
     case = sinkhorn_case((2,), 4, iters=iters, seed=12)
     inputs = stage_inputs("sinkhorn_bwd", case, make_inputs(case, KERNEL_DEVICE))
-    assert_accurate("sinkhorn_bwd", inputs, run_stage("sinkhorn_bwd", inputs))
+    assert_accurate("sinkhorn_bwd", inputs, run_triton_stage("sinkhorn_bwd", inputs))
 
 
 @FWD
@@ -109,7 +100,7 @@ def test_row_and_column_sums_are_fp32_grade(n):
     for init, factor in (("random", 0.25), ("random", 1.0), ("identity", 1.0)):  # spread 0.5, 2, near-identity
         case = sinkhorn_case((4, 4), n, init=init, seed=n)
         logits = (factor * fixture_inputs(case, KERNEL_DEVICE)["logits"]).to(torch.bfloat16)
-        P = run_stage("sinkhorn_fwd", {"logits": logits, "iters": 20}, block_t=16)["P"]
+        P = run_triton_stage("sinkhorn_fwd", {"logits": logits, "iters": 20}, block_t=16)["P"]
         assert P.dtype == torch.float32
         ref = run_golden("sinkhorn_fwd", {"logits": logits, "iters": 20}, "fp64")["P"]
         for dim in (-1, -2):
@@ -124,7 +115,7 @@ def test_column_pass_is_last():
     """iters = 1: softmax + eps, then one column pass: the column sums are 1, the row sums are not
     (a kernel that ran the passes in the other order would give the opposite)."""
     logits = make_inputs(sinkhorn_case((32,), 4), KERNEL_DEVICE)["logits"]
-    P = run_stage("sinkhorn_fwd", {"logits": logits, "iters": 1})["P"]
+    P = run_triton_stage("sinkhorn_fwd", {"logits": logits, "iters": 1})["P"]
     assert (P.sum(-2) - 1).abs().max() < 1e-4
     assert (P.sum(-1) - 1).abs().max() > 0.1
 
@@ -137,8 +128,8 @@ def test_zero_tokens(stage, lead, monkeypatch):
     monkeypatch.setattr(ks, "_sinkhorn_bwd_kernel", _NotLaunched())
     case = sinkhorn_case(lead, 4, "bfloat16")
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
-    out = run_stage(stage, inputs)
-    (name,) = STAGE_IO[stage]["outputs"]
+    out = run_triton_stage(stage, inputs)
+    (name,) = STAGES[stage].outputs
     assert out[name].shape == (*lead, 4, 4)
     assert out[name].dtype == (torch.float32 if name == "P" else torch.bfloat16)
 
@@ -152,9 +143,9 @@ def test_nan_stays_in_its_token(stage):
     spoiled = dict(clean)
     spoiled["logits"] = clean["logits"].clone()
     spoiled["logits"][2, 1, 3] = math.nan
-    (name,) = STAGE_IO[stage]["outputs"]
-    a = run_stage(stage, clean, block_t=8)[name]
-    b = run_stage(stage, spoiled, block_t=8)[name]
+    (name,) = STAGES[stage].outputs
+    a = run_triton_stage(stage, clean, block_t=8)[name]
+    b = run_triton_stage(stage, spoiled, block_t=8)[name]
     others = [0, 1, 3, 4]
     assert torch.isfinite(a).all() and b[2].isnan().any()
     assert torch.equal(a[others], b[others])
@@ -164,8 +155,8 @@ def test_nan_stays_in_its_token(stage):
 def test_two_runs_are_bitwise_identical(stage):
     case = sinkhorn_case((2, 20), 4, "bfloat16", iters=5, init="identity", seed=14)
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
-    (name,) = STAGE_IO[stage]["outputs"]
-    assert torch.equal(run_stage(stage, inputs)[name], run_stage(stage, inputs)[name])
+    (name,) = STAGES[stage].outputs
+    assert torch.equal(run_triton_stage(stage, inputs)[name], run_triton_stage(stage, inputs)[name])
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
@@ -176,8 +167,8 @@ def test_noncontiguous_inputs(stage):
     strided = {k: v.transpose(-1, -2).contiguous().transpose(-1, -2) if isinstance(v, torch.Tensor) else v
                for k, v in inputs.items()}  # fmt: skip
     assert not strided["logits"].is_contiguous()
-    (name,) = STAGE_IO[stage]["outputs"]
-    assert torch.equal(run_stage(stage, strided)[name], run_stage(stage, inputs)[name])
+    (name,) = STAGES[stage].outputs
+    assert torch.equal(run_triton_stage(stage, strided)[name], run_triton_stage(stage, inputs)[name])
 
 
 class _NotLaunched:
@@ -221,11 +212,12 @@ def test_bad_input_is_rejected_before_launch(arg, spoil, exc, msg, monkeypatch):
     case = sinkhorn_case((2, 3), 4, iters=2)
     good = make_inputs(case, KERNEL_DEVICE) | {"iters": 2, "eps": 1e-6, "block_t": None}
     bad = good | {arg: spoil(good[arg])}
-    stages = ["sinkhorn_bwd"] if arg == "dP" else list(TRITON)
+    stages = ["sinkhorn_bwd"] if arg == "dP" else SINKHORN_STAGES
     for stage in stages:
-        kwargs = {k: bad[k] for k in (*STAGE_IO[stage]["inputs"], *STAGE_IO[stage]["options"], "block_t")}
+        spec = STAGES[stage]
+        kwargs = {k: bad[k] for k in (*spec.inputs, *spec.options, "block_t")}
         with pytest.raises(exc, match=msg):
-            TRITON[stage](**kwargs)
+            spec.triton(**kwargs)
     if arg != "block_t" and bad["dP"] is not None:
         with pytest.raises(exc, match=msg):
             ks.check_sinkhorn_inputs(bad["logits"], bad["dP"], iters=bad["iters"], eps=bad["eps"])
@@ -254,7 +246,7 @@ def fuzz_cases(draw):
 def test_fuzzed_shapes(stage, case_block):
     case, block_t = case_block
     inputs = stage_inputs(stage, case, make_inputs(case, KERNEL_DEVICE))
-    assert_accurate(stage, inputs, run_stage(stage, inputs, block_t=block_t))
+    assert_accurate(stage, inputs, run_triton_stage(stage, inputs, block_t=block_t))
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="realistic shapes need a CUDA device")
@@ -264,7 +256,7 @@ def test_fuzzed_shapes(stage, case_block):
 def test_stage_on_gpu_at_realistic_shapes(stage, init):
     case = sinkhorn_case((16384,), 4, "bfloat16", init=init, seed=21)
     inputs = stage_inputs(stage, case, make_inputs(case, "cuda"))
-    assert_accurate(stage, inputs, run_stage(stage, inputs))
+    assert_accurate(stage, inputs, run_triton_stage(stage, inputs))
 
 
 @pytest.mark.skipif(not HAS_CUDA or INTERPRETING, reason="compiled kernels need a GPU")

@@ -7,33 +7,19 @@ import torch
 
 from mhc_ops.golden import PRE_STAGE_NAMES, build
 from tests.cases import ELEMENTWISE_BLOCKS, EMPTY_CASES, GPU_CASES, KERNEL_BLOCKS, KERNEL_CASES
-from tests.helpers import HAS_CUDA, KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
+from tests.helpers import HAS_CUDA, KERNEL_DEVICE, assert_stage_accurate, cached_bundle, run_triton_stage, stage_params
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-STAGE_PARAMS = [pytest.param(s, marks=pytest.mark.stage(s)) for s in PRE_STAGE_NAMES]
+STAGE_PARAMS = stage_params(PRE_STAGE_NAMES)
 # Stages whose tiles feed tl.dot (block sizes >= 16) and elementwise/reduction stages.
 BLOCKS = {"fwd": KERNEL_BLOCKS, "dh_mix": KERNEL_BLOCKS, "dparams": KERNEL_BLOCKS, "dx": ELEMENTWISE_BLOCKS,
           "dgamma": ELEMENTWISE_BLOCKS}  # fmt: skip
 
 
-def _bundle_cache():
-    cache = {}
-
-    def get(case, device):
-        if (case, device) not in cache:
-            cache[(case, device)] = build(case, device)
-        return cache[(case, device)]
-
-    return get
-
-
-_bundle = _bundle_cache()
-
-
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
 def test_stage_on_golden_inputs(stage, case):
-    bundle = _bundle(case, KERNEL_DEVICE)
+    bundle = cached_bundle(case, KERNEL_DEVICE)
     if stage not in bundle.stages():
         pytest.skip("no gamma: no dgamma stage")
     inputs, _ = bundle.stage_view(stage)
@@ -45,7 +31,7 @@ def test_stage_on_golden_inputs(stage, case):
 def test_stage_block_sizes(stage, blocks_index):
     """D is looped over in chunks: blocks smaller than a row (and larger ones) give the same answer."""
     block_t, block_d = BLOCKS[stage][blocks_index]
-    bundle = _bundle(KERNEL_CASES[0], KERNEL_DEVICE)
+    bundle = cached_bundle(KERNEL_CASES[0], KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
     assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs, block_t=block_t, block_d=block_d))
 
@@ -62,10 +48,10 @@ def test_zero_tokens(stage, case):
         assert torch.equal(out[k].double(), r.to(out[k].device)), k  # empty, or zeros for sums
 
 
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.stage(s)) for s in ("dparams", "dgamma")])
+@pytest.mark.parametrize("stage", stage_params(("dparams", "dgamma")))
 def test_reductions_are_deterministic(stage):
     """dbias, dalpha, dphi, dgamma come from per-program partials reduced in a fixed order."""
-    bundle = _bundle(KERNEL_CASES[3], KERNEL_DEVICE)
+    bundle = cached_bundle(KERNEL_CASES[3], KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
     a = run_triton_stage(stage, inputs, block_t=16, splits=3)
     b = run_triton_stage(stage, inputs, block_t=16, splits=3)
@@ -84,7 +70,7 @@ def _noncontiguous(t: torch.Tensor) -> torch.Tensor:
 def test_noncontiguous_inputs(stage):
     """Strided inputs are read in place through their strides (on the GPU the code generated for other
     strides may sum in another order, so the check is the accuracy rule, not bitwise equality)."""
-    bundle = _bundle(KERNEL_CASES[3], KERNEL_DEVICE)
+    bundle = cached_bundle(KERNEL_CASES[3], KERNEL_DEVICE)
     inputs, _ = bundle.stage_view(stage)
     strided = {k: _noncontiguous(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     assert not strided["x"].is_contiguous()
@@ -96,7 +82,7 @@ def test_noncontiguous_inputs(stage):
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
 @pytest.mark.parametrize("case", GPU_CASES, ids=str)
 def test_stage_on_gpu_at_realistic_shapes(stage, case):
-    bundle = _bundle(case, "cuda")
+    bundle = cached_bundle(case, "cuda")
     if stage not in bundle.stages():
         pytest.skip("no gamma: no dgamma stage")
     inputs, _ = bundle.stage_view(stage)
