@@ -335,7 +335,7 @@ def stage_pre_bwd(
 # return more (dh_mix_tmp, dvecX_inv, dvecX_hin, G) for inspection. pre_bwd is a composite: it stands for
 # its parts (the backward as one stage, what training runs: kernels/fused_bwd.py on Triton).
 STAGE_IO = {
-    "fwd": {
+    "pre_fwd": {
         "op": "mhc_pre",
         "inputs": ("x", "phi", "alpha", "bias", "gamma"),
         "options": ("norm_eps", "hc_eps"),

@@ -489,7 +489,7 @@ def finish_cols(token_blocks: int, splits: int, n: int, D: int, itemsize: int, b
 
 
 def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, **launch):
-    """Triton stage fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden.
+    """Triton stage pre_fwd -> dict(h_in, h_post, h_res, inv_rms, h_mix, h_pre), shapes as the golden.
     Validates the inputs, then launch_fwd (launch: its tile options and ``splits``)."""
     check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma)
     names = ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre")

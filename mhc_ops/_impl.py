@@ -96,7 +96,7 @@ def resolve_route(backend: str, stages, t: torch.Tensor) -> Route:
 
 def pre_forward(route: Route, x, phi, alpha, bias, gamma, norm_eps, hc_eps) -> tuple:
     """-> (h_in, h_post, h_res, inv_rms, h_mix, h_pre)."""
-    if route.of("fwd") == "triton":
+    if route.of("pre_fwd") == "triton":
         return launch_fwd(x, phi, alpha, bias, gamma, norm_eps, hc_eps)
     out = golden_pre.stage_fwd(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps, hc_eps=hc_eps)
     return tuple(out[k] for k in ("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre"))
@@ -126,7 +126,7 @@ def pre_backward(route: Route, saved: tuple, dh_in, dh_post, dh_res, grad_x_post
 
 def pre_delayed_forward(route: Route, x, phi, alpha, bias, gamma, h_pre_prev, norm_eps, hc_eps) -> tuple:
     """The delayed pre (DeepSeek-V4.1) -> (h_in, h_post, h_res, h_pre, inv_rms, h_mix)."""
-    if route.of("fwd") == "triton":
+    if route.of("pre_fwd") == "triton":
         h_in, h_post, h_res, inv_rms, h_mix, h_pre = launch_fwd(
             x, phi, alpha, bias, gamma, norm_eps, hc_eps, delayed=True, h_pre_prev=h_pre_prev
         )

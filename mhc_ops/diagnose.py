@@ -4,7 +4,7 @@
                                [--x-scale 1] [--no-gamma] [--grad-x-post] [--device cpu|cuda]
                                [--backend golden|triton]
 
-STAGE is fwd, dh_mix, dx, dparams, dgamma, sinkhorn_fwd, sinkhorn_bwd, post_fwd, post_bwd or ``pipeline``
+STAGE is pre_fwd, dh_mix, dx, dparams, dgamma, pre_bwd, sinkhorn_fwd, sinkhorn_bwd, post_fwd, post_bwd or ``pipeline``
 (mhc_pre's chain); ``--lead`` sets the layout (``2,64`` is
 BSND with B=2, S=64; ``128`` is TND). A stage runs on its golden inputs (the fixture builder's chain,
 rounded as stored) and each output is judged by the accuracy rule (mhc_ops.golden.accuracy), then
@@ -339,7 +339,7 @@ def chain_inputs(bundle: Bundle) -> dict:
 
 
 def analyse_chain(bundle: Bundle, impls: Mapping[str, Impl]) -> dict[str, StageReport]:
-    """Run fwd -> dh_mix -> dx -> dparams -> dgamma with the stages of ``impls`` on those
+    """Run pre_fwd -> dh_mix -> dx -> dparams -> dgamma with the stages of ``impls`` on those
     implementations and every other stage on the fp32 golden; analyse every stage's outputs at its
     boundary against the fixture's fp64 reference, with the all-golden fp32 chain as the yardstick."""
     kwargs = chain_inputs(bundle)

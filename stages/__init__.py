@@ -88,7 +88,7 @@ class Stage:
 
 
 _TRITON = {
-    "fwd": mhc_pre_fwd,
+    "pre_fwd": mhc_pre_fwd,
     "pre_bwd": mhc_pre_backward_fused,
     "dh_mix": mhc_pre_dh_mix,
     "dx": mhc_pre_dx,
@@ -106,7 +106,7 @@ STAGES = {
 
 
 class Pipeline:
-    """Chains each op's stages: mhc_pre fwd -> pre_bwd (or its parts dh_mix -> dx -> dparams -> dgamma),
+    """Chains each op's stages: mhc_pre pre_fwd -> pre_bwd (or its parts dh_mix -> dx -> dparams -> dgamma),
     sinkhorn sinkhorn_fwd -> sinkhorn_bwd, mhc_post post_fwd -> post_bwd.
 
     ``Pipeline("golden", dgamma="triton")`` runs every stage on the golden except dgamma. The composite
@@ -145,7 +145,7 @@ class Pipeline:
 
     def forward(self, *, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6) -> dict:
         """mhc_pre's forward."""
-        return self._chain(("fwd",), dict(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps,
+        return self._chain(("pre_fwd",), dict(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps,
                                           hc_eps=hc_eps))  # fmt: skip
 
     def backward(self, env: Mapping, *, dh_in, dh_post, dh_res, grad_x_post=None, hc_eps=1e-6) -> dict:

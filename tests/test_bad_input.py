@@ -189,7 +189,7 @@ def test_modules_cast_to_bf16_or_under_autocast_still_pass_fp32_parameters():
 @pytest.mark.parametrize("block", [0, 3, 8])
 def test_bad_block_sizes(tensors, block):
     with pytest.raises(ValueError, match="block_d: expected a power of two >= 16"):
-        STAGES["fwd"].triton(**{k: tensors[k] for k in FWD_ARGS}, block_d=block)
+        STAGES["pre_fwd"].triton(**{k: tensors[k] for k in FWD_ARGS}, block_d=block)
 
 
 def test_unknown_backend(tensors):

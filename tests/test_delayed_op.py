@@ -97,4 +97,4 @@ def test_delayed_op_input_errors():
     with pytest.raises(ValueError, match=r"h_pre_prev: expected shape \[2, 3, 4\]"):
         mhc_ops.mhc_pre_delayed(*args[:5], t["h_pre_prev"][..., :3])
     with pytest.raises(ValueError, match="stages: expected None"):
-        mhc_ops.mhc_pre_delayed(*args, stages={"fwd": "golden"})
+        mhc_ops.mhc_pre_delayed(*args, stages={"pre_fwd": "golden"})

@@ -47,7 +47,7 @@ def _chain64(t: dict, case: Case) -> dict:
     [
         *PER_STAGE,
         pytest.param({s: "triton" for s in PRE_STAGE_NAMES}, id="all-triton"),
-        pytest.param({"fwd": "triton", "pre_bwd": "triton"}, marks=pytest.mark.stage("pre_bwd"), id="composite-on-triton"),
+        pytest.param({"pre_fwd": "triton", "pre_bwd": "triton"}, marks=pytest.mark.stage("pre_bwd"), id="composite-on-triton"),
         pytest.param({"pre_bwd": "golden"}, id="composite-on-golden"),
     ],
 )
@@ -81,10 +81,10 @@ def test_pipeline_rejects_unknown_stage_and_backend():
 @pytest.mark.parametrize(
     ("per_stage", "runs"),
     [
-        ({}, ("fwd", "dh_mix", "dx", "dparams", "dgamma")),
-        ({"pre_bwd": "triton"}, ("fwd", "pre_bwd")),
-        ({"pre_bwd": "triton", "dx": "triton"}, ("fwd", "pre_bwd")),
-        ({"pre_bwd": "parts", "dx": "triton"}, ("fwd", "dh_mix", "dx", "dparams", "dgamma")),
+        ({}, ("pre_fwd", "dh_mix", "dx", "dparams", "dgamma")),
+        ({"pre_bwd": "triton"}, ("pre_fwd", "pre_bwd")),
+        ({"pre_bwd": "triton", "dx": "triton"}, ("pre_fwd", "pre_bwd")),
+        ({"pre_bwd": "parts", "dx": "triton"}, ("pre_fwd", "dh_mix", "dx", "dparams", "dgamma")),
     ],
 )
 def test_a_composite_runs_in_place_of_its_parts_when_it_has_a_backend(per_stage, runs):
@@ -113,14 +113,14 @@ def test_the_composer_chains_every_op(op):
 
 def test_a_chain_names_what_is_missing():
     t = make_inputs(CHAIN_CASES[0])
-    with pytest.raises(ValueError, match="stage fwd: missing norm_eps, hc_eps"):
+    with pytest.raises(ValueError, match="stage pre_fwd: missing norm_eps, hc_eps"):
         Pipeline("golden").chain("mhc_pre", **{k: t[k] for k in ("x", "phi", "alpha", "bias", "gamma")})
     with pytest.raises(ValueError, match="op: expected one of"):
         Pipeline("golden").chain("mhc_pree")
 
 
 def test_registry_describes_the_five_stages():
-    assert PRE_STAGE_NAMES == ("fwd", "dh_mix", "dx", "dparams", "dgamma")
+    assert PRE_STAGE_NAMES == ("pre_fwd", "dh_mix", "dx", "dparams", "dgamma")
     assert tuple(STAGES) == STAGE_NAMES
     for name, stage in STAGES.items():
         assert stage.inputs == STAGE_IO[name]["inputs"] and stage.outputs == STAGE_IO[name]["outputs"]
@@ -144,11 +144,11 @@ def test_a_pipeline_runs_its_own_stage_table_and_leaves_the_registry():
 
     def golden_fwd(**kwargs):
         calls.append(kwargs["x"])
-        return STAGES["fwd"].golden(**kwargs)
+        return STAGES["pre_fwd"].golden(**kwargs)
 
     registry = dict(STAGES)
     fwd_in = {k: t[k] for k in ("x", "phi", "alpha", "bias", "gamma")}
-    mine = Pipeline("golden", table={"fwd": dataclasses.replace(STAGES["fwd"], golden=golden_fwd)})
+    mine = Pipeline("golden", table={"pre_fwd": dataclasses.replace(STAGES["pre_fwd"], golden=golden_fwd)})
     out = mine.forward(**fwd_in)
     assert len(calls) == 1 and calls[0] is t["x"]
     assert torch.equal(out["h_in"], Pipeline("golden").forward(**fwd_in)["h_in"]) and len(calls) == 1

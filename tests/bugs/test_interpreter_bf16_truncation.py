@@ -58,14 +58,14 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int16).cpu()
 
 
-@pytest.mark.stage("fwd")
+@pytest.mark.stage("pre_fwd")
 @pytest.mark.stage("dx")
 def test_round_to_matches_torch_bit_for_bit():
     x = _fp32_values()
     assert torch.equal(_bits(_store_bf16(x, "round_to")), _bits(x.to(torch.bfloat16)))
 
 
-@pytest.mark.stage("fwd")
+@pytest.mark.stage("pre_fwd")
 @pytest.mark.stage("dx")
 @pytest.mark.skipif(
     not INTERPRETING, reason="compiled kernels round to nearest even; the truncation is the interpreter's"
@@ -80,7 +80,7 @@ def test_check_catches_plain_cast_under_interpreter(cast):
     assert (y.float().abs().cpu()[wrong] < ref.float().abs().cpu()[wrong]).all()
 
 
-@pytest.mark.stage("fwd")
+@pytest.mark.stage("pre_fwd")
 @pytest.mark.stage("dx")
 def test_round_to_keeps_nan_a_nan():
     """A NaN with a full mantissa (0x7FFFFFFF, what GPU arithmetic produces) once wrapped to -0.0."""

@@ -84,9 +84,9 @@ def _h_mix(x, phi, gamma, chained: bool) -> torch.Tensor:
 
 
 def _h_mix_verdicts(bundle):
-    """(chained, fresh) verdicts of the accuracy rule on h_mix against the fp64 golden of the fwd stage."""
-    inputs, ref64 = bundle.stage_view("fwd")
-    ref32 = run_golden("fwd", inputs, "fp32")
+    """(chained, fresh) verdicts of the accuracy rule on h_mix against the fp64 golden of the pre_fwd stage."""
+    inputs, ref64 = bundle.stage_view("pre_fwd")
+    ref32 = run_golden("pre_fwd", inputs, "fp32")
     return [
         judge("h_mix", _h_mix(inputs["x"], inputs["phi"], inputs["gamma"], chained), ref64["h_mix"], ref32["h_mix"])
         for chained in (True, False)
@@ -101,9 +101,9 @@ def _chain_param(stage, case, launch, *marks):
 @pytest.mark.parametrize(
     ("stage", "case", "launch"),
     [
-        _chain_param("fwd", CHAIN_FWD_CASE, CHAIN_FWD_LAUNCH),
+        _chain_param("pre_fwd", CHAIN_FWD_CASE, CHAIN_FWD_LAUNCH),
         _chain_param("dparams", CHAIN_DPARAMS_CASE, CHAIN_DPARAMS_LAUNCH),
-        _chain_param("fwd", CHAIN_GPU_CASE, {}, pytest.mark.gpu, ON_GPU_ONLY),
+        _chain_param("pre_fwd", CHAIN_GPU_CASE, {}, pytest.mark.gpu, ON_GPU_ONLY),
         _chain_param("dparams", CHAIN_GPU_CASE, {}, pytest.mark.gpu, ON_GPU_ONLY),
     ],
 )
@@ -113,14 +113,14 @@ def test_split_products_keep_fp32_grade_over_many_chunks(stage, case, launch):
     assert_stage_accurate(stage, bundle, run_triton_stage(stage, inputs, **launch))
 
 
-@pytest.mark.stage("fwd")
+@pytest.mark.stage("pre_fwd")
 @pytest.mark.skipif(not INTERPRETING, reason="shows what the interpreter sees; compiled kernels are tested below")
 def test_interpreter_cannot_see_chained_accumulator():
     chained, fresh = _h_mix_verdicts(build(CHAIN_FWD_CASE, KERNEL_DEVICE))
     assert chained.ok and fresh.ok, f"{chained}\n{fresh}"
 
 
-@pytest.mark.stage("fwd")
+@pytest.mark.stage("pre_fwd")
 @pytest.mark.gpu
 @ON_GPU_ONLY
 def test_check_catches_chained_accumulator():

@@ -59,8 +59,8 @@ def test_the_composite_and_its_four_stages_agree(case):
     env = {k: t[k] for k in ("x", "phi", "alpha", "gamma", "inv_rms", "h_mix", "h_pre", "h_post")}
     grads = {k: t[k] for k in ("dh_in", "dh_post", "dh_res", "grad_x_post")}
     composite, parts = Pipeline("triton", pre_bwd="triton"), Pipeline("triton")
-    assert composite.stages_of("mhc_pre") == ("fwd", "pre_bwd")
-    assert parts.stages_of("mhc_pre") == ("fwd", "dh_mix", "dx", "dparams", "dgamma")
+    assert composite.stages_of("mhc_pre") == ("pre_fwd", "pre_bwd")
+    assert parts.stages_of("mhc_pre") == ("pre_fwd", "dh_mix", "dx", "dparams", "dgamma")
     with nan_filled_outputs():
         staged = parts.backward(env, **grads)
         fused = composite.backward(env, **grads)

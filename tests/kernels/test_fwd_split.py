@@ -18,7 +18,7 @@ from tests.helpers import KERNEL_DEVICE, assert_stage_accurate, run_triton_stage
 
 pytestmark = [
     pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device"),
-    pytest.mark.stage("fwd"),
+    pytest.mark.stage("pre_fwd"),
 ]
 D = SPLIT_D
 BLOCK_D = 16  # cdiv(49, 16) = 4 chunks per stream
@@ -63,22 +63,22 @@ def launches(monkeypatch):
 def test_split_on_golden_inputs(param, bundles, launches):
     case, launch = param
     bundle = bundles(case)
-    inputs, _ = bundle.stage_view("fwd")
-    out = run_triton_stage("fwd", inputs, block_d=BLOCK_D, **launch)
+    inputs, _ = bundle.stage_view("pre_fwd")
+    out = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, **launch)
     assert [name for name, _ in launches] == ["_fwd_partial_kernel", "_fwd_finish_kernel"]
     chunks = case.n * math.ceil(D / BLOCK_D)
     assert launches[0][1][1] == min(launch["splits"], chunks)  # clamped to the chunks
-    assert_stage_accurate("fwd", bundle, out)
+    assert_stage_accurate("pre_fwd", bundle, out)
 
 
 @pytest.mark.parametrize("param", [SPLIT_CASES[0], SPLIT_CASES[1], SPLIT_CASES[4]], ids=_id)
 def test_split_matches_single(param, bundles):
     """The split path and the single kernel agree to the accuracy rule's bound on the same inputs."""
     case, launch = param
-    inputs, ref64 = bundles(case).stage_view("fwd")
-    ref32 = run_golden("fwd", inputs, "fp32")
-    split = run_triton_stage("fwd", inputs, block_d=BLOCK_D, **launch)
-    single = run_triton_stage("fwd", inputs, block_d=BLOCK_D, block_t=launch["block_t"], splits=1)
+    inputs, ref64 = bundles(case).stage_view("pre_fwd")
+    ref32 = run_golden("pre_fwd", inputs, "fp32")
+    split = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, **launch)
+    single = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, block_t=launch["block_t"], splits=1)
     for k in ref64:
         bound = FP32_GOLDEN_FACTOR * rel_err(ref32[k], ref64[k]) + ABS_SLACK
         assert rel_err(split[k], single[k]) <= bound, (k, rel_err(split[k], single[k]), bound)
@@ -87,9 +87,9 @@ def test_split_matches_single(param, bundles):
 def test_split_is_deterministic(bundles):
     """The partials are summed in a fixed order: two runs are bitwise identical."""
     case, launch = SPLIT_CASES[10]
-    inputs, _ = bundles(case).stage_view("fwd")
-    a = run_triton_stage("fwd", inputs, block_d=BLOCK_D, **launch)
-    b = run_triton_stage("fwd", inputs, block_d=BLOCK_D, **launch)
+    inputs, _ = bundles(case).stage_view("pre_fwd")
+    a = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, **launch)
+    b = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, **launch)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -97,7 +97,7 @@ def test_split_is_deterministic(bundles):
 def test_nan_filled_workspace_is_never_read_unwritten(bundles, monkeypatch):
     """Every torch.empty (outputs and the one workspace) is NaN-filled: no NaN reaches an output."""
     case, launch = SPLIT_CASES[7]  # two token blocks of 64, the last one partial
-    inputs, _ = bundles(case).stage_view("fwd")
+    inputs, _ = bundles(case).stage_view("pre_fwd")
     sizes = []
     with prefilled_empty(math.nan):
         filled = torch.empty
@@ -117,8 +117,8 @@ def test_nan_filled_workspace_is_never_read_unwritten(bundles, monkeypatch):
 
 @pytest.mark.parametrize("case", EMPTY_CASES, ids=str)
 def test_split_zero_tokens(case, launches):
-    inputs, ref = build(case, KERNEL_DEVICE).stage_view("fwd")
-    out = run_triton_stage("fwd", inputs, splits=3)
+    inputs, ref = build(case, KERNEL_DEVICE).stage_view("pre_fwd")
+    out = run_triton_stage("pre_fwd", inputs, splits=3)
     assert launches == []
     for k, r in ref.items():
         assert out[k].shape == r.shape, k
@@ -126,7 +126,7 @@ def test_split_zero_tokens(case, launches):
 
 @pytest.mark.parametrize("splits", [0, -1, 2.5, "2", True])
 def test_bad_splits(splits, bundles, launches):
-    inputs, _ = bundles(SPLIT_CASES[3][0]).stage_view("fwd")
+    inputs, _ = bundles(SPLIT_CASES[3][0]).stage_view("pre_fwd")
     with pytest.raises(ValueError, match="splits"):
         fwd.mhc_pre_fwd(**inputs, splits=splits)
     assert launches == []
@@ -135,7 +135,7 @@ def test_bad_splits(splits, bundles, launches):
 def test_auto_is_single_kernel_on_cpu(bundles, launches):
     if KERNEL_DEVICE != "cpu":
         pytest.skip("CPU tensors only")
-    inputs, _ = bundles(SPLIT_CASES[0][0]).stage_view("fwd")
+    inputs, _ = bundles(SPLIT_CASES[0][0]).stage_view("pre_fwd")
     fwd.mhc_pre_fwd(**inputs)
     assert [name for name, _ in launches] == ["_fwd_kernel"]
 

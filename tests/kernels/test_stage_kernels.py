@@ -12,7 +12,7 @@ from tests.helpers import HAS_CUDA, KERNEL_DEVICE, assert_stage_accurate, cached
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 STAGE_PARAMS = stage_params(PRE_STAGE_NAMES)
 # Stages whose tiles feed tl.dot (block sizes >= 16) and elementwise/reduction stages.
-BLOCKS = {"fwd": KERNEL_BLOCKS, "dh_mix": KERNEL_BLOCKS, "dparams": KERNEL_BLOCKS, "dx": ELEMENTWISE_BLOCKS,
+BLOCKS = {"pre_fwd": KERNEL_BLOCKS, "dh_mix": KERNEL_BLOCKS, "dparams": KERNEL_BLOCKS, "dx": ELEMENTWISE_BLOCKS,
           "dgamma": ELEMENTWISE_BLOCKS}  # fmt: skip
 
 
