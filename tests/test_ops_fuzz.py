@@ -1,5 +1,5 @@
-"""Hypothesis fuzzing of the public ops sinkhorn and mhc_post through autograd: Triton (the
-interpreter on CPU) against the golden backend, over n 1..8, odd D, BSND/TND and x dtypes."""
+"""Hypothesis fuzzing of the public ops sinkhorn and mhc_post, and of the whole layer, through autograd:
+Triton (the interpreter on CPU) against the golden backend, over n 1..8, odd D, BSND/TND and x dtypes."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ import mhc_ops
 from mhc_ops.golden import judge
 from mhc_ops.golden.mhc_post import mhc_post_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
-from tests.helpers import KERNEL_DEVICE
+from tests.helpers import KERNEL_DEVICE, layer_golden64, layer_grads, random_layer
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 LEADS = st.sampled_from([(0,), (1,), (3,), (2, 3), (1, 2)])
@@ -61,3 +61,30 @@ def test_mhc_post_triton_matches_golden(lead, n, D, dtype, seed):
     out64.backward(dout.double())
     assert tri[0].dtype == dtype and [g.dtype for g in tri[1]] == [dtype, torch.float32, dtype, torch.float32]
     _assert_accurate(("out", "dx", "dh_res", "dh_out", "dh_post"), tri, fp32, (out64.detach(), [t.grad for t in leaves]))
+
+
+@FUZZ
+@given(
+    T=st.integers(1, 6), n=st.integers(1, 8), D=st.sampled_from([5, 47, 69]), dtype=DTYPES,
+    iters=st.sampled_from([3, 25]), logit_scale=st.sampled_from([1.0, 4.0]), seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_layer_triton_matches_golden(T, n, D, dtype, iters, logit_scale, seed):
+    """The whole layer (HyperConnection around a linear branch) with sharpened logits (alpha and bias x4:
+    saturated sigmoids, a peaked Sinkhorn), fp16 included: the regime of issue 21's precision report."""
+
+    def layer(backend):
+        hc = random_layer(n, D, seed, backend=backend, sinkhorn_iters=iters)
+        with torch.no_grad():
+            hc.alpha.mul_(logit_scale)
+            hc.bias.mul_(logit_scale)
+        return hc.to(dtype)
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, n, D, generator=g).to(dtype)
+    dout = torch.randn(T, n, D, generator=g).to(dtype)
+    ref_out, ref = layer_golden64(layer(None), x, dout)
+    gold_out, gold = layer_grads(layer("golden"), x, dout)
+    tri_out, tri = layer_grads(layer("triton").to(KERNEL_DEVICE), x.to(KERNEL_DEVICE), dout.to(KERNEL_DEVICE))
+    verdicts = [judge("x_next", tri_out.cpu(), ref_out, gold_out)]
+    verdicts += [judge(k, tri[k].cpu(), ref[k], gold[k]) for k in ref]
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
