@@ -193,36 +193,41 @@ def _views(x, h_res, h_out, h_post):
     return tokens(x, 2), tokens(h_res, 2), tokens(h_out, 1), tokens(h_post, 1)
 
 
-def launch_post_fwd(x, h_res, h_out, h_post, out, block_t=None, block_d=None, num_warps=2):
-    """post_fwd on validated inputs into a preallocated ``out`` (x's shape and dtype, viewable as
-    [T, n, D]): the grid and one launch, nothing else (the library's hot path). T = 0 launches nothing."""
+def launch_post_fwd(x, h_res, h_out, h_post, block_t=None, block_d=None, num_warps=2) -> torch.Tensor:
+    """post_fwd on validated inputs -> out (x's shape and dtype): the allocation, the grid and one launch,
+    nothing else (the library's hot path). T = 0 launches nothing."""
     n, D = static_dims(x, 2)
-    xt, rt, ht, pt = _views(x, h_res, h_out, h_post)
+    xt, rt, ht, pt = _views(x, h_res.contiguous(), h_out, h_post.contiguous())
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     ot = out.view(-1, n, D)
     T = xt.shape[0]
     if T == 0:
-        return
+        return out
     block_t, block_d = fwd_blocks(n, D, block_t, block_d)
     _post_fwd_kernel[(cdiv(T, block_t), cdiv(D, block_d))](
         xt, rt, ht, pt, ot, T, D,
         *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *ot.stride(),
         N=n, N_PAD=next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
+    return out
 
 
-def launch_post_bwd(
-    x, h_res, h_out, h_post, dout, dx, dh_res, dh_out, dh_post, block_t=None, block_d=None, num_warps=2, num_stages=3
-):
-    """post_bwd on validated inputs into preallocated outputs (dx: x's shape and dtype, dh_res
-    [.., n, n] fp32, dh_out [.., D] x's dtype, dh_post [.., n] fp32, each viewable with its tokens
-    flattened): the grid and one launch, nothing else. T = 0 launches nothing."""
+def launch_post_bwd(x, h_res, h_out, h_post, dout, block_t=None, block_d=None, num_warps=2, num_stages=3) -> tuple:
+    """post_bwd on validated inputs -> (dx: x's shape and dtype, dh_res [.., n, n] fp32, dh_out [.., D]
+    in h_out's dtype, dh_post [.., n] fp32): the allocations, the grid and one launch, nothing else.
+    T = 0 launches nothing."""
     n, D = static_dims(x, 2)
-    xt, rt, ht, pt = _views(x, h_res, h_out, h_post)
+    xt, rt, ht, pt = _views(x, h_res.contiguous(), h_out, h_post.contiguous())
     gt = tokens(dout, 2)
+    lead, dev, f32 = x.shape[:-2], x.device, torch.float32
+    dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
+    dh_res = torch.empty((*lead, n, n), device=dev, dtype=f32)
+    dh_out = torch.empty((*lead, D), device=dev, dtype=h_out.dtype)
+    dh_post = torch.empty((*lead, n), device=dev, dtype=f32)
     dxt, drt, dot, dpt = dx.view(-1, n, D), dh_res.view(-1, n, n), dh_out.view(-1, D), dh_post.view(-1, n)
     T = xt.shape[0]
     if T == 0:
-        return
+        return dx, dh_res, dh_out, dh_post
     block_t, block_d = bwd_blocks(n, D, block_t, block_d)
     _post_bwd_kernel[(cdiv(T, block_t),)](
         xt, rt, ht, pt, gt, dxt, drt, dot, dpt, T, D,
@@ -231,6 +236,7 @@ def launch_post_bwd(
         N=n, N_PAD=next_power_of_2(n), BLOCK_T=block_t, BLOCK_D=block_d, NUM_STAGES=num_stages,
         num_warps=num_warps,
     )  # fmt: skip
+    return dx, dh_res, dh_out, dh_post
 
 
 def _check_blocks(block_t, block_d) -> None:
@@ -243,9 +249,7 @@ def post_fwd(*, x, h_res, h_out, h_post, block_t=None, block_d=None) -> dict[str
     """Triton stage post_fwd -> dict(out), x's shape and dtype. Validates, then one launch."""
     check_post_inputs(x, h_res, h_out, h_post)
     _check_blocks(block_t, block_d)
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    launch_post_fwd(x, h_res, h_out, h_post, out, block_t, block_d)
-    return {"out": out}
+    return {"out": launch_post_fwd(x, h_res, h_out, h_post, block_t, block_d)}
 
 
 def post_bwd(*, x, h_res, h_out, h_post, dout, block_t=None, block_d=None) -> dict[str, torch.Tensor]:
@@ -253,16 +257,7 @@ def post_bwd(*, x, h_res, h_out, h_post, dout, block_t=None, block_d=None) -> di
     and dh_post in fp32. Validates, then one launch."""
     if not isinstance(dout, torch.Tensor):  # check_post_inputs takes None for "no dout" (the forward)
         raise TypeError(f"dout: expected a torch.Tensor, got {type(dout).__name__}")
-    lead, n, D = check_post_inputs(x, h_res, h_out, h_post, dout)
+    check_post_inputs(x, h_res, h_out, h_post, dout)
     _check_blocks(block_t, block_d)
-    dev = x.device
-    out = {
-        "dx": torch.empty(x.shape, device=dev, dtype=x.dtype),
-        "dh_res": torch.empty((*lead, n, n), device=dev, dtype=torch.float32),
-        "dh_out": torch.empty((*lead, D), device=dev, dtype=x.dtype),
-        "dh_post": torch.empty((*lead, n), device=dev, dtype=torch.float32),
-    }
-    launch_post_bwd(
-        x, h_res, h_out, h_post, dout, out["dx"], out["dh_res"], out["dh_out"], out["dh_post"], block_t, block_d
-    )
-    return out
+    grads = launch_post_bwd(x, h_res, h_out, h_post, dout, block_t, block_d)
+    return dict(zip(("dx", "dh_res", "dh_out", "dh_post"), grads))

@@ -168,33 +168,38 @@ def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6, max_n=MAX_N) -> t
     return _validate.check_sinkhorn_inputs(logits, dP, iters=iters, eps=eps, max_n=max_n)
 
 
-def launch_sinkhorn_fwd(logits, P, iters, eps, *, block_t=None) -> None:
-    """Unchecked: logits [..., n, n] contiguous (fp32/bf16/fp16), P fp32 of its shape, contiguous.
-    Computes the grid and launches one kernel (none for zero tokens)."""
+def launch_sinkhorn_fwd(logits, iters, eps, *, block_t=None) -> torch.Tensor:
+    """Unchecked: logits [..., n, n] (fp32/bf16/fp16) -> P fp32 of its shape. Computes the grid and
+    launches one kernel (none for zero tokens)."""
     (n,) = static_dims(logits, 1)
+    logits = logits.contiguous()
+    P = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
     T = logits.numel() // (n * n)
     if T == 0:
-        return
+        return P
     block_t = block_t or default_block_t(n)
     _sinkhorn_fwd_kernel[(cdiv(T, block_t),)](
         logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
     )  # fmt: skip
+    return P
 
 
-def launch_sinkhorn_bwd(logits, dP, dlogits, iters, eps, *, block_t=None, seg=None) -> None:
-    """Unchecked: logits, dP and dlogits [..., n, n] contiguous, dlogits in logits' dtype.
-    Computes the grid and the checkpoint segment length (``seg``, default isqrt(iters - 1); any
-    seg >= 1 gives bitwise the same dlogits, only the recomputation's cost changes), and launches one
-    kernel (none for zero tokens)."""
+def launch_sinkhorn_bwd(logits, dP, iters, eps, *, block_t=None, seg=None) -> torch.Tensor:
+    """Unchecked: logits and dP [..., n, n] -> dlogits in logits' shape and dtype. Computes the grid and
+    the checkpoint segment length (``seg``, default isqrt(iters - 1); any seg >= 1 gives bitwise the
+    same dlogits, only the recomputation's cost changes), and launches one kernel (none for zero tokens)."""
     (n,) = static_dims(logits, 1)
+    logits, dP = logits.contiguous(), dP.contiguous()
+    dlogits = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
     T = logits.numel() // (n * n)
     if T == 0:
-        return
+        return dlogits
     block_t = block_t or default_block_t(n)
     seg = seg or max(1, math.isqrt(int(iters) - 1))
     _sinkhorn_bwd_kernel[(cdiv(T, block_t),)](
         logits, dP, dlogits, T, int(iters), seg, float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
     )  # fmt: skip
+    return dlogits
 
 
 def _block_t(n: int, block_t: int | None) -> int:
@@ -207,9 +212,7 @@ def sinkhorn_fwd(*, logits, iters=20, eps=1e-6, block_t=None) -> dict[str, torch
     """Triton stage sinkhorn_fwd -> dict(P): fp32, logits' shape."""
     _, n = check_sinkhorn_inputs(logits, iters=iters, eps=eps)
     block_t = _block_t(n, block_t)
-    P = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
-    launch_sinkhorn_fwd(logits.contiguous(), P, iters, eps, block_t=block_t)
-    return {"P": P}
+    return {"P": launch_sinkhorn_fwd(logits, iters, eps, block_t=block_t)}
 
 
 def sinkhorn_bwd(*, logits, dP, iters=20, eps=1e-6, block_t=None) -> dict[str, torch.Tensor]:
@@ -218,6 +221,4 @@ def sinkhorn_bwd(*, logits, dP, iters=20, eps=1e-6, block_t=None) -> dict[str, t
         raise TypeError(f"dP: expected a torch.Tensor, got {type(dP).__name__}")
     _, n = check_sinkhorn_inputs(logits, dP, iters=iters, eps=eps)
     block_t = _block_t(n, block_t)
-    dlogits = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
-    launch_sinkhorn_bwd(logits.contiguous(), dP.contiguous(), dlogits, iters, eps, block_t=block_t)
-    return {"dlogits": dlogits}
+    return {"dlogits": launch_sinkhorn_bwd(logits, dP, iters, eps, block_t=block_t)}

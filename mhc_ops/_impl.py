@@ -172,18 +172,14 @@ def sinkhorn_max_n(route: Route) -> int | None:
 def sinkhorn_forward(route: Route, logits, iters, eps) -> torch.Tensor:
     """-> P [.., n, n] fp32."""
     if route.of("sinkhorn_fwd") == "triton":
-        P = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
-        launch_sinkhorn_fwd(logits.contiguous(), P, iters, eps)
-        return P
+        return launch_sinkhorn_fwd(logits, iters, eps)
     return golden_sinkhorn.stage_sinkhorn_fwd(logits=logits, iters=iters, eps=eps)["P"].float()
 
 
 def sinkhorn_backward(route: Route, logits, dP, iters, eps) -> torch.Tensor:
     """-> dlogits in logits' dtype."""
     if route.of("sinkhorn_bwd") == "triton":
-        dlogits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        launch_sinkhorn_bwd(logits.contiguous(), dP.contiguous(), dlogits, iters, eps)
-        return dlogits
+        return launch_sinkhorn_bwd(logits, dP, iters, eps)
     return golden_sinkhorn.stage_sinkhorn_bwd(logits=logits, dP=dP, iters=iters, eps=eps)["dlogits"].to(logits.dtype)
 
 
@@ -193,20 +189,13 @@ def sinkhorn_backward(route: Route, logits, dP, iters, eps) -> torch.Tensor:
 def post_forward(route: Route, x, h_res, h_out, h_post) -> torch.Tensor:
     """-> out [.., n, D] in x's dtype."""
     if route.of("post_fwd") == "triton":
-        out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-        launch_post_fwd(x, h_res.contiguous(), h_out, h_post.contiguous(), out)
-        return out
+        return launch_post_fwd(x, h_res, h_out, h_post)
     return golden_post.stage_post_fwd(x=x, h_res=h_res, h_out=h_out, h_post=h_post)["out"]
 
 
 def post_backward(route: Route, x, h_res, h_out, h_post, dout) -> tuple:
     """-> (dx, dh_res, dh_out, dh_post): dx and dh_out in x's dtype, dh_res and dh_post fp32."""
     if route.of("post_bwd") == "triton":
-        dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-        dh_res = torch.empty(h_res.shape, device=x.device, dtype=torch.float32)
-        dh_out = torch.empty(h_out.shape, device=x.device, dtype=h_out.dtype)
-        dh_post = torch.empty(h_post.shape, device=x.device, dtype=torch.float32)
-        launch_post_bwd(x, h_res.contiguous(), h_out, h_post.contiguous(), dout, dx, dh_res, dh_out, dh_post)
-        return dx, dh_res, dh_out, dh_post
+        return launch_post_bwd(x, h_res, h_out, h_post, dout)
     out = golden_post.stage_post_bwd(x=x, h_res=h_res, h_out=h_out, h_post=h_post, dout=dout)
     return out["dx"], out["dh_res"].float(), out["dh_out"], out["dh_post"].float()
