@@ -357,6 +357,28 @@ def store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, n, splits, 
     tl.store(ws_ptr + splits * T64 * O_PAD + part_rows, sumsq, mask=row_mask)
 
 
+@triton.jit
+def reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr,
+                    UNROLL: tl.constexpr):  # fmt: skip
+    """store_partials' workspace summed over s = 0 .. splits-1 in order -> (h_mix [BLOCK_T, O_PAD],
+    sum(x^2) [BLOCK_T]) of rows: deterministic, no atomics."""
+    O = n * n + 2 * n
+    T64 = tl.full([], T, tl.int64)
+    sumsq_ptr = ws_ptr + splits * T64 * O_PAD
+    h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for s0 in range(0, splits, UNROLL):
+        # UNROLL independent loads in flight; a split past the end adds an exact 0.
+        for u in tl.static_range(UNROLL):
+            live = row_mask & tl.where(s0 + u < splits, True, False)  # as in apply_tile: a bool mask in the interpreter
+            part_rows = (s0 + u) * T64 + rows
+            h_mix += tl.load(
+                ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], mask=live[:, None] & (cols < O)[None, :], other=0.0
+            )
+            sumsq += tl.load(sumsq_ptr + part_rows, mask=live, other=0.0)
+    return h_mix, sumsq
+
+
 @launched(do_not_specialize=["T", "splits", "apply_cols"])
 def _fwd_finish_kernel(
     x_ptr,
@@ -394,20 +416,7 @@ def _fwd_finish_kernel(
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    O = n * n + 2 * n
-    T64 = tl.full([], T, tl.int64)
-    sumsq_ptr = ws_ptr + splits * T64 * O_PAD
-    h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    for s0 in range(0, splits, UNROLL):
-        # UNROLL independent loads in flight; a split past the end adds an exact 0.
-        for u in tl.static_range(UNROLL):
-            live = row_mask & tl.where(s0 + u < splits, True, False)  # as in apply_tile: a bool mask in the interpreter
-            part_rows = (s0 + u) * T64 + rows
-            h_mix += tl.load(
-                ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], mask=live[:, None] & (cols < O)[None, :], other=0.0
-            )
-            sumsq += tl.load(sumsq_ptr + part_rows, mask=live, other=0.0)
+    h_mix, sumsq = reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T, O_PAD, UNROLL)
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     j = tl.program_id(1)
     if j == 0:

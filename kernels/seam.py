@@ -12,6 +12,7 @@ once and never read back.
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
 from ._cache import weight_derived
@@ -40,23 +41,22 @@ from .fwd import (
 from .post import load_tile
 
 
-@launched(do_not_specialize=["T", "splits"])
-def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, w_ptr,
-                         ws_ptr, h_in_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j,
-                         so_t, so_j, so_d, sphi_o, sphi_k, splits, N: tl.constexpr, HAS_GAMMA: tl.constexpr,
-                         W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
-                         INTERPRET: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+@triton.jit
+def seam_columns(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, w_ptr, h_in_ptr, rows,
+                 row_mask, cols, dc_start, dc_end, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j,
+                 so_t, so_j, so_d, sphi_o, sphi_k, N: tl.constexpr, HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, INTERPRET: tl.constexpr,
+                 N_PAD: tl.constexpr, COLLAPSE: tl.constexpr):  # fmt: skip
+    """post(l) over the column chunks dc_start .. dc_end-1 of rows: x(l+1) stored, and from it, rounded
+    as stored, the next pre's projection and sum of squares -> (h_mix [BLOCK_T, O_PAD], sum of x^2
+    [BLOCK_T]) fp32. COLLAPSE (the delayed pre): h_in of those columns, sum_j h_pre_prev[j] * x(l+1)[j]
+    (hpp_ptr [T, N] fp32), stored in h_in's dtype."""
     # Per chunk the n input streams are one [BLOCK_T, N_PAD, BLOCK_D] tile; then output stream by output
     # stream, x(l+1)[j], its projection and its h_in term.
-    s = tl.program_id(1)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
-    cols = tl.arange(0, O_PAD)
     streams = tl.arange(0, N_PAD)
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    chunks = tl.cdiv(D, BLOCK_D)
-    for dc in range(s * chunks // splits, (s + 1) * chunks // splits):
+    for dc in range(dc_start, dc_end):
         d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
         d_mask = d < D
         mask = row_mask[:, None] & d_mask[None, :]
@@ -72,10 +72,32 @@ def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_p
             tl.store(out_ptr + rows[:, None] * so_t + tl.cast(j, tl.int64) * so_j + d[None, :] * so_d, nxt, mask=mask)
             xf = nxt.to(tl.float32)
             sumsq += tl.sum(xf * xf, axis=1)
-            h_in += tl.load(hpp_ptr + rows * N + j, mask=row_mask, other=0.0)[:, None] * xf
+            if COLLAPSE:
+                h_in += tl.load(hpp_ptr + rows * N + j, mask=row_mask, other=0.0)[:, None] * xf
             h_mix += mix_dot(nxt, xf, phi_ptr, gamma_ptr, w_ptr, cols, j * D + d, d_mask, N, D, sphi_o, sphi_k,
                              HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
-        tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
+        if COLLAPSE:
+            tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
+    return h_mix, sumsq
+
+
+@launched(do_not_specialize=["T", "splits"])
+def _seam_partial_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, w_ptr,
+                         ws_ptr, h_in_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j,
+                         so_t, so_j, so_d, sphi_o, sphi_k, splits, N: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                         W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
+                         INTERPRET: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
+    s = tl.program_id(1)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    chunks = tl.cdiv(D, BLOCK_D)
+    h_mix, sumsq = seam_columns(
+        x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, w_ptr, h_in_ptr, rows, row_mask,
+        cols, s * chunks // splits, (s + 1) * chunks // splits, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d,
+        shp_t, shp_j, so_t, so_j, so_d, sphi_o, sphi_k, N, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
+        N_PAD, True,
+    )  # fmt: skip
     store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, N, splits, O_PAD)
 
 

@@ -32,10 +32,15 @@ TILE_ELEMENTS = 512
 
 @triton.jit
 def token_tile(T, N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
-    """This program's tile of a contiguous [T, N, N] tensor -> (offsets [BLOCK_T, N_PAD, N_PAD] int64,
-    load/store mask, valid [1, N_PAD, N_PAD] (entry inside [N, N]), row_valid [1, N_PAD] (i < N),
-    col_valid [1, N_PAD] (j < N))."""
-    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    """This program's tile of a contiguous [T, N, N] tensor: matrix_tile of its BLOCK_T tokens."""
+    return matrix_tile(tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T), T, N, N_PAD)
+
+
+@triton.jit
+def matrix_tile(tok, T, N: tl.constexpr, N_PAD: tl.constexpr):
+    """The tile of tokens tok [BLOCK_T] int64 of a contiguous [T, N, N] tensor -> (offsets [BLOCK_T,
+    N_PAD, N_PAD] int64, load/store mask, valid [1, N_PAD, N_PAD] (entry inside [N, N]), row_valid
+    [1, N_PAD] (i < N), col_valid [1, N_PAD] (j < N))."""
     i = tl.arange(0, N_PAD)
     j = tl.arange(0, N_PAD)
     row_valid = (i < N)[None, :]
@@ -99,6 +104,14 @@ def iterations(P, count, row_valid, col_valid, eps):
     return P
 
 
+@triton.jit
+def sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps):
+    """P [BLOCK_T, N_PAD, N_PAD] fp32 of a logits tile L (fp32, 0 outside [n, n]): iteration zero, then
+    iters - 1 iterations (the forward kernel's, and the decode boundary's in kernels/decode.py)."""
+    S, P, inv_c = iteration_zero(L, valid, col_valid, eps)
+    return iterations(P, iters - 1, row_valid, col_valid, eps)
+
+
 @launched(do_not_specialize=["T", "iters"])
 def _sinkhorn_fwd_kernel(
     logits_ptr,
@@ -113,9 +126,7 @@ def _sinkhorn_fwd_kernel(
     eps = tl.cast(eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     offs, mask, valid, row_valid, col_valid = token_tile(T, N, N_PAD, BLOCK_T)
     L = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    S, P, inv_c = iteration_zero(L, valid, col_valid, eps)
-    P = iterations(P, iters - 1, row_valid, col_valid, eps)
-    tl.store(P_ptr + offs, P, mask=mask)
+    tl.store(P_ptr + offs, sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps), mask=mask)
 
 
 @launched(do_not_specialize=["T", "iters", "seg"])
