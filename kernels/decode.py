@@ -1,0 +1,165 @@
+"""One layer boundary's forward in one launch, for decode (a few tokens, a CUDA graph): post(l), the next
+pre(l+1) (DeepSeek-V4.1's delayed pre, or the plain mhc_pre) and the Sinkhorn projection of its h_res
+(golden/seam.py boundary_forward).
+
+Grid (token blocks, SPLITS). Program (b, s) runs the seam's column pass (kernels/seam.py seam_columns)
+over its chunk range of token block b: x(l+1) stored, the next pre's projection and sum of squares
+from the stored tile, and for the delayed pre h_in of its columns. It stores its partials
+(fwd.store_partials), then increments block b's arrival counter (acq_rel, GPU scope: its stores are
+released, and the program that arrives last acquires every other program's). That last program sums
+the partials in split order (fwd.reduce_partials: deterministic), computes the coefficients, collapses
+h_in from the stored x(l+1) for the plain pre (fwd.apply_tile; it needs this h_pre first), runs
+Sinkhorn on the next h_res in registers (sinkhorn.sinkhorn_tile) and sets the counter back to 0, so
+the next launch (a CUDA-graph replay) starts from zero with no memset.
+
+The counters are one int32 per token block, kept per device (_counters) and never freed while a graph
+may hold them: launches that share a device must not run concurrently on two streams. T and iters are
+runtime arguments (one compile per n, D and dtype); token and workspace offsets are 64-bit. The
+projection reads phi (and gamma) in fp32 (fp32_dot): the bf16 weight split of the pre forward would be
+rebuilt in every captured graph, one more launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+
+from mhc_ops._validate import check_post_inputs, check_sinkhorn_iters
+from mhc_ops.golden.seam import BOUNDARY_OUTPUTS
+
+from ._common import (
+    cdiv,
+    check_block,
+    check_inputs,
+    check_tile_span,
+    interpreting,
+    n_pad,
+    next_power_of_2,
+    o_pad,
+    static_dims,
+    stream64,
+)
+from ._launch import launched
+from .fwd import apply_tile, coeff_tile, reduce_partials, store_partials, store_saved
+from .seam import seam_columns
+from .sinkhorn import MAX_N, matrix_tile, sinkhorn_tile
+
+MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
+UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
+
+
+@launched(do_not_specialize=["T", "iters"])
+def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, alpha_ptr,
+                   bias_ptr, ws_ptr, count_ptr, h_in_ptr, nh_post_ptr, nh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
+                   P_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, so_t, so_j, so_d,
+                   sphi_o, sphi_k, norm_eps, hc_eps, iters, eps, N: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
+                   N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr, DELAYED: tl.constexpr,
+                   STREAM64: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+    # fp64 in Inductor's launches
+    norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
+    b = tl.program_id(0)
+    s = tl.program_id(1)
+    t0 = b.to(tl.int64) * BLOCK_T
+    rows = t0 + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    chunks = tl.cdiv(D, BLOCK_D)
+    h_mix, sumsq = seam_columns(
+        x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, phi_ptr, h_in_ptr, rows, row_mask,
+        cols, s * chunks // SPLITS, (s + 1) * chunks // SPLITS, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d,
+        shp_t, shp_j, so_t, so_j, so_d, sphi_o, sphi_k, N, HAS_GAMMA, False, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
+        N_PAD, DELAYED,
+    )  # fmt: skip
+    store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, N, SPLITS, O_PAD)
+    tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
+    arrived = tl.atomic_add(count_ptr + b, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLITS - 1:  # the last of block b's programs: every partial and x(l+1) tile is visible
+        h_mix, sumsq = reduce_partials(ws_ptr, rows, row_mask, cols, T, N, SPLITS, BLOCK_T, O_PAD, UNROLL)
+        inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, N, D, norm_eps, hc_eps)
+        store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, nh_post_ptr, nh_res_ptr, inv_rms, h_mix, coef, rows, row_mask,
+                    cols, N)  # fmt: skip
+        if not DELAYED:  # the plain pre collapses with this h_pre: all D columns here
+            apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, N, D, so_t, so_j, so_d, APPLY_BLOCK_D,
+                       N_PAD, STREAM64)  # fmt: skip
+        tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
+        offs, mask, valid, row_valid, col_valid = matrix_tile(rows, T, N, N_PAD)
+        L = tl.load(nh_res_ptr + offs, mask=mask, other=0.0)
+        tl.store(P_ptr + offs, sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps), mask=mask)
+        tl.store(count_ptr + b, 0)  # for the next launch
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown counters a captured graph may still use: kept alive
+
+
+def _counters(device: torch.device, blocks: int) -> torch.Tensor:
+    """At least `blocks` int32 arrival counters on device, all 0 between launches."""
+    c = _COUNTERS.get(device)
+    if c is None or c.numel() < blocks:
+        if c is not None:
+            _RETIRED.append(c)
+        c = _COUNTERS[device] = torch.zeros(max(blocks, 64), device=device, dtype=torch.int32)
+    return c
+
+
+def auto_splits(D: int, block_d: int) -> int:
+    """Column-chunk ranges per token block: one or a few chunks each, at most MAX_SPLITS, equal shares."""
+    chunks = cdiv(D, block_d)
+    return cdiv(chunks, cdiv(chunks, MAX_SPLITS))
+
+
+def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
+                  block_t=16, block_d=64, apply_block_d=128, splits=None, num_warps=4):  # fmt: skip
+    """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
+    delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
+    next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (none for zero tokens).
+    splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
+    collapse columns per step."""
+    check_block("block_t", block_t, 16)  # tl.dot's smallest M
+    check_block("block_d", block_d, 16)
+    check_block("apply_block_d", apply_block_d, 16)
+    n, D = static_dims(x, 2)
+    if n > MAX_N:
+        raise ValueError(f"n: expected at most {MAX_N} streams (Sinkhorn in registers), got {n}")
+    lead = x.shape[:-2]
+    O = n * n + 2 * n
+    xt, rt, ot, pt = x.reshape(-1, n, D), h_res.reshape(-1, n, n), h_out.reshape(-1, D), h_post.reshape(-1, n)
+    T = xt.shape[0]
+    dev, f32 = x.device, torch.float32
+    out = torch.empty(x.shape, device=dev, dtype=x.dtype)
+    h_in = torch.empty((*lead, D), device=dev, dtype=x.dtype)
+    nxt = [torch.empty((*lead, *shape), device=dev, dtype=f32) for shape in ((n,), (n, n), (), (O,), (n,), (n, n))]
+    if T == 0:
+        return out, h_in, *nxt
+    nh_post, nh_res, inv_rms, h_mix, h_pre, P = nxt
+    ov = out.view(-1, n, D)
+    check_tile_span(block_t, xt, ov)
+    splits = min(splits or auto_splits(D, block_d), cdiv(D, block_d))
+    blocks = cdiv(T, block_t)
+    ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
+    delayed = h_pre_prev is not None
+    _decode_kernel[(blocks, splits)](
+        xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
+        else alpha, alpha.contiguous(), bias.contiguous(), ws, _counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
+        h_mix, h_pre, P, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
+        float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
+        BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
+        UNROLL=min(UNROLL, next_power_of_2(splits)), DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
+        INTERPRET=interpreting(), num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
+    )  # fmt: skip
+    return out, h_in, nh_post, nh_res, inv_rms, h_mix, h_pre, P
+
+
+def boundary_decode(*, x, h_res, h_out, h_post, phi, alpha, bias, gamma=None, h_pre_prev=None, iters=20, eps=1e-6,
+                    norm_eps=1e-6, hc_eps=1e-6, **launch) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One layer boundary's forward, validated: x(l+1) = mhc_post(x, h_res, h_out, h_post) (h_res: this
+    layer's Sinkhorn output), the next pre on it (delayed with h_pre_prev, this layer's h_pre; plain
+    without), and sinkhorn(iters, eps) of its h_res -> dict of golden/seam.py BOUNDARY_OUTPUTS. launch:
+    launch_decode's options."""
+    check_post_inputs(x, h_res, h_out, h_post)
+    check_inputs(x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, h_pre_prev=h_pre_prev)
+    check_sinkhorn_iters(iters, eps)
+    outs = launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps,
+                         **launch)  # fmt: skip
+    return dict(zip(BOUNDARY_OUTPUTS, outs))

@@ -1,0 +1,142 @@
+"""The decode boundary (kernels/decode.py: post(l), the delayed or plain pre(l+1) and sinkhorn of its h_res
+in one launch) against the float64 golden by the accuracy rule: x(l+1) against golden/seam.py, the next
+pre's outputs and P against the goldens on the x(l+1) the kernel stored (its inputs, as the rule says).
+CPU through the interpreter; the realistic shape and the CUDA-graph replay on a GPU."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from mhc_ops.golden import judge
+from mhc_ops.golden.fixtures import make_inputs
+from mhc_ops.golden.mhc_pre import mhc_pre_delayed_forward, mhc_pre_forward
+from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
+from mhc_ops.golden.sinkhorn import sinkhorn_forward
+from mhc_ops.kernels import decode
+from mhc_ops.kernels.decode import boundary_decode
+from tests.cases import SEAM_CASES
+from tests.helpers import KERNEL_DEVICE, delayed_inputs, nan_filled_outputs
+
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+POST = ("x", "h_res", "h_out", "h_post")
+PRE = ("h_pre_prev", "phi", "alpha", "bias", "gamma")
+DELAYED = pytest.mark.parametrize("delayed", [True, False], ids=["delayed", "plain"])
+ITERS = 5
+
+
+def _inputs(case, delayed: bool, seed_shift: int = 0) -> dict:
+    case = dataclasses.replace(case, seed=case.seed + seed_shift)
+    pre = delayed_inputs(case, first=not delayed, device=KERNEL_DEVICE)  # h_pre_prev None: the plain pre
+    post = make_inputs(dataclasses.replace(case, op="mhc_post"), KERNEL_DEVICE)
+    return {k: post[k] for k in POST} | {k: pre[k] for k in PRE}
+
+
+def _up(v):
+    return v.double() if isinstance(v, torch.Tensor) else v
+
+
+def _next(out, t, case, cd) -> dict:
+    """The next pre's outputs and sinkhorn of its h_res on x(l+1) as given, in compute dtype cd."""
+    c = _up if cd == torch.float64 else (lambda v: v)
+    args = [c(out), *(c(t[k]) for k in ("phi", "alpha", "bias", "gamma"))]
+    kw = dict(norm_eps=case.norm_eps, hc_eps=case.hc_eps, compute_dtype=cd)
+    if t["h_pre_prev"] is not None:
+        h_in, hp, hr, h_pre, inv_rms, h_mix = mhc_pre_delayed_forward(*args, c(t["h_pre_prev"]), **kw)
+    else:
+        h_in, hp, hr, inv_rms, h_mix, h_pre = mhc_pre_forward(*args, **kw)
+    P = sinkhorn_forward(hr, ITERS, 1e-6, compute_dtype=cd)
+    return dict(zip(BOUNDARY_OUTPUTS[1:], (h_in, hp, hr, inv_rms, h_mix, h_pre, P)))
+
+
+def _run(case, t, **launch) -> dict:
+    with nan_filled_outputs():
+        return boundary_decode(**{k: t[k] for k in (*POST, *PRE)}, iters=ITERS, eps=1e-6, norm_eps=case.norm_eps,
+                               hc_eps=case.hc_eps, **launch)  # fmt: skip
+
+
+def _verdicts(case, t, got) -> list:
+    args = [t[k] for k in (*POST, *PRE)]
+    kw = dict(iters=ITERS, norm_eps=case.norm_eps, hc_eps=case.hc_eps)
+    out64 = boundary_forward(*map(_up, args), compute_dtype=torch.float64, store_dtype=t["x"].dtype, **kw)[0]
+    out32 = boundary_forward(*args, **kw)[0]
+    verdicts = [judge("out", got["out"], out64, out32)]
+    p64, p32 = _next(got["out"], t, case, torch.float64), _next(got["out"], t, case, torch.float32)
+    return verdicts + [judge(k, got[k], p64[k], p32[k]) for k in BOUNDARY_OUTPUTS[1:]]
+
+
+@DELAYED
+@pytest.mark.parametrize("splits", [1, 3], ids=["one-split", "three-splits"])
+@pytest.mark.parametrize("case", SEAM_CASES, ids=str)
+def test_decode_boundary(case, delayed, splits):
+    t = _inputs(case, delayed)
+    got = _run(case, t, block_d=16, apply_block_d=16, splits=splits)
+    verdicts = _verdicts(case, t, got)
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+    assert got["out"].dtype == got["h_in"].dtype == t["x"].dtype
+    assert got["next_P"].shape == got["next_h_res"].shape == (*case.lead, case.n, case.n)
+
+
+@DELAYED
+def test_decode_twice_resets_the_counters(delayed):
+    """Two launches in a row (what CUDA-graph replays do), fresh inputs each: both right, every arrival
+    counter back at 0 after each, and a repeat on the same inputs bitwise the same (deterministic)."""
+    case = SEAM_CASES[3]  # 19 tokens: two token blocks of 16
+    firsts = []
+    for shift in (0, 1):
+        t = _inputs(case, delayed, seed_shift=shift)
+        got = _run(case, t, block_d=16, apply_block_d=16, splits=2)
+        verdicts = _verdicts(case, t, got)
+        assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+        assert not decode._COUNTERS[got["out"].device].any()
+        firsts.append((t, got))
+    t, got = firsts[0]
+    again = _run(case, t, block_d=16, apply_block_d=16, splits=2)
+    assert all(torch.equal(got[k], again[k]) for k in BOUNDARY_OUTPUTS)
+
+
+@DELAYED
+def test_decode_zero_tokens(delayed):
+    case = SEAM_CASES[2]
+    t = _inputs(case, delayed)
+    t = {k: v[:0] if k in (*POST, "h_pre_prev") and v is not None else v for k, v in t.items()}
+    got = boundary_decode(**{k: t[k] for k in (*POST, *PRE)})
+    assert got["out"].shape == t["x"].shape and got["h_in"].shape == (0, case.D) and got["next_P"].shape == (0, 3, 3)
+
+
+def test_decode_rejects_bad_iters():
+    t = _inputs(SEAM_CASES[1], True)
+    with pytest.raises(ValueError, match="iters"):
+        boundary_decode(**{k: t[k] for k in (*POST, *PRE)}, iters=0)
+
+
+@pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="a realistic shape in a CUDA graph: GPU only")
+@DELAYED
+@pytest.mark.parametrize("T", [1, 64])
+def test_decode_graph_replays_realistic_shape(delayed, T):
+    """D = 4096, n = 4, bf16, the default tiles: captured once, replayed on new inputs copied in; every
+    replay judged by the rule (the counters reset in the kernel, no memset in the graph)."""
+    case = dataclasses.replace(SEAM_CASES[0], lead=(T,), D=4096, seed=7)
+    t = _inputs(case, delayed)
+    static = {k: v.clone() if v is not None else None for k, v in t.items()}
+
+    def call():
+        return boundary_decode(**{k: static[k] for k in (*POST, *PRE)}, iters=ITERS, eps=1e-6)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            got = call()
+    torch.cuda.current_stream().wait_stream(stream)
+    for shift in (1, 2, 3):
+        fresh = _inputs(case, delayed, seed_shift=shift)
+        for k, v in fresh.items():
+            if v is not None:
+                static[k].copy_(v)
+        graph.replay()
+        torch.cuda.synchronize()
+        verdicts = _verdicts(case, fresh, got)
+        assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
