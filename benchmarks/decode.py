@@ -1,0 +1,184 @@
+"""One layer boundary's forward at decode (issue 21 item 4): post(l), the next pre(l+1) and sinkhorn of its
+h_res, as the ops of today and as kernels/decode.py's one launch, side by side.
+
+    PYTHONPATH=. python -m benchmarks.decode [--shapes 1x4x4096,...] [--quick] [--variants] [--out DIR] [--device cuda]
+
+Rows per shape (bf16 x, fp32 parameters with gamma, sinkhorn iters 20):
+
+- ops_delayed: launch_post_fwd, then the delayed pre's launch_fwd on its output, then launch_sinkhorn_fwd
+  of the next h_res (the path HyperStack(delayed=True) takes today).
+- seam_delayed: kernels/seam.py's launch_seam_fwd (post and the delayed pre), then launch_sinkhorn_fwd.
+- decode_delayed: kernels/decode.py's launch_decode with h_pre_prev: the whole boundary in one launch.
+- ops_plain / decode_plain: the same with the plain mhc_pre(l+1).
+- with --variants, decode_delayed at other tiles and split counts (decode_delayed[block_d=..,splits=..]).
+
+gpu_us: GPU time of one call, a CUDA graph of it replayed back to back (benchmarks/host.graph_gpu_us:
+what a decode step pays, launch gaps included). launches: kernels (and memsets) of one graph replay
+under torch.profiler (the bf16 pre's weight split is rebuilt in every captured graph: it is counted).
+Every row is judged by the accuracy rule against the float64 golden first, every output (status FAIL:
+no time): x(l+1) against golden/seam.py, the rest against the goldens on the x(l+1) the row stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+
+from mhc_ops.golden import judge
+from mhc_ops.golden.fixtures import Case, make_inputs
+from mhc_ops.golden.mhc_pre import mhc_pre_delayed_forward, mhc_pre_forward
+from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
+from mhc_ops.golden.sinkhorn import sinkhorn_forward
+from mhc_ops.kernels.decode import launch_decode
+from mhc_ops.kernels.fwd import launch_fwd
+from mhc_ops.kernels.post import launch_post_fwd
+from mhc_ops.kernels.seam import launch_seam_fwd
+from mhc_ops.kernels.sinkhorn import launch_sinkhorn_fwd
+
+from .host import GRAPH_REPLAYS, capture_graph, replay_us
+from .report import gpu_tag
+from .shapes import parsed_device, parsed_shapes
+
+DEFAULT = "1x4x4096,8x4x4096,64x4x4096,1x4x7168,8x4x7168,64x4x7168"
+ROWS = ("ops_delayed", "seam_delayed", "decode_delayed", "ops_plain", "decode_plain")
+VARIANTS = ({"block_d": 64, "splits": 32}, {"block_d": 64, "splits": 16}, {"block_d": 32}, {"block_d": 128},
+            {"block_d": 64, "num_warps": 8})  # fmt: skip
+ITERS, EPS, NORM_EPS, HC_EPS = 20, 1e-6, 1e-6, 1e-6
+POST = ("x", "h_res", "h_out", "h_post")
+
+
+def _inputs(T, n, D, device) -> dict:
+    t = make_inputs(Case(lead=(T,), n=n, D=D, dtype="bfloat16", seed=T + n + D), device)
+    post = make_inputs(Case(op="mhc_post", lead=(T,), n=n, D=D, dtype="bfloat16", seed=T + 1), device)
+    g = torch.Generator(device=device).manual_seed(1)
+    hpp = torch.sigmoid(torch.randn(T, n, generator=g, device=device)) + HC_EPS
+    return {k: post[k] for k in POST} | {k: t[k] for k in ("phi", "alpha", "bias", "gamma")} | {"h_pre_prev": hpp}
+
+
+def _calls(t: dict, variants: bool) -> dict:
+    """row -> (call -> the BOUNDARY_OUTPUTS tensors, delayed)."""
+    post = [t[k] for k in POST]
+    pre = [t[k] for k in ("phi", "alpha", "bias", "gamma")]
+    hpp = t["h_pre_prev"]
+
+    def ops(delayed):
+        def call():
+            out = launch_post_fwd(*post)
+            h_in, hp, hr, inv_rms, h_mix, h_pre = launch_fwd(out, *pre, NORM_EPS, HC_EPS, delayed=delayed,
+                                                             h_pre_prev=hpp if delayed else None)  # fmt: skip
+            return out, h_in, hp, hr, inv_rms, h_mix, h_pre, launch_sinkhorn_fwd(hr, ITERS, EPS)
+
+        return call
+
+    def seam():
+        o = launch_seam_fwd(*post, hpp, *pre, NORM_EPS, HC_EPS)
+        return (*o, launch_sinkhorn_fwd(o[3], ITERS, EPS))
+
+    def decode(delayed, **launch):
+        return lambda: launch_decode(*post, hpp if delayed else None, *pre, NORM_EPS, HC_EPS, ITERS, EPS, **launch)
+
+    calls = {"ops_delayed": (ops(True), True), "seam_delayed": (seam, True), "decode_delayed": (decode(True), True),
+             "ops_plain": (ops(False), False), "decode_plain": (decode(False), False)}  # fmt: skip
+    if variants:
+        for v in VARIANTS:
+            name = "decode_delayed[" + ",".join(f"{k}={x}" for k, x in v.items()) + "]"
+            calls[name] = (decode(True, **v), True)
+    return calls
+
+
+def _up(v):
+    return v.double() if isinstance(v, torch.Tensor) else v
+
+
+def _verdicts(t: dict, got, delayed: bool) -> list:
+    """The accuracy rule on every output: out against the boundary's golden, the rest against the next pre's
+    and sinkhorn's goldens on the out the row stored."""
+    hpp = t["h_pre_prev"] if delayed else None
+    args = [*(t[k] for k in POST), hpp, *(t[k] for k in ("phi", "alpha", "bias", "gamma"))]
+    kw = dict(iters=ITERS, eps=EPS, norm_eps=NORM_EPS, hc_eps=HC_EPS)
+    out64 = boundary_forward(*map(_up, args), compute_dtype=torch.float64, store_dtype=t["x"].dtype, **kw)[0]
+    verdicts = [judge("out", got[0], out64, boundary_forward(*args, **kw)[0])]
+    refs = []
+    for cd, c in ((torch.float64, _up), (torch.float32, lambda v: v)):
+        pre = [c(got[0]), *(c(t[k]) for k in ("phi", "alpha", "bias", "gamma"))]
+        ekw = dict(norm_eps=NORM_EPS, hc_eps=HC_EPS, compute_dtype=cd)
+        if delayed:
+            h_in, hp, hr, h_pre, inv_rms, h_mix = mhc_pre_delayed_forward(*pre, c(hpp), **ekw)
+        else:
+            h_in, hp, hr, inv_rms, h_mix, h_pre = mhc_pre_forward(*pre, **ekw)
+        refs.append((h_in, hp, hr, inv_rms, h_mix, h_pre, sinkhorn_forward(hr, ITERS, EPS, compute_dtype=cd)))
+    return verdicts + [judge(k, g, a, b) for k, g, a, b in zip(BOUNDARY_OUTPUTS[1:], got[1:], *refs)]
+
+
+def launches(graph: torch.cuda.CUDAGraph) -> dict:
+    """Kernels and memsets of one replay, by name, under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        graph.replay()
+        torch.cuda.synchronize()
+    names: dict[str, int] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and "memcpy" not in e.name.lower():
+            names[e.name] = names.get(e.name, 0) + 1
+    return names
+
+
+def run(shapes, device, quick, variants, out_dir):
+    rows = []
+    for shape in shapes:
+        t = _inputs(shape.T, shape.n, shape.D, device)
+        for name, (call, delayed) in _calls(t, variants).items():
+            verdicts = _verdicts(t, call(), delayed)
+            ok = all(v.ok for v in verdicts)
+            worst = max(verdicts, key=lambda v: v.err / max(v.bound, 1e-30))
+            row = {"shape": shape.label, "row": name, "status": "ok" if ok else "FAIL",
+                   "worst": f"{worst.name} {worst.err:.2e} / {worst.bound:.2e}"}  # fmt: skip
+            if ok and device.type == "cuda":
+                graph = capture_graph(lambda call=call: call, device)
+                row["gpu_us"] = round(replay_us(graph, device, GRAPH_REPLAYS[quick]), 2)
+                try:
+                    names = launches(graph)
+                    row["launches"] = sum(names.values())
+                    row["kernels"] = names
+                except Exception as e:  # the profiler is a report, not the measurement
+                    row["launches"] = f"profiler: {type(e).__name__}: {e}"
+            rows.append(row)
+            print(_fmt(row), flush=True)
+    if out_dir is not None and device.type == "cuda":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-decode.jsonl"
+        with path.open("a") as fh:
+            for row in rows:
+                fh.write(json.dumps(row | {"device": torch.cuda.get_device_name(device)}) + "\n")
+    return rows
+
+
+def _fmt(row):
+    cells = [row["shape"], row["row"], row["status"], row.get("gpu_us", ""), row.get("launches", ""), row["worst"]]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default=DEFAULT)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="decode_delayed at other tiles and split counts too")
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    shapes = parsed_shapes(parser, args.shapes)
+    device = parsed_device(parser, args.device, "the interpreter smoke test")
+    print("| shape | row | status | gpu_us | launches | worst error / bound |\n|---|---|---|---|---|---|")
+    rows = run(shapes, device, args.quick, args.variants, args.out)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
