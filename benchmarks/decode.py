@@ -132,6 +132,10 @@ def launches(graph: torch.cuda.CUDAGraph) -> dict:
 
 def run(shapes, device, quick, variants, out_dir):
     rows = []
+    path = None
+    if out_dir is not None and device.type == "cuda":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-decode.jsonl"
     for shape in shapes:
         t = _inputs(shape.T, shape.n, shape.D, device)
         for name, (call, delayed) in _calls(t, variants).items():
@@ -151,12 +155,9 @@ def run(shapes, device, quick, variants, out_dir):
                     row["launches"] = f"profiler: {type(e).__name__}: {e}"
             rows.append(row)
             print(_fmt(row), flush=True)
-    if out_dir is not None and device.type == "cuda":
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-decode.jsonl"
-        with path.open("a") as fh:
-            for row in rows:
-                fh.write(json.dumps(row | {"device": torch.cuda.get_device_name(device)}) + "\n")
+            if path is not None:  # row by row: a run cut short keeps what it measured
+                with path.open("a") as fh:
+                    fh.write(json.dumps(row | {"device": torch.cuda.get_device_name(device)}) + "\n")
     return rows
 
 
