@@ -10,11 +10,12 @@ Rows per shape (bf16 x, fp32 parameters with gamma, sinkhorn iters 20):
 - seam_delayed: kernels/seam.py's launch_seam_fwd (post and the delayed pre), then launch_sinkhorn_fwd.
 - decode_delayed: kernels/decode.py's launch_decode with h_pre_prev: the whole boundary in one launch.
 - ops_plain / decode_plain: the same with the plain mhc_pre(l+1).
-- with --variants, decode_delayed at other tiles and split counts (decode_delayed[block_d=..,splits=..]).
+- with --variants, the decode rows at other tiles, split counts, unrolls and warps (VARIANTS), and
+  sinkhorn_alone: launch_sinkhorn_fwd alone on [T, n, n] logits (what Sinkhorn's chain costs at this T).
 
 gpu_us: GPU time of one call, a CUDA graph of it replayed back to back (benchmarks/host.graph_gpu_us:
 what a decode step pays, launch gaps included). launches: kernels (and memsets) of one graph replay
-under torch.profiler (the bf16 pre's weight split is rebuilt in every captured graph: it is counted).
+under torch.profiler, with each kernel's device time in the jsonl (the bf16 pre's weight split is rebuilt in every captured graph: it is counted).
 Every row is judged by the accuracy rule against the float64 golden first, every output (status FAIL:
 no time): x(l+1) against golden/seam.py, the rest against the goldens on the x(l+1) the row stored.
 """
@@ -46,8 +47,11 @@ from .shapes import parsed_device, parsed_shapes
 
 DEFAULT = "1x4x4096,8x4x4096,64x4x4096,1x4x7168,8x4x7168,64x4x7168"
 ROWS = ("ops_delayed", "seam_delayed", "decode_delayed", "ops_plain", "decode_plain")
-VARIANTS = ({"block_d": 64, "splits": 32}, {"block_d": 64, "splits": 16}, {"block_d": 32}, {"block_d": 128},
-            {"block_d": 64, "num_warps": 8})  # fmt: skip
+# --variants: (row, launch_decode's options); the first four are the delayed boundary's
+VARIANTS = (("decode_delayed", {"block_d": 64, "splits": 32}), ("decode_delayed", {"block_d": 128}),
+            ("decode_delayed", {"unroll": 64}), ("decode_delayed", {"num_warps": 2}),
+            ("decode_delayed", {"num_warps": 2, "unroll": 64}), ("decode_delayed", {"num_warps": 1}),
+            ("decode_plain", {"apply_block_d": 256}), ("decode_plain", {"apply_block_d": 512, "num_warps": 8}))
 ITERS, EPS, NORM_EPS, HC_EPS = 20, 1e-6, 1e-6, 1e-6
 POST = ("x", "h_res", "h_out", "h_post")
 
@@ -85,9 +89,9 @@ def _calls(t: dict, variants: bool) -> dict:
     calls = {"ops_delayed": (ops(True), True), "seam_delayed": (seam, True), "decode_delayed": (decode(True), True),
              "ops_plain": (ops(False), False), "decode_plain": (decode(False), False)}  # fmt: skip
     if variants:
-        for v in VARIANTS:
-            name = "decode_delayed[" + ",".join(f"{k}={x}" for k, x in v.items()) + "]"
-            calls[name] = (decode(True, **v), True)
+        for row, v in VARIANTS:
+            name = row + "[" + ",".join(f"{k}={x}" for k, x in v.items()) + "]"
+            calls[name] = (decode(row == "decode_delayed", **v), row == "decode_delayed")
     return calls
 
 
@@ -115,18 +119,28 @@ def _verdicts(t: dict, got, delayed: bool) -> list:
     return verdicts + [judge(k, g, a, b) for k, g, a, b in zip(BOUNDARY_OUTPUTS[1:], got[1:], *refs)]
 
 
+def _sinkhorn_alone(T, n, device):
+    """(call, check): the Sinkhorn kernel alone on fresh [T, n, n] logits, judged against its golden."""
+    logits = torch.randn(T, n, n, generator=torch.Generator(device=device).manual_seed(2), device=device)
+    ref64 = sinkhorn_forward(logits.double(), ITERS, EPS, compute_dtype=torch.float64)
+    ref32 = sinkhorn_forward(logits, ITERS, EPS)
+    return (lambda: launch_sinkhorn_fwd(logits, ITERS, EPS)), (lambda got: [judge("P", got, ref64, ref32)])
+
+
 def launches(graph: torch.cuda.CUDAGraph) -> dict:
-    """Kernels and memsets of one replay, by name, under torch.profiler."""
+    """Kernels and memsets of one replay under torch.profiler -> {name: [count, their device us]}."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         graph.replay()
         torch.cuda.synchronize()
-    names: dict[str, int] = {}
+    names: dict[str, list] = {}
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA and "memcpy" not in e.name.lower():
-            names[e.name] = names.get(e.name, 0) + 1
+            entry = names.setdefault(e.name, [0, 0.0])
+            entry[0] += 1
+            entry[1] = round(entry[1] + e.device_time, 2)
     return names
 
 
@@ -138,8 +152,11 @@ def run(shapes, device, quick, variants, out_dir):
         path = out_dir / f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-decode.jsonl"
     for shape in shapes:
         t = _inputs(shape.T, shape.n, shape.D, device)
-        for name, (call, delayed) in _calls(t, variants).items():
-            verdicts = _verdicts(t, call(), delayed)
+        calls = {k: (c, lambda got, d=d: _verdicts(t, got, d)) for k, (c, d) in _calls(t, variants).items()}
+        if variants:
+            calls["sinkhorn_alone"] = _sinkhorn_alone(shape.T, shape.n, device)
+        for name, (call, check) in calls.items():
+            verdicts = check(call())
             ok = all(v.ok for v in verdicts)
             worst = max(verdicts, key=lambda v: v.err / max(v.bound, 1e-30))
             row = {"shape": shape.label, "row": name, "status": "ok" if ok else "FAIL",
@@ -149,7 +166,7 @@ def run(shapes, device, quick, variants, out_dir):
                 row["gpu_us"] = round(replay_us(graph, device, GRAPH_REPLAYS[quick]), 2)
                 try:
                     names = launches(graph)
-                    row["launches"] = sum(names.values())
+                    row["launches"] = sum(c for c, _ in names.values())
                     row["kernels"] = names
                 except Exception as e:  # the profiler is a report, not the measurement
                     row["launches"] = f"profiler: {type(e).__name__}: {e}"

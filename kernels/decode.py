@@ -110,12 +110,12 @@ def auto_splits(D: int, block_d: int) -> int:
 
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
-                  block_t=16, block_d=64, apply_block_d=128, splits=None, num_warps=4):  # fmt: skip
+                  block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (none for zero tokens).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
-    collapse columns per step."""
+    collapse columns per step; unroll: partials the last program loads per step."""
     check_block("block_t", block_t, 16)  # tl.dot's smallest M
     check_block("block_d", block_d, 16)
     check_block("apply_block_d", apply_block_d, 16)
@@ -145,7 +145,7 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
         h_mix, h_pre, P, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
         float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
-        UNROLL=min(UNROLL, next_power_of_2(splits)), DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
+        UNROLL=min(unroll, next_power_of_2(splits)), DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
         INTERPRET=interpreting(), num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip
     return out, h_in, nh_post, nh_res, inv_rms, h_mix, h_pre, P
