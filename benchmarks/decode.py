@@ -48,10 +48,16 @@ from .shapes import parsed_device, parsed_shapes
 DEFAULT = "1x4x4096,8x4x4096,64x4x4096,1x4x7168,8x4x7168,64x4x7168"
 ROWS = ("ops_delayed", "seam_delayed", "decode_delayed", "ops_plain", "decode_plain")
 # --variants: (row, launch_decode's options); the first four are the delayed boundary's
-VARIANTS = (("decode_delayed", {"block_d": 64, "splits": 32}), ("decode_delayed", {"block_d": 128}),
-            ("decode_delayed", {"unroll": 64}), ("decode_delayed", {"num_warps": 2}),
-            ("decode_delayed", {"num_warps": 2, "unroll": 64}), ("decode_delayed", {"num_warps": 1}),
-            ("decode_plain", {"apply_block_d": 256}), ("decode_plain", {"apply_block_d": 512, "num_warps": 8}))
+VARIANTS = (
+    ("decode_delayed", {"block_d": 64, "splits": 32}),
+    ("decode_delayed", {"block_d": 128}),
+    ("decode_delayed", {"unroll": 64}),
+    ("decode_delayed", {"num_warps": 2}),
+    ("decode_delayed", {"num_warps": 2, "unroll": 64}),
+    ("decode_delayed", {"num_warps": 1}),
+    ("decode_plain", {"apply_block_d": 256}),
+    ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
+)
 ITERS, EPS, NORM_EPS, HC_EPS = 20, 1e-6, 1e-6, 1e-6
 POST = ("x", "h_res", "h_out", "h_post")
 
@@ -152,7 +158,7 @@ def run(shapes, device, quick, variants, out_dir):
         path = out_dir / f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-decode.jsonl"
     for shape in shapes:
         t = _inputs(shape.T, shape.n, shape.D, device)
-        calls = {k: (c, lambda got, d=d: _verdicts(t, got, d)) for k, (c, d) in _calls(t, variants).items()}
+        calls = {k: (c, lambda got, d=d, t=t: _verdicts(t, got, d)) for k, (c, d) in _calls(t, variants).items()}
         if variants:
             calls["sinkhorn_alone"] = _sinkhorn_alone(shape.T, shape.n, device)
         for name, (call, check) in calls.items():

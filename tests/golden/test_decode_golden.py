@@ -37,7 +37,9 @@ def _contract(case, t: dict, iters: int, eps: float) -> dict:
     n, D = case.n, case.D
     x, h_res, h_out, h_post, hpp, phi, alpha, bias, gamma = (_up(t[k]) for k in (*POST, *PRE))
     xs = x.reshape(-1, n, D)
-    x_next = h_post.reshape(-1, n, 1) * h_out.reshape(-1, 1, D) + torch.einsum("tij,tid->tjd", h_res.reshape(-1, n, n), xs)
+    x_next = h_post.reshape(-1, n, 1) * h_out.reshape(-1, 1, D) + torch.einsum(
+        "tij,tid->tjd", h_res.reshape(-1, n, n), xs
+    )
     stored = x_next.to(t["x"].dtype).double()
     v = stored.reshape(-1, n * D)
     vg = v if gamma is None else v * gamma.reshape(-1)
