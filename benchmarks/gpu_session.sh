@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [delayed]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [delayed] [decode] [sinkhorn-tiles]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -107,6 +107,10 @@ liger)  # is Liger-Kernel (a peer mHC implementation) on the image?
     | tail -1 | tee "$R/liger.txt" ;;
 delayed)  # the delayed pre against mhc_pre, kernel by kernel, and the boundary post + delayed pre, x floor
   timeout 240 python3 -m benchmarks.delayed --out "$R" 2>&1 | tee "$R/delayed.md" | tail -30 ;;
+decode)  # one layer boundary's forward at decode: the ops, the seam, the one-launch kernel (benchmarks/decode.py)
+  timeout 200 python3 -m benchmarks.decode --out "$R" 2>&1 | tee "$R/decode.md" | tail -30 ;;
+sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
+  timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time
   timeout 420 python3 -m benchmarks.layer_modes --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168 --out "$R" \
     2>&1 | tee "$R/layer_modes.md" | tail -24 ;;
@@ -118,6 +122,6 @@ hf-compile)  # the same, eager and patched, each also with every decoder layer u
   PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
     --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
     | tail -24 | tee "$R/hf-compile.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes, delayed)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes, delayed, decode, sinkhorn-tiles)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .

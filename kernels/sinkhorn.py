@@ -25,9 +25,12 @@ from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims
 from ._launch import launched
 
 MAX_N = 8  # one token's n x n matrix lives in registers
-# Elements of a [BLOCK_T, N_PAD, N_PAD] tile at the default block size: 4 per thread of 4 warps, so
-# the backward's live tiles fit the register file.
-TILE_ELEMENTS = 512
+# One warp per program over a [BLOCK_T, N_PAD, N_PAD] tile of at least TILE_ELEMENTS entries (and 8
+# tokens): 16 tokens at n = 4, 8 at n = 8. The iteration is a serial chain of row and column sums;
+# with one warp the compiler keeps them off shared memory (docs/perf.md, Performance VIII).
+TILE_ELEMENTS = 256
+MIN_BLOCK_T = 8
+NUM_WARPS = 1
 
 
 @triton.jit
@@ -169,8 +172,9 @@ def _n_pad(n: int) -> int:
 
 
 def default_block_t(n: int) -> int:
-    """Tokens per program: TILE_ELEMENTS entries of [BLOCK_T, N_PAD, N_PAD] (8 tokens at n = 8, 32 at n = 4)."""
-    return max(1, TILE_ELEMENTS // _n_pad(n) ** 2)
+    """Tokens per program: TILE_ELEMENTS entries of [BLOCK_T, N_PAD, N_PAD], at least MIN_BLOCK_T (8 tokens
+    at n = 8, 16 at n = 4)."""
+    return max(MIN_BLOCK_T, TILE_ELEMENTS // _n_pad(n) ** 2)
 
 
 def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6, max_n=MAX_N) -> tuple[tuple[int, ...], int]:
@@ -190,7 +194,7 @@ def launch_sinkhorn_fwd(logits, iters, eps, *, block_t=None) -> torch.Tensor:
         return P
     block_t = block_t or default_block_t(n)
     _sinkhorn_fwd_kernel[(cdiv(T, block_t),)](
-        logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
+        logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t, num_warps=NUM_WARPS,
     )  # fmt: skip
     return P
 
@@ -209,6 +213,7 @@ def launch_sinkhorn_bwd(logits, dP, iters, eps, *, block_t=None, seg=None) -> to
     seg = seg or max(1, math.isqrt(int(iters) - 1))
     _sinkhorn_bwd_kernel[(cdiv(T, block_t),)](
         logits, dP, dlogits, T, int(iters), seg, float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
+        num_warps=NUM_WARPS,
     )  # fmt: skip
     return dlogits
 

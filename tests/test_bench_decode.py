@@ -1,4 +1,4 @@
-"""benchmarks/decode.py on the CPU (the interpreter): every row, variants included, passes the accuracy rule."""
+"""benchmarks/decode.py and benchmarks/sinkhorn_tiles.py on the CPU (the interpreter): every row passes the accuracy rule."""
 
 import pytest
 
@@ -13,3 +13,12 @@ def test_decode_benchmark_rows_pass_the_accuracy_rule(capsys):
     table = capsys.readouterr().out
     rows = len(decode.ROWS) + len(decode.VARIANTS) + 1  # and sinkhorn_alone
     assert table.count("| ok |") == 2 * rows and "FAIL" not in table
+
+
+def test_sinkhorn_tiles_benchmark_rows_pass_the_accuracy_rule(capsys):
+    from benchmarks import sinkhorn_tiles
+
+    assert sinkhorn_tiles.main(["--n", "3,8", "--T", "1,5", "--configs", "16x1,8x4", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    # per T: n = 3's default tile is 16x1 (one row for both) and 8x4; n = 8's default 8x1, 16x1 and 8x4
+    assert table.count("| ok |") == 2 * (2 + 3) and table.count("(default)") == 2 * 2 and "FAIL" not in table

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from mhc_ops.kernels._launch import INTERPRETER_NUMPY_CLASH
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
 
@@ -36,6 +38,8 @@ def test_readme_has_its_examples():
 def test_readme_block_runs(line, code, tmp_path):
     if "transformers" in code and importlib.util.find_spec("transformers") is None:
         pytest.skip("needs the transformers extra")
+    if "TRITON_INTERPRET" in code and INTERPRETER_NUMPY_CLASH:  # the GPU image: triton 3.6 with numpy 2.5
+        pytest.skip("this triton's interpreter refuses this numpy (docs/bugs/numpy-interpreter-range.md)")
     out = run_block(code, tmp_path)
     assert out.returncode == 0, f"README.md block at line {line} failed:\n{out.stderr[-4000:]}"
 
