@@ -13,6 +13,7 @@ from .golden import mhc_post as golden_post
 from .golden import mhc_pre as golden_pre
 from .golden import sinkhorn as golden_sinkhorn
 from .kernels._common import interpreting
+from .kernels.decode import launch_decode
 from .kernels.fused_bwd import launch_backward_fused
 from .kernels.fwd import launch_fwd
 from .kernels.post import launch_post_bwd, launch_post_fwd
@@ -199,3 +200,16 @@ def post_backward(route: Route, x, h_res, h_out, h_post, dout) -> tuple:
         return launch_post_bwd(x, h_res, h_out, h_post, dout)
     out = golden_post.stage_post_bwd(x=x, h_res=h_res, h_out=h_out, h_post=h_post, dout=dout)
     return out["dx"], out["dh_res"].float(), out["dh_out"], out["dh_post"].float()
+
+
+# --- the layer boundary at decode --------------------------------------------------------------------------------
+
+DECODE_MAX_T = 64  # tokens up to which an inference stack runs each boundary in one launch (kernels/decode.py)
+
+
+def boundary_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, iters, eps, norm_eps, hc_eps):
+    """post(l), the delayed pre(l+1) (collapsed with h_pre_prev, pre(l)'s h_pre) and sinkhorn of its h_res in
+    one launch, not differentiable -> (x_next, h_in, h_post, P = sinkhorn(h_res), h_pre) of the next sublayer."""
+    out, h_in, h_post_next, _, _, _, h_pre, P = launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias,
+                                                              gamma, norm_eps, hc_eps, iters, eps)  # fmt: skip
+    return out, h_in, h_post_next, P, h_pre

@@ -5,6 +5,7 @@ backend; and the module's errors."""
 import pytest
 import torch
 
+import mhc_ops
 from mhc_ops.golden import judge
 from mhc_ops.golden.layer import layer_forward
 from mhc_ops.nn import HyperConnection, HyperStack
@@ -66,3 +67,48 @@ def test_delayed_module_errors():
         hc(torch.randn(3, 2, 8), h_pre_prev=torch.rand(3, 4))
     x_next, h_pre = hc(torch.randn(3, 2, 8))
     assert x_next.shape == (3, 2, 8) and h_pre.shape == (3, 2) and h_pre.dtype == torch.float32
+
+
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+@pytest.mark.parametrize("T, launches", [(1, 2), (5, 2), (65, 0)])
+def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, launches):
+    """Under no_grad, at most 64 tokens, a delayed all-Triton stack runs post(l) + pre(l+1) + sinkhorn in one
+    launch per boundary (kernels/decode.py), with the stack's output by the accuracy rule; training (grad
+    enabled) and more tokens take the ops."""
+    n, D = 4, 16
+    torch.manual_seed(T)
+    blocks = [None, torch.nn.Linear(D, D), None]
+    stack = HyperStack(D, n, blocks, delayed=True, backend="triton", init="zero").to(KERNEL_DEVICE)
+    with torch.no_grad():
+        for layer in stack.layers:
+            layer.phi.normal_(0, 1.0)
+            layer.alpha.uniform_(0.5, 1.5)
+            layer.bias.normal_(0, 0.5)
+    calls = []
+    real = mhc_ops._impl.launch_decode
+    monkeypatch.setattr(mhc_ops._impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(T, n, D, device=KERNEL_DEVICE)
+    with torch.no_grad():
+        got = stack(x)
+    assert len(calls) == launches
+    with torch.no_grad(), monkeypatch.context() as m:
+        m.setattr(stack, "_decodes", lambda x: False)
+        ops = stack(x)  # the same stack through the ops
+    assert len(calls) == launches
+    linear = blocks[1]
+    branch = lambda h: h @ linear.weight.t().to(h.dtype) + linear.bias.to(h.dtype)  # noqa: E731
+    layers = [{k: getattr(l, k).detach() for k in PARAMS} for l in stack.layers]
+
+    def reference(dtype):
+        h, h_pre = x.to(dtype), None
+        for i, p in enumerate(layers):
+            h, h_pre = layer_forward(h, *(p[k].to(dtype) for k in PARAMS), None, branch if i == 1 else None, delayed=True,
+                                     h_pre_prev=h_pre, compute_dtype=dtype)  # fmt: skip
+        return h
+
+    ref64, ref32 = reference(torch.float64), reference(torch.float32)
+    verdicts = [judge("x_next (decode)", got, ref64, ref32), judge("x_next (ops)", ops, ref64, ref32)]
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+    x_train = x.clone().requires_grad_()
+    stack(x_train).sum().backward()
+    assert len(calls) == launches and x_train.grad is not None
