@@ -145,8 +145,8 @@ class Pipeline:
 
     def forward(self, *, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6) -> dict:
         """mhc_pre's forward."""
-        return self._chain(("pre_fwd",), dict(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps,
-                                          hc_eps=hc_eps))  # fmt: skip
+        named = dict(x=x, phi=phi, alpha=alpha, bias=bias, gamma=gamma, norm_eps=norm_eps, hc_eps=hc_eps)
+        return self._chain(self.stages_of("mhc_pre")[:1], named)
 
     def backward(self, env: Mapping, *, dh_in, dh_post, dh_res, grad_x_post=None, hc_eps=1e-6) -> dict:
         """mhc_pre's backward. env holds the forward's inputs and saved tensors (x, phi, alpha, gamma,
