@@ -141,3 +141,28 @@ def delayed_inputs(case, first: bool, device="cpu") -> dict:
     t["h_pre_prev"] = None if first else torch.sigmoid(torch.randn(shape, generator=g, device=device)) + case.hc_eps
     t["dh_pre"] = torch.randn(shape, generator=g, device=device)
     return t
+
+
+# --- the contract written out in torch (independent of golden/), for the goldens' autograd tests ---------------
+
+
+def contract_post(x, h_res, h_out, h_post, n, D):
+    """mhc_post per the contract -> x_next [T, n, D]: h_post[j]*h_out + sum_i h_res[i, j]*x[i]."""
+    xs = x.reshape(-1, n, D)
+    return h_post.reshape(-1, n, 1) * h_out.reshape(-1, 1, D) + torch.einsum("tij,tid->tjd", h_res.reshape(-1, n, n), xs)
+
+
+def contract_coefficients(v, phi, alpha, bias, gamma, n, norm_eps, hc_eps) -> dict:
+    """mhc_pre's coefficients per the contract, v [T, nD] -> dict of h_mix, inv_rms [T], h_pre, h_post
+    [T, n] and the h_res logits [T, n*n]."""
+    vg = v if gamma is None else v * gamma.reshape(-1)
+    h_mix = vg @ phi.t()
+    inv_rms = torch.rsqrt(v.square().mean(-1) + norm_eps)
+    m = h_mix * inv_rms[:, None]
+    return {
+        "h_mix": h_mix,
+        "inv_rms": inv_rms,
+        "h_pre": torch.sigmoid(alpha[0] * m[:, :n] + bias[:n]) + hc_eps,
+        "h_post": 2 * torch.sigmoid(alpha[1] * m[:, n : 2 * n] + bias[n : 2 * n]),
+        "h_res": alpha[2] * m[:, 2 * n :] + bias[2 * n :],
+    }

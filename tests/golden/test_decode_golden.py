@@ -13,7 +13,7 @@ from mhc_ops.golden.layer import layer_forward
 from mhc_ops.golden.mhc_post import mhc_post_forward
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
 from tests.cases import SEAM_CASES
-from tests.helpers import delayed_inputs
+from tests.helpers import contract_coefficients, contract_post, delayed_inputs
 
 F64_TOL = 1e-10
 POST = ("x", "h_res", "h_out", "h_post")
@@ -36,19 +36,12 @@ def _contract(case, t: dict, iters: int, eps: float) -> dict:
     """The boundary written out from the contract in float64 (x(l+1) rounded to x's dtype before the pre)."""
     n, D = case.n, case.D
     x, h_res, h_out, h_post, hpp, phi, alpha, bias, gamma = (_up(t[k]) for k in (*POST, *PRE))
-    xs = x.reshape(-1, n, D)
-    x_next = h_post.reshape(-1, n, 1) * h_out.reshape(-1, 1, D) + torch.einsum(
-        "tij,tid->tjd", h_res.reshape(-1, n, n), xs
-    )
+    x_next = contract_post(x, h_res, h_out, h_post, n, D)
     stored = x_next.to(t["x"].dtype).double()
-    v = stored.reshape(-1, n * D)
-    vg = v if gamma is None else v * gamma.reshape(-1)
-    h_mix = vg @ phi.t()
-    inv_rms = torch.rsqrt(v.square().mean(-1) + case.norm_eps)
-    m = h_mix * inv_rms[:, None]
-    h_pre = torch.sigmoid(alpha[0] * m[:, :n] + bias[:n]) + case.hc_eps
+    c = contract_coefficients(stored.reshape(-1, n * D), phi, alpha, bias, gamma, n, case.norm_eps, case.hc_eps)
+    h_mix, inv_rms, h_pre = c["h_mix"], c["inv_rms"], c["h_pre"]
     coll = h_pre if hpp is None else hpp.reshape(-1, n)
-    L = (alpha[2] * m[:, 2 * n :] + bias[2 * n :]).reshape(-1, n, n)
+    L = c["h_res"].reshape(-1, n, n)
     P = torch.softmax(L, dim=-1) + eps
     P = P / (P.sum(-2, keepdim=True) + eps)
     for _ in range(iters - 1):
@@ -58,7 +51,7 @@ def _contract(case, t: dict, iters: int, eps: float) -> dict:
     return {
         "out": x_next.reshape(*lead, n, D),
         "h_in": (coll[:, :, None] * stored).sum(1).reshape(*lead, D),
-        "next_h_post": (2 * torch.sigmoid(alpha[1] * m[:, n : 2 * n] + bias[n : 2 * n])).reshape(*lead, n),
+        "next_h_post": c["h_post"].reshape(*lead, n),
         "next_h_res": L.reshape(*lead, n, n),
         "next_inv_rms": inv_rms.reshape(lead),
         "next_h_mix": h_mix.reshape(*lead, -1),

@@ -7,7 +7,7 @@ import torch
 from mhc_ops.golden import mhc_pre_forward, rel_err
 from mhc_ops.golden.mhc_pre import mhc_pre_delayed_backward, mhc_pre_delayed_forward
 from tests.cases import DELAYED_AUTOGRAD_CASES
-from tests.helpers import delayed_inputs
+from tests.helpers import contract_coefficients, delayed_inputs
 
 F64_TOL = 1e-10
 INPUTS = ("x", "phi", "alpha", "bias", "gamma", "h_pre_prev")
@@ -24,11 +24,8 @@ def _autograd(case, t):
     x, phi, alpha, bias, gamma, hpp = (leaves[k] for k in INPUTS)
     n, D = case.n, case.D
     v = x.reshape(-1, n * D)
-    vg = v if gamma is None else v * gamma.reshape(-1)
-    m = (vg @ phi.t()) * torch.rsqrt(v.square().mean(-1, keepdim=True) + case.norm_eps)
-    h_pre = torch.sigmoid(alpha[0] * m[:, :n] + bias[:n]) + case.hc_eps
-    h_post = 2 * torch.sigmoid(alpha[1] * m[:, n : 2 * n] + bias[n : 2 * n])
-    h_res = alpha[2] * m[:, 2 * n :] + bias[2 * n :]
+    c = contract_coefficients(v, phi, alpha, bias, gamma, n, case.norm_eps, case.hc_eps)
+    h_pre, h_post, h_res = c["h_pre"], c["h_post"], c["h_res"]
     streams = v.view(-1, n, D)
     h_in = streams[:, 0] if hpp is None else (hpp.reshape(-1, n, 1) * streams).sum(1)
     loss = (h_in * t["dh_in"].reshape(-1, D)).sum() + (h_post * t["dh_post"].reshape(-1, n)).sum()

@@ -13,7 +13,7 @@ from mhc_ops.golden.mhc_post import mhc_post_backward
 from mhc_ops.golden.mhc_pre import mhc_pre_delayed_backward
 from mhc_ops.golden.seam import SEAM_GRADS, SEAM_OUTPUTS, seam_backward, seam_forward
 from tests.cases import SEAM_CASES
-from tests.helpers import delayed_inputs
+from tests.helpers import contract_coefficients, contract_post, delayed_inputs
 
 F64_TOL = 1e-10
 POST = ("x", "h_res", "h_out", "h_post")
@@ -40,14 +40,9 @@ def _autograd(case, t: dict) -> tuple[dict, dict]:
     leaves = {k: None if t[k] is None else t[k].clone().requires_grad_() for k in LEAVES}
     x, h_res, h_out, h_post, phi, alpha, bias, gamma, hpp = (leaves[k] for k in LEAVES)
     n, D = case.n, case.D
-    xs = x.reshape(-1, n, D)
-    x_next = h_post.reshape(-1, n, 1) * h_out.reshape(-1, 1, D) + torch.einsum("tij,tid->tjd", h_res.reshape(-1, n, n), xs)
-    v = x_next.reshape(-1, n * D)
-    vg = v if gamma is None else v * gamma.reshape(-1)
-    m = (vg @ phi.t()) * torch.rsqrt(v.square().mean(-1, keepdim=True) + case.norm_eps)
-    h_pre = torch.sigmoid(alpha[0] * m[:, :n] + bias[:n]) + case.hc_eps
-    next_h_post = 2 * torch.sigmoid(alpha[1] * m[:, n : 2 * n] + bias[n : 2 * n])
-    next_h_res = alpha[2] * m[:, 2 * n :] + bias[2 * n :]
+    x_next = contract_post(x, h_res, h_out, h_post, n, D)
+    c = contract_coefficients(x_next.reshape(-1, n * D), phi, alpha, bias, gamma, n, case.norm_eps, case.hc_eps)
+    h_pre, next_h_post, next_h_res = c["h_pre"], c["h_post"], c["h_res"]
     h_in = x_next[:, 0] if hpp is None else (hpp.reshape(-1, n, 1) * x_next).sum(1)
     loss = (h_in * t["dh_in"].reshape(-1, D)).sum() + (next_h_post * t["dh_next_post"].reshape(-1, n)).sum()
     loss = loss + (next_h_res * t["dh_next_res"].reshape(-1, n * n)).sum()
