@@ -181,14 +181,11 @@ def build(case: Case, device: str | torch.device = "cpu") -> Bundle:
             tensors[k] = v.to(storage_dtype(k, case.torch_dtype))
     if case.op == "mhc_pre":
         tensors.setdefault("dgamma", None)
-    for stage in composites_of_op(case.op):  # a composite's reference: fp64 on its own (stored) inputs
+    for stage in (c for c in COMPOSITES if STAGE_IO[c]["op"] == case.op):  # fp64 on its own (stored) inputs
         out64 = run_golden(stage, bundle.stage_inputs(stage), "fp64")
         bundle.reference[stage] = {k: out64[k] for k in STAGE_IO[stage]["outputs"] if out64[k] is not None}
     return bundle
 
-
-def composites_of_op(op: str) -> tuple[str, ...]:
-    return tuple(c for c in COMPOSITES if STAGE_IO[c]["op"] == op)
 
 
 # Tiny cases committed under tests/fixtures/frozen: mhc_pre in each layout and one with inv_rms far

@@ -32,7 +32,6 @@ BACKENDS = ("golden", "triton")
 PARTS = "parts"
 FORWARD_INPUTS = ("x", "phi", "alpha", "bias", "gamma")
 BACKWARD_INPUTS = ("dh_in", "dh_post", "dh_res", "grad_x_post")
-PRE_BACKWARD_STAGES = COMPOSITES["pre_bwd"]
 # Inputs a stage may be run without (None).
 OPTIONAL_INPUTS = ("gamma", "grad_x_post")
 
