@@ -12,11 +12,9 @@ h_in from the stored x(l+1) for the plain pre (fwd.apply_tile; it needs this h_p
 Sinkhorn on the next h_res in registers (sinkhorn.sinkhorn_tile) and sets the counter back to 0, so
 the next launch (a CUDA-graph replay) starts from zero with no memset.
 
-The counters are one int32 per token block, kept per device (_counters) and never freed while a graph
-may hold them: launches that share a device must not run concurrently on two streams. T and iters are
-runtime arguments (one compile per n, D and dtype); token and workspace offsets are 64-bit. The
-projection reads phi (and gamma) in fp32 (fp32_dot): the bf16 weight split of the pre forward would be
-rebuilt in every captured graph, one more launch.
+The counters: kernels/_arrive.py. T and iters are runtime arguments (one compile per n, D and dtype);
+token and workspace offsets are 64-bit. The projection reads phi (and gamma) in fp32 (fp32_dot): the
+bf16 weight split of the pre forward would be rebuilt in every captured graph, one more launch.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import triton.language as tl
 from mhc_ops._validate import check_post_inputs, check_sinkhorn_iters
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS
 
+from ._arrive import arrival_counters
 from ._common import (
     cdiv,
     check_block,
@@ -89,20 +88,6 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         tl.store(count_ptr + b, 0)  # for the next launch
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-_RETIRED: list[torch.Tensor] = []  # outgrown counters a captured graph may still use: kept alive
-
-
-def _counters(device: torch.device, blocks: int) -> torch.Tensor:
-    """At least `blocks` int32 arrival counters on device, all 0 between launches."""
-    c = _COUNTERS.get(device)
-    if c is None or c.numel() < blocks:
-        if c is not None:
-            _RETIRED.append(c)
-        c = _COUNTERS[device] = torch.zeros(max(blocks, 64), device=device, dtype=torch.int32)
-    return c
-
-
 def auto_splits(D: int, block_d: int) -> int:
     """Column-chunk ranges per token block: one or a few chunks each, at most MAX_SPLITS, equal shares."""
     chunks = cdiv(D, block_d)
@@ -141,7 +126,7 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     delayed = h_pre_prev is not None
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
-        else alpha, alpha.contiguous(), bias.contiguous(), ws, _counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
+        else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
         h_mix, h_pre, P, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
         float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,

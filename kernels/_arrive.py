@@ -1,0 +1,32 @@
+"""Arrival counters for kernels whose last program of a token block finishes it (kernels/decode.py,
+kernels/fwd.py ``_fwd_once_kernel``): one int32 per token block, incremented with acq_rel at GPU scope
+by each program of the block and set back to 0 by the last one, so they are all 0 between launches
+and a CUDA-graph replay needs no memset.
+
+Eager launches share a cached buffer per (device, stream): launches on one stream run one after
+another, so no two use a counter at once. A captured graph keeps the buffer of its capture stream:
+two graphs captured on one stream must not replay concurrently on two streams. Inside a registered
+op's body (torch.compile traces it, Inductor allocates) the counters are a fresh zeroed tensor of the
+graph (one memset)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._launch import in_op_body
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown buffers a captured graph may still use: kept alive
+
+
+def arrival_counters(device: torch.device, blocks: int) -> torch.Tensor:
+    """At least ``blocks`` int32 counters on device, all 0 when a launch starts."""
+    if in_op_body():
+        return torch.zeros(blocks, device=device, dtype=torch.int32)
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    c = _COUNTERS.get(key)
+    if c is None or c.numel() < blocks:
+        if c is not None:
+            _RETIRED.append(c)
+        c = _COUNTERS[key] = torch.zeros(max(blocks, 64), device=device, dtype=torch.int32)
+    return c
