@@ -41,19 +41,21 @@ def chosen(T: int, n: int, D: int, device: torch.device) -> str:
     """What auto runs (launch_fwd's defaults: block_t 64, default block_d, bf16): a split count, or
     "once S" for the read-once path with S ranges."""
     once, splits = fwd.auto_launch(
-        fwd.cdiv(T, 64), n * fwd.cdiv(D, fwd.default_block_d(n, None)), fwd.sm_count(device), 64 * n * D * 2, False
+        fwd.cdiv(T, 64), n, fwd.cdiv(D, fwd.default_block_d(n, None)), fwd.sm_count(device), 64 * n * D * 2, False
     )
     return f"once {splits}" if once else str(splits)
 
 
-def variants(splits_list: list[int], once_list: list[int | None], apply_list: list[int]) -> list[tuple[str, dict]]:
+def variants(splits_list: list[int], once_list: list[int | None], apply_list: list[int], per_sm: list[int | None],
+             sms: int) -> list[tuple[str, dict]]:  # fmt: skip
     """(label, launch_fwd options) of each row: the forced split counts, the read-once path at each split
-    count (None: once_splits) and apply width, then auto."""
+    count (None: once_splits), apply width and programs per SM (None: its default), then auto."""
     rows = [(str(s), {"splits": s}) for s in splits_list]
-    for s in once_list:
-        for a in apply_list:
-            label = f"once {'auto' if s is None else s}, apply {a}"
-            rows.append((label, {"once": True, "splits": s, "block_d_apply": a}))
+    for p in per_sm:
+        for s in once_list:
+            for a in apply_list:
+                label = f"once {'auto' if s is None else s}, apply {a}" + ("" if p is None else f", {p}/SM")
+                rows.append((label, {"once": True, "splits": s, "block_d_apply": a, "programs": p and p * sms}))
     return [*rows, ("auto", {})]
 
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default=DEFAULT_SPLITS, help=f"forced split counts (default {DEFAULT_SPLITS})")
     parser.add_argument("--once", default=DEFAULT_ONCE, help=f"read-once split counts, auto = once_splits (default {DEFAULT_ONCE})")
     parser.add_argument("--once-apply", default=DEFAULT_ONCE_APPLY, help=f"read-once apply widths (default {DEFAULT_ONCE_APPLY})")
+    parser.add_argument("--once-per-sm", default="", help="read-once programs per SM (default: its own)")
     parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -96,14 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         splits_list = [int(s) for s in args.splits.split(",") if s]
         once_list = [None if s == "auto" else int(s) for s in args.once.split(",") if s]
         apply_list = [int(s) for s in args.once_apply.split(",") if s]
+        per_sm = [int(s) for s in args.once_per_sm.split(",") if s] or [None]
     except ValueError as e:
         parser.error(f"--shapes/--splits/--once/--once-apply: {e}")
     if any(s is not None and s < 1 for s in [*splits_list, *once_list]):
         parser.error("--splits/--once: expected positive ints")
     if any(a < 16 or a & (a - 1) for a in apply_list):
         parser.error("--once-apply: expected powers of two >= 16")
-    rows_spec = variants(splits_list, once_list, apply_list)
     device = torch.device(args.device)
+    rows_spec = variants(splits_list, once_list, apply_list, per_sm, fwd.sm_count(device) if device.type == "cuda" else 1)
     copy_bw = timing.copy_bandwidth_GBps(device, args.quick)
     print(f"# launch_fwd by split count, {device}, copy bandwidth {copy_bw:.0f} GB/s\n")
     print("| shape | splits | ms | time / floor | accuracy rule |")

@@ -451,43 +451,55 @@ def _fwd_finish_kernel(
     )  # fmt: skip
 
 
-@launched(do_not_specialize=["T", "splits"])
+@launched(do_not_specialize=["T", "ranges", "items"])
 def _fwd_once_kernel(
     x_ptr, phi_ptr, gamma_ptr, w_ptr, alpha_ptr, bias_ptr, ws_ptr, count_ptr, h_in_ptr, h_post_ptr, h_res_ptr,
-    inv_rms_ptr, h_mix_ptr, h_pre_ptr, T, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, splits, norm_eps, hc_eps,
+    inv_rms_ptr, h_mix_ptr, h_pre_ptr, T, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, ranges, items, norm_eps, hc_eps,
     HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    FINISH_T: tl.constexpr, APPLY_BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, UNROLL: tl.constexpr,
-    INTERPRET: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr,
+    APPLY_BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr,
+    N_PAD: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
-    """One launch, x read once from memory: program p is chunk range s = p % splits of token block
-    b = p // splits (a block's ranges adjacent in launch order, so they run together). Each stores its
-    partials as _fwd_partial_kernel does and increments block b's arrival counter (acq_rel, GPU scope);
-    the last to arrive runs finish_rows over the block, FINISH_T rows at a time, all of D, its x
-    re-read from L2 (the block's ranges read it just before), and sets the counter back to 0."""
+    """One launch, x read once from memory. Work item w is column range r = w % ranges (of the
+    cdiv(D, BLOCK_D) column chunks, all n streams) of token block b = w // ranges; program p takes items
+    p, p + programs, ... (a persistent grid: every program resident, or a wait below never ends). Each
+    item stores its partials, increments block b's arrival counter (release), waits until all ranges
+    of the block have (acquire), sums the block's partials in range order (deterministic), applies the
+    coefficients to its own columns, whose x it read just before (from L2), and range 0 stores the
+    saved tensors. A departure counter lets the block's last leaver set both counters back to 0."""
     norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
-    pid = tl.program_id(0)
-    b = pid // splits
-    s = pid - b * splits
-    t0 = b.to(tl.int64) * BLOCK_T
-    rows = t0 + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    chunks = n * tl.cdiv(D, BLOCK_D)
-    h_mix, sumsq = mix_tile(
-        x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, s * chunks // splits, (s + 1) * chunks // splits,
-        n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
-    )  # fmt: skip
-    store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, n, splits, O_PAD)
-    tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
-    arrived = tl.atomic_add(count_ptr + b, 1, sem="acq_rel", scope="gpu")
-    if arrived == splits - 1:  # the last of block b's programs: every partial is visible
-        for r in range(0, BLOCK_T, FINISH_T):
-            finish_rows(
-                x_ptr, ws_ptr, alpha_ptr, bias_ptr, h_in_ptr, h_post_ptr, h_res_ptr, inv_rms_ptr, h_mix_ptr,
-                h_pre_ptr, t0 + r, T, n, D, sx_t, sx_i, sx_d, splits, 0, D, True, norm_eps, hc_eps, FINISH_T,
-                APPLY_BLOCK_D, O_PAD, UNROLL, N_PAD, STREAM64, True,
+    d_chunks = tl.cdiv(D, BLOCK_D)
+    for w in range(tl.program_id(0), items, tl.num_programs(0)):
+        b = w // ranges
+        r = w - b * ranges
+        t0 = b.to(tl.int64) * BLOCK_T
+        rows = t0 + tl.arange(0, BLOCK_T)
+        row_mask = rows < T
+        dc0 = r * d_chunks // ranges
+        dc1 = (r + 1) * d_chunks // ranges
+        h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+        sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for i in range(0, n):
+            part, sq = mix_tile(
+                x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i * d_chunks + dc0, i * d_chunks + dc1, n, D,
+                sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
             )  # fmt: skip
-        tl.store(count_ptr + b, 0)  # for the next launch
+            h_mix += part
+            sumsq += sq
+        store_partials(ws_ptr, h_mix, sumsq, r, rows, row_mask, cols, T, n, ranges, O_PAD)
+        tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
+        tl.atomic_add(count_ptr + 2 * b, 1, sem="release", scope="gpu")
+        while tl.atomic_add(count_ptr + 2 * b, 0, sem="acquire", scope="gpu") < ranges:
+            pass
+        finish_rows(
+            x_ptr, ws_ptr, alpha_ptr, bias_ptr, h_in_ptr, h_post_ptr, h_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr, t0,
+            T, n, D, sx_t, sx_i, sx_d, ranges, dc0 * BLOCK_D, tl.minimum(dc1 * BLOCK_D, D), r == 0, norm_eps, hc_eps,
+            BLOCK_T, APPLY_BLOCK_D, O_PAD, UNROLL, N_PAD, STREAM64, True,
+        )  # fmt: skip
+        tl.debug_barrier()  # every thread has read the partials before the departure
+        if tl.atomic_add(count_ptr + 2 * b + 1, 1, sem="acq_rel", scope="gpu") == ranges - 1:
+            tl.store(count_ptr + 2 * b, 0)  # every range has passed its wait: for the next launch
+            tl.store(count_ptr + 2 * b + 1, 0)
 
 
 @launched(do_not_specialize=["nD"])
@@ -552,14 +564,14 @@ def once_splits(block_bytes: int, chunks: int, sms: int) -> int:
     return max(1, min(cdiv(ONCE_RESIDENT_PER_SM * sms * block_bytes, ONCE_L2_BYTES), MAX_SPLITS, chunks))
 
 
-def auto_launch(token_blocks: int, chunks: int, sms: int, block_bytes: int, delayed: bool) -> tuple[bool, int]:
-    """(once, splits) of launch_fwd's defaults on a GPU: the split path (auto_splits) below one token
-    block per SM; at or above it the read-once path (once_splits), or for the delayed pre, whose
-    single kernel reads x once, that kernel."""
-    splits = auto_splits(token_blocks, chunks, sms)
+def auto_launch(token_blocks: int, n: int, d_chunks: int, sms: int, block_bytes: int, delayed: bool) -> tuple[bool, int]:
+    """(once, splits) of launch_fwd's defaults on a GPU (d_chunks: column chunks per stream): the split
+    path (auto_splits) below one token block per SM; at or above it the read-once path (once_splits
+    over the column chunks), or for the delayed pre, whose single kernel reads x once, that kernel."""
+    splits = auto_splits(token_blocks, d_chunks if delayed else n * d_chunks, sms)
     if splits > 1 or delayed:
         return False, splits
-    return True, once_splits(block_bytes, chunks, sms)
+    return True, once_splits(block_bytes, d_chunks, sms)
 
 
 def finish_cols(token_blocks: int, splits: int, n: int, D: int, itemsize: int, block_d: int, sms: int) -> int:
@@ -584,7 +596,7 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
-    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, once=None,
+    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, once=None, programs=None,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
@@ -595,7 +607,8 @@ def launch_fwd(
     (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
     two >= 16; None = finish_cols), or per step of the read-once path's apply.
     once: True = the read-once path (_fwd_once_kernel, one launch, x read once from memory; splits:
-    its chunk ranges per token block, None = once_splits); False = not; None (with splits None) =
+    its column ranges per token block, None = once_splits; programs: its persistent grid, None =
+    ONCE_RESIDENT_PER_SM per SM); False = not; None (with splits None) =
     auto_launch on CUDA, the single kernel on CPU. Not for the delayed pre, whose single pass reads x
     once already."""
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
@@ -632,10 +645,11 @@ def launch_fwd(
     token_blocks = cdiv(T, block_t)
     chunks = cdiv(D, block_d) if delayed else n * cdiv(D, block_d)  # what the split path divides
     sms = sm_count(dev)
+    block_bytes = block_t * n * D * x.element_size()
     if once is None and splits is None and dev.type == "cuda":
-        once, splits = auto_launch(cdiv(size_hint(T), block_t), chunks, sms, block_t * n * D * x.element_size(), delayed)
+        once, splits = auto_launch(cdiv(size_hint(T), block_t), n, cdiv(D, block_d), sms, block_bytes, delayed)
     if once:
-        splits = splits or once_splits(block_t * n * D * x.element_size(), chunks, sms)
+        splits = splits or once_splits(block_bytes, cdiv(D, block_d), sms)
     elif splits is None:
         splits = 1  # the interpreter: the single kernel
     split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range
@@ -646,12 +660,13 @@ def launch_fwd(
     common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
                   INTERPRET=interpreting(), STREAM64=s64, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     if once:
-        ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
-        _fwd_once_kernel[(token_blocks * splits,)](
-            xt, phi, gamma_arg, w_arg, alpha, bias, ws, arrival_counters(dev, token_blocks), h_in, h_post, h_res,
-            inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), *phi.stride(), splits, float(norm_eps), float(hc_eps),
-            FINISH_T=min(block_t, FINISH_BLOCK_T), APPLY_BLOCK_D=block_d_apply or block_d, UNROLL=FINISH_UNROLL, N_PAD=n_pad(n),
-            **common,
+        ranges = min(splits, cdiv(D, block_d)) if not interpreting() else 1  # programs run one by one there
+        items = token_blocks * ranges
+        ws = torch.empty(ranges * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
+        _fwd_once_kernel[(min(items, programs or ONCE_RESIDENT_PER_SM * sms),)](
+            xt, phi, gamma_arg, w_arg, alpha, bias, ws, arrival_counters(dev, 2 * token_blocks), h_in, h_post, h_res,
+            inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), *phi.stride(), ranges, items, float(norm_eps), float(hc_eps),
+            APPLY_BLOCK_D=block_d_apply or block_d, UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), **common,
         )  # fmt: skip
         return h_in, h_post, h_res, inv_rms, h_mix, h_pre
     if not split_path:
