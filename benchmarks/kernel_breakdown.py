@@ -30,7 +30,7 @@ from .shapes import parsed_shapes
 DEFAULT_SHAPES = "1024x4x4096,4096x4x4096,16384x4x7168,8192x6x4096,8192x8x2048"
 CALLS = {False: 20, True: 5}  # profiled calls per configuration
 KERNELS = {
-    "fwd": (fwd._fwd_kernel, fwd._fwd_partial_kernel, fwd._fwd_finish_kernel, fwd._fwd_once_kernel),
+    "fwd": (fwd._fwd_kernel, fwd._fwd_partial_kernel, fwd._fwd_finish_kernel),
     "bwd": (fused_bwd._pass_a_kernel, fused_bwd._pass_b_kernel, fused_bwd._finish_kernel),
 }
 # Launch options swept with --sweep (the launchers' keyword arguments); every combination runs.

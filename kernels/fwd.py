@@ -20,7 +20,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ._arrive import arrival_counters
 from ._cache import weight_derived
 from ._common import (
     alpha_per_col,
@@ -60,11 +59,6 @@ FINISH_PROGRAMS_PER_SM = 4
 FINISH_REREAD_LIMIT = 2
 FINISH_UNROLL = 8  # partials loaded per step: independent loads in flight, added in order s, s+1, ...
 FINISH_BLOCK_T = 16  # tokens per finish program (at most block_t): a 64-row h_in tile spills registers
-# The read-once path (_fwd_once_kernel): about ONCE_RESIDENT_PER_SM programs per SM run at once, so
-# about that many over splits token blocks are in flight; splits is chosen so their x fits in
-# ONCE_L2_BYTES of L2 until each block's last range re-reads it.
-ONCE_RESIDENT_PER_SM = 2
-ONCE_L2_BYTES = 16 * 2**20
 
 
 @triton.jit
@@ -385,29 +379,6 @@ def reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T: tl.cons
     return h_mix, sumsq
 
 
-@triton.jit
-def finish_rows(
-    x_ptr, ws_ptr, alpha_ptr, bias_ptr, h_in_ptr, h_post_ptr, h_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr, t0, T,
-    n, D, sx_t, sx_i, sx_d, splits, d_start, d_end, save, norm_eps, hc_eps, BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, UNROLL: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr,
-    APPLY: tl.constexpr,
-):  # fmt: skip
-    """Rows t0 .. t0+BLOCK_T-1: their partials summed over s = 0 .. splits-1 in order (reduce_partials),
-    the coefficients; the saved tensors stored if save; with APPLY, h_in of columns d_start .. d_end-1."""
-    rows = t0 + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
-    cols = tl.arange(0, O_PAD)
-    h_mix, sumsq = reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T, O_PAD, UNROLL)
-    inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
-    if save:
-        store_saved(
-            inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n
-        )
-    if APPLY:
-        apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D,
-                   N_PAD, STREAM64)  # fmt: skip
-
-
 @launched(do_not_specialize=["T", "splits", "apply_cols"])
 def _fwd_finish_kernel(
     x_ptr,
@@ -438,68 +409,25 @@ def _fwd_finish_kernel(
     STREAM64: tl.constexpr,
     COLLAPSE: tl.constexpr,
 ):
-    """Program (b, j): finish_rows of token block b; j == 0 stores the saved tensors; h_in for columns
-    j*apply_cols .. (j+1)*apply_cols - 1 (none for the delayed pre: its partial kernel wrote h_in)."""
+    """Program (b, j): the partials of token block b summed over s = 0 .. splits-1 in order, the
+    coefficients; j == 0 stores the saved tensors; h_in for columns j*apply_cols .. (j+1)*apply_cols - 1."""
     norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
-    j = tl.program_id(1)
-    d_start = j * apply_cols
-    finish_rows(
-        x_ptr, ws_ptr, alpha_ptr, bias_ptr, h_in_ptr, h_post_ptr, h_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-        tl.program_id(0).to(tl.int64) * BLOCK_T, T, n, D, sx_t, sx_i, sx_d, splits, d_start,
-        tl.minimum(d_start + apply_cols, D), j == 0, norm_eps, hc_eps, BLOCK_T, BLOCK_D, O_PAD, UNROLL, N_PAD,
-        STREAM64, COLLAPSE == 0,
-    )  # fmt: skip
-
-
-@launched(do_not_specialize=["T", "ranges", "items"])
-def _fwd_once_kernel(
-    x_ptr, phi_ptr, gamma_ptr, w_ptr, alpha_ptr, bias_ptr, ws_ptr, count_ptr, h_in_ptr, h_post_ptr, h_res_ptr,
-    inv_rms_ptr, h_mix_ptr, h_pre_ptr, T, n, D, sx_t, sx_i, sx_d, sphi_o, sphi_k, ranges, items, norm_eps, hc_eps,
-    HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    APPLY_BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr,
-    N_PAD: tl.constexpr, STREAM64: tl.constexpr,
-):  # fmt: skip
-    """One launch, x read once from memory. Work item w is column range r = w % ranges (of the
-    cdiv(D, BLOCK_D) column chunks, all n streams) of token block b = w // ranges; program p takes items
-    p, p + programs, ... (a persistent grid: every program resident, or a wait below never ends). Each
-    item stores its partials, increments block b's arrival counter (release), waits until all ranges
-    of the block have (acquire), sums the block's partials in range order (deterministic), applies the
-    coefficients to its own columns, whose x it read just before (from L2), and range 0 stores the
-    saved tensors. A departure counter lets the block's last leaver set both counters back to 0."""
-    norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
+    t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
+    rows = t0 + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    d_chunks = tl.cdiv(D, BLOCK_D)
-    for w in range(tl.program_id(0), items, tl.num_programs(0)):
-        b = w // ranges
-        r = w - b * ranges
-        t0 = b.to(tl.int64) * BLOCK_T
-        rows = t0 + tl.arange(0, BLOCK_T)
-        row_mask = rows < T
-        dc0 = r * d_chunks // ranges
-        dc1 = (r + 1) * d_chunks // ranges
-        h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-        sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for i in range(0, n):
-            part, sq = mix_tile(
-                x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i * d_chunks + dc0, i * d_chunks + dc1, n, D,
-                sx_t, sx_i, sx_d, sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, BLOCK_D, O_PAD, INTERPRET, STREAM64,
-            )  # fmt: skip
-            h_mix += part
-            sumsq += sq
-        store_partials(ws_ptr, h_mix, sumsq, r, rows, row_mask, cols, T, n, ranges, O_PAD)
-        tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
-        tl.atomic_add(count_ptr + 2 * b, 1, sem="release", scope="gpu")
-        while tl.atomic_add(count_ptr + 2 * b, 0, sem="acquire", scope="gpu") < ranges:
-            pass
-        finish_rows(
-            x_ptr, ws_ptr, alpha_ptr, bias_ptr, h_in_ptr, h_post_ptr, h_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr, t0,
-            T, n, D, sx_t, sx_i, sx_d, ranges, dc0 * BLOCK_D, tl.minimum(dc1 * BLOCK_D, D), r == 0, norm_eps, hc_eps,
-            BLOCK_T, APPLY_BLOCK_D, O_PAD, UNROLL, N_PAD, STREAM64, True,
-        )  # fmt: skip
-        tl.debug_barrier()  # every thread has read the partials before the departure
-        if tl.atomic_add(count_ptr + 2 * b + 1, 1, sem="acq_rel", scope="gpu") == ranges - 1:
-            tl.store(count_ptr + 2 * b, 0)  # every range has passed its wait: for the next launch
-            tl.store(count_ptr + 2 * b + 1, 0)
+    h_mix, sumsq = reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T, O_PAD, UNROLL)
+    inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
+    j = tl.program_id(1)
+    if j == 0:
+        store_saved(
+            inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n
+        )
+    if COLLAPSE == 0:  # the delayed pre's partial kernel wrote h_in
+        d_start = j * apply_cols
+        d_end = tl.minimum(d_start + apply_cols, D)
+        apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D,
+                   N_PAD, STREAM64)  # fmt: skip
 
 
 @launched(do_not_specialize=["nD"])
@@ -557,23 +485,6 @@ def auto_splits(token_blocks: int, chunks: int, sms: int) -> int:
     return max(1, min(SPLIT_PROGRAMS_PER_SM * sms // token_blocks, MAX_SPLITS, chunks))
 
 
-def once_splits(block_bytes: int, chunks: int, sms: int) -> int:
-    """splits=None on the read-once path: chunk ranges per token block such that the blocks in flight
-    (ONCE_RESIDENT_PER_SM * sms programs over splits ranges each, block_bytes of x each) fit in
-    ONCE_L2_BYTES; at least 1, at most MAX_SPLITS and one per chunk."""
-    return max(1, min(cdiv(ONCE_RESIDENT_PER_SM * sms * block_bytes, ONCE_L2_BYTES), MAX_SPLITS, chunks))
-
-
-def auto_launch(token_blocks: int, n: int, d_chunks: int, sms: int, block_bytes: int, delayed: bool) -> tuple[bool, int]:
-    """(once, splits) of launch_fwd's defaults on a GPU (d_chunks: column chunks per stream): the split
-    path (auto_splits) below one token block per SM; at or above it the read-once path (once_splits
-    over the column chunks), or for the delayed pre, whose single kernel reads x once, that kernel."""
-    splits = auto_splits(token_blocks, d_chunks if delayed else n * d_chunks, sms)
-    if splits > 1 or delayed:
-        return False, splits
-    return True, once_splits(block_bytes, d_chunks, sms)
-
-
 def finish_cols(token_blocks: int, splits: int, n: int, D: int, itemsize: int, block_d: int, sms: int) -> int:
     """block_d_apply=None: h_in columns per finish program, a multiple of block_d. About
     FINISH_PROGRAMS_PER_SM programs per SM; once the grid has at least one program per SM, no more D
@@ -596,7 +507,7 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
-    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, once=None, programs=None,
+    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
@@ -605,18 +516,9 @@ def launch_fwd(
     splits: 1 = the single kernel (one launch); an int > 1 = split-K over that many chunk ranges
     (clamped to the n * cdiv(D, block_d) chunks; two launches); None = auto_splits on CUDA, 1 on CPU
     (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
-    two >= 16; None = finish_cols), or per step of the read-once path's apply.
-    once: True = the read-once path (_fwd_once_kernel, one launch, x read once from memory; splits:
-    its column ranges per token block, None = once_splits; programs: its persistent grid, None =
-    ONCE_RESIDENT_PER_SM per SM); False = not; None (with splits None) =
-    auto_launch on CUDA, the single kernel on CPU. Not for the delayed pre, whose single pass reads x
-    once already."""
+    two >= 16; None = finish_cols)."""
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
         raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
-    if once is not None and not isinstance(once, bool):
-        raise ValueError(f"once: expected None, True or False, got {once!r}")
-    if once and delayed:
-        raise ValueError("once: expected None or False with delayed=True (the delayed pre reads x once already)")
     check_block("block_t", block_t, 16)
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]
@@ -645,13 +547,8 @@ def launch_fwd(
     token_blocks = cdiv(T, block_t)
     chunks = cdiv(D, block_d) if delayed else n * cdiv(D, block_d)  # what the split path divides
     sms = sm_count(dev)
-    block_bytes = block_t * n * D * x.element_size()
-    if once is None and splits is None and dev.type == "cuda":
-        once, splits = auto_launch(cdiv(size_hint(T), block_t), n, cdiv(D, block_d), sms, block_bytes, delayed)
-    if once:
-        splits = splits or once_splits(block_bytes, cdiv(D, block_d), sms)
-    elif splits is None:
-        splits = 1  # the interpreter: the single kernel
+    if splits is None:
+        splits = auto_splits(cdiv(size_hint(T), block_t), chunks, sms) if dev.type == "cuda" else 1
     split_path = splits > 1  # a forced split stays the split path even when clamped to one chunk range
     splits = min(splits, chunks)  # every split gets >= 1 chunk
     s64 = stream64(n, xt.stride(1))
@@ -659,16 +556,6 @@ def launch_fwd(
     hpp = h_pre_prev.contiguous() if collapse == 1 else alpha  # never read unless COLLAPSE == 1
     common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
                   INTERPRET=interpreting(), STREAM64=s64, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
-    if once:
-        ranges = min(splits, cdiv(D, block_d)) if not interpreting() else 1  # programs run one by one there
-        items = token_blocks * ranges
-        ws = torch.empty(ranges * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
-        _fwd_once_kernel[(min(items, programs or ONCE_RESIDENT_PER_SM * sms),)](
-            xt, phi, gamma_arg, w_arg, alpha, bias, ws, arrival_counters(dev, 2 * token_blocks), h_in, h_post, h_res,
-            inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), *phi.stride(), ranges, items, float(norm_eps), float(hc_eps),
-            APPLY_BLOCK_D=block_d_apply or block_d, UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), **common,
-        )  # fmt: skip
-        return h_in, h_post, h_res, inv_rms, h_mix, h_pre
     if not split_path:
         _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, hpp,
