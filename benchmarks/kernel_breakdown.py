@@ -1,6 +1,6 @@
-"""Where the forward's and the fused backward's GPU time goes, kernel by kernel, and a tile sweep.
+"""Where mhc_pre's forward and fused backward's and mhc_post's GPU time goes, kernel by kernel, and a tile sweep.
 
-    python -m benchmarks.kernel_breakdown [--shapes 1024x4x4096,8192x8x2048] [--ops fwd,bwd]
+    python -m benchmarks.kernel_breakdown [--shapes 1024x4x4096,8192x8x2048] [--ops fwd,bwd,post_fwd,post_bwd]
                                           [--sweep [--grid 'block_t=32,64;block_d=64,128']] [--quick]
 
 For each shape (bf16 x, gamma, as the benchmark's rows) and op, each launch configuration (the
@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import torch
 
-from mhc_ops.kernels import fused_bwd, fwd
+from mhc_ops.kernels import fused_bwd, fwd, post
 
 from . import floors, goldens, timing
 from .shapes import parsed_shapes
@@ -32,11 +32,20 @@ CALLS = {False: 20, True: 5}  # profiled calls per configuration
 KERNELS = {
     "fwd": (fwd._fwd_kernel, fwd._fwd_partial_kernel, fwd._fwd_finish_kernel),
     "bwd": (fused_bwd._pass_a_kernel, fused_bwd._pass_b_kernel, fused_bwd._finish_kernel),
+    "post_fwd": (post._post_fwd_kernel,),
+    "post_bwd": (post._post_bwd_kernel,),
 }
 # Launch options swept with --sweep (the launchers' keyword arguments); every combination runs.
 SWEEP = {
     "fwd": {"block_t": (16, 32, 64), "num_warps": (4, 8), "splits": (None, 1)},
     "bwd": {"block_t": (16, 32, 64), "block_d": (16, 32, 64), "num_warps": (4, 8), "block_t_a": (32, 64)},
+    "post_fwd": {"block_t": (1, 2, 4), "block_d": (128, 256, 512), "num_warps": (2, 4)},
+    "post_bwd": {"block_t": (1, 2, 4), "block_d": (64, 128, 256), "num_warps": (2, 4), "num_stages": (2, 3)},
+}
+LAUNCHERS = {
+    "fwd": lambda *args, **options: fwd.launch_fwd(*args, 1e-6, 1e-6, **options),
+    "post_fwd": lambda *args, **options: (post.launch_post_fwd(*args, **options),),
+    "post_bwd": post.launch_post_bwd,
 }
 
 
@@ -59,9 +68,9 @@ def configs(op: str, sweep: bool, grid: dict | None = None) -> list[dict]:
 
 
 def launcher(op: str, t: dict, options: dict):
-    if op == "fwd":
-        args = [t[k] for k in goldens.OP_ARGS["fwd"]]
-        return lambda: fwd.launch_fwd(*args, 1e-6, 1e-6, **options)
+    if op in LAUNCHERS:
+        args = [t[k] for k in goldens.OP_ARGS[op]]
+        return lambda: LAUNCHERS[op](*args, **options)
     args = [t[k] for k in goldens.OP_ARGS["bwd"]]
 
     def call():
@@ -133,7 +142,7 @@ def format_row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_breakdown", description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"TxnxD, comma separated (default {DEFAULT_SHAPES})")
-    parser.add_argument("--ops", default="fwd,bwd", help="fwd, bwd or both (default fwd,bwd)")
+    parser.add_argument("--ops", default="fwd,bwd", help=f"a subset of {','.join(KERNELS)} (default fwd,bwd)")
     parser.add_argument("--sweep", action="store_true", help="also every combination of SWEEP's tile options")
     parser.add_argument("--grid", default=None,
                         help="with --sweep and one op: its options to sweep, e.g. 'block_t=32,64;block_d=64,128'")  # fmt: skip
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = parsed_shapes(parser, args.shapes)
     ops = [o for o in args.ops.split(",") if o]
     if not ops or any(o not in KERNELS for o in ops):
-        parser.error(f"--ops: expected fwd and/or bwd, got {args.ops!r}")
+        parser.error(f"--ops: expected a subset of {','.join(KERNELS)}, got {args.ops!r}")
     try:
         grid = parse_grid(args.grid) if args.grid else None
     except ValueError as e:

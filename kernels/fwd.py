@@ -59,6 +59,10 @@ FINISH_PROGRAMS_PER_SM = 4
 FINISH_REREAD_LIMIT = 2
 FINISH_UNROLL = 8  # partials loaded per step: independent loads in flight, added in order s, s+1, ...
 FINISH_BLOCK_T = 16  # tokens per finish program (at most block_t): a 64-row h_in tile spills registers
+# h_in columns per step of the finish's apply (finish_block_d): the fastest of an H200 sweep, 64 up to
+# n = 7 (n = 6: 128 spills), 128 from n = 8 (docs/perf.md, kernels/fwd.py).
+FINISH_BLOCK_D = 64
+FINISH_BLOCK_D_N8 = 128
 
 
 @triton.jit
@@ -507,7 +511,7 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
-    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None,
+    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, finish_block_d=None,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
@@ -516,7 +520,8 @@ def launch_fwd(
     splits: 1 = the single kernel (one launch); an int > 1 = split-K over that many chunk ranges
     (clamped to the n * cdiv(D, block_d) chunks; two launches); None = auto_splits on CUDA, 1 on CPU
     (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
-    two >= 16; None = finish_cols)."""
+    two >= 16; None = finish_cols). finish_block_d: columns per step of the finish's apply (a power of
+    two >= 16; None = FINISH_BLOCK_D, FINISH_BLOCK_D_N8 from n = 8)."""
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
         raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
     check_block("block_t", block_t, 16)
@@ -526,6 +531,9 @@ def launch_fwd(
     check_block("block_d", block_d, 16)
     if block_d_apply is not None:
         check_block("block_d_apply", block_d_apply, 16)
+    if finish_block_d is None:
+        finish_block_d = FINISH_BLOCK_D_N8 if n >= 8 else FINISH_BLOCK_D
+    check_block("finish_block_d", finish_block_d, 16)
     O = n * n + 2 * n
     xt = tokens(x, 2)
     T = xt.shape[0]
@@ -576,7 +584,7 @@ def launch_fwd(
     )  # fmt: skip
     _fwd_finish_kernel[(finish_blocks, 1 if collapse else cdiv(D, block_d_apply))](
         xt, ws, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, T, n, D, *xt.stride(), splits,
-        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=min(block_d, block_d_apply),
+        block_d_apply, float(norm_eps), float(hc_eps), BLOCK_T=finish_t, BLOCK_D=finish_block_d,
         O_PAD=o_pad(n), UNROLL=FINISH_UNROLL, N_PAD=n_pad(n), STREAM64=s64, COLLAPSE=collapse, num_warps=num_warps,
         num_stages=num_stages,
     )  # fmt: skip

@@ -226,7 +226,8 @@ _N1, _N3, _N4, _N6 = GOLDEN_NS
 # (case, launch options): every axis covered, not the cross product. T = 70 is one more token block
 # than 64 (and 5 blocks of 16); splits 2, 3, 7 and more than the chunks (n = 1: 4 chunks; n = 4: 16,
 # more than the finish kernel's FINISH_UNROLL); h_in in one D block (block_d_apply 64 >= D), several
-# (16, 32) and finish_cols' choice.
+# (16, 32) and finish_cols' choice; the apply's steps (finish_block_d) wider than a program's columns
+# (the default 64 or 128 over 16 or 32) and narrower (16 over 64: four steps, the last partial).
 SPLIT_CASES = [
     (Case(lead=(70,), n=_N4, D=SPLIT_D, dtype="bfloat16", seed=801), dict(block_t=16, splits=2)),
     (Case(lead=(2, 35), n=_N3, D=SPLIT_D, dtype="float16", seed=802, gamma=False), dict(block_t=64, splits=3)),
@@ -235,7 +236,7 @@ SPLIT_CASES = [
     (Case(lead=(1, 5), n=_N4, D=SPLIT_D, dtype="float32", seed=805, x_scale=8.0), dict(block_t=16, splits=100)),
     (Case(lead=(70,), n=_N6, D=SPLIT_D, dtype="bfloat16", seed=806, gamma=False), dict(block_t=16, splits=3, block_d_apply=16)),
     (Case(lead=(2, 3), n=_N1, D=SPLIT_D, dtype="float16", seed=807), dict(block_t=16, splits=2)),
-    (Case(lead=(70,), n=_N3, D=SPLIT_D, dtype="float32", seed=808, gamma=False), dict(block_t=64, splits=7, block_d_apply=64)),
+    (Case(lead=(70,), n=_N3, D=SPLIT_D, dtype="float32", seed=808, gamma=False), dict(block_t=64, splits=7, block_d_apply=64, finish_block_d=16)),
     (Case(lead=(1, 1), n=_N4, D=SPLIT_D, dtype="float16", seed=809, x_scale=0.125), dict(block_t=16, splits=100)),
     (Case(lead=(5,), n=_N6, D=SPLIT_D, dtype="float16", seed=810), dict(block_t=16, splits=2, block_d_apply=32)),
     (Case(lead=(7, 10), n=_N4, D=SPLIT_D, dtype="bfloat16", seed=811), dict(block_t=16, splits=7, block_d_apply=16)),

@@ -214,6 +214,17 @@ def test_fwd_splits_times_every_split_count_that_passes_the_rule(capsys):
 
 
 @pytest.mark.skipif(KERNEL_DEVICE is None, reason="the Triton kernels need the interpreter or a GPU")
+def test_kernel_breakdown_sweeps_the_post_kernels_tiles(capsys):
+    argv = ["--shapes", "3x3x40", "--ops", "post_bwd", "--sweep", "--grid", "block_t=1,2;block_d=16", "--quick"]
+    assert kernel_breakdown.main([*argv, "--device", KERNEL_DEVICE]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x3x40")]
+    assert [(r[1], r[2]) for r in rows] == [
+        ("post_bwd", "default"), ("post_bwd", "block_t=1, block_d=16"), ("post_bwd", "block_t=2, block_d=16")
+    ]
+    assert all(r[-1] == "ok |" and float(r[3]) > 0 for r in rows)
+
+
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="the Triton kernels need the interpreter or a GPU")
 def test_kernel_breakdown_rows_every_op_and_checks_the_rule(capsys, monkeypatch):
     monkeypatch.setattr(kernel_breakdown, "SWEEP", {"fwd": {"splits": (1, 2)}, "bwd": {"block_t": (16,)}})
     argv = ["--shapes", "3x2x40", "--sweep", "--quick", "--device", KERNEL_DEVICE]

@@ -124,6 +124,14 @@ def test_split_zero_tokens(case, launches):
         assert out[k].shape == r.shape, k
 
 
+@pytest.mark.parametrize("finish_block_d", [0, 8, 48])
+def test_bad_finish_block_d(finish_block_d, bundles, launches):
+    inputs, _ = bundles(SPLIT_CASES[3][0]).stage_view("pre_fwd")
+    with pytest.raises(ValueError, match="finish_block_d"):
+        fwd.mhc_pre_fwd(**inputs, splits=2, finish_block_d=finish_block_d)
+    assert launches == []
+
+
 @pytest.mark.parametrize("splits", [0, -1, 2.5, "2", True])
 def test_bad_splits(splits, bundles, launches):
     inputs, _ = bundles(SPLIT_CASES[3][0]).stage_view("pre_fwd")
