@@ -14,6 +14,7 @@ from mhc_ops.golden.mhc_pre import mhc_pre_delayed_forward, mhc_pre_forward
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
 from mhc_ops.kernels import _arrive
+from mhc_ops.kernels._launch import op_body
 from mhc_ops.kernels.decode import boundary_decode
 from tests.cases import SEAM_CASES
 from tests.helpers import KERNEL_DEVICE, delayed_inputs, nan_filled_outputs
@@ -140,3 +141,21 @@ def test_decode_graph_replays_realistic_shape(delayed, T):
         torch.cuda.synchronize()
         verdicts = _verdicts(case, fresh, got)
         assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+def test_arrival_counters_per_stream_and_fresh_in_an_op_body():
+    """One cached buffer per (device, stream), all 0; grown when a launch needs more blocks (the old one
+    kept alive for graphs that hold it); inside a registered op's body a fresh zeroed tensor."""
+    device = torch.device(KERNEL_DEVICE or "cpu")
+    a = _arrive.arrival_counters(device, 3)
+    assert a.dtype == torch.int32 and a.numel() >= 3 and not a.any()
+    assert _arrive.arrival_counters(device, 3) is a
+    grown = _arrive.arrival_counters(device, a.numel() + 1)
+    assert grown is not a and grown.numel() > a.numel() and a in _arrive._RETIRED
+    with op_body(traced=False):
+        fresh = _arrive.arrival_counters(device, 5)
+    assert fresh is not grown and fresh.numel() == 5 and not fresh.any()
+    if device.type == "cuda":
+        with torch.cuda.stream(torch.cuda.Stream()):
+            other = _arrive.arrival_counters(device, 3)
+        assert other is not grown and not other.any()
