@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    bf16_dot,
     cdiv,
     check_block,
     check_inputs,
@@ -32,6 +33,7 @@ from ._common import (
     size_hint,
     sm_count,
     split2_bf16,
+    split3_bf16,
     split_dot_16bit,
     static_dims,
     store_coeff_part,
@@ -49,10 +51,10 @@ from .dx import dx_tile, rms_coef_of
 
 @launched(do_not_specialize=["T"])
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh_pre_prev_ptr,
+                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh_pre_prev_ptr, dh3_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
-                   COLLAPSE: tl.constexpr, HAS_DH_PRE: tl.constexpr):  # fmt: skip
+                   COLLAPSE: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr):  # fmt: skip
     # COLLAPSE (kernels/fwd.collapse_tile): 0 mhc_pre; the delayed pre's dh_pre is an input (the next
     # sublayer's) and sum_d dh_in*x[i] is dh_pre_prev (1), not needed without h_pre_prev (2: x is not read).
     hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
@@ -81,6 +83,13 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(rms_coef_ptr + rows, rms_coef_of(dinv_rms, inv_rms, n * D), mask=row_mask)
     store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
+    if PRESPLIT:  # dh_mix's bf16 parts [3, T, O_PAD] (hi, mid, lo; zero past O) for pass B's products
+        hi, mid, lo = split3_bf16(dh_mix)
+        offs = rows[:, None] * O_PAD + cols[None, :]
+        part = tl.full([], T, tl.int64) * O_PAD
+        tl.store(dh3_ptr + offs, hi, mask=row_mask[:, None])
+        tl.store(dh3_ptr + part + offs, mid, mask=row_mask[:, None])
+        tl.store(dh3_ptr + 2 * part + offs, lo, mask=row_mask[:, None])
     store_dcoeff_partials(ws_dcoeff_ptr, pid, g2, h_mix_ptr, inv_rms, rows, row_mask, cols, n)
 
 
@@ -107,12 +116,49 @@ def phi_parts(phi, F32: tl.constexpr):
     return hi, lo
 
 
+@triton.jit
+def dh_parts(dh3_ptr, rows, row_mask, cols, T, O_PAD: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Pass A's bf16 parts (hi, mid, lo) of dh_mix at rows x cols: [BLOCK_T, G] tiles, or [G, BLOCK_T] with
+    TRANSPOSED (loaded so, for G's products)."""
+    part = tl.full([], T, tl.int64) * O_PAD
+    if TRANSPOSED:
+        offs = rows[None, :] * O_PAD + cols[:, None]
+        mask = row_mask[None, :]
+    else:
+        offs = rows[:, None] * O_PAD + cols[None, :]
+        mask = row_mask[:, None]
+    hi = tl.load(dh3_ptr + offs, mask=mask, other=0.0)
+    mid = tl.load(dh3_ptr + part + offs, mask=mask, other=0.0)
+    lo = tl.load(dh3_ptr + 2 * part + offs, mask=mask, other=0.0)
+    return hi, mid, lo
+
+
+@triton.jit
+def presplit_mm(dh3_ptr, rows, row_mask, cols, T, phi_hi, phi_lo, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):
+    """dvecX_mm_part from pass A's parts: split2_bf16(dh_mix) is (hi, mid) of its split3."""
+    part = tl.full([], T, tl.int64) * O_PAD
+    offs = rows[:, None] * O_PAD + cols[None, :]
+    hi = tl.load(dh3_ptr + offs, mask=row_mask[:, None], other=0.0)
+    mid = tl.load(dh3_ptr + part + offs, mask=row_mask[:, None], other=0.0)
+    return split_dot_16bit(hi, mid, phi_hi, phi_lo, INTERPRET)
+
+
+@triton.jit
+def presplit_g(dh3_ptr, rows, row_mask, cols, T, xt, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):
+    """g_update's product from pass A's parts, loaded transposed: the same three bf16 products, in its order."""
+    hi, mid, lo = dh_parts(dh3_ptr, rows, row_mask, cols, T, O_PAD, True)
+    acc = bf16_dot(lo, xt, tl.zeros([hi.shape[0], xt.shape[1]], dtype=tl.float32), INTERPRET)
+    acc = bf16_dot(mid, xt, acc, INTERPRET)
+    return bf16_dot(hi, xt, acc, INTERPRET)
+
+
 @launched(do_not_specialize=["T", "splits"])
 def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
-                   ws_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
+                   ws_ptr, dh3_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
-                   INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr):  # fmt: skip
+                   INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
+                   X_RELOAD: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
@@ -144,9 +190,10 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         rows = t0 + tl.arange(0, BLOCK_T)
         row_mask = rows < T
         mask = row_mask[:, None] & d_mask[None, :]
-        dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
-        if O_B > 0:
-            dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
+        if not PRESPLIT:
+            dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
+            if O_B > 0:
+                dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
         rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
         if COLLAPSE == 2:
             h_pre_i = tl.where((rows >= 0) & (i == 0), 1.0, 0.0)
@@ -156,9 +203,14 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         dh_in = tl.load(dh_in_ptr + t0 * sdh_t + off_dh, mask=mask, other=0.0).to(tl.float32)
         # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products: fewer
         # tiles live across them, faster (docs/perf.md, kernels/fused_bwd.py).
-        mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
-        if O_B > 0:
-            mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
+        if PRESPLIT:
+            mm = presplit_mm(dh3_ptr, rows, row_mask, cols_a, T, phi_a_hi, phi_a_lo, O_PAD, INTERPRET)
+            if O_B > 0:
+                mm += presplit_mm(dh3_ptr, rows, row_mask, cols_b, T, phi_b_hi, phi_b_lo, O_PAD, INTERPRET)
+        else:
+            mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
+            if O_B > 0:
+                mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[None, :]
         dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
@@ -166,9 +218,16 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
                           other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dx_ptr + (t0 * so_t + i64 * so_i) + off_o, round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
-        acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
-        if O_B > 0:
-            acc_b = g_update(acc_b, dh_mix_b, xt, INTERPRET)
+        if PRESPLIT:
+            if X_RELOAD:  # a load that feeds the products alone
+                xt = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
+            acc_a += presplit_g(dh3_ptr, rows, row_mask, cols_a, T, xt, O_PAD, INTERPRET)
+            if O_B > 0:
+                acc_b += presplit_g(dh3_ptr, rows, row_mask, cols_b, T, xt, O_PAD, INTERPRET)
+        else:
+            acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
+            if O_B > 0:
+                acc_b = g_update(acc_b, dh_mix_b, xt, INTERPRET)
     nD = n * D
     ws = ws_ptr + split.to(tl.int64) * O * nD
     tl.store(ws + cols_a[:, None] * nD + k[None, :], acc_a, mask=(cols_a < O)[:, None] & d_mask[None, :])
@@ -232,7 +291,8 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
-                          num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None):  # fmt: skip
+                          num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None, presplit=False,
+                          x_reload=False):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -288,22 +348,26 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
     h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
+    presplit = bool(presplit) and x.dtype == torch.bfloat16  # G's 3-part split needs x exact in bf16
+    dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else h_pre  # written first
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
     _pass_a_kernel[(blocks_a,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
-        dh_pre, dpp, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a, BLOCK_D=block_d_a,
-        O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, HAS_DH_PRE=has_dh_pre, num_warps=num_warps, num_stages=num_stages,
+        dh_pre, dpp, dh3, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a,
+        BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, HAS_DH_PRE=has_dh_pre,
+        PRESPLIT=presplit, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
     _pass_b_kernel[(col_programs, splits)](
-        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, T, n, D, *xt.stride(),
+        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
-        INTERPRET=interpreting(), COLLAPSE=collapse, num_warps=num_warps, num_stages=num_stages,
+        INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, X_RELOAD=bool(x_reload), O_PAD=o_pad(n),
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128
     _finish_kernel[(cdiv(nD, block_k) + 1,)](
