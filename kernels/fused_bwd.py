@@ -1,10 +1,12 @@
 """The fused backward plan: dx, dparams and dgamma in two passes over x, no [T, nD] fp32 tensor.
 
 Pass A (grid: token blocks) reads x and dh_in for dh_pre (all n streams of a chunk as one stream
-tile) and writes dh_mix [T, O], rms_coef = -dinv_rms*inv_rms^3/nD [T] and per-program dbias/dalpha
-partials. Pass B (grid: n * D blocks, ``splits`` token ranges) recomputes dvecX_mm = dh_mix @ phi per
-tile, writes dx (+ grad_x_post) and accumulates G = sum_t dh_mix^T v for its slice, over the
-coefficient columns in one or two power-of-two groups (o_groups). The finish kernel reduces the G
+tile) and writes dh_mix [T, O], for bf16 x its three bf16 parts [3, T, O_PAD] (presplit), rms_coef =
+-dinv_rms*inv_rms^3/nD [T] and per-program dbias/dalpha partials. Pass B (grid: n * D blocks, ``splits``
+token ranges) recomputes dvecX_mm = dh_mix @ phi per tile, writes dx (+ grad_x_post) and accumulates
+G = sum_t dh_mix^T v for its slice, over the coefficient columns in one or two power-of-two groups
+(o_groups); with the parts its products load their operands (G's transposed) instead of splitting
+dh_mix per tile. The finish kernel reduces the G
 partials in a fixed order (no atomics), applies dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k]
 (docs/math.md), and its last program reduces the dbias/dalpha partials. Three launches; the tile math
 is the staged kernels' own (imported). Figures behind the choices: docs/perf.md, kernels/fused_bwd.py.
@@ -117,39 +119,31 @@ def phi_parts(phi, F32: tl.constexpr):
 
 
 @triton.jit
-def dh_parts(dh3_ptr, rows, row_mask, cols, T, O_PAD: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """Pass A's bf16 parts (hi, mid, lo) of dh_mix at rows x cols: [BLOCK_T, G] tiles, or [G, BLOCK_T] with
-    TRANSPOSED (loaded so, for G's products)."""
-    part = tl.full([], T, tl.int64) * O_PAD
+def dh_part(dh3_ptr, p, rows, row_mask, cols, T, O_PAD: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Part p (0 hi, 1 mid, 2 lo) of pass A's bf16 split of dh_mix at rows x cols: a [BLOCK_T, G] tile, or
+    [G, BLOCK_T] with TRANSPOSED (loaded so, for G's products)."""
+    base = dh3_ptr + p * (tl.full([], T, tl.int64) * O_PAD)
     if TRANSPOSED:
-        offs = rows[None, :] * O_PAD + cols[:, None]
-        mask = row_mask[None, :]
-    else:
-        offs = rows[:, None] * O_PAD + cols[None, :]
-        mask = row_mask[:, None]
-    hi = tl.load(dh3_ptr + offs, mask=mask, other=0.0)
-    mid = tl.load(dh3_ptr + part + offs, mask=mask, other=0.0)
-    lo = tl.load(dh3_ptr + 2 * part + offs, mask=mask, other=0.0)
-    return hi, mid, lo
+        return tl.load(base + rows[None, :] * O_PAD + cols[:, None], mask=row_mask[None, :], other=0.0)
+    return tl.load(base + rows[:, None] * O_PAD + cols[None, :], mask=row_mask[:, None], other=0.0)
 
 
 @triton.jit
 def presplit_mm(dh3_ptr, rows, row_mask, cols, T, phi_hi, phi_lo, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):
-    """dvecX_mm_part from pass A's parts: split2_bf16(dh_mix) is (hi, mid) of its split3."""
-    part = tl.full([], T, tl.int64) * O_PAD
-    offs = rows[:, None] * O_PAD + cols[None, :]
-    hi = tl.load(dh3_ptr + offs, mask=row_mask[:, None], other=0.0)
-    mid = tl.load(dh3_ptr + part + offs, mask=row_mask[:, None], other=0.0)
+    """dvecX_mm_part from pass A's parts: split2_bf16(dh_mix) is (hi, mid) of its three-part split."""
+    hi = dh_part(dh3_ptr, 0, rows, row_mask, cols, T, O_PAD, False)
+    mid = dh_part(dh3_ptr, 1, rows, row_mask, cols, T, O_PAD, False)
     return split_dot_16bit(hi, mid, phi_hi, phi_lo, INTERPRET)
 
 
 @triton.jit
 def presplit_g(dh3_ptr, rows, row_mask, cols, T, xt, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):
-    """g_update's product from pass A's parts, loaded transposed: the same three bf16 products, in its order."""
-    hi, mid, lo = dh_parts(dh3_ptr, rows, row_mask, cols, T, O_PAD, True)
-    acc = bf16_dot(lo, xt, tl.zeros([hi.shape[0], xt.shape[1]], dtype=tl.float32), INTERPRET)
-    acc = bf16_dot(mid, xt, acc, INTERPRET)
-    return bf16_dot(hi, xt, acc, INTERPRET)
+    """g_update's product from pass A's parts, loaded transposed: split_dot_bf16's three bf16 products, in
+    its order (lo, mid, hi from a zero accumulator), so the same sums."""
+    acc = tl.zeros([cols.shape[0], xt.shape[1]], dtype=tl.float32)
+    for p in tl.static_range(2, -1, -1):
+        acc = bf16_dot(dh_part(dh3_ptr, p, rows, row_mask, cols, T, O_PAD, True), xt, acc, INTERPRET)
+    return acc
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -158,7 +152,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
-                   X_RELOAD: tl.constexpr, O_PAD: tl.constexpr):  # fmt: skip
+                   O_PAD: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
@@ -219,11 +213,12 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                           other=0.0).to(tl.float32)  # fmt: skip
         tl.store(dx_ptr + (t0 * so_t + i64 * so_i) + off_o, round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
         if PRESPLIT:
-            if X_RELOAD:  # a load that feeds the products alone
-                xt = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
-            acc_a += presplit_g(dh3_ptr, rows, row_mask, cols_a, T, xt, O_PAD, INTERPRET)
+            # x loaded again (from L1/L2), for the products alone: no layout conversion of the dx tile's x
+            # (pass B 1301 -> 1124 us at 16384 x 4 x 7168; docs/perf.md, kernels/fused_bwd.py)
+            xg = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
+            acc_a += presplit_g(dh3_ptr, rows, row_mask, cols_a, T, xg, O_PAD, INTERPRET)
             if O_B > 0:
-                acc_b += presplit_g(dh3_ptr, rows, row_mask, cols_b, T, xt, O_PAD, INTERPRET)
+                acc_b += presplit_g(dh3_ptr, rows, row_mask, cols_b, T, xg, O_PAD, INTERPRET)
         else:
             acc_a = g_update(acc_a, dh_mix_a, xt, INTERPRET)
             if O_B > 0:
@@ -291,8 +286,8 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
-                          num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None, presplit=False,
-                          x_reload=False):  # fmt: skip
+                          num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
+                          presplit=None):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -301,7 +296,11 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
 
     block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
     stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
-    pass B (default: token_splits). 16 tokens per pass-A program: enough programs at small T."""
+    pass B (default: token_splits). 16 tokens per pass-A program: enough programs at small T.
+    presplit: pass A stores dh_mix's three bf16 parts and pass B's products read them (None: for bf16
+    x, the only dtype exact in bf16, which G's bf16 products need; False: pass B splits dh_mix itself)."""
+    if presplit not in (None, True, False):
+        raise ValueError(f"presplit: expected None, True or False, got {presplit!r}")
     n, D = static_dims(x, 2)
     O, nD = n * n + 2 * n, n * D
     T = x.numel() // nD  # validated: n, D >= 1
@@ -348,7 +347,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
     h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
-    presplit = bool(presplit) and x.dtype == torch.bfloat16  # G's 3-part split needs x exact in bf16
+    bf16 = x.dtype == torch.bfloat16
+    presplit = bf16 if presplit is None else presplit and bf16  # G's bf16 products need x exact in bf16
     dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else h_pre  # written first
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
@@ -366,7 +366,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
-        INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, X_RELOAD=bool(x_reload), O_PAD=o_pad(n),
+        INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k = 128

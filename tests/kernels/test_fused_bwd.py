@@ -50,6 +50,36 @@ def test_fused_backward(case):
     _assert_accurate(t, _fused(t))
 
 
+BF16_CASES = [c for c in KERNEL_CASES + GROUPED_CASES if c.dtype == "bfloat16"]
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=str)
+@pytest.mark.parametrize(("block_t", "block_d", "splits"), [(None, None, None), (16, 16, 3)])
+def test_presplit_parts_give_the_same_gradients(case, block_t, block_d, splits):
+    """bf16 x (the default): pass A stores dh_mix's three bf16 parts and pass B's products load them.
+    presplit=False: pass B splits dh_mix per tile itself, the same parts into the same products. The two
+    are bitwise equal through the interpreter, and on a GPU within the rule's bound of each other (the
+    compiled products may accumulate in another order); both pass the rule."""
+    t = build(case, KERNEL_DEVICE).tensors
+    launch = dict(block_t=block_t, block_d=block_d, splits=splits)
+    pre, own = _fused(t, **launch), _fused(t, presplit=False, **launch)
+    verdicts = _verdicts(t, pre)
+    _assert_accurate(t, pre)
+    _assert_accurate(t, own)
+    for k in verdicts:
+        if KERNEL_DEVICE == "cpu":
+            assert torch.equal(pre[k], own[k]), k
+        else:
+            assert rel_err(pre[k], own[k]) <= 2 * verdicts[k].bound, k
+
+
+@pytest.mark.parametrize("presplit", [1, "yes"])
+def test_bad_presplit(presplit):
+    t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
+    with pytest.raises(ValueError, match="presplit: expected None, True or False"):
+        _fused(t, presplit=presplit)
+
+
 @pytest.mark.parametrize("case", KERNEL_CASES[:4], ids=str)
 def test_the_composite_and_its_four_stages_agree(case):
     """The composer runs pre_bwd whole (the fused kernels) or as its parts (the dh_mix, dx, dparams,
