@@ -299,7 +299,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     pass B (default: token_splits). 16 tokens per pass-A program: enough programs at small T.
     presplit: pass A stores dh_mix's three bf16 parts and pass B's products read them (None: for bf16
     x, the only dtype exact in bf16, which G's bf16 products need; False: pass B splits dh_mix itself)."""
-    if presplit not in (None, True, False):
+    if presplit is not None and not isinstance(presplit, bool):
         raise ValueError(f"presplit: expected None, True or False, got {presplit!r}")
     n, D = static_dims(x, 2)
     O, nD = n * n + 2 * n, n * D
