@@ -122,10 +122,14 @@ def phi_parts(phi, F32: tl.constexpr):
 def dh_part(dh3_ptr, p, rows, row_mask, cols, T, O_PAD: tl.constexpr, TRANSPOSED: tl.constexpr):
     """Part p (0 hi, 1 mid, 2 lo) of pass A's bf16 split of dh_mix at rows x cols: a [BLOCK_T, G] tile, or
     [G, BLOCK_T] with TRANSPOSED (loaded so, for G's products)."""
+    # if/else with one return: Triton compiles the code after an early return for either branch, and the
+    # two tiles' shapes differ unless BLOCK_T == G
     base = dh3_ptr + p * (tl.full([], T, tl.int64) * O_PAD)
     if TRANSPOSED:
-        return tl.load(base + rows[None, :] * O_PAD + cols[:, None], mask=row_mask[None, :], other=0.0)
-    return tl.load(base + rows[:, None] * O_PAD + cols[None, :], mask=row_mask[:, None], other=0.0)
+        part = tl.load(base + rows[None, :] * O_PAD + cols[:, None], mask=row_mask[None, :], other=0.0)
+    else:
+        part = tl.load(base + rows[:, None] * O_PAD + cols[None, :], mask=row_mask[:, None], other=0.0)
+    return part
 
 
 @triton.jit
@@ -140,10 +144,12 @@ def presplit_mm(dh3_ptr, rows, row_mask, cols, T, phi_hi, phi_lo, O_PAD: tl.cons
 def presplit_g(dh3_ptr, rows, row_mask, cols, T, xt, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):
     """g_update's product from pass A's parts, loaded transposed: split_dot_bf16's three bf16 products, in
     its order (lo, mid, hi from a zero accumulator), so the same sums."""
-    acc = tl.zeros([cols.shape[0], xt.shape[1]], dtype=tl.float32)
-    for p in tl.static_range(2, -1, -1):
-        acc = bf16_dot(dh_part(dh3_ptr, p, rows, row_mask, cols, T, O_PAD, True), xt, acc, INTERPRET)
-    return acc
+    hi = dh_part(dh3_ptr, 0, rows, row_mask, cols, T, O_PAD, True)
+    mid = dh_part(dh3_ptr, 1, rows, row_mask, cols, T, O_PAD, True)
+    lo = dh_part(dh3_ptr, 2, rows, row_mask, cols, T, O_PAD, True)
+    acc = bf16_dot(lo, xt, tl.zeros([hi.shape[0], xt.shape[1]], dtype=tl.float32), INTERPRET)
+    acc = bf16_dot(mid, xt, acc, INTERPRET)
+    return bf16_dot(hi, xt, acc, INTERPRET)
 
 
 @launched(do_not_specialize=["T", "splits"])
