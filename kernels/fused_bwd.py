@@ -265,6 +265,9 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
             tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
 
 
+# presplit=None: pass A's bf16 parts of dh_mix for pass B tiles of fewer tokens than this (measured faster
+# there; neutral or slower on the 64 x 64 tile: docs/perf.md, kernels/fused_bwd.py).
+PRESPLIT_BELOW_BLOCK_T = 64
 # Pass B's wide tile needs this many programs per SM; below it the narrower tile's doubled grid wins.
 PASS_B_MIN_PROGRAMS_PER_SM = 2
 
@@ -303,8 +306,9 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     block_t_a, block_d_a: the pass-A tile (tokens per program; columns of its stream tiles, default
     stream_block_d); block_t, block_d: the pass-B tile (default pass_b_tile); splits: token ranges of
     pass B (default: token_splits). 16 tokens per pass-A program: enough programs at small T.
-    presplit: pass A stores dh_mix's three bf16 parts and pass B's products read them (None: for bf16
-    x, the only dtype exact in bf16, which G's bf16 products need; False: pass B splits dh_mix itself)."""
+    presplit: pass A stores dh_mix's three bf16 parts and pass B's products read them (bf16 x only: G's
+    bf16 products need x exact in bf16; None: where pass B's tile has fewer than PRESPLIT_BELOW_BLOCK_T
+    tokens; False: pass B splits dh_mix itself)."""
     if presplit is not None and not isinstance(presplit, bool):
         raise ValueError(f"presplit: expected None, True or False, got {presplit!r}")
     n, D = static_dims(x, 2)
@@ -353,8 +357,9 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
     h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
-    bf16 = x.dtype == torch.bfloat16
-    presplit = bf16 if presplit is None else presplit and bf16  # G's bf16 products need x exact in bf16
+    bf16 = x.dtype == torch.bfloat16  # G's bf16 products of the parts need x exact in bf16
+    # the parts pay on pass B's 32-row tiles (mma.sync), not on the 64-row ones (docs/perf.md, kernels/fused_bwd.py)
+    presplit = bf16 and (block_t < PRESPLIT_BELOW_BLOCK_T if presplit is None else presplit)
     dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else h_pre  # written first
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)

@@ -4,6 +4,8 @@ realistic shapes. It is what training runs for dh_mix, dx, dparams and dgamma to
 the stage mark pre_bwd, which each of those four names selects (``nox -s test_stage -- dx`` runs them),
 and one test checks it against its four parts through the composer."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -56,13 +58,13 @@ BF16_CASES = [c for c in KERNEL_CASES + GROUPED_CASES if c.dtype == "bfloat16"]
 @pytest.mark.parametrize("case", BF16_CASES, ids=str)
 @pytest.mark.parametrize(("block_t", "block_d", "splits"), [(None, None, None), (16, 16, 3)])
 def test_presplit_parts_give_the_same_gradients(case, block_t, block_d, splits):
-    """bf16 x (the default): pass A stores dh_mix's three bf16 parts and pass B's products load them.
+    """presplit=True (bf16 x): pass A stores dh_mix's three bf16 parts and pass B's products load them.
     presplit=False: pass B splits dh_mix per tile itself, the same parts into the same products. The two
     are bitwise equal through the interpreter, and on a GPU within the rule's bound of each other (the
     compiled products may accumulate in another order); both pass the rule."""
     t = build(case, KERNEL_DEVICE).tensors
     launch = dict(block_t=block_t, block_d=block_d, splits=splits)
-    pre, own = _fused(t, **launch), _fused(t, presplit=False, **launch)
+    pre, own = _fused(t, presplit=True, **launch), _fused(t, presplit=False, **launch)
     verdicts = _verdicts(t, pre)
     _assert_accurate(t, pre)
     _assert_accurate(t, own)
@@ -71,6 +73,28 @@ def test_presplit_parts_give_the_same_gradients(case, block_t, block_d, splits):
             assert torch.equal(pre[k], own[k]), k
         else:
             assert rel_err(pre[k], own[k]) <= 2 * verdicts[k].bound, k
+
+
+@pytest.mark.parametrize(("dtype", "block_t", "expected"), [("bfloat16", 32, True), ("bfloat16", 64, False),
+                                                          ("float16", 32, False), ("float32", 16, False)])
+def test_presplit_by_default_on_bf16_and_the_32_row_tile(dtype, block_t, expected, monkeypatch):
+    """presplit=None takes pass A's parts for bf16 x on pass B tiles under PRESPLIT_BELOW_BLOCK_T tokens,
+    where they measured faster, and never for other dtypes (G's bf16 products need x exact in bf16)."""
+    seen = []
+    kernel = fused_bwd._pass_a_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs["PRESPLIT"])
+                return kernel[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", Spy())
+    t = build(dataclasses.replace(BF16_CASES[0], dtype=dtype), KERNEL_DEVICE).tensors
+    _assert_accurate(t, _fused(t, block_t=block_t, block_d=16))
+    assert seen == [expected]
 
 
 @pytest.mark.parametrize("presplit", [1, "yes"])
