@@ -1,7 +1,6 @@
-"""Arrival counters for kernels whose last program of a token block finishes it (kernels/decode.py,
-kernels/fwd.py ``_fwd_once_kernel``): one int32 per token block, incremented with acq_rel at GPU scope
-by each program of the block and set back to 0 by the last one, so they are all 0 between launches
-and a CUDA-graph replay needs no memset.
+"""Arrival counters for kernels whose last program of a token block finishes it (kernels/decode.py):
+one int32 per token block, incremented with acq_rel at GPU scope by each program of the block and set
+back to 0 by the last one, so they are all 0 between launches and a CUDA-graph replay needs no memset.
 
 Eager launches share a cached buffer per (device, stream): launches on one stream run one after
 another, so no two use a counter at once. A captured graph keeps the buffer of its capture stream:
