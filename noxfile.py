@@ -1,4 +1,5 @@
-"""Sessions: tests (CI), train (the main job), test_stage -- NAME, bugs, lint, fixtures, diagnose, bench;
+"""Sessions: tests (CI), compile_check (CI), train (the main job), test_stage -- NAME, bugs, lint, fixtures,
+diagnose, bench;
 hf [-- VERSION ...] (the Hugging Face integrations on other transformers releases)."""
 
 import pathlib
@@ -77,6 +78,14 @@ def diagnose(session: nox.Session) -> None:
     """nox -s diagnose -- STAGE [options]: python -m mhc_ops.diagnose on CPU; --help lists the options."""
     _install(session)
     session.run("python", "-m", "mhc_ops.diagnose", *session.posargs, env=INTERPRET)
+
+
+@nox.session
+def compile_check(session: nox.Session) -> None:
+    """Every Triton kernel compiled for an H100/H200 (sm_90) on this CPU machine, no GPU:
+    python -m benchmarks.compile_check (what the interpreter cannot catch; about 3 minutes on 2 cores)."""
+    _install(session)
+    session.run("python", "-m", "benchmarks.compile_check", *session.posargs, env={"TRITON_INTERPRET": "0"})
 
 
 @nox.session(venv_backend="none")

@@ -5,14 +5,17 @@ Nothing here is a speed target: the CPU run only checks that rows are produced, 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import re
+import types
+from collections import namedtuple
 
 import pytest
 import torch
 
 import mhc_ops
-from benchmarks import fwd_splits, host, host_profile, kernel_breakdown, plots, run, weight_split
+from benchmarks import compile_check, fwd_splits, host, host_profile, kernel_breakdown, plots, run, weight_split
 from benchmarks.floors import bytes_per_token, floor_ms, op_bytes
 from benchmarks.goldens import GOLDEN, OP_ARGS, OP_OUTPUTS, OpFn, judge_outputs, references
 from benchmarks.impls import COMPILE_IMPL, COMPILE_OPTIONS, IMPLS, PARTS, PARTS_IMPL, Factory, positional
@@ -464,3 +467,55 @@ def test_judge_outputs_fails_a_missing_or_misshapen_output():
     assert [v.name for v in judge_outputs("fwd", flat, ref64, ref32) if not v.ok] == ["h_in"]
     nan = (ref32[0], ref32[1] * torch.nan, *ref32[2:])
     assert [v.name for v in judge_outputs("fwd", nan, ref64, ref32) if not v.ok] == ["h_post"]
+
+
+def test_compile_check_refuses_the_interpreter(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(SystemExit) as e:
+        compile_check.main([])
+    assert e.value.code == 2 and "TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+def test_compile_check_spec_types_each_argument():
+    """A recorded launch -> the signature triton.compile takes: tensors by dtype, ints by range, floats as
+    fp32, None and constexpr parameters as constexprs; launch options apart."""
+    P = namedtuple("P", "name is_constexpr default")
+    params = [P("x_ptr", False, None), P("w_ptr", False, None), P("T", False, None), P("big", False, None),
+              P("eps", False, None), P("flag", False, None), P("opt", False, None), P("BLOCK", True, 16)]
+    jit = types.SimpleNamespace(params=params, fn=types.SimpleNamespace(__module__="m", __name__="_k"))
+    args = (torch.empty(2, dtype=torch.bfloat16), torch.empty(2, dtype=torch.float32), 7, 2**33, 1e-6, True, None)
+    name, sig, constexprs, options = compile_check.spec(jit, args, {"BLOCK": 64, "num_warps": 4, "num_stages": None})
+    assert name == "m:_k"
+    assert sig == {"x_ptr": "*bf16", "w_ptr": "*fp32", "T": "i32", "big": "i64", "eps": "fp32", "flag": "i1",
+                   "opt": "constexpr", "BLOCK": "constexpr"}
+    assert constexprs == {"opt": None, "BLOCK": 64} and options == {"num_warps": 4}
+
+
+@pytest.mark.skipif(KERNEL_DEVICE != "cpu", reason="CPU tensors")
+def test_compile_check_records_launches_and_runs_none():
+    """Inside recording() a stage's launches are recorded, not run (its outputs keep torch.empty's NaN
+    fill), and the patches are gone after it."""
+    from mhc_ops.diagnose import prefilled_empty
+    from mhc_ops.golden import Case, build
+    from mhc_ops.kernels import _launch
+    from mhc_ops.stages import STAGES
+
+    inputs = build(Case(lead=(5,), n=4, D=24, seed=1, op="mhc_post"), "cpu").stage_inputs("post_fwd")
+    getitem = _launch.LaunchedKernel.__getitem__
+    with compile_check.recording() as records, prefilled_empty(math.nan):
+        out = STAGES["post_fwd"].run("triton", **inputs)
+    assert [r[0].fn.__name__ for r in records] == ["_post_fwd_kernel"]
+    assert out["out"].isnan().all()
+    assert _launch.LaunchedKernel.__getitem__ is getitem
+
+
+def test_compile_check_reports_the_root_of_a_chain():
+    try:
+        try:
+            raise TypeError("Return type mismatch: <[32, 64]> and <[64, 32]>")
+        except TypeError as inner:
+            raise RuntimeError("at 4:9:\n    return tl.load(...)") from inner
+    except RuntimeError as outer:
+        assert compile_check._innermost(outer) == (
+            "at 4:9: TypeError: Return type mismatch: <[32, 64]> and <[64, 32]>"
+        )
