@@ -287,10 +287,17 @@ def split_dot_bf16(a, b, INTERPRET: tl.constexpr):
         acc = bf16_dot(a, hi, acc, INTERPRET)
     else:
         hi, mid, lo = split3_bf16(a)
-        acc = bf16_dot(lo, b, acc, INTERPRET)
-        acc = bf16_dot(mid, b, acc, INTERPRET)
-        acc = bf16_dot(hi, b, acc, INTERPRET)
+        acc = parts_dot(hi, mid, lo, b, INTERPRET)
     return acc
+
+
+@triton.jit
+def parts_dot(hi, mid, lo, b, INTERPRET: tl.constexpr):
+    """(hi + mid + lo) @ b for the bf16 parts of an fp32 left operand (split3_bf16) and a bf16 b: three
+    bf16 products from a zero accumulator, the small parts first (split_dot_bf16's order)."""
+    acc = bf16_dot(lo, b, tl.zeros([hi.shape[0], b.shape[1]], dtype=tl.float32), INTERPRET)
+    acc = bf16_dot(mid, b, acc, INTERPRET)
+    return bf16_dot(hi, b, acc, INTERPRET)
 
 
 @triton.jit

@@ -19,7 +19,6 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    bf16_dot,
     cdiv,
     check_block,
     check_inputs,
@@ -31,6 +30,7 @@ from ._common import (
     n_pad,
     o_groups,
     o_pad,
+    parts_dot,
     round_to,
     size_hint,
     sm_count,
@@ -142,14 +142,11 @@ def presplit_mm(dh3_ptr, rows, row_mask, cols, T, phi_hi, phi_lo, O_PAD: tl.cons
 
 @triton.jit
 def presplit_g(dh3_ptr, rows, row_mask, cols, T, xt, O_PAD: tl.constexpr, INTERPRET: tl.constexpr):
-    """g_update's product from pass A's parts, loaded transposed: split_dot_bf16's three bf16 products, in
-    its order (lo, mid, hi from a zero accumulator), so the same sums."""
+    """g_update's product from pass A's parts, loaded transposed: the same parts_dot as split_dot_bf16's."""
     hi = dh_part(dh3_ptr, 0, rows, row_mask, cols, T, O_PAD, True)
     mid = dh_part(dh3_ptr, 1, rows, row_mask, cols, T, O_PAD, True)
     lo = dh_part(dh3_ptr, 2, rows, row_mask, cols, T, O_PAD, True)
-    acc = bf16_dot(lo, xt, tl.zeros([hi.shape[0], xt.shape[1]], dtype=tl.float32), INTERPRET)
-    acc = bf16_dot(mid, xt, acc, INTERPRET)
-    return bf16_dot(hi, xt, acc, INTERPRET)
+    return parts_dot(hi, mid, lo, xt, INTERPRET)
 
 
 @launched(do_not_specialize=["T", "splits"])
