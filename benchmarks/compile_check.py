@@ -8,8 +8,9 @@ a GPU run showed before (docs/perf.md, Performance IX). How: each registered sta
 and the tile choices the launchers make on a GPU (VARIANTS), run on small CPU tensors with every launch
 recorded instead of run; each distinct kernel specialisation (argument types, constexprs, launch
 options) is then compiled by triton.compile for the target (default cuda:90, the H200's). Not caught:
-what needs a GPU to run (numbers, races), or Triton's specialisation on argument values (every int is
-compiled as i32/i64). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if any fails.
+what needs a GPU to run (numbers, races), or Triton's specialisation on argument values (pointer and
+int divisibility; every int is compiled as i32/i64), so the registers and spills of these compiles are not
+a GPU's. Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if any fails.
 """
 
 from __future__ import annotations
