@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [delayed] [decode] [sinkhorn-tiles]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [delayed] [decode] [sinkhorn-tiles]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -87,6 +87,9 @@ host)  # the host-time rows alone (benchmarks/host.py at T = 1, 1024, 4096), wit
     --host 1x4x4096,1024x4x4096,4096x4x4096 --out "$R/host" 2>&1 | tail -60 | tee "$R/host.txt" ;;
 splits)  # the forward's GPU time by split count (benchmarks/fwd_splits.py), the auto choice included
   timeout 150 python3 -m benchmarks.fwd_splits --quick 2>&1 | tee "$R/fwd_splits.md" | tail -45 ;;
+presplit-tiles)  # pass B with and without pass A's bf16 parts, on each tile, where the default rule is unmeasured (n = 8)
+  timeout 200 python3 -m benchmarks.kernel_breakdown --ops bwd --sweep --quick --shapes 8192x8x2048,8192x6x4096,1024x4x4096 \
+    --grid 'presplit=0,1;block_t=32,64;block_d=64,128' 2>&1 | grep '^|' | tee "$R/presplit_tiles.md" | tail -30 ;;
 layer-graph)  # the layer step's CUDA-graph GPU time alone, at the issue's large shapes
   timeout 240 python3 -m benchmarks.layer_modes --modes graph --shapes 4096x4x4096,16384x4x7168,8192x8x2048 --out "$R" \
     2>&1 | tee "$R/layer_graph.md" | tail -8 ;;
