@@ -1,7 +1,8 @@
 """The delayed pre (DeepSeek-V4.1) against mhc_pre, kernel by kernel, and the layer boundary with it,
 each against its memory floor (../shared/spec/mhc-math.md, docs/perf.md "The delayed pre").
 
-    PYTHONPATH=. python -m benchmarks.delayed [--shapes 1x4x4096,...] [--quick] [--out DIR] [--device cuda]
+    PYTHONPATH=. python -m benchmarks.delayed [--shapes 1x4x4096,...] [--rows seam,...] [--seam-grid GRID]
+                                              [--quick] [--out DIR] [--device cuda]
 
 Rows per shape (bf16 x, fp32 parameters with gamma):
 
@@ -13,7 +14,9 @@ Rows per shape (bf16 x, fp32 parameters with gamma):
   delayed pre (read x(l) and h_out once, write x(l+1) and h_in(l+1) once) and against the sum of the
   two ops' floors.
 - seam: the same boundary as one pass (kernels/seam.py: the seam partial kernel and the forward's
-  finish kernel), against the same two floors.
+  finish kernel), against the same two floors. ``--seam-grid 'block_t=32,64;num_warps=4,8'`` adds a
+  seam row per combination of launch_seam_fwd's options (``seam[block_t=64, num_warps=8]``), each with
+  the partial kernel's registers / spills / shared KB (/wgmma) as compiled.
 
 gpu_us: the GPU time of one call, a CUDA graph of it replayed (benchmarks/host.graph_gpu_us). floor_us:
 bytes / the device-to-device copy bandwidth measured in the same run. Every row is checked by the
@@ -37,10 +40,11 @@ from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_delayed_backward, m
 from mhc_ops.kernels.fused_bwd import launch_backward_fused
 from mhc_ops.kernels.fwd import launch_fwd
 from mhc_ops.kernels.post import launch_post_fwd
-from mhc_ops.kernels.seam import launch_seam_fwd
+from mhc_ops.kernels.seam import _seam_partial_kernel, launch_seam_fwd
 
 from .floors import op_bytes
 from .host import graph_gpu_us
+from .kernel_breakdown import configs, parse_grid
 from .report import gpu_tag
 from .shapes import parsed_device, parsed_shapes
 from .timing import copy_bandwidth_GBps
@@ -83,8 +87,9 @@ def _cast(cd):
     return lambda v: v.double() if isinstance(v, torch.Tensor) else v
 
 
-def _calls(t, post):
-    """row -> (call, its outputs' names, reference(compute dtype) -> the same outputs)."""
+def _calls(t, post, seam_options=({},)):
+    """row -> (call, its outputs' names, reference(compute dtype) -> the same outputs); a seam row per
+    entry of seam_options (launch_seam_fwd's keyword arguments)."""
     x, phi, alpha, bias, gamma, hpp = (t[k] for k in ("x", "phi", "alpha", "bias", "gamma", "h_pre_prev"))
     f = mhc_pre_forward(x, phi, alpha, bias, gamma)  # the saved tensors the backwards take, fp32
     d = mhc_pre_delayed_forward(x, phi, alpha, bias, gamma, hpp)
@@ -123,11 +128,14 @@ def _calls(t, post):
         nxt = mhc_pre_delayed_forward(c(last["out"]), *map(c, (phi, alpha, bias, gamma, hpp)), compute_dtype=cd)
         return (out, *nxt[:3])
 
-    def seam():
-        o = launch_seam_fwd(*(post[k] for k in ("x", "h_res", "h_out", "h_post")), hpp, phi, alpha, bias, gamma,
-                            1e-6, 1e-6)  # fmt: skip
-        last["out"] = o[0]
-        return o[:4]
+    def seam(options):
+        def call():
+            o = launch_seam_fwd(*(post[k] for k in ("x", "h_res", "h_out", "h_post")), hpp, phi, alpha, bias, gamma,
+                                1e-6, 1e-6, **options)  # fmt: skip
+            last["out"] = o[0]
+            return o[:4]
+
+        return call
 
     def pre_bwd():
         o = launch_backward_fused(x, phi, alpha, *up, *pre_saved, gamma, None, 1e-6)
@@ -145,28 +153,48 @@ def _calls(t, post):
         "pre_bwd": (pre_bwd, bwd_names, pre_bwd_ref),
         "delayed_bwd": (delayed_bwd, (*bwd_names, "dh_pre_prev"), delayed_bwd_ref),
         "boundary": (boundary, ("out", "h_in", "h_post", "h_res"), boundary_ref),
-        "seam": (seam, ("out", "h_in", "h_post", "h_res"), boundary_ref),
+        **{seam_row(o): (seam(o), ("out", "h_in", "h_post", "h_res"), boundary_ref) for o in seam_options},
     }
 
 
-def run(shapes, device, quick, out_dir):
+def seam_row(options: dict) -> str:
+    return "seam" + (f"[{', '.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
+
+
+def seam_compiled() -> str:
+    """'regs/spills/shared KB[/wgmma]' of the seam partial kernel the last call compiled."""
+    info = ""
+    for compiled in _seam_partial_kernel._compiled.values():
+        wgmma = "/wgmma" if "warp_group_dot" in compiled.asm.get("ttgir", "") else ""
+        info = f"{compiled.n_regs}/{compiled.n_spills}/{compiled.metadata.shared / 1024:.0f}{wgmma}"
+    return info
+
+
+def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},)):
     bw = copy_bandwidth_GBps(device, quick) if device.type == "cuda" else None
     rows = []
     for shape in shapes:
         t, post = _inputs(shape.T, shape.n, shape.D, device)
-        for name, (call, names, ref) in _calls(t, post).items():
+        for name, (call, names, ref) in _calls(t, post, seam_options).items():
+            base = name.partition("[")[0]
+            if base not in rows_wanted:
+                continue
+            if base == "seam":
+                _seam_partial_kernel._compiled.clear()  # so that seam_compiled sees this configuration's
             got = call()
             r64, r32 = ref(torch.float64), ref(torch.float32)
             verdicts = [judge(k, g, a, b) for k, g, a, b in zip(names, got, r64, r32)]
             ok = all(v.ok for v in verdicts)
             row = {"shape": shape.label, "row": name, "status": "ok" if ok else "FAIL",
                    "worst": max(verdicts, key=lambda v: v.err / max(v.bound, 1e-30)).name}  # fmt: skip
-            fb, unfused = floor_bytes(name, shape.T, shape.n, shape.D, 2)
+            fb, unfused = floor_bytes(base, shape.T, shape.n, shape.D, 2)
             if ok and device.type == "cuda":
                 us = graph_gpu_us(lambda call=call: call, device, quick)
                 row |= {"gpu_us": round(us, 2), "floor_us": round(fb / (bw * 1e3), 2), "x_floor": round(us / (fb / (bw * 1e3)), 2)}
                 if unfused is not None:
                     row["x_unfused_floor"] = round(us / (unfused / (bw * 1e3)), 2)
+                if base == "seam":
+                    row["compiled"] = seam_compiled()
             rows.append(row)
             print(_fmt(row), flush=True)
     if out_dir is not None and device.type == "cuda":
@@ -180,21 +208,32 @@ def run(shapes, device, quick, out_dir):
 
 def _fmt(row):
     cells = [row["shape"], row["row"], row["status"], row.get("gpu_us", ""), row.get("floor_us", ""),
-             row.get("x_floor", ""), row.get("x_unfused_floor", "")]  # fmt: skip
+             row.get("x_floor", ""), row.get("x_unfused_floor", ""), row.get("compiled", "")]  # fmt: skip
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.delayed", description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default=DEFAULT)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"a subset of {','.join(ROWS)} (default all)")
+    parser.add_argument("--seam-grid", default=None,
+                        help="also a seam row per combination of launch_seam_fwd options, e.g. 'block_t=32,64;num_warps=4,8'")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     shapes = parsed_shapes(parser, args.shapes)
     device = parsed_device(parser, args.device, "the interpreter smoke test")
-    print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor |\n|---|---|---|---|---|---|---|")
-    rows = run(shapes, device, args.quick, args.out)
+    rows_wanted = tuple(r for r in args.rows.split(",") if r)
+    if not rows_wanted or any(r not in ROWS for r in rows_wanted):
+        parser.error(f"--rows: expected a subset of {','.join(ROWS)}, got {args.rows!r}")
+    try:
+        seam_options = configs("seam", True, parse_grid(args.seam_grid)) if args.seam_grid else [{}]
+    except ValueError as e:
+        parser.error(f"--seam-grid: {e}")
+    print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor | seam kernel regs/spills/KB |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = run(shapes, device, args.quick, args.out, rows_wanted, seam_options)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -20,3 +20,19 @@ def test_seam_floor_is_below_the_unfused_boundary():
     seam, unfused = delayed.floor_bytes("boundary", T, n, D, s)
     assert seam == T * (2 * s * n * D + 2 * s * D + 4 * (3 * n * n + 5 * n + 1))
     assert seam < unfused  # the seam saves one read and one write of x(l+1) per token
+
+
+def test_seam_grid_adds_a_row_per_launch_option(capsys):
+    assert delayed.main(["--shapes", "3x4x64", "--rows", "seam", "--seam-grid", "block_t=16,32;block_d=16",
+                         "--quick", "--device", "cpu"]) == 0  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x4x64")]
+    assert [r.split(" | ")[1] for r in rows] == ["seam", "seam[block_t=16, block_d=16]", "seam[block_t=32, block_d=16]"]
+    assert all("| ok |" in r for r in rows)
+
+
+@pytest.mark.parametrize("argv", [["--rows", "seam,nope"], ["--rows", ""], ["--seam-grid", "block_t"]])
+def test_bad_rows_and_grid_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        delayed.main([*argv, "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and argv[0] in err
