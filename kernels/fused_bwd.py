@@ -97,9 +97,9 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
 
 @triton.jit
 def dvecX_mm_part(dh_mix, phi, phi_hi, phi_lo, F32: tl.constexpr, INTERPRET: tl.constexpr):
-    """dh_mix [BLOCK_T, G] @ phi [G, BLOCK_D] over one column group: fp32_dot for an fp32 dx, else
-    three bf16 products of the 16-bit splits (phi_hi, phi_lo: phi's, split once per program), enough
-    for a dx rounded to 16 bits."""
+    """dh_mix [BLOCK_T, G] @ phi [G, BLOCK_D] over one column group: fp32_dot for an fp32 or fp16 dx,
+    else three bf16 products of the 16-bit splits (phi_hi, phi_lo: phi's, split once per program),
+    enough for a dx rounded to bf16."""
     if F32:
         mm = fp32_dot(dh_mix, phi)
     else:
@@ -110,7 +110,7 @@ def dvecX_mm_part(dh_mix, phi, phi_hi, phi_lo, F32: tl.constexpr, INTERPRET: tl.
 
 @triton.jit
 def phi_parts(phi, F32: tl.constexpr):
-    """(hi, lo) bf16 splits of a loop-invariant phi tile for dvecX_mm_part; phi itself twice for fp32."""
+    """(hi, lo) bf16 splits of a loop-invariant phi tile for dvecX_mm_part; phi itself twice with F32."""
     if F32:
         hi, lo = phi, phi
     else:
@@ -167,7 +167,9 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     k = i * D + d
     split = tl.program_id(1)
     O = n * n + 2 * n
-    F32: tl.constexpr = dx_ptr.dtype.element_ty == tl.float32  # dvecX_mm's precision follows dx's dtype
+    # dvecX_mm at fp32 grade unless dx is bf16: the 16-bit product's ~2^-16 is far below a bf16 step (2^-8),
+    # not below an fp16 one (2^-11): fp16 dx off by a step (docs/bugs/fused-dx-fp16-split-product.md)
+    F32: tl.constexpr = dx_ptr.dtype.element_ty != tl.bfloat16
     cols_a = tl.arange(0, O_A)
     phi_a = phi_tile(phi_ptr, cols_a, k, d_mask, n, sphi_o, sphi_k)
     phi_a_hi, phi_a_lo = phi_parts(phi_a, F32)
@@ -265,19 +267,27 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
 # presplit=None: pass A's bf16 parts of dh_mix for pass B tiles of fewer tokens than this (measured faster
 # there; neutral or slower on the 64 x 64 tile: docs/perf.md, kernels/fused_bwd.py).
 PRESPLIT_BELOW_BLOCK_T = 64
-# Pass B's wide tile needs this many programs per SM; below it the narrower tile's doubled grid wins.
+# Pass B's 32 x 128 tile needs this many programs per SM; below it the 64 x 64 tile's doubled grid wins.
+# Measured at n = 4 (1 program per SM: 64 x 64 faster) and, with pass A's parts, at n = 8 (2 per SM:
+# 32 x 128 faster), where the wide coefficient groups take it from one wave on.
 PASS_B_MIN_PROGRAMS_PER_SM = 2
+PASS_B_WIDE_MIN_PROGRAMS_PER_SM = 1
 
 
-def pass_b_tile(width: int, n: int, D: int, T: int, device: torch.device, max_splits: int) -> tuple[int, int]:
+def pass_b_tile(width: int, n: int, D: int, T: int, device: torch.device, max_splits: int,
+                presplit_ok: bool) -> tuple[int, int]:  # fmt: skip
     """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all, the fastest
-    tiles of benchmarks/kernel_breakdown.py --sweep (4 warps): 32 x 128 up to 48 columns unless its grid
-    has fewer than PASS_B_MIN_PROGRAMS_PER_SM programs per SM, else 64 x 64 (docs/perf.md, kernels/fused_bwd.py)."""
-    if width > 48:
+    tiles of benchmarks/kernel_breakdown.py --sweep (4 warps): 32 x 128 unless its grid has fewer than
+    PASS_B_MIN_PROGRAMS_PER_SM programs per SM, else 64 x 64. Groups wider than 48 columns (n = 8) take
+    32 x 128 only with pass A's parts of dh_mix (presplit_ok: bf16 x), from PASS_B_WIDE_MIN_PROGRAMS_PER_SM
+    programs per SM (docs/perf.md, kernels/fused_bwd.py)."""
+    wide = width > 48
+    if wide and not presplit_ok:
         return 64, 64
     col_programs = n * cdiv(D, 128)
     programs = col_programs * token_splits(device, col_programs, cdiv(T, 32), max_splits)
-    return (32, 128) if programs >= PASS_B_MIN_PROGRAMS_PER_SM * sm_count(device) else (64, 64)
+    per_sm = PASS_B_WIDE_MIN_PROGRAMS_PER_SM if wide else PASS_B_MIN_PROGRAMS_PER_SM
+    return (32, 128) if programs >= per_sm * sm_count(device) else (64, 64)
 
 
 def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma=None,
@@ -315,7 +325,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     o_a, o_b = o_groups(n)
     split_cap = g_split_cap(T_hint, x.element_size(), O, nD)
     if block_t is None or block_d is None:
-        tile = pass_b_tile(o_a + o_b, n, D, T_hint, x.device, split_cap)
+        tile = pass_b_tile(o_a + o_b, n, D, T_hint, x.device, split_cap, x.dtype == torch.bfloat16 and presplit is not False)
         block_t = block_t if block_t is not None else tile[0]
         block_d = block_d if block_d is not None else tile[1]
     check_block("block_t", block_t, 16)

@@ -138,10 +138,16 @@ def test_pass_b_tile_narrows_where_the_wide_grid_leaves_sms_idle(monkeypatch):
     monkeypatch.setattr(fused_bwd, "sm_count", lambda device: 132)  # an H200
     monkeypatch.setattr(fused_bwd, "token_splits", lambda device, other, blocks, cap: min(blocks, cap))
     cpu = torch.device("cpu")
-    assert fused_bwd.pass_b_tile(32, 4, 7168, 16384, cpu, 64) == (32, 128)  # 224 columns x 64 splits
-    assert fused_bwd.pass_b_tile(32, 4, 4096, 1024, cpu, 1) == (64, 64)  # 128 programs on 132 SMs
-    assert fused_bwd.pass_b_tile(48, 6, 4096, 8192, cpu, 4) == (32, 128)
-    assert fused_bwd.pass_b_tile(80, 8, 2048, 8192, cpu, 64) == (64, 64)
+    for bf16 in (True, False):
+        assert fused_bwd.pass_b_tile(32, 4, 7168, 16384, cpu, 64, bf16) == (32, 128)  # 224 columns x 64 splits
+        assert fused_bwd.pass_b_tile(32, 4, 4096, 1024, cpu, 1, bf16) == (64, 64)  # 128 programs on 132 SMs
+        assert fused_bwd.pass_b_tile(48, 6, 4096, 8192, cpu, 4, bf16) == (32, 128)
+        assert fused_bwd.pass_b_tile(80, 8, 2048, 1024, cpu, 1, bf16) == (64, 64)  # 128 programs
+    # n = 8: the wide groups take the 32-row tile with pass A's parts of dh_mix only (bf16 x), from one
+    # wave on: 8192 x 8 x 2048 has 128 column programs x 2 token splits (g_split_cap)
+    assert fused_bwd.pass_b_tile(80, 8, 2048, 8192, cpu, 2, True) == (32, 128)
+    assert fused_bwd.pass_b_tile(80, 8, 2048, 8192, cpu, 2, False) == (64, 64)
+    assert fused_bwd.pass_b_tile(32, 4, 2048, 8192, cpu, 2, True) == (64, 64)  # 128 x 2 programs: n = 4 keeps 2 per SM
 
 
 @pytest.mark.parametrize(("block_t", "block_d"), KERNEL_BLOCKS)
