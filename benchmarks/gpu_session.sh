@@ -89,10 +89,10 @@ splits)  # the forward's GPU time by split count (benchmarks/fwd_splits.py), the
   timeout 150 python3 -m benchmarks.fwd_splits --quick 2>&1 | tee "$R/fwd_splits.md" | tail -45 ;;
 presplit-tiles)  # pass B with and without pass A's bf16 parts, on each tile, where the default rule is unmeasured (n = 8)
   timeout 200 python3 -m benchmarks.kernel_breakdown --ops bwd --sweep --quick --shapes 8192x8x2048,8192x6x4096,1024x4x4096 \
-    --grid 'presplit=0,1;block_t=32,64;block_d=64,128' 2>&1 | grep '^|' | tee "$R/presplit_tiles.md" | tail -30 ;;
+    --grid 'presplit=False,True;block_t=32,64;block_d=64,128' 2>&1 | grep '^|' | tee "$R/presplit_tiles.md" | tail -30 ;;
 seam-sweep)  # the seam's tiles and pipelining (num_warps 4: 8 replicates its small tiles) against post + delayed pre
-  timeout 240 python3 -m benchmarks.delayed --rows boundary,seam --quick --shapes 4096x4x4096,16384x4x7168,8192x8x2048 \
-    --seam-grid 'block_t=16,32,64;block_d=64,128;num_stages=1,2' 2>&1 | grep '^| [0-9]' | tee "$R/seam_sweep.md" | tail -20 ;;
+  timeout 330 python3 -m benchmarks.delayed --rows boundary,seam --quick --shapes 4096x4x4096,16384x4x7168,8192x8x2048 \
+    --seam-grid 'block_t=16,32,64;block_d=32,64;num_stages=1,2' 2>&1 | grep '^| [0-9]' | tee "$R/seam_sweep.md" | tail -20 ;;
 layer-graph)  # the layer step's CUDA-graph GPU time alone, at the large shapes
   timeout 240 python3 -m benchmarks.layer_modes --modes graph --shapes 4096x4x4096,16384x4x7168,8192x8x2048 --out "$R" \
     2>&1 | tee "$R/layer_graph.md" | tail -8 ;;

@@ -50,13 +50,15 @@ LAUNCHERS = {
 
 
 def parse_grid(text: str) -> dict[str, tuple]:
-    """'block_t=32,64;block_d=64,128' -> {'block_t': (32, 64), 'block_d': (64, 128)} ('None' for None)."""
+    """'block_t=32,64;block_d=64,128' -> {'block_t': (32, 64), 'block_d': (64, 128)} ('None', 'True' and
+    'False' for themselves)."""
     grid = {}
     for item in filter(None, text.split(";")):
         name, sep, values = item.partition("=")
         if not sep or not name.strip() or not values:
             raise ValueError(f"expected name=v1,v2;..., got {item!r}")
-        grid[name.strip()] = tuple(None if v.strip() == "None" else int(v) for v in values.split(","))
+        words = {"None": None, "True": True, "False": False}
+        grid[name.strip()] = tuple(words[v.strip()] if v.strip() in words else int(v) for v in values.split(","))
     return grid
 
 

@@ -241,6 +241,7 @@ def test_kernel_breakdown_rows_every_op_and_checks_the_rule(capsys, monkeypatch)
 
 def test_kernel_breakdown_grid_names_the_options_to_sweep():
     assert kernel_breakdown.parse_grid("block_t=16,32;splits=None,2") == {"block_t": (16, 32), "splits": (None, 2)}
+    assert kernel_breakdown.parse_grid("presplit=False,True") == {"presplit": (False, True)}
     assert kernel_breakdown.configs("bwd", True, {"block_t": (16, 32)}) == [{}, {"block_t": 16}, {"block_t": 32}]
     with pytest.raises(ValueError, match="name=v1"):
         kernel_breakdown.parse_grid("block_t")
