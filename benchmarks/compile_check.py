@@ -1,17 +1,17 @@
 """Every Triton kernel of the library compiled for a GPU target on this machine: no GPU needed.
 
-    python -m benchmarks.compile_check [--target cuda:90] [--jobs N]
+    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers]
 
 What it catches: what Triton's compiler refuses and its interpreter runs (the interpreter executes a
 kernel as Python), such as a jit helper returning tiles of two shapes from its two branches, which only
 a GPU run showed before (docs/perf.md, Performance IX). How: each registered stage's Triton launcher,
 and the tile choices the launchers make on a GPU (VARIANTS), run on small CPU tensors with every launch
-recorded instead of run; each distinct kernel specialisation (argument types, constexprs, launch
-options) is then compiled by triton.compile for the target (default cuda:90, the H200's). Not caught:
-what needs a GPU to run (numbers, races), or Triton's specialisation on argument values (pointer and
-int divisibility; every int is compiled as i32/i64), so the registers and spills of these compiles are not
-a GPU's. Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if any fails.
-"""
+recorded instead of run; each distinct kernel specialisation (argument types, the values Triton
+specialises on, constexprs, launch options) is then compiled by triton.compile for the target (default
+cuda:90, the H200's). --registers adds ptxas's registers and spills per kernel: a GPU's at the recorded
+argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X). Not caught: what
+needs a GPU to run (numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if
+any fails."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ import concurrent.futures
 import contextlib
 import importlib
 import os
+import re
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 
 import torch
@@ -36,25 +39,34 @@ STAGE_CASES = ((1, "float32"), (3, "float16"), (4, "bfloat16"), (4, "float32"), 
 VARIANT_CASES = ((4, "bfloat16"), (4, "float32"), (6, "bfloat16"), (8, "bfloat16"), (1, "float16"))
 
 
-def spec(jit, args: tuple, kwargs: dict) -> tuple[str, dict, dict, dict]:
-    """("module:kernel", signature, constexprs, options) of one recorded launch."""
-    sig, constexprs = {}, {}
+def spec(jit, args: tuple, kwargs: dict) -> tuple[str, dict, dict, dict, dict]:
+    """("module:kernel", signature, constexprs, attrs, options) of one recorded launch, specialised as
+    Triton's launcher specialises it (its own native_specialize_impl): an int equal to 1 becomes a constexpr,
+    ints and pointers divisible by 16 get tt.divisibility, except where the kernel's do_not_specialize
+    says otherwise. So these compiles are the GPU's at the recorded values (the tiny CPU shapes': a
+    realistic D is divisible by 16 where these may not be)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    sig, constexprs, attrs = {}, {}, {}
     for i, p in enumerate(jit.params):
         value = args[i] if i < len(args) else kwargs.get(p.name, p.default)
         if p.is_constexpr or value is None:
             sig[p.name], constexprs[p.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            sig[p.name] = DTYPES[value.dtype]
-        elif isinstance(value, bool):
-            sig[p.name] = "i1"
-        elif isinstance(value, int):
-            sig[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif isinstance(value, float):
-            sig[p.name] = "fp32"
-        else:
+            continue
+        if isinstance(value, torch.Tensor) and value.dtype not in DTYPES:
+            raise TypeError(f"{jit.fn.__name__}: argument {p.name} of dtype {value.dtype}")
+        if not isinstance(value, torch.Tensor | bool | int | float):
             raise TypeError(f"{jit.fn.__name__}: argument {p.name} of type {type(value).__name__}")
+        kind, key = native_specialize_impl(CUDABackend, value, False, not p.do_not_specialize,
+                                           not p.do_not_specialize_on_alignment)  # fmt: skip
+        sig[p.name] = kind
+        if kind == "constexpr":
+            constexprs[p.name] = key
+        elif key == "D":
+            attrs[(i,)] = [["tt.divisibility", 16]]
     options = {k: kwargs[k] for k in OPTIONS if kwargs.get(k) is not None}
-    return f"{jit.fn.__module__}:{jit.fn.__name__}", sig, constexprs, options
+    return f"{jit.fn.__module__}:{jit.fn.__name__}", sig, constexprs, attrs, options
 
 
 @contextlib.contextmanager
@@ -111,8 +123,10 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
 
     calls = []
     for n, dtype in VARIANT_CASES:
-        pre = make_inputs(Case(lead=(70,), n=n, D=49, dtype=dtype, seed=n), "cpu")
-        post = make_inputs(Case(lead=(70,), n=n, D=49, dtype=dtype, seed=n, op="mhc_post"), "cpu")
+        # D = 64: strides divisible by 16 as a model's are, so these compile as on a GPU (the stages' D = 49
+        # covers the unaligned path)
+        pre = make_inputs(Case(lead=(70,), n=n, D=64, dtype=dtype, seed=n), "cpu")
+        post = make_inputs(Case(lead=(70,), n=n, D=64, dtype=dtype, seed=n, op="mhc_post"), "cpu")
         h_pre_prev = torch.rand(70, n) + 0.5
         f_args = [pre[k] for k in ("x", "phi", "alpha", "bias", "gamma")]
         for splits in (1, 2):
@@ -139,21 +153,40 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     return calls
 
 
-def compile_one(item: tuple[str, dict, dict, dict, str, int]) -> tuple[str, str | None]:
-    """Compile one specialisation -> (its description, None or the compiler's last error line)."""
+def compile_one(item: tuple) -> tuple[str, str | None]:
+    """Compile one specialisation (name, sig, constexprs, attrs, options, backend, arch, registers) -> (its
+    description, None or the compiler's last error line). registers: the description ends with ptxas's
+    registers per thread and spill bytes (ptxas -v on the compiled PTX)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    name, sig, constexprs, options, backend, arch = item
+    name, sig, constexprs, attrs, options, backend, arch, registers = item
     module, _, kernel = name.partition(":")
     jit = getattr(importlib.import_module(module), kernel).jit
     desc = f"{kernel} " + ", ".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper()) + f" {options}"
     try:
-        triton.compile(ASTSource(jit, sig, constexprs), target=GPUTarget(backend, arch, 32), options=options)
+        compiled = triton.compile(ASTSource(jit, sig, constexprs, attrs), target=GPUTarget(backend, arch, 32),
+                                  options=options)  # fmt: skip
     except Exception as e:  # noqa: BLE001  (any compiler failure is the finding)
         return desc, _innermost(e)
-    return desc, None
+    return desc + (f"  [{ptxas_usage(compiled.asm['ptx'], arch)}]" if registers else ""), None
+
+
+def ptxas_usage(ptx: str, arch: int) -> str:
+    """'N registers, S B spilled' of a kernel's PTX, from the wheel's ptxas -v."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as fh:
+            fh.write(ptx)
+        suffix = "a" if arch >= 90 else ""
+        out = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name=sm_{arch}{suffix}", path, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr  # fmt: skip
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = re.search(r"(\d+) bytes spill stores", out)
+    return f"{regs.group(1) if regs else '?'} registers, {spills.group(1) if spills else '?'} B spilled"
 
 
 def _innermost(e: BaseException) -> str:
@@ -174,6 +207,8 @@ def _innermost(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_check", description=__doc__.split("\n")[0])
     parser.add_argument("--target", default="cuda:90", help="BACKEND:ARCH (default cuda:90, an H100/H200)")
+    parser.add_argument("--registers", action="store_true",
+                        help="also each kernel's registers per thread and spill bytes (ptxas -v)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at once (default: CPUs)")
     args = parser.parse_args(argv)
     backend, _, arch = args.target.partition(":")
@@ -191,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"FAILED  launching {label}\n    {type(e).__name__}: {e}", flush=True)
     for jit, a, kw in records:
-        name, sig, constexprs, options = spec(jit, a, kw)
-        key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(options.items())))
-        unique.setdefault(key, (name, sig, constexprs, options, backend, int(arch)))
+        name, sig, constexprs, attrs, options = spec(jit, a, kw)
+        key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(attrs), sorted(options.items())))
+        unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers))
     print(f"# {len(records)} launches recorded, {len(unique)} kernel specialisations compiled for {args.target}\n")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for desc, error in pool.map(compile_one, unique.values()):

@@ -477,19 +477,25 @@ def test_compile_check_refuses_the_interpreter(monkeypatch, capsys):
     assert e.value.code == 2 and "TRITON_INTERPRET=1" in capsys.readouterr().err
 
 
-def test_compile_check_spec_types_each_argument():
-    """A recorded launch -> the signature triton.compile takes: tensors by dtype, ints by range, floats as
-    fp32, None and constexpr parameters as constexprs; launch options apart."""
-    P = namedtuple("P", "name is_constexpr default")
-    params = [P("x_ptr", False, None), P("w_ptr", False, None), P("T", False, None), P("big", False, None),
-              P("eps", False, None), P("flag", False, None), P("opt", False, None), P("BLOCK", True, 16)]
+def test_compile_check_spec_specialises_as_triton_does():
+    """A recorded launch -> what triton.compile takes, as Triton's launcher specialises it: tensors by
+    dtype (16-byte aligned: divisibility), ints by range, an int equal to 1 a constexpr, ints divisible by
+    16 with divisibility unless do_not_specialize, floats as fp32, bools as u1, None and constexpr
+    parameters as constexprs; launch options apart."""
+    P = namedtuple("P", "name is_constexpr default do_not_specialize do_not_specialize_on_alignment")
+    names = ("x_ptr", "w_ptr", "T", "big", "one", "D", "eps", "flag", "opt")
+    params = [P(n, False, None, n == "T", n == "T") for n in names] + [P("BLOCK", True, 16, False, False)]
     jit = types.SimpleNamespace(params=params, fn=types.SimpleNamespace(__module__="m", __name__="_k"))
-    args = (torch.empty(2, dtype=torch.bfloat16), torch.empty(2, dtype=torch.float32), 7, 2**33, 1e-6, True, None)
-    name, sig, constexprs, options = compile_check.spec(jit, args, {"BLOCK": 64, "num_warps": 4, "num_stages": None})
+    x = torch.empty(8, dtype=torch.bfloat16)
+    args = (x, torch.empty(8, dtype=torch.float32)[1:], 32, 2**33, 1, 48, 1e-6, True, None)
+    name, sig, constexprs, attrs, options = compile_check.spec(jit, args, {"BLOCK": 64, "num_warps": 4,
+                                                                          "num_stages": None})  # fmt: skip
     assert name == "m:_k"
-    assert sig == {"x_ptr": "*bf16", "w_ptr": "*fp32", "T": "i32", "big": "i64", "eps": "fp32", "flag": "i1",
-                   "opt": "constexpr", "BLOCK": "constexpr"}
-    assert constexprs == {"opt": None, "BLOCK": 64} and options == {"num_warps": 4}
+    assert sig == {"x_ptr": "*bf16", "w_ptr": "*fp32", "T": "i32", "big": "i64", "one": "constexpr", "D": "i32",
+                   "eps": "fp32", "flag": "u1", "opt": "constexpr", "BLOCK": "constexpr"}  # fmt: skip
+    assert constexprs == {"one": 1, "opt": None, "BLOCK": 64} and options == {"num_warps": 4}
+    # x (aligned), big and D divisible by 16; w off by 4 bytes; T (32) not specialised
+    assert attrs == {(0,): [["tt.divisibility", 16]], (3,): [["tt.divisibility", 16]], (5,): [["tt.divisibility", 16]]}
 
 
 @pytest.mark.skipif(KERNEL_DEVICE != "cpu", reason="CPU tensors")
