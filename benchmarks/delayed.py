@@ -44,7 +44,7 @@ from mhc_ops.kernels.seam import _seam_partial_kernel, launch_seam_fwd
 
 from .floors import op_bytes
 from .host import graph_gpu_us
-from .kernel_breakdown import configs, parse_grid
+from .kernel_breakdown import configs, kernel_info, parse_grid
 from .report import gpu_tag
 from .shapes import parsed_device, parsed_shapes
 from .timing import copy_bandwidth_GBps
@@ -161,15 +161,6 @@ def seam_row(options: dict) -> str:
     return "seam" + (f"[{', '.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
 
 
-def seam_compiled() -> str:
-    """'regs/spills/shared KB[/wgmma]' of the seam partial kernel the last call compiled."""
-    info = ""
-    for compiled in _seam_partial_kernel._compiled.values():
-        wgmma = "/wgmma" if "warp_group_dot" in compiled.asm.get("ttgir", "") else ""
-        info = f"{compiled.n_regs}/{compiled.n_spills}/{compiled.metadata.shared / 1024:.0f}{wgmma}"
-    return info
-
-
 def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},)):
     bw = copy_bandwidth_GBps(device, quick) if device.type == "cuda" else None
     rows = []
@@ -180,7 +171,7 @@ def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},)):
             if base not in rows_wanted:
                 continue
             if base == "seam":
-                _seam_partial_kernel._compiled.clear()  # so that seam_compiled sees this configuration's
+                _seam_partial_kernel._compiled.clear()  # so that kernel_info sees this configuration's
             got = call()
             r64, r32 = ref(torch.float64), ref(torch.float32)
             verdicts = [judge(k, g, a, b) for k, g, a, b in zip(names, got, r64, r32)]
@@ -194,7 +185,7 @@ def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},)):
                 if unfused is not None:
                     row["x_unfused_floor"] = round(us / (unfused / (bw * 1e3)), 2)
                 if base == "seam":
-                    row["compiled"] = seam_compiled()
+                    row["compiled"] = kernel_info(_seam_partial_kernel) or ""
             rows.append(row)
             print(_fmt(row), flush=True)
     if out_dir is not None and device.type == "cuda":

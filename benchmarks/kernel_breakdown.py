@@ -96,17 +96,20 @@ def kernel_times_us(call, op: str, calls: int) -> dict[str, float]:
     return dict(total)
 
 
-def compiled_info(op: str) -> dict[str, str]:
-    """'regs/spills/shared KB[/wgmma]' of the kernels the last configuration compiled or found (wgmma:
-    its products compiled to Hopper's warp-group MMA rather than per-warp mma)."""
-    info = {}
-    for k in KERNELS[op]:
-        for compiled in k._compiled.values():
-            regs, spills = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
-            shared = compiled.metadata.shared / 1024
-            wgmma = "/wgmma" if "warp_group_dot" in compiled.asm.get("ttgir", "") else ""
-            info[k.fn.__name__] = f"{regs}/{spills}/{shared:.0f}{wgmma}"
+def kernel_info(kernel) -> str | None:
+    """'regs/spills/shared KB[/wgmma]' of the specialisation of a launched kernel compiled or found last
+    (wgmma: its products compiled to Hopper's warp-group MMA rather than per-warp mma); None: none yet."""
+    info = None
+    for compiled in kernel._compiled.values():
+        regs, spills = getattr(compiled, "n_regs", None), getattr(compiled, "n_spills", None)
+        wgmma = "/wgmma" if "warp_group_dot" in compiled.asm.get("ttgir", "") else ""
+        info = f"{regs}/{spills}/{compiled.metadata.shared / 1024:.0f}{wgmma}"
     return info
+
+
+def compiled_info(op: str) -> dict[str, str]:
+    """kernel_info of each kernel of the op that the last configuration compiled or found."""
+    return {k.fn.__name__: info for k in KERNELS[op] if (info := kernel_info(k)) is not None}
 
 
 def measure(op: str, shape, options: dict, t: dict, refs: tuple, device, copy_bw: float, quick: bool) -> dict:

@@ -324,8 +324,9 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     T_hint = size_hint(T)  # launch choices (size_hint); shapes and grids use T
     o_a, o_b = o_groups(n)
     split_cap = g_split_cap(T_hint, x.element_size(), O, nD)
+    bf16 = x.dtype == torch.bfloat16  # G's bf16 products of pass A's parts need x exact in bf16
     if block_t is None or block_d is None:
-        tile = pass_b_tile(o_a + o_b, n, D, T_hint, x.device, split_cap, x.dtype == torch.bfloat16 and presplit is not False)
+        tile = pass_b_tile(o_a + o_b, n, D, T_hint, x.device, split_cap, bf16 and presplit is not False)
         block_t = block_t if block_t is not None else tile[0]
         block_d = block_d if block_d is not None else tile[1]
     check_block("block_t", block_t, 16)
@@ -364,7 +365,6 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
     h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
-    bf16 = x.dtype == torch.bfloat16  # G's bf16 products of the parts need x exact in bf16
     # the parts pay on pass B's 32-row tiles (mma.sync), not on the 64-row ones (docs/perf.md, kernels/fused_bwd.py)
     presplit = bf16 and (block_t < PRESPLIT_BELOW_BLOCK_T if presplit is None else presplit)
     dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else h_pre  # written first
