@@ -526,3 +526,19 @@ def test_compile_check_reports_the_root_of_a_chain():
         assert compile_check._innermost(outer) == (
             "at 4:9: TypeError: Return type mismatch: <[32, 64]> and <[64, 32]>"
         )
+
+
+def test_kernel_info_describes_the_last_compiled_specialisation():
+    """kernel_breakdown.kernel_info (its rows and the delayed benchmark's seam rows; GPU-only there):
+    registers / spilled registers / shared KB, and wgmma where the products compiled to it."""
+
+    def compiled(regs, ttgir):
+        return types.SimpleNamespace(n_regs=regs, n_spills=3, metadata=types.SimpleNamespace(shared=2048),
+                                     asm={"ttgir": ttgir})  # fmt: skip
+
+    kernel = types.SimpleNamespace(_compiled={})
+    assert kernel_breakdown.kernel_info(kernel) is None
+    kernel._compiled["a"] = compiled(128, "tt.dot")
+    assert kernel_breakdown.kernel_info(kernel) == "128/3/2"
+    kernel._compiled["b"] = compiled(255, "ttng.warp_group_dot")
+    assert kernel_breakdown.kernel_info(kernel) == "255/3/2/wgmma"
