@@ -1,6 +1,6 @@
 """Every Triton kernel of the library compiled for a GPU target on this machine: no GPU needed.
 
-    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers]
+    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers] [--only REGEX]
 
 What it catches: what Triton's compiler refuses and its interpreter runs (the interpreter executes a
 kernel as Python), such as a jit helper returning tiles of two shapes from its two branches, which only
@@ -9,9 +9,9 @@ and the tile choices the launchers make on a GPU (VARIANTS), run on small CPU te
 recorded instead of run; each distinct kernel specialisation (argument types, the values Triton
 specialises on, constexprs, launch options) is then compiled by triton.compile for the target (default
 cuda:90, the H200's). --registers adds ptxas's registers and spills per kernel: a GPU's at the recorded
-argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X). Not caught: what
-needs a GPU to run (numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if
-any fails."""
+argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X); --only REGEX
+compiles only the kernels whose name it matches (re.search). Not caught: what needs a GPU to run
+(numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if any fails."""
 
 from __future__ import annotations
 
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="cuda:90", help="BACKEND:ARCH (default cuda:90, an H100/H200)")
     parser.add_argument("--registers", action="store_true",
                         help="also each kernel's registers per thread and spill bytes (ptxas -v)")  # fmt: skip
+    parser.add_argument("--only", default=None, help="compile only kernels whose name matches this regex")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at once (default: CPUs)")
     args = parser.parse_args(argv)
     backend, _, arch = args.target.partition(":")
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--target: expected cuda:ARCH such as cuda:90, got {args.target!r}")
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 is set: the interpreter compiles nothing; run without it")
+    try:
+        only = re.compile(args.only or "")
+    except re.error as e:
+        parser.error(f"--only: expected a regular expression, got {args.only!r} ({e})")
     unique: dict[str, tuple] = {}
     failed = 0
     with recording() as records:
@@ -226,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"FAILED  launching {label}\n    {type(e).__name__}: {e}", flush=True)
     for jit, a, kw in records:
+        if not only.search(jit.fn.__name__):
+            continue
         name, sig, constexprs, attrs, options = spec(jit, a, kw)
         key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(attrs), sorted(options.items())))
         unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers))

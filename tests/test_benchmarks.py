@@ -470,6 +470,13 @@ def test_judge_outputs_fails_a_missing_or_misshapen_output():
     assert [v.name for v in judge_outputs("fwd", nan, ref64, ref32) if not v.ok] == ["h_post"]
 
 
+def test_compile_check_rejects_a_bad_only_pattern(monkeypatch, capsys):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit) as e:
+        compile_check.main(["--only", "("])
+    assert e.value.code == 2 and "--only: expected a regular expression" in capsys.readouterr().err
+
+
 def test_compile_check_refuses_the_interpreter(monkeypatch, capsys):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(SystemExit) as e:
