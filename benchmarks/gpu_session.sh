@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [delayed] [decode] [sinkhorn-tiles]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [sinkhorn-tiles]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -93,6 +93,15 @@ presplit-tiles)  # pass B with and without pass A's bf16 parts, on each tile, wh
 seam-sweep)  # the seam's tiles and pipelining (num_warps 4: 8 replicates its small tiles) against post + delayed pre
   timeout 330 python3 -m benchmarks.delayed --rows boundary,seam --quick --shapes 4096x4x4096,16384x4x7168,8192x8x2048 \
     --seam-grid 'block_t=16,32,64;block_d=32,64;num_stages=1,2' 2>&1 | grep '^| [0-9]' | tee "$R/seam_sweep.md" | tail -20 ;;
+ncu-fwd)  # Nsight Compute on the forward's kernels (single at 16384 x 4 x 7168, split at 8192 x 8 x 2048): what bounds them
+  if command -v ncu >/dev/null; then
+    timeout 400 ncu --clock-control none -k 'regex:_fwd_kernel|_fwd_partial_kernel|_fwd_finish_kernel' --launch-skip 1 \
+      --launch-count 3 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis python3 -m benchmarks.kernel_breakdown --ops fwd --quick \
+      --shapes 16384x4x7168,8192x8x2048 > "$R/ncu_fwd.txt" 2>&1; tail -40 "$R/ncu_fwd.txt"
+  else
+    echo "ncu not found" | tee "$R/ncu_fwd.txt"
+  fi ;;
 layer-graph)  # the layer step's CUDA-graph GPU time alone, at the issue's large shapes
   timeout 240 python3 -m benchmarks.layer_modes --modes graph --shapes 4096x4x4096,16384x4x7168,8192x8x2048 --out "$R" \
     2>&1 | tee "$R/layer_graph.md" | tail -8 ;;
@@ -131,6 +140,6 @@ hf-compile)  # the same, eager and patched, each also with every decoder layer u
   PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
     --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
     | tail -24 | tee "$R/hf-compile.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes, layer-graph, presplit-tiles, seam-sweep, delayed, decode, sinkhorn-tiles)"; exit 2 ;;
+*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes, layer-graph, presplit-tiles, seam-sweep, ncu-fwd, delayed, decode, sinkhorn-tiles)"; exit 2 ;;
 esac; done
 tar czf "$OUT/results.tgz" -C "$R" .
