@@ -28,10 +28,6 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-DTYPES = {
-    torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.float64: "*fp64",
-    torch.int32: "*i32", torch.int64: "*i64", torch.int8: "*i8", torch.uint8: "*u8", torch.bool: "*i1",
-}  # fmt: skip
 OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")  # launch options, not kernel arguments
 SMS = 132  # an H200's SMs: the launchers' heuristics pick the GPU's tiles
 # (n, x dtype) of the stages' workloads and of VARIANTS': each distinct O_PAD and N_PAD, each dtype path.
@@ -54,12 +50,11 @@ def spec(jit, args: tuple, kwargs: dict) -> tuple[str, dict, dict, dict, dict]:
         if p.is_constexpr or value is None:
             sig[p.name], constexprs[p.name] = "constexpr", value
             continue
-        if isinstance(value, torch.Tensor) and value.dtype not in DTYPES:
-            raise TypeError(f"{jit.fn.__name__}: argument {p.name} of dtype {value.dtype}")
-        if not isinstance(value, torch.Tensor | bool | int | float):
-            raise TypeError(f"{jit.fn.__name__}: argument {p.name} of type {type(value).__name__}")
-        kind, key = native_specialize_impl(CUDABackend, value, False, not p.do_not_specialize,
-                                           not p.do_not_specialize_on_alignment)  # fmt: skip
+        try:
+            kind, key = native_specialize_impl(CUDABackend, value, False, not p.do_not_specialize,
+                                               not p.do_not_specialize_on_alignment)  # fmt: skip
+        except (KeyError, TypeError) as e:  # a dtype or type Triton cannot pass: name the argument
+            raise TypeError(f"{jit.fn.__name__}: argument {p.name}: {e}") from e
         sig[p.name] = kind
         if kind == "constexpr":
             constexprs[p.name] = key
