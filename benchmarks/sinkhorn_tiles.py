@@ -27,21 +27,30 @@ from . import host
 ITERS, EPS = 20, 1e-6
 
 
-def previous_tile(n: int) -> tuple[int, int]:
+Tile = tuple[int, int]  # (tokens per program, warps)
+
+
+def previous_tile(n: int) -> Tile:
     """The default before Performance VIII: 512 entries of [BLOCK_T, N_PAD, N_PAD] on 4 warps."""
     return max(1, 512 // ks._n_pad(n) ** 2), 4
 
 
-def launches(L, dP, block_t: int, warps: int):
-    """(forward, backward) launches of the kernels at one tile, writing P and dlogits."""
-    (n,) = ks.static_dims(L, 1)
-    T, NP = L.shape[0], ks._n_pad(n)
-    P, G = torch.empty_like(L), torch.empty_like(L)
-    grid, seg = (ks.cdiv(T, block_t),), max(1, math.isqrt(ITERS - 1))
-    kw = {"N": n, "N_PAD": NP, "BLOCK_T": block_t, "num_warps": warps}
-    fwd = lambda: ks._sinkhorn_fwd_kernel[grid](L, P, T, ITERS, EPS, **kw)  # noqa: E731
-    bwd = lambda: ks._sinkhorn_bwd_kernel[grid](L, dP, G, T, ITERS, seg, EPS, **kw)  # noqa: E731
-    return fwd, bwd, P, G
+def tile_name(tile: Tile) -> str:
+    return f"{tile[0]}x{tile[1]}"
+
+
+def launches(L, dP, tile: Tile):
+    """(forward, backward) calls of the launchers at one tile -> (fwd, bwd, their outputs)."""
+    kw = {"block_t": tile[0], "num_warps": tile[1]}
+    out: dict = {}
+
+    def fwd():
+        out["P"] = ks.launch_sinkhorn_fwd(L, ITERS, EPS, **kw)
+
+    def bwd():
+        out["dlogits"] = ks.launch_sinkhorn_bwd(L, dP, ITERS, EPS, seg=max(1, math.isqrt(ITERS - 1)), **kw)
+
+    return fwd, bwd, out
 
 
 def timed(fn, device: torch.device, quick: bool) -> float:
@@ -52,7 +61,7 @@ def timed(fn, device: torch.device, quick: bool) -> float:
     return (time.perf_counter() - start) * 1e6
 
 
-def rows(n: int, T: int, configs: list[tuple[int, int]], device: torch.device, quick: bool) -> list[str]:
+def rows(n: int, T: int, configs: list[Tile], device: torch.device, quick: bool) -> list[str]:
     g = torch.Generator().manual_seed(n * 100003 + T)
     L = (2 * torch.randn(T, n, n, generator=g)).to(device)
     dP = torch.randn(T, n, n, generator=g).to(device)
@@ -61,20 +70,20 @@ def rows(n: int, T: int, configs: list[tuple[int, int]], device: torch.device, q
     r32, g32 = sinkhorn_forward(L, ITERS, EPS), sinkhorn_backward(L, dP, ITERS, EPS)
     out = []
     default = (ks.default_block_t(n), ks.NUM_WARPS)
-    for block_t, warps in [default, *(c for c in configs if c != default)]:
-        fwd, bwd, P, G = launches(L, dP, block_t, warps)
+    for tile in [default, *(c for c in configs if c != default)]:
+        fwd, bwd, got = launches(L, dP, tile)
         fwd(), bwd()
-        verdicts = [judge("P", P, r64, r32), judge("dlogits", G, g64, g32)]
+        verdicts = [judge("P", got["P"], r64, r32), judge("dlogits", got["dlogits"], g64, g32)]
         if not all(v.ok for v in verdicts):
-            out.append(f"| {n} | {T} | {block_t}x{warps} | - | - | FAIL {'; '.join(map(str, verdicts))} |")
+            out.append(f"| {n} | {T} | {tile_name(tile)} | - | - | FAIL {'; '.join(map(str, verdicts))} |")
             continue
-        tag = " (default)" if (block_t, warps) == default else ""
+        tag = " (default)" if tile == default else ""
         f_us, b_us = timed(fwd, device, quick), timed(bwd, device, quick)
-        out.append(f"| {n} | {T} | {block_t}x{warps}{tag} | {f_us:.2f} | {b_us:.2f} | ok |")
+        out.append(f"| {n} | {T} | {tile_name(tile)}{tag} | {f_us:.2f} | {b_us:.2f} | ok |")
     return out
 
 
-def parse_configs(text: str) -> list[tuple[int, int]]:
+def parse_configs(text: str) -> list[Tile]:
     return [tuple(int(v) for v in c.split("x")) for c in text.split(",") if c]
 
 

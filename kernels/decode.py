@@ -41,20 +41,25 @@ from ._common import (
 from ._launch import launched
 from .fwd import apply_tile, coeff_tile, reduce_partials, store_partials, store_saved
 from .seam import seam_columns
-from .sinkhorn import MAX_N, matrix_tile, sinkhorn_tile
+from .sinkhorn import MAX_N, block_tile, load_matrices, sinkhorn_tile, store_matrices
 
 MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
 UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
+# Sinkhorn on one token's matrix per thread (sinkhorn.tokens_last_tile) up to this N_PAD: 1.2 to 1.6 us
+# faster at n = 4; at n = 8 (64 entries a thread) 2.3x slower than across lanes (docs/perf.md, Performance XI)
+SINK_TOKENS_LAST_MAX_N_PAD = 4
 
 
-@launched(do_not_specialize=["T", "iters"])
+# sm_j (1) unspecialised: sinkhorn.tokens_last_tile
+@launched(do_not_specialize=["T", "iters", "sm_j"])
 def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, alpha_ptr,
                    bias_ptr, ws_ptr, count_ptr, h_in_ptr, nh_post_ptr, nh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
                    P_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, so_t, so_j, so_d,
-                   sphi_o, sphi_k, norm_eps, hc_eps, iters, eps, N: tl.constexpr, HAS_GAMMA: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr, O_PAD: tl.constexpr,
-                   N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr, DELAYED: tl.constexpr,
-                   STREAM64: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+                   sphi_o, sphi_k, sm_j, norm_eps, hc_eps, iters, eps, N: tl.constexpr,
+                   HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
+                   O_PAD: tl.constexpr, N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr,
+                   SINK_T: tl.constexpr, SINK_TOKENS_LAST: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
+                   INTERPRET: tl.constexpr):  # fmt: skip
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
@@ -82,9 +87,9 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
             apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, N, D, so_t, so_j, so_d, APPLY_BLOCK_D,
                        N_PAD, STREAM64)  # fmt: skip
         tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
-        offs, mask, valid, row_valid, col_valid = matrix_tile(rows, T, N, N_PAD)
-        L = tl.load(nh_res_ptr + offs, mask=mask, other=0.0)
-        tl.store(P_ptr + offs, sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps), mask=mask)
+        offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T, SINK_TOKENS_LAST)
+        L = load_matrices(nh_res_ptr, offs, mask, SINK_TOKENS_LAST)
+        store_matrices(P_ptr, offs, sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps), mask, SINK_TOKENS_LAST)
         tl.store(count_ptr + b, 0)  # for the next launch
 
 
@@ -95,12 +100,14 @@ def auto_splits(D: int, block_d: int) -> int:
 
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
-                  block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4):  # fmt: skip
+                  block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
+                  sink_tokens_last=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (none for zero tokens).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
-    collapse columns per step; unroll: partials the last program loads per step."""
+    collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
+    Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD)."""
     check_block("block_t", block_t, 16)  # tl.dot's smallest M
     check_block("block_d", block_d, 16)
     check_block("apply_block_d", apply_block_d, 16)
@@ -124,13 +131,16 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     blocks = cdiv(T, block_t)
     ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
     delayed = h_pre_prev is not None
+    if sink_tokens_last is None:
+        sink_tokens_last = n_pad(n) <= SINK_TOKENS_LAST_MAX_N_PAD
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
         h_mix, h_pre, P, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
-        float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
+        1, float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
-        UNROLL=min(unroll, next_power_of_2(splits)), DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
+        UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if sink_tokens_last else block_t,
+        SINK_TOKENS_LAST=sink_tokens_last, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
         INTERPRET=interpreting(), num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip
     return out, h_in, nh_post, nh_res, inv_rms, h_mix, h_pre, P

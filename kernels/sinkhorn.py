@@ -21,7 +21,7 @@ import triton.language as tl
 
 from mhc_ops import _validate
 
-from ._common import cdiv, check_block, next_power_of_2, round_to, static_dims
+from ._common import cdiv, check_block, interpreting, next_power_of_2, round_to, static_dims
 from ._launch import launched
 
 MAX_N = 8  # one token's n x n matrix lives in registers
@@ -31,6 +31,7 @@ MAX_N = 8  # one token's n x n matrix lives in registers
 TILE_ELEMENTS = 256
 MIN_BLOCK_T = 8
 NUM_WARPS = 1
+RCP_PTX = tl.constexpr(not interpreting())  # reciprocal() in PTX on the GPU, div_rn in the interpreter
 
 
 @triton.jit
@@ -55,9 +56,75 @@ def matrix_tile(tok, T, N: tl.constexpr, N_PAD: tl.constexpr):
 
 
 @triton.jit
+def tokens_last_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.constexpr,
+                     TILE_T: tl.constexpr):  # fmt: skip
+    """matrix_tile's (offsets, mask, valid, row_valid, col_valid) of a contiguous [T, N, N] tensor for tokens
+    t0 .. t0 + BLOCK_T - 1, tokens last: offsets and mask [N_PAD, N_PAD, TILE_T] (TILE_T >= BLOCK_T, past
+    BLOCK_T masked); load_matrices / store_matrices permute the tile to and from the helpers'
+    [TILE_T, N_PAD, N_PAD]. sm_j is the column stride (1), passed unspecialised: then no dimension looks
+    contiguous and the compiler lays the tokens across lanes and warps, one token's matrix in one thread
+    with TILE_T = 32 x warps: no shuffles in the chain of passes (the decode boundary's Sinkhorn at n <= 4;
+    the Sinkhorn kernels' own tiles ran 2x faster token-major, docs/perf.md, Performance XI)."""
+    tok = t0 + tl.arange(0, TILE_T)
+    i = tl.arange(0, N_PAD)
+    j = tl.arange(0, N_PAD)
+    offs = tok[None, None, :] * (N * N) + (i * N)[:, None, None] + (j * sm_j)[None, :, None]
+    live = (tok < T) & (tok < t0 + BLOCK_T)
+    mask = live[None, None, :] & (i < N)[:, None, None] & (j < N)[None, :, None]
+    row_valid = (i < N)[None, :]
+    col_valid = (j < N)[None, :]
+    valid = row_valid[:, :, None] & col_valid[:, None, :]
+    return offs, mask, valid, row_valid, col_valid
+
+
+@triton.jit
+def block_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.constexpr, TILE_T: tl.constexpr,
+               TOKENS_LAST: tl.constexpr):  # fmt: skip
+    """Tokens t0 .. t0 + BLOCK_T - 1 of a contiguous [T, N, N] tensor: matrix_tile's [BLOCK_T, N_PAD, N_PAD]
+    tile, or with TOKENS_LAST tokens_last_tile's (TILE_T tokens)."""
+    if TOKENS_LAST:
+        tile = tokens_last_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, TILE_T)
+    else:
+        tile = matrix_tile(t0 + tl.arange(0, BLOCK_T), T, N, N_PAD)
+    return tile
+
+
+@triton.jit
+def load_matrices(ptr, offs, mask, TOKENS_LAST: tl.constexpr):
+    """The [BLOCK_T, N_PAD, N_PAD] fp32 tile at block_tile's offsets (0 where masked)."""
+    tile = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if TOKENS_LAST:
+        tile = tl.permute(tile, (2, 0, 1))
+    return tile
+
+
+@triton.jit
+def store_matrices(ptr, offs, tile, mask, TOKENS_LAST: tl.constexpr):
+    """Store a [BLOCK_T, N_PAD, N_PAD] tile at block_tile's offsets."""
+    if TOKENS_LAST:
+        tile = tl.permute(tile, (1, 2, 0))
+    tl.store(ptr + offs, tile, mask=mask)
+
+
+@triton.jit
 def reciprocal(s, eps, line_valid):
-    """1 / (s + eps) rounded to nearest, for each row (or column) sum s [BLOCK_T, N_PAD]; 0 on padded lines."""
-    return tl.where(line_valid, tl.math.div_rn(1.0, s + eps), 0.0)
+    """1 / (s + eps) rounded to nearest, for each row (or column) sum s [BLOCK_T, N_PAD]; 0 on padded lines.
+
+    On the GPU: the fast path of CUDA's div.rn.f32 for a numerator of 1 (MUFU.RCP, then two FMA
+    corrections), written out so that independent reciprocals overlap: div_rn compiles each division
+    to that path behind a branch to its slow path, so a pass ran its n reciprocals one after another
+    (docs/perf.md, Performance XI). Bitwise div_rn(1, d) for d = s + eps in [2**-126, 2**126]; outside
+    (never for a Sinkhorn sum with eps >= 2**-126 and entries below 2**126) it flushes to 0 or inf (or
+    NaN at d = 0, where div_rn gives inf and the line's P is 0 * inf = NaN either way). The
+    interpreter runs no PTX: there div_rn."""
+    d = s + eps
+    if RCP_PTX:
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [d], dtype=tl.float32, is_pure=True, pack=1)
+        r = tl.fma(r, tl.fma(-d, r, 1.0), r)
+        r = tl.fma(r, tl.fma(-d, r, 1.0), r)
+    else:
+        r = tl.math.div_rn(1.0, d)
+    return tl.where(line_valid, r, 0.0)
 
 
 @triton.jit
@@ -183,7 +250,7 @@ def check_sinkhorn_inputs(logits, dP=None, iters=20, eps=1e-6, max_n=MAX_N) -> t
     return _validate.check_sinkhorn_inputs(logits, dP, iters=iters, eps=eps, max_n=max_n)
 
 
-def launch_sinkhorn_fwd(logits, iters, eps, *, block_t=None) -> torch.Tensor:
+def launch_sinkhorn_fwd(logits, iters, eps, *, block_t=None, num_warps=NUM_WARPS) -> torch.Tensor:
     """Unchecked: logits [..., n, n] (fp32/bf16/fp16) -> P fp32 of its shape. Computes the grid and
     launches one kernel (none for zero tokens)."""
     (n,) = static_dims(logits, 1)
@@ -194,12 +261,12 @@ def launch_sinkhorn_fwd(logits, iters, eps, *, block_t=None) -> torch.Tensor:
         return P
     block_t = block_t or default_block_t(n)
     _sinkhorn_fwd_kernel[(cdiv(T, block_t),)](
-        logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t, num_warps=NUM_WARPS,
+        logits, P, T, int(iters), float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t, num_warps=num_warps,
     )  # fmt: skip
     return P
 
 
-def launch_sinkhorn_bwd(logits, dP, iters, eps, *, block_t=None, seg=None) -> torch.Tensor:
+def launch_sinkhorn_bwd(logits, dP, iters, eps, *, block_t=None, seg=None, num_warps=NUM_WARPS) -> torch.Tensor:
     """Unchecked: logits and dP [..., n, n] -> dlogits in logits' shape and dtype. Computes the grid and
     the checkpoint segment length (``seg``, default isqrt(iters - 1); any seg >= 1 gives bitwise the
     same dlogits, only the recomputation's cost changes), and launches one kernel (none for zero tokens)."""
@@ -213,7 +280,7 @@ def launch_sinkhorn_bwd(logits, dP, iters, eps, *, block_t=None, seg=None) -> to
     seg = seg or max(1, math.isqrt(int(iters) - 1))
     _sinkhorn_bwd_kernel[(cdiv(T, block_t),)](
         logits, dP, dlogits, T, int(iters), seg, float(eps), N=n, N_PAD=_n_pad(n), BLOCK_T=block_t,
-        num_warps=NUM_WARPS,
+        num_warps=num_warps,
     )  # fmt: skip
     return dlogits
 

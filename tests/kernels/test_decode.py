@@ -78,6 +78,17 @@ def test_decode_boundary(case, delayed, splits):
     assert got["next_P"].shape == got["next_h_res"].shape == (*case.lead, case.n, case.n)
 
 
+@pytest.mark.parametrize("sink_tokens_last", [True, False], ids=["tokens-last", "token-major"])
+@pytest.mark.parametrize("case", SEAM_CASES, ids=str)
+def test_decode_sinkhorn_tiles(case, sink_tokens_last):
+    """Both Sinkhorn tiles of the last program (one matrix per thread, or across lanes), whichever n the
+    auto choice gives them, each right by the rule (their sums may round in different orders on a GPU)."""
+    t = _inputs(case, True)
+    got = _run(case, t, block_d=16, splits=2, sink_tokens_last=sink_tokens_last)
+    verdicts = _verdicts(case, t, got)
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
 @DELAYED
 def test_decode_twice_resets_the_counters(delayed):
     """Two launches in a row (what CUDA-graph replays do), fresh inputs each: both right, every arrival

@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -272,3 +274,29 @@ def test_token_and_iteration_counts_do_not_recompile():
         torch.cuda.synchronize()
         sizes.append(sum(len(cache[0]) for k in kernels for cache in k.device_caches.values()))
     assert sizes[0] > 0 and len(set(sizes)) == 1, sizes
+
+
+@triton.jit
+def _reciprocals_kernel(d_ptr, fast_ptr, exact_ptr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    d = tl.load(d_ptr + offs)
+    tl.store(fast_ptr + offs, ks.reciprocal(d, 0.0, True))
+    tl.store(exact_ptr + offs, tl.math.div_rn(1.0, d))
+
+
+@pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="the PTX reciprocal: GPU only (the interpreter divides)")
+def test_reciprocal_is_div_rn_bitwise():
+    """reciprocal() on the GPU (MUFU.RCP and two FMA corrections, kernels/sinkhorn.py) gives div_rn's bits
+    for every d in its stated range [2**-126, 2**126]: log-uniform draws, both ends, powers of two and
+    their neighbours (the rounding's hardest cases: mantissas of all ones and of one ulp past 1)."""
+    g = torch.Generator().manual_seed(11)
+    draws = torch.exp2(torch.empty(1 << 20, dtype=torch.float64).uniform_(-126, 126, generator=g)).float()
+    pow2 = torch.exp2(torch.arange(-126, 126, dtype=torch.float64)).float()
+    near = torch.cat([torch.nextafter(pow2, torch.zeros_like(pow2)), torch.nextafter(pow2, torch.full_like(pow2, 3e38))])
+    d = torch.cat([draws, pow2, near.clamp(2.0**-126, 2.0**126)]).cuda()
+    block = 1024
+    d = torch.cat([d, torch.ones(-d.numel() % block, device="cuda")])
+    fast, exact = torch.full_like(d, math.nan), torch.full_like(d, math.nan)
+    _reciprocals_kernel[(d.numel() // block,)](d, fast, exact, BLOCK=block)
+    mismatch = (fast.view(torch.int32) != exact.view(torch.int32)).nonzero()
+    assert mismatch.numel() == 0, f"{mismatch.numel()} of {d.numel()} differ, e.g. d = {d[mismatch[:4, 0]].tolist()}"
