@@ -74,6 +74,15 @@ def bugs(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """nox -s fuzz -- [N]: the hypothesis tests with N (default 200) fresh examples each, not CI's fixed ones."""
+    _install(session)
+    examples = session.posargs[0] if session.posargs else "200"
+    session.run("pytest", "-n", "auto", "-q", "tests/test_ops_fuzz.py", "tests/kernels/test_post_kernels.py",
+                "tests/kernels/test_sinkhorn_kernels.py", "-k", "fuzz", env={**INTERPRET, "MHC_FUZZ": examples})
+
+
+@nox.session
 def diagnose(session: nox.Session) -> None:
     """nox -s diagnose -- STAGE [options]: python -m mhc_ops.diagnose on CPU; --help lists the options."""
     _install(session)

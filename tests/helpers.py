@@ -21,6 +21,18 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
 # Where the Triton kernels can run in this process: CPU tensors through the interpreter, or the GPU.
 KERNEL_DEVICE = "cpu" if INTERPRETING else ("cuda" if HAS_CUDA else None)
+# Hypothesis tests draw the same examples every run (a CI that fails one run in a few is a defect);
+# MHC_FUZZ=N draws N fresh ones per test instead (`nox -s fuzz -- N`: looking for new failures).
+FUZZ_EXPLORE = int(os.environ.get("MHC_FUZZ", "0"))
+
+
+def fuzz_settings(examples: int, *health_checks):
+    """hypothesis settings: `examples` derandomized examples, or MHC_FUZZ fresh ones; no deadline, no
+    example database; too_slow (and the given health checks) suppressed."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=FUZZ_EXPLORE or examples, derandomize=not FUZZ_EXPLORE, deadline=None,
+                    database=None, suppress_health_check=[HealthCheck.too_slow, *health_checks])  # fmt: skip
 
 
 def nan_filled_outputs():

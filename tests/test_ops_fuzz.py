@@ -3,19 +3,19 @@ Triton (the interpreter on CPU) against the golden backend, over n 1..8, odd D, 
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mhc_ops
 from mhc_ops.golden import judge
 from mhc_ops.golden.mhc_post import mhc_post_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
-from tests.helpers import KERNEL_DEVICE, layer_golden64, layer_grads, random_layer
+from tests.helpers import KERNEL_DEVICE, fuzz_settings, layer_golden64, layer_grads, random_layer
 
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 LEADS = st.sampled_from([(0,), (1,), (3,), (2, 3), (1, 2)])
 DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
-FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(8)
 
 
 def _run(op, tensors, upstream, backend, device=KERNEL_DEVICE):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mhc_ops.golden import build
@@ -21,6 +21,7 @@ from tests.helpers import (
     assert_accurate,
     assert_stage_accurate,
     cached_bundle,
+    fuzz_settings,
     run_triton_stage,
     stage_params,
 )
@@ -182,7 +183,7 @@ def fuzz_cases(draw):
 
 @pytest.mark.stage("post_fwd")
 @pytest.mark.stage("post_bwd")
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(10)
 @given(fuzz_cases())
 def test_fuzz_shapes(case_blocks):
     case, (block_t, block_d) = case_blocks

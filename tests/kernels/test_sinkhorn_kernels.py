@@ -11,7 +11,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from mhc_ops.golden import Case, build, run_golden
@@ -25,6 +25,7 @@ from tests.helpers import (
     KERNEL_DEVICE,
     assert_accurate,
     assert_stage_accurate,
+    fuzz_settings,
     nan_filled_outputs,
     run_triton_stage,
     stage_params,
@@ -242,8 +243,7 @@ def fuzz_cases(draw):
 
 
 @pytest.mark.parametrize("stage", STAGE_PARAMS)
-@settings(max_examples=10, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@fuzz_settings(10, HealthCheck.function_scoped_fixture)
 @given(case_block=fuzz_cases())
 def test_fuzzed_shapes(stage, case_block):
     case, block_t = case_block
