@@ -49,13 +49,17 @@ DEFAULT = "1x4x4096,8x4x4096,64x4x4096,1x4x7168,8x4x7168,64x4x7168"
 ROWS = ("ops_delayed", "seam_delayed", "decode_delayed", "ops_plain", "decode_plain")
 # --variants: (row, launch_decode's options); the first four are the delayed boundary's
 VARIANTS = (
-    ("decode_delayed", {"sink_tokens_last": True}),
+    ("decode_delayed", {"sink_tokens_last": False}),
     ("decode_delayed", {"block_d": 64, "splits": 32}),
     ("decode_delayed", {"block_d": 128}),
     ("decode_delayed", {"unroll": 64}),
     ("decode_delayed", {"num_warps": 2}),
     ("decode_delayed", {"num_warps": 2, "unroll": 64}),
     ("decode_delayed", {"num_warps": 1}),
+    ("decode_delayed", {"block_d": 32}),
+    ("decode_delayed", {"block_d": 16}),
+    ("decode_delayed", {"num_warps": 8}),
+    ("decode_delayed", {"block_d": 32, "num_warps": 8}),
     ("decode_plain", {"apply_block_d": 256}),
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )
