@@ -45,7 +45,7 @@ from .sinkhorn import MAX_N, block_tile, load_matrices, sinkhorn_tile, store_mat
 
 MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
 UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
-# Sinkhorn on one token's matrix per thread (sinkhorn.tokens_last_tile) up to this N_PAD: 1.2 to 1.6 us
+# Sinkhorn on one token's matrix per thread (sinkhorn.tokens_last_tile) up to this N_PAD: 1.2 to 2.1 us
 # faster at n = 4; at n = 8 (64 entries a thread) 2.3x slower than across lanes (docs/perf.md, Performance XI)
 SINK_TOKENS_LAST_MAX_N_PAD = 4
 

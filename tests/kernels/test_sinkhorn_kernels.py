@@ -287,8 +287,8 @@ def _reciprocals_kernel(d_ptr, fast_ptr, exact_ptr, BLOCK: tl.constexpr):
 @pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="the PTX reciprocal: GPU only (the interpreter divides)")
 def test_reciprocal_is_div_rn_bitwise():
     """reciprocal() on the GPU (MUFU.RCP and two FMA corrections, kernels/sinkhorn.py) gives div_rn's bits
-    for every d in its stated range [2**-126, 2**126]: log-uniform draws, both ends, powers of two and
-    their neighbours (the rounding's hardest cases: mantissas of all ones and of one ulp past 1)."""
+    over its stated range [2**-126, 2**126]: 2**20 log-uniform draws, every power of two from 2**-126 to
+    2**125 and both its neighbours (the rounding's hardest cases: mantissas of all ones and of one ulp past 1)."""
     g = torch.Generator().manual_seed(11)
     draws = torch.exp2(torch.empty(1 << 20, dtype=torch.float64).uniform_(-126, 126, generator=g)).float()
     pow2 = torch.exp2(torch.arange(-126, 126, dtype=torch.float64)).float()
