@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [sinkhorn-tiles]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [sinkhorn-tiles]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -127,6 +127,10 @@ delayed)  # the delayed pre against mhc_pre, kernel by kernel, and the boundary 
   timeout 240 python3 -m benchmarks.delayed --out "$R" 2>&1 | tee "$R/delayed.md" | tail -30 ;;
 decode)  # one layer boundary's forward at decode: the ops, the seam, the one-launch kernel (benchmarks/decode.py)
   timeout 200 python3 -m benchmarks.decode --out "$R" 2>&1 | tee "$R/decode.md" | tail -30 ;;
+decode-timeline)  # the one-launch decode kernel phase by phase (benchmarks/decode_timeline.py), n = 8 tiles too
+  timeout 200 python3 -m benchmarks.decode_timeline 2>&1 | tee "$R/decode_timeline.md" | tail -8
+  timeout 200 python3 -m benchmarks.decode_timeline --shapes 1x8x4096 --grid 'block_d=16,32,64;num_warps=4,8' 2>&1 \
+    | tee -a "$R/decode_timeline.md" | tail -8 ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time

@@ -326,3 +326,18 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def interpreting() -> bool:
     """True when kernels run through Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)."""
     return _INTERPRET
+
+
+@triton.jit
+def stamp(ptr, k, after, ON: tl.constexpr):
+    """A kernel timeline's mark (benchmarks/decode_timeline.py): with ON, ptr[2k] = %globaltimer (ns, GPU-wide)
+    and ptr[2k + 1] = %clock64 (this SM's cycles), read once `after` (any tile or scalar) is computed: its
+    sum is an operand of the reads, so the compiler cannot hoist them above it. Without ON, nothing (and the
+    interpreter, which runs no PTX, only ever passes ON = False)."""
+    if ON:
+        dep = tl.sum(tl.ravel(after + tl.zeros([1], dtype=tl.int32)).to(tl.float32), axis=0).to(tl.int32, bitcast=True)
+        ns = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer; // $1", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1)
+        tl.store(ptr + 2 * k, ns)
+        cycles = tl.inline_asm_elementwise("mov.u64 $0, %clock64; // $1", "=l,r", [dep], dtype=tl.int64, is_pure=False,
+                                           pack=1)  # fmt: skip
+        tl.store(ptr + 2 * k + 1, cycles)

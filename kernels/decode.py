@@ -35,6 +35,7 @@ from ._common import (
     n_pad,
     next_power_of_2,
     o_pad,
+    stamp,
     static_dims,
     stream64,
 )
@@ -45,6 +46,10 @@ from .sinkhorn import MAX_N, block_tile, load_matrices, sinkhorn_tile, store_mat
 
 MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
 UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
+# int64 slots per program of a timeline (launch_decode's timeline=): marks 0-8 (two each), then `arrived`
+TIMELINE_SLOTS = tl.constexpr(20)
+TIMELINE_MARKS = ("start", "columns", "partials stored", "arrived", "reduced", "coefficients", "logits loaded",
+                  "sinkhorn", "end")  # fmt: skip
 # Sinkhorn on one token's matrix per thread (sinkhorn.tokens_last_tile) up to this N_PAD: 1.2 to 2.1 us
 # faster at n = 4; at n = 8 (64 entries a thread) 2.3x slower than across lanes (docs/perf.md, Performance XI)
 SINK_TOKENS_LAST_MAX_N_PAD = 4
@@ -54,16 +59,18 @@ SINK_TOKENS_LAST_MAX_N_PAD = 4
 @launched(do_not_specialize=["T", "iters", "sm_j"])
 def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, alpha_ptr,
                    bias_ptr, ws_ptr, count_ptr, h_in_ptr, nh_post_ptr, nh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                   P_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, so_t, so_j, so_d,
+                   P_ptr, tim_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, so_t, so_j, so_d,
                    sphi_o, sphi_k, sm_j, norm_eps, hc_eps, iters, eps, N: tl.constexpr,
                    HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
                    O_PAD: tl.constexpr, N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr,
                    SINK_T: tl.constexpr, SINK_TOKENS_LAST: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
-                   INTERPRET: tl.constexpr):  # fmt: skip
+                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr):  # fmt: skip
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
     s = tl.program_id(1)
+    tim = tim_ptr + (b * SPLITS + s) * TIMELINE_SLOTS  # TIMELINE: this program's marks (_common.stamp)
+    stamp(tim, 0, s, TIMELINE)
     t0 = b.to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
@@ -75,22 +82,33 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         shp_t, shp_j, so_t, so_j, so_d, sphi_o, sphi_k, N, HAS_GAMMA, False, BLOCK_T, BLOCK_D, O_PAD, INTERPRET,
         N_PAD, DELAYED,
     )  # fmt: skip
+    stamp(tim, 1, h_mix, TIMELINE)
     store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, N, SPLITS, O_PAD)
     tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
+    stamp(tim, 2, s, TIMELINE)
     arrived = tl.atomic_add(count_ptr + b, 1, sem="acq_rel", scope="gpu")
+    stamp(tim, 3, arrived, TIMELINE)
+    if TIMELINE:
+        tl.store(tim + TIMELINE_SLOTS - 1, arrived.to(tl.int64))  # the last slot: which program was last
     if arrived == SPLITS - 1:  # the last of block b's programs: every partial and x(l+1) tile is visible
         h_mix, sumsq = reduce_partials(ws_ptr, rows, row_mask, cols, T, N, SPLITS, BLOCK_T, O_PAD, UNROLL)
+        stamp(tim, 4, h_mix, TIMELINE)
         inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, N, D, norm_eps, hc_eps)
         store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, nh_post_ptr, nh_res_ptr, inv_rms, h_mix, coef, rows, row_mask,
                     cols, N)  # fmt: skip
+        stamp(tim, 5, coef, TIMELINE)
         if not DELAYED:  # the plain pre collapses with this h_pre: all D columns here
             apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, N, D, so_t, so_j, so_d, APPLY_BLOCK_D,
                        N_PAD, STREAM64)  # fmt: skip
         tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
         offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T, SINK_TOKENS_LAST)
         L = load_matrices(nh_res_ptr, offs, mask, SINK_TOKENS_LAST)
-        store_matrices(P_ptr, offs, sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps), mask, SINK_TOKENS_LAST)
+        stamp(tim, 6, L, TIMELINE)
+        P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
+        stamp(tim, 7, P, TIMELINE)
+        store_matrices(P_ptr, offs, P, mask, SINK_TOKENS_LAST)
         tl.store(count_ptr + b, 0)  # for the next launch
+        stamp(tim, 8, b, TIMELINE)
 
 
 def auto_splits(D: int, block_d: int) -> int:
@@ -101,13 +119,15 @@ def auto_splits(D: int, block_d: int) -> int:
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
                   block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
-                  sink_tokens_last=None):  # fmt: skip
+                  sink_tokens_last=None, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (none for zero tokens).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
     collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
-    Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD)."""
+    Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); timeline: an int64 tensor of
+    at least (token blocks x splits x TIMELINE_SLOTS) elements that receives each program's marks
+    (TIMELINE_MARKS; GPU only, benchmarks/decode_timeline.py reads them)."""
     check_block("block_t", block_t, 16)  # tl.dot's smallest M
     check_block("block_d", block_d, 16)
     check_block("apply_block_d", apply_block_d, 16)
@@ -130,18 +150,24 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     splits = min(splits or auto_splits(D, block_d), cdiv(D, block_d))
     blocks = cdiv(T, block_t)
     ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
+    if timeline is not None:
+        need = blocks * splits * TIMELINE_SLOTS.value
+        if interpreting() or timeline.device != dev or timeline.dtype != torch.int64 or timeline.numel() < need:
+            raise ValueError(f"timeline: expected an int64 tensor of at least {need} elements on {dev} (a GPU; "
+                             f"not the interpreter), got {timeline.dtype} {tuple(timeline.shape)} on {timeline.device}")  # fmt: skip
     delayed = h_pre_prev is not None
     if sink_tokens_last is None:
         sink_tokens_last = n_pad(n) <= SINK_TOKENS_LAST_MAX_N_PAD
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
-        h_mix, h_pre, P, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
+        h_mix, h_pre, P, timeline if timeline is not None else ws, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
         1, float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
         UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if sink_tokens_last else block_t,
         SINK_TOKENS_LAST=sink_tokens_last, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
-        INTERPRET=interpreting(), num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
+        INTERPRET=interpreting(), TIMELINE=timeline is not None, num_warps=num_warps, num_stages=1,
+        enable_fp_fusion=False,
     )  # fmt: skip
     return out, h_in, nh_post, nh_res, inv_rms, h_mix, h_pre, P
 

@@ -549,3 +549,45 @@ def test_kernel_info_describes_the_last_compiled_specialisation():
     assert kernel_breakdown.kernel_info(kernel) == "128/3/2"
     kernel._compiled["b"] = compiled(255, "ttng.warp_group_dot")
     assert kernel_breakdown.kernel_info(kernel) == "255/3/2/wgmma"
+
+
+def test_decode_timeline_phases_from_marks():
+    """phases() on marks built from known times: 3 launches (the third is the one reported), 4 programs
+    at 2 GHz, program 2 arriving last; every column comes back as built (a median of an even count is
+    torch's lower middle)."""
+    from benchmarks import decode_timeline as dt
+
+    slots = dt.TIMELINE_SLOTS.value
+    marks = torch.zeros(3, 4, slots, dtype=torch.int64)
+    for launch in range(3):
+        base = 100_000 * launch
+        for p in range(4):
+            start = base + 100 * p  # ns
+            ns = {"start": start, "columns": start + 4000 + 10 * p, "partials stored": start + 4200,
+                  "arrived": start + 5000 + 100 * p}  # fmt: skip
+            arrived = [0, 1, 3, 2][p]
+            if arrived == 3:  # the last program: reduce 1.5 µs, coefficients 0.5, logits 0.2, sinkhorn 4
+                ns |= {"reduced": ns["arrived"] + 1500, "coefficients": ns["arrived"] + 2000,
+                       "logits loaded": ns["arrived"] + 2200, "sinkhorn": ns["arrived"] + 6200,
+                       "end": ns["arrived"] + 6300}  # fmt: skip
+            for name, t in ns.items():
+                k = dt.TIMELINE_MARKS.index(name)
+                marks[launch, p, 2 * k] = t
+                marks[launch, p, 2 * k + 1] = 2 * (t - start) + 7 * p  # cycles from a per-SM origin
+            marks[launch, p, slots - 1] = arrived
+    got = dt.phases(marks)
+    end = 200 + 5200 + 6300  # the last program's start, arrival and phases
+    want = {"total": (end - 0) / 1e3, "gap": (200_000 - (100_000 + end)) / 1e3, "columns": 4.01, "columns_max": 4.03,
+            "last_arrives": 5.6, "atomic": 0.8 + 0.2, "reduce": 1.5, "coefficients": 0.5, "sinkhorn": 4.0}  # fmt: skip
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_decode_timeline_grid_and_cpu_refusal():
+    from benchmarks import decode_timeline as dt
+
+    assert dt.parse_grid("block_d=32,64;num_warps=8") == [{"block_d": 32, "num_warps": 8}, {"block_d": 64, "num_warps": 8}]
+    assert dt.parse_grid("") == [{}]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            dt.main(["--shapes", "1x4x64"])
+        assert e.value.code == 2

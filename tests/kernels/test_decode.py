@@ -170,3 +170,11 @@ def test_arrival_counters_per_stream_and_fresh_in_an_op_body():
         with torch.cuda.stream(torch.cuda.Stream()):
             other = _arrive.arrival_counters(device, 3)
         assert other is not grown and not other.any()
+
+
+def test_decode_timeline_is_refused_where_it_cannot_run():
+    """timeline= (the kernel's PTX timers) names the argument and what it needs: too small a buffer
+    anywhere, and any buffer under the interpreter, which runs no PTX."""
+    t = _inputs(SEAM_CASES[1], True)
+    with pytest.raises(ValueError, match="timeline: expected an int64 tensor"):
+        _run(SEAM_CASES[1], t, timeline=torch.zeros(1, dtype=torch.int64, device=KERNEL_DEVICE))
