@@ -5,7 +5,7 @@ One program owns BLOCK_T tokens as a ``[BLOCK_T, N_PAD, N_PAD]`` fp32 tile in re
 outside ``[n, n]`` are masked (-inf before the softmax's max, exactly 0 in every P; a padded line's
 divisor reciprocal is 0). Logits are read in their dtype and upcast; P is fp32; dlogits is rounded to
 logits' dtype (``round_to``). Each pass multiplies by the n reciprocals of ``sum + eps``, rounded to
-nearest (``tl.math.div_rn``). ``iters`` and ``T`` are runtime arguments. The backward keeps no
+nearest (``reciprocal``: div_rn's value, without its branch). ``iters`` and ``T`` are runtime arguments. The backward keeps no
 history: it recomputes the forward from the logits in registers with one checkpoint tile (segments
 of ``isqrt(iters - 1)`` iterations, about iters**1.5 passes), through the forward's helpers, so it
 sees bitwise the forward's values. Why this shape: docs/perf.md, kernels/sinkhorn.py.
