@@ -4,7 +4,7 @@
 
 Each shape (bf16 x, the delayed pre, sinkhorn iters 20, benchmarks/decode.py's inputs) is launched --launches
 times in one CUDA graph, each launch with launch_decode's timeline= (the kernel's _common.stamp marks:
-%globaltimer and %clock64 at each phase), and the graph replayed once more. Per launch: the first
+%globaltimer and %clock64 at each phase; benchmarks/host.capture_graph), and the graph replayed once. Per launch: the first
 program's start to the last program's end, the idle gap since the previous launch ended, a program's
 column pass (median and slowest), when the last program arrived, and the last program's phases (arrival
 atomic, reduction of the partials, coefficients, Sinkhorn) in µs, from its SM's cycles at the clock the
@@ -21,10 +21,10 @@ import sys
 
 import torch
 
-from mhc_ops.kernels._common import cdiv
-from mhc_ops.kernels.decode import TIMELINE_MARKS, TIMELINE_SLOTS, auto_splits, launch_decode
+from mhc_ops.kernels.decode import TIMELINE_MARKS, TIMELINE_SLOTS, grid, launch_decode
 
 from .decode import EPS, HC_EPS, ITERS, NORM_EPS, POST, _inputs
+from .host import capture_graph
 from .shapes import parsed_shapes
 
 DEFAULT = "1x4x4096,64x4x4096,1x4x7168,1x8x4096"
@@ -48,9 +48,7 @@ def timeline(T: int, n: int, D: int, launches: int, **launch) -> dict:
     device = torch.device("cuda")
     t = _inputs(T, n, D, device)
     args = [*(t[k] for k in POST), t["h_pre_prev"], *(t[k] for k in ("phi", "alpha", "bias", "gamma"))]
-    block_t, block_d = launch.get("block_t", 16), launch.get("block_d", 64)
-    blocks = cdiv(T, block_t)
-    splits = min(launch.get("splits") or auto_splits(D, block_d), cdiv(D, block_d))
+    blocks, splits = grid(T, D, launch.get("block_t", 16), launch.get("block_d", 64), launch.get("splits"))
     slots = TIMELINE_SLOTS.value
     marks = torch.zeros(launches, blocks * splits * slots, dtype=torch.int64, device=device)
 
@@ -58,14 +56,7 @@ def timeline(T: int, n: int, D: int, launches: int, **launch) -> dict:
         for i in range(launches):
             launch_decode(*args, NORM_EPS, HC_EPS, ITERS, EPS, timeline=marks[i], **launch)
 
-    call()  # compile and warm outside the capture
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream), torch.cuda.graph(graph):
-        call()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph.replay()
+    capture_graph(lambda: call, device).replay()
     torch.cuda.synchronize(device)
     return phases(marks.view(launches, blocks, splits, slots)[:, 0].cpu())  # token block 0 (at T <= 16 the only one)
 
@@ -102,12 +93,12 @@ def main(argv=None) -> int:
     if args.launches < 3:
         parser.error(f"--launches: expected at least 3 (the first two are dropped), got {args.launches}")
     try:
-        grid = parse_grid(args.grid)
+        options = parse_grid(args.grid)
     except ValueError as e:
         parser.error(f"--grid: expected 'name=int,int;...', got {args.grid!r} ({e})")
     print(f"decode boundary timeline on {torch.cuda.get_device_name()}, delayed pre, iters {ITERS}; µs, medians\n")
     print("| shape | options | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 2))
-    for shape, launch in itertools.product(shapes, grid):
+    for shape, launch in itertools.product(shapes, options):
         row = timeline(shape.T, shape.n, shape.D, args.launches, **launch)
         opts = ",".join(f"{k}={v}" for k, v in launch.items()) or "default"
         print(f"| {shape.T}x{shape.n}x{shape.D} | {opts} | " + " | ".join(f"{row[c]:.2f}" for c in COLUMNS) + " |", flush=True)

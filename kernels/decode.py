@@ -111,6 +111,11 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         stamp(tim, 8, b, TIMELINE)
 
 
+def grid(T: int, D: int, block_t: int, block_d: int, splits: int | None) -> tuple[int, int]:
+    """(token blocks, column-chunk ranges per block) of a launch: splits None = auto_splits, at most the chunks."""
+    return cdiv(T, block_t), min(splits or auto_splits(D, block_d), cdiv(D, block_d))
+
+
 def auto_splits(D: int, block_d: int) -> int:
     """Column-chunk ranges per token block: one or a few chunks each, at most MAX_SPLITS, equal shares."""
     chunks = cdiv(D, block_d)
@@ -147,8 +152,7 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     nh_post, nh_res, inv_rms, h_mix, h_pre, P = nxt
     ov = out.view(-1, n, D)
     check_tile_span(block_t, xt, ov)
-    splits = min(splits or auto_splits(D, block_d), cdiv(D, block_d))
-    blocks = cdiv(T, block_t)
+    blocks, splits = grid(T, D, block_t, block_d, splits)
     ws = torch.empty(splits * T * (o_pad(n) + 1), device=dev, dtype=f32)  # every element read is written first
     if timeline is not None:
         need = blocks * splits * TIMELINE_SLOTS.value
