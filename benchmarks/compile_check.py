@@ -111,10 +111,11 @@ def workloads() -> list[tuple[str, Callable[[], object]]]:
 
 def variants() -> list[tuple[str, Callable[[], object]]]:
     """The GPU's own choices: the forward's split and single paths, delayed or not; the fused backward's
-    two pass-B tiles (with and without pass A's parts), delayed or not; the seam and the decode boundary."""
+    two pass-B tiles (with and without pass A's parts), delayed or not; the seam forward and backward and the
+    decode boundary."""
     from mhc_ops.golden import Case
     from mhc_ops.golden.fixtures import make_inputs
-    from mhc_ops.kernels import decode, fused_bwd, fwd, seam
+    from mhc_ops.kernels import decode, fused_bwd, fwd, seam, seam_bwd
 
     calls = []
     for n, dtype in VARIANT_CASES:
@@ -141,6 +142,12 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
         p_args = [post[k] for k in ("x", "h_res", "h_out", "h_post")]
         calls.append((f"seam n={n} {dtype}", lambda p=p_args, a=f_args, h=h_pre_prev: seam.launch_seam_fwd(
             *p, h, *a[1:], 1e-6, 1e-6)))  # fmt: skip
+        s_args = [*p_args, None, pre["phi"], pre["alpha"], pre["gamma"], post["x"], coeff, torch.rand(70),
+                  torch.randn(70, n * n + 2 * n), coeff, pre["x"][..., 0, :], coeff, torch.rand(70, n, n), coeff,
+                  post["x"]]  # fmt: skip
+        for hpp in (None, h_pre_prev):
+            calls.append((f"seam_bwd n={n} {dtype} h_pre_prev={hpp is not None}", lambda a=s_args, h=hpp:
+                          seam_bwd.launch_seam_bwd(*a[:4], h, *a[5:])))  # fmt: skip
         if n <= decode.MAX_N:
             for hpp in (None, h_pre_prev):
                 calls.append((f"decode n={n} {dtype} delayed={hpp is not None}", lambda p=p_args, a=f_args,

@@ -15,10 +15,11 @@ from ._launch import launched
 
 
 @triton.jit
-def dx_tile(mm, xt, dh_in, rms_coef, h_pre_i):
+def dx_tile(mm, xt, dh_in, rms_coef, h_pre):
     """dx slice in fp32 from dvecX_mm*gamma [BT, BD], x [BT, BD], dh_in [BT, BD],
-    rms_coef = -dinv_rms*inv_rms^3/nD [BT] and h_pre[:, i] [BT]."""
-    return mm + rms_coef[:, None] * xt + h_pre_i[:, None] * dh_in
+    rms_coef = -dinv_rms*inv_rms^3/nD [BT] and the collapse coefficients of its columns, h_pre[:, i]
+    [BT, 1] (one stream) or [BT, BD] (a column's own stream, kernels/seam_bwd.py)."""
+    return mm + rms_coef[:, None] * xt + h_pre * dh_in
 
 
 @triton.jit
@@ -75,7 +76,7 @@ def _dx_kernel(
             mm = mm * tl.load(gamma_ptr + i * D + d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
         xt = tl.load(x_ptr + rows[:, None] * sx_t + i64 * sx_i + d[None, :] * sx_d, mask=mask, other=0.0)
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d, mask=mask, other=0.0)
-        dx = dx_tile(mm, xt.to(tl.float32), dh_in.to(tl.float32), rms_coef, h_pre_i)
+        dx = dx_tile(mm, xt.to(tl.float32), dh_in.to(tl.float32), rms_coef, h_pre_i[:, None])
         if HAS_GXP:
             dx += tl.load(gxp_ptr + rows[:, None] * sg_t + i64 * sg_i + d[None, :] * sg_d, mask=mask, other=0.0).to(
                 tl.float32

@@ -212,7 +212,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                 mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
         if HAS_GAMMA:
             mm = mm * g[None, :]
-        dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i)
+        dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i[:, None])
         if HAS_GXP:
             dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
                           other=0.0).to(tl.float32)  # fmt: skip

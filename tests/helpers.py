@@ -3,6 +3,7 @@ by the accuracy rule, and the layer's golden gradients."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -153,6 +154,24 @@ def delayed_inputs(case, first: bool, device="cpu") -> dict:
     t["h_pre_prev"] = None if first else torch.sigmoid(torch.randn(shape, generator=g, device=device)) + case.hc_eps
     t["dh_pre"] = torch.randn(shape, generator=g, device=device)
     return t
+
+
+SEAM_POST = ("x", "h_res", "h_out", "h_post")  # the seam's inputs: post(l)'s, then the delayed pre(l+1)'s
+SEAM_PRE = ("h_pre_prev", "phi", "alpha", "bias", "gamma")
+SEAM_UPSTREAM = ("dh_in", "dh_next_post", "dh_next_res", "dh_next_pre", "grad_x_next")
+
+
+def seam_inputs(case, first: bool, gxp: bool, dtype=None, device="cpu") -> dict:
+    """The seam's inputs (SEAM_POST, SEAM_PRE) and upstream gradients (SEAM_UPSTREAM), fresh random (never
+    zeros); first: no h_pre_prev; gxp: a grad_x_next; dtype: every float tensor cast."""
+    pre = delayed_inputs(case, first=first, device=device)
+    post = make_inputs(dataclasses.replace(case, op="mhc_post"), device)
+    g = torch.Generator(device=device).manual_seed(case.seed + 11)
+    t = {k: post[k] for k in SEAM_POST} | {k: pre[k] for k in SEAM_PRE}
+    t |= {"dh_in": pre["dh_in"], "dh_next_post": pre["dh_post"], "dh_next_res": pre["dh_res"], "dh_next_pre": pre["dh_pre"]}
+    grad = torch.randn(*case.lead, case.n, case.D, generator=g, device=device).to(post["x"].dtype) if gxp else None
+    t["grad_x_next"] = grad
+    return {k: v if v is None or dtype is None else v.to(dtype) for k, v in t.items()}
 
 
 # --- the contract written out in torch (independent of golden/), for the goldens' autograd tests ---------------

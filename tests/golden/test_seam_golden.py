@@ -2,36 +2,22 @@
 proven in float64 against torch.autograd through a direct transcription of the contract; and its
 backward is the unfused ops' backwards chained, up to where dx(l+1) is rounded."""
 
-import dataclasses
 
 import pytest
 import torch
 
 from mhc_ops.golden import rel_err
-from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.golden.mhc_post import mhc_post_backward
 from mhc_ops.golden.mhc_pre import mhc_pre_delayed_backward
 from mhc_ops.golden.seam import SEAM_GRADS, SEAM_OUTPUTS, seam_backward, seam_forward
 from tests.cases import SEAM_CASES
-from tests.helpers import contract_coefficients, contract_post, delayed_inputs
+from tests.helpers import SEAM_POST as POST
+from tests.helpers import SEAM_PRE as PRE
+from tests.helpers import SEAM_UPSTREAM as UPSTREAM
+from tests.helpers import contract_coefficients, contract_post, seam_inputs
 
 F64_TOL = 1e-10
-POST = ("x", "h_res", "h_out", "h_post")
-PRE = ("h_pre_prev", "phi", "alpha", "bias", "gamma")
-UPSTREAM = ("dh_in", "dh_next_post", "dh_next_res", "dh_next_pre", "grad_x_next")
 LEAVES = ("x", "h_res", "h_out", "h_post", "phi", "alpha", "bias", "gamma", "h_pre_prev")  # SEAM_GRADS' order
-
-
-def _inputs(case, first: bool, gxp: bool, dtype=None) -> dict:
-    """The seam's inputs and upstream gradients, fresh random (never zeros); dtype: every float tensor cast."""
-    pre = delayed_inputs(case, first=first)
-    post = make_inputs(dataclasses.replace(case, op="mhc_post"))
-    g = torch.Generator().manual_seed(case.seed + 11)
-    lead, n = case.lead, case.n
-    t = {k: post[k] for k in POST} | {k: pre[k] for k in PRE}
-    t |= {"dh_in": pre["dh_in"], "dh_next_post": pre["dh_post"], "dh_next_res": pre["dh_res"], "dh_next_pre": pre["dh_pre"]}
-    t["grad_x_next"] = torch.randn(*lead, n, case.D, generator=g).to(post["x"].dtype) if gxp else None
-    return {k: v if v is None or dtype is None else v.to(dtype) for k, v in t.items()}
 
 
 def _autograd(case, t: dict) -> tuple[dict, dict]:
@@ -67,7 +53,7 @@ def _golden(case, t: dict, cd) -> tuple[dict, dict]:
 @pytest.mark.parametrize("first", [False, True], ids=["h_pre_prev", "first"])
 @pytest.mark.parametrize("case", SEAM_CASES, ids=str)
 def test_seam_golden_matches_autograd(case, first, gxp):
-    t = _inputs(case, first, gxp, torch.float64)
+    t = seam_inputs(case, first, gxp, torch.float64)
     ref_outs, ref_grads = _autograd(case, t)
     outs, grads = _golden(case, t, torch.float64)
     for k, ref in ref_outs.items():
@@ -83,7 +69,7 @@ def test_seam_golden_matches_autograd(case, first, gxp):
 def test_seam_backward_is_the_unfused_backwards_with_dx_next_unrounded(case):
     """The pre's backward on x_next as stored, then post's with its dx as dout: exactly the seam's when dx
     is not rounded (fp32 x); with a 16-bit x the seam keeps dx(l+1) in fp32, the ops round it."""
-    t = _inputs(case, first=False, gxp=True)
+    t = seam_inputs(case, first=False, gxp=True)
     fwd, grads = _golden(case, t, torch.float32)
     dx_next, *pre_grads = mhc_pre_delayed_backward(
         fwd["out"], t["phi"], t["alpha"], t["dh_in"], t["dh_next_post"], t["dh_next_res"], t["dh_next_pre"],
