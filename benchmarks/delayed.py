@@ -2,7 +2,7 @@
 each against its memory floor (../shared/spec/mhc-math.md, docs/perf.md "The delayed pre").
 
     PYTHONPATH=. python -m benchmarks.delayed [--shapes 1x4x4096,...] [--rows seam,...] [--seam-grid GRID]
-                                              [--quick] [--out DIR] [--device cuda]
+                                              [--seam-bwd-grid GRID] [--quick] [--out DIR] [--device cuda]
 
 Rows per shape (bf16 x, fp32 parameters with gamma):
 
@@ -17,6 +17,11 @@ Rows per shape (bf16 x, fp32 parameters with gamma):
   finish kernel), against the same two floors. ``--seam-grid 'block_t=32,64;num_warps=4,8'`` adds a
   seam row per combination of launch_seam_fwd's options (``seam[block_t=64, num_warps=8]``), each with
   the partial kernel's registers / spills / shared KB (/wgmma) as compiled.
+- boundary_bwd: the boundary's backward as two ops, the delayed pre(l+1)'s fused backward adding post(l+1)'s
+  grad_x_next (it writes dx(l+1) in x's dtype), then post(l)'s backward reading it; against the seam
+  backward's floor and the two ops' floors.
+- seam_bwd: the same backward in one pass (kernels/seam_bwd.py; dx(l+1) kept in fp32, neither written nor
+  read), against the same floors; ``--seam-bwd-grid`` as ``--seam-grid`` for launch_seam_bwd's options.
 
 gpu_us: the GPU time of one call, a CUDA graph of it replayed (benchmarks/host.graph_gpu_us). floor_us:
 bytes / the device-to-device copy bandwidth measured in the same run. Every row is checked by the
@@ -35,12 +40,14 @@ import torch
 
 from mhc_ops.golden import judge
 from mhc_ops.golden.fixtures import Case, make_inputs
-from mhc_ops.golden.mhc_post import mhc_post_forward
+from mhc_ops.golden.mhc_post import mhc_post_backward, mhc_post_forward
 from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_delayed_backward, mhc_pre_delayed_forward, mhc_pre_forward
+from mhc_ops.golden.seam import seam_backward
 from mhc_ops.kernels.fused_bwd import launch_backward_fused
 from mhc_ops.kernels.fwd import launch_fwd
-from mhc_ops.kernels.post import launch_post_fwd
+from mhc_ops.kernels.post import launch_post_bwd, launch_post_fwd
 from mhc_ops.kernels.seam import _seam_partial_kernel, launch_seam_fwd
+from mhc_ops.kernels.seam_bwd import _seam_bwd_kernel, launch_seam_bwd
 
 from .floors import op_bytes
 from .host import graph_gpu_us
@@ -50,7 +57,9 @@ from .shapes import parsed_device, parsed_shapes
 from .timing import copy_bandwidth_GBps
 
 DEFAULT = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
-ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary", "seam")
+ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary", "seam", "boundary_bwd", "seam_bwd")
+# rows with a launch-option grid -> the kernel whose compiled registers / spills / shared memory they report
+GRID_KERNELS = {"seam": _seam_partial_kernel, "seam_bwd": _seam_bwd_kernel}
 
 
 # row -> (its floor's op in benchmarks/floors.py, the unfused floor it is also compared with, or None)
@@ -61,6 +70,8 @@ FLOORS = {
     "delayed_bwd": ("delayed_bwd", None),
     "boundary": ("seam", "boundary_unfused"),
     "seam": ("seam", "boundary_unfused"),
+    "boundary_bwd": ("seam_bwd", "boundary_bwd_unfused"),
+    "seam_bwd": ("seam_bwd", "boundary_bwd_unfused"),
 }
 
 
@@ -76,6 +87,7 @@ def _inputs(T, n, D, device):
     g = torch.Generator(device=device).manual_seed(1)
     t["h_pre_prev"] = torch.sigmoid(torch.randn(T, n, generator=g, device=device)) + 1e-6
     t["dh_pre"] = torch.randn(T, n, generator=g, device=device)
+    t["grad_x_next"] = torch.randn(T, n, D, generator=g, device=device).to(t["x"].dtype)  # post(l+1)'s, for *_bwd
     post = make_inputs(Case(op="mhc_post", lead=(T,), n=n, D=D, dtype="bfloat16", seed=T + 1), device)
     return t, post
 
@@ -87,9 +99,10 @@ def _cast(cd):
     return lambda v: v.double() if isinstance(v, torch.Tensor) else v
 
 
-def _calls(t, post, seam_options=({},)):
+def _calls(t, post, seam_options=({},), seam_bwd_options=({},)):
     """row -> (call, its outputs' names, reference(compute dtype) -> the same outputs); a seam row per
-    entry of seam_options (launch_seam_fwd's keyword arguments)."""
+    entry of seam_options (launch_seam_fwd's keyword arguments), a seam_bwd row per entry of
+    seam_bwd_options (launch_seam_bwd's). The boundary's backward takes x as x(l+1) and post's x as x(l)."""
     x, phi, alpha, bias, gamma, hpp = (t[k] for k in ("x", "phi", "alpha", "bias", "gamma", "h_pre_prev"))
     f = mhc_pre_forward(x, phi, alpha, bias, gamma)  # the saved tensors the backwards take, fp32
     d = mhc_pre_delayed_forward(x, phi, alpha, bias, gamma, hpp)
@@ -146,6 +159,33 @@ def _calls(t, post, seam_options=({},)):
                                   dh_pre=t["dh_pre"])  # fmt: skip
         return tuple(o[k] for k in (*bwd_names, "dh_pre_prev"))
 
+    gxn = t["grad_x_next"]
+    pre_grads = ("dphi", "dalpha", "dbias", "dgamma", "dh_pre_prev")
+    seam_names = ("dx", "dh_res", "dh_out", "dh_post", *pre_grads)  # golden/seam.py SEAM_GRADS
+    post_in = tuple(post[k] for k in ("x", "h_res", "h_out", "h_post"))
+    seam_saved = (x, d[1], d[4], d[5], d[3])  # out = x(l+1), next h_post, inv_rms, h_mix, h_pre
+
+    def boundary_bwd():
+        o = launch_backward_fused(x, phi, alpha, *up, *delayed_saved, gamma, gxn, 1e-6, delayed=True, h_pre_prev=hpp,
+                                  dh_pre=t["dh_pre"])  # fmt: skip
+        last["dx_next"] = o["dx"]
+        return (*launch_post_bwd(*post_in, o["dx"]), *(o[k] for k in pre_grads))
+
+    def boundary_bwd_ref(cd):
+        # each op on its own inputs: post(l)'s backward on the dx(l+1) the pre's kernel stored
+        c = _cast(cd)
+        pre = mhc_pre_delayed_backward(*map(c, (x, phi, alpha, *up, t["dh_pre"], *delayed_saved, gamma, hpp)),
+                                       grad_x_post=c(gxn), compute_dtype=cd)  # fmt: skip
+        return (*mhc_post_backward(*map(c, post_in), c(last["dx_next"]), compute_dtype=cd), *pre[1:])
+
+    def seam_bwd(options):
+        return lambda: launch_seam_bwd(*post_in, hpp, phi, alpha, gamma, *seam_saved, *up, t["dh_pre"], gxn,
+                                       **options)  # fmt: skip
+
+    def seam_bwd_ref(cd):
+        return seam_backward(*map(_cast(cd), (*post_in, hpp, phi, alpha, bias, gamma, *seam_saved, *up, t["dh_pre"],
+                                              gxn)), compute_dtype=cd)  # fmt: skip
+
     return {
         "pre_fwd": (lambda: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6), fwd_names, pre_fwd_ref),
         "delayed_fwd": (lambda: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6, delayed=True, h_pre_prev=hpp),
@@ -154,24 +194,26 @@ def _calls(t, post, seam_options=({},)):
         "delayed_bwd": (delayed_bwd, (*bwd_names, "dh_pre_prev"), delayed_bwd_ref),
         "boundary": (boundary, ("out", "h_in", "h_post", "h_res"), boundary_ref),
         **{seam_row(o): (seam(o), ("out", "h_in", "h_post", "h_res"), boundary_ref) for o in seam_options},
+        "boundary_bwd": (boundary_bwd, seam_names, boundary_bwd_ref),
+        **{seam_row(o, "seam_bwd"): (seam_bwd(o), seam_names, seam_bwd_ref) for o in seam_bwd_options},
     }
 
 
-def seam_row(options: dict) -> str:
-    return "seam" + (f"[{', '.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
+def seam_row(options: dict, base: str = "seam") -> str:
+    return base + (f"[{', '.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
 
 
-def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},)):
+def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},), seam_bwd_options=({},)):
     bw = copy_bandwidth_GBps(device, quick) if device.type == "cuda" else None
     rows = []
     for shape in shapes:
         t, post = _inputs(shape.T, shape.n, shape.D, device)
-        for name, (call, names, ref) in _calls(t, post, seam_options).items():
+        for name, (call, names, ref) in _calls(t, post, seam_options, seam_bwd_options).items():
             base = name.partition("[")[0]
             if base not in rows_wanted:
                 continue
-            if base == "seam":
-                _seam_partial_kernel._compiled.clear()  # so that kernel_info sees this configuration's
+            if base in GRID_KERNELS:
+                GRID_KERNELS[base]._compiled.clear()  # so that kernel_info sees this configuration's
             got = call()
             r64, r32 = ref(torch.float64), ref(torch.float32)
             verdicts = [judge(k, g, a, b) for k, g, a, b in zip(names, got, r64, r32)]
@@ -184,8 +226,8 @@ def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},)):
                 row |= {"gpu_us": round(us, 2), "floor_us": round(fb / (bw * 1e3), 2), "x_floor": round(us / (fb / (bw * 1e3)), 2)}
                 if unfused is not None:
                     row["x_unfused_floor"] = round(us / (unfused / (bw * 1e3)), 2)
-                if base == "seam":
-                    row["compiled"] = kernel_info(_seam_partial_kernel) or ""
+                if base in GRID_KERNELS:
+                    row["compiled"] = kernel_info(GRID_KERNELS[base]) or ""
             rows.append(row)
             print(_fmt(row), flush=True)
     if out_dir is not None and device.type == "cuda":
@@ -209,6 +251,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"a subset of {','.join(ROWS)} (default all)")
     parser.add_argument("--seam-grid", default=None,
                         help="also a seam row per combination of launch_seam_fwd options, e.g. 'block_t=32,64;num_warps=4,8'")  # fmt: skip
+    parser.add_argument("--seam-bwd-grid", default=None,
+                        help="also a seam_bwd row per combination of launch_seam_bwd options, e.g. 'block_t=16,32'")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -218,13 +262,15 @@ def main(argv=None) -> int:
     rows_wanted = tuple(r for r in args.rows.split(",") if r)
     if not rows_wanted or any(r not in ROWS for r in rows_wanted):
         parser.error(f"--rows: expected a subset of {','.join(ROWS)}, got {args.rows!r}")
-    try:
-        seam_options = configs("seam", True, parse_grid(args.seam_grid)) if args.seam_grid else [{}]
-    except ValueError as e:
-        parser.error(f"--seam-grid: {e}")
+    options = {}
+    for flag, grid in (("--seam-grid", args.seam_grid), ("--seam-bwd-grid", args.seam_bwd_grid)):
+        try:
+            options[flag] = configs("seam", True, parse_grid(grid)) if grid else [{}]
+        except ValueError as e:
+            parser.error(f"{flag}: {e}")
     print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor | seam kernel regs/spills/KB |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = run(shapes, device, args.quick, args.out, rows_wanted, seam_options)
+    rows = run(shapes, device, args.quick, args.out, rows_wanted, options["--seam-grid"], options["--seam-bwd-grid"])
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

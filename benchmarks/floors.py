@@ -15,6 +15,9 @@ COMPOSITE_FLOORS["layer_step"] = COMPOSITE_FLOORS["layer_fwd"] + COMPOSITE_FLOOR
 # The delayed pre and the layer boundary (benchmarks/delayed.py); boundary_unfused: post then the
 # delayed pre at their own floors.
 COMPOSITE_FLOORS["boundary_unfused"] = ("post_fwd", "delayed_fwd")
+# The boundary's backward: the delayed pre(l+1)'s (adding post(l+1)'s grad_x_next) writes dx(l+1), post(l)'s
+# reads it back; seam_bwd (one pass) does neither.
+COMPOSITE_FLOORS["boundary_bwd_unfused"] = ("delayed_bwd_gxp", "post_bwd")
 
 
 def bytes_per_token(op: str, n: int, D: int, x_bytes: int, grad_x_post: bool = False) -> int:
@@ -29,9 +32,11 @@ def bytes_per_token(op: str, n: int, D: int, x_bytes: int, grad_x_post: bool = F
     (s·D), read h_res and h_post (4·(n² + n)). post bwd: read dout and x, write dx (3·s·nD), read
     h_out, write dh_out (2·s·D), read h_res, h_post and write dh_res, dh_post (4·(2n² + 2n)).
     The delayed pre: delayed_fwd adds the read of h_pre_prev (4·n) to fwd, delayed_bwd the reads of
-    h_pre_prev and dh_pre and the write of dh_pre_prev (4·3n) to bwd. seam (the boundary with the
+    h_pre_prev and dh_pre and the write of dh_pre_prev (4·3n) to bwd (delayed_bwd_gxp: to bwd_gxp). seam (the boundary with the
     delayed pre, one pass): read x(l), write x(l+1) (2·s·nD), read h_out, write h_in (2·s·D), and the
-    contract's side, 4·(3n² + 5n + 1). Composite ops (step, layer_*, boundary_unfused) sum their parts
+    contract's side, 4·(3n² + 5n + 1). seam_bwd (its backward, one pass): read x(l+1), grad_x_next and
+    x(l), write dx(l) (4·s·nD), read dh_in and h_out, write dh_out (3·s·D), and the side values of
+    delayed_bwd and post_bwd: dx(l+1) is neither written nor read. Composite ops (step, layer_*, boundary_unfused) sum their parts
     (COMPOSITE_FLOORS).
     """
     s, nD = x_bytes, n * D
@@ -44,10 +49,12 @@ def bytes_per_token(op: str, n: int, D: int, x_bytes: int, grad_x_post: bool = F
         return (3 if grad_x_post or op == "bwd_gxp" else 2) * s * nD + s * D + side
     if op == "delayed_fwd":
         return s * nD + s * D + side + 4 * n
-    if op == "delayed_bwd":
-        return 2 * s * nD + s * D + side + 12 * n
+    if op in ("delayed_bwd", "delayed_bwd_gxp"):
+        return (3 if op == "delayed_bwd_gxp" else 2) * s * nD + s * D + side + 12 * n
     if op == "seam":
         return 2 * s * nD + 2 * s * D + 4 * (3 * n * n + 5 * n + 1)
+    if op == "seam_bwd":
+        return 4 * s * nD + 3 * s * D + side + 12 * n + 4 * (2 * n * n + 2 * n)
     if op == "sinkhorn_fwd":
         return 4 * 2 * n * n
     if op == "sinkhorn_bwd":
@@ -56,7 +63,8 @@ def bytes_per_token(op: str, n: int, D: int, x_bytes: int, grad_x_post: bool = F
         return 2 * s * nD + s * D + 4 * (n * n + n)
     if op == "post_bwd":
         return 3 * s * nD + 2 * s * D + 4 * (2 * n * n + 2 * n)
-    raise ValueError(f"op: expected one of {(*OPS, 'delayed_fwd', 'delayed_bwd', 'seam', 'boundary_unfused')}, got {op!r}")
+    known = (*OPS, "delayed_fwd", "delayed_bwd", "delayed_bwd_gxp", "seam", "seam_bwd", *COMPOSITE_FLOORS)
+    raise ValueError(f"op: expected one of {known}, got {op!r}")
 
 
 def op_bytes(op: str, T: int, n: int, D: int, x_bytes: int, grad_x_post: bool = False) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [sinkhorn-tiles]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [sinkhorn-tiles] [seam-bwd]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -131,6 +131,13 @@ decode-timeline)  # the one-launch decode kernel phase by phase (benchmarks/deco
   timeout 200 python3 -m benchmarks.decode_timeline 2>&1 | tee "$R/decode_timeline.md" | tail -8
   timeout 200 python3 -m benchmarks.decode_timeline --shapes 1x8x4096 --grid 'block_d=16,32,64;num_warps=4,8' 2>&1 \
     | tee -a "$R/decode_timeline.md" | tail -8 ;;
+seam-bwd)  # the seam's backward: its GPU tests (and the kernels that share its tile math), then against the
+          # delayed pre's backward + post's, x floor, with a tile grid (benchmarks/delayed.py)
+  timeout 200 python3 -m pytest -n 8 -q tests/kernels/test_seam_bwd.py tests/kernels/test_fused_bwd.py \
+    tests/kernels/test_stage_kernels.py -p no:cacheprovider 2>&1 | tail -5 | tee "$R/seam_bwd_tests.txt"
+  timeout 330 python3 -m benchmarks.delayed --rows delayed_bwd,boundary_bwd,seam_bwd --quick --out "$R" \
+    --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 --seam-bwd-grid 'block_t=16,32;num_warps=4,8' \
+    2>&1 | grep '^| [0-9]' | tee "$R/seam_bwd.md" | tail -30 ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time

@@ -36,3 +36,10 @@ def test_bad_rows_and_grid_exit_2(argv, capsys):
         delayed.main([*argv, "--device", "cpu"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and argv[0] in err
+
+
+def test_seam_backward_floor_drops_dx_next():
+    """The boundary's backward: the unfused pair writes dx(l+1) and reads it back (2·s·nD a token more)."""
+    T, n, D, s = 7, 4, 4096, 2
+    fused, unfused = delayed.floor_bytes("seam_bwd", T, n, D, s)
+    assert unfused - fused == T * 2 * s * n * D

@@ -88,3 +88,12 @@ def test_seam_backward_zero_tokens():
     for k in ("dphi", "dalpha", "dbias", "dgamma"):
         assert torch.count_nonzero(got[k]) == 0, k
 
+
+
+@pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="a realistic shape: GPU only")
+@pytest.mark.parametrize("n", [4, 8])
+def test_seam_backward_realistic_shape(n):
+    case = dataclasses.replace(SEAM_CASES[0], lead=(1024,), n=n, D=4096 if n == 4 else 2048, seed=7)
+    t = seam_inputs(case, first=False, gxp=True, device=KERNEL_DEVICE)
+    saved = _saved(case, t)
+    _check(case, t, saved, _kernel(case, t, saved))
