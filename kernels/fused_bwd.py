@@ -155,11 +155,12 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
-                   O_PAD: tl.constexpr):  # fmt: skip
+                   O_PAD: tl.constexpr, DX: tl.constexpr = True):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
     # h_pre_ptr: the coefficients h_in was collapsed with (COLLAPSE 2: stream 0 alone, not read).
+    # DX False: G alone (the seam backward makes dx itself, kernels/seam_bwd.py); dx, dh_in, phi not touched.
     i = tl.program_id(0) % n
     i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -171,15 +172,17 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     # not below an fp16 one (2^-11): fp16 dx off by a step (docs/bugs/fused-dx-fp16-split-product.md)
     F32: tl.constexpr = dx_ptr.dtype.element_ty != tl.bfloat16
     cols_a = tl.arange(0, O_A)
-    phi_a = phi_tile(phi_ptr, cols_a, k, d_mask, n, sphi_o, sphi_k)
-    phi_a_hi, phi_a_lo = phi_parts(phi_a, F32)
     acc_a = tl.zeros([O_A, BLOCK_D], dtype=tl.float32)
+    if DX:
+        phi_a = phi_tile(phi_ptr, cols_a, k, d_mask, n, sphi_o, sphi_k)
+        phi_a_hi, phi_a_lo = phi_parts(phi_a, F32)
     if O_B > 0:
         cols_b = O_A + tl.arange(0, O_B)
-        phi_b = phi_tile(phi_ptr, cols_b, k, d_mask, n, sphi_o, sphi_k)
-        phi_b_hi, phi_b_lo = phi_parts(phi_b, F32)
         acc_b = tl.zeros([O_B, BLOCK_D], dtype=tl.float32)
-    if HAS_GAMMA:
+        if DX:
+            phi_b = phi_tile(phi_ptr, cols_b, k, d_mask, n, sphi_o, sphi_k)
+            phi_b_hi, phi_b_lo = phi_parts(phi_b, F32)
+    if HAS_GAMMA and DX:
         g = tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)
     off_x = tile_offsets(BLOCK_T, d, sx_t, sx_d)
     off_dh = tile_offsets(BLOCK_T, d, sdh_t, sdh_d)
@@ -193,34 +196,38 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
             if O_B > 0:
                 dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
-        rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
-        if COLLAPSE == 2:
-            h_pre_i = tl.where((rows >= 0) & (i == 0), 1.0, 0.0)
-        else:
-            h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
         xt = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
-        dh_in = tl.load(dh_in_ptr + t0 * sdh_t + off_dh, mask=mask, other=0.0).to(tl.float32)
-        # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products: fewer
-        # tiles live across them, faster (docs/perf.md, kernels/fused_bwd.py).
-        if PRESPLIT:
-            mm = presplit_mm(dh3_ptr, rows, row_mask, cols_a, T, phi_a_hi, phi_a_lo, O_PAD, INTERPRET)
-            if O_B > 0:
-                mm += presplit_mm(dh3_ptr, rows, row_mask, cols_b, T, phi_b_hi, phi_b_lo, O_PAD, INTERPRET)
-        else:
-            mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
-            if O_B > 0:
-                mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
-        if HAS_GAMMA:
-            mm = mm * g[None, :]
-        dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i[:, None])
-        if HAS_GXP:
-            dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
-                          other=0.0).to(tl.float32)  # fmt: skip
-        tl.store(dx_ptr + (t0 * so_t + i64 * so_i) + off_o, round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
-        if PRESPLIT:
+        if DX:
+            rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
+            if COLLAPSE == 2:
+                h_pre_i = tl.where((rows >= 0) & (i == 0), 1.0, 0.0)
+            else:
+                h_pre_i = tl.load(h_pre_ptr + rows * n + i, mask=row_mask, other=0.0).to(tl.float32)
+            dh_in = tl.load(dh_in_ptr + t0 * sdh_t + off_dh, mask=mask, other=0.0).to(tl.float32)
+            # The dvecX_mm slice, never stored: it only feeds dx. dx is stored before the G products: fewer
+            # tiles live across them, faster (docs/perf.md, kernels/fused_bwd.py).
+            if PRESPLIT:
+                mm = presplit_mm(dh3_ptr, rows, row_mask, cols_a, T, phi_a_hi, phi_a_lo, O_PAD, INTERPRET)
+                if O_B > 0:
+                    mm += presplit_mm(dh3_ptr, rows, row_mask, cols_b, T, phi_b_hi, phi_b_lo, O_PAD, INTERPRET)
+            else:
+                mm = dvecX_mm_part(dh_mix_a, phi_a, phi_a_hi, phi_a_lo, F32, INTERPRET)
+                if O_B > 0:
+                    mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
+            if HAS_GAMMA:
+                mm = mm * g[None, :]
+            dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i[:, None])
+            if HAS_GXP:
+                dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
+                              other=0.0).to(tl.float32)  # fmt: skip
+            tl.store(dx_ptr + (t0 * so_t + i64 * so_i) + off_o, round_to(dx, dx_ptr.dtype.element_ty), mask=mask)
+        if PRESPLIT and DX:
             # x loaded again (from L1/L2), for the products alone: no layout conversion of the dx tile's x
             # (pass B 1301 -> 1124 us at 16384 x 4 x 7168; docs/perf.md, kernels/fused_bwd.py)
             xg = tl.load(x_ptr + (t0 * sx_t + i64 * sx_i) + off_x, mask=mask, other=0.0)
+        else:
+            xg = xt
+        if PRESPLIT:
             acc_a += presplit_g(dh3_ptr, rows, row_mask, cols_a, T, xg, O_PAD, INTERPRET)
             if O_B > 0:
                 acc_b += presplit_g(dh3_ptr, rows, row_mask, cols_b, T, xg, O_PAD, INTERPRET)

@@ -38,6 +38,22 @@ def load_tile(ptr, rows, cols, s_t, s_c, mask):
     return tl.load(ptr + rows[:, None] * s_t + cols[None, :] * s_c, mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def post_bwd_stream(dx, dh_out, dh_res, dh_post, x, h_out, g_j, j, h_res_ptr, h_post_ptr, rows, row_mask, s, mask_s, sr_t,
+                    sr_i, sr_j, shp_t, shp_j):  # fmt: skip
+    """post_bwd's accumulators after stream j of dout, g_j [BLOCK_T, BLOCK_D] fp32, over one column chunk:
+    dx [t, i, d] += h_res[i, j] g_j, dh_out += h_post[j] g_j, and the chunk's part of dh_res[:, :, j]
+    (sum_d x[i] g_j, x [t, i, d] fp32) and of dh_post[:, j] (sum_d g_j h_out). The post_bwd kernel's
+    and the seam backward's (kernels/seam_bwd.py, where g_j is dx(l+1) as it is made)."""
+    res_j = load_tile(h_res_ptr + j * sr_j, rows, s, sr_t, sr_i, mask_s)  # h_res[:, i, j] over i
+    h_post_j = tl.load(h_post_ptr + rows * shp_t + j * shp_j, mask=row_mask, other=0.0).to(tl.float32)
+    dx = mix_in(dx, res_j, g_j)
+    dh_out += h_post_j[:, None] * g_j
+    dh_res += tl.where(s[None, None, :] == j, tl.sum(x * g_j[:, None, :], axis=2)[:, :, None], 0.0)
+    dh_post += tl.where(s[None, :] == j, tl.sum(g_j * h_out, axis=1)[:, None], 0.0)
+    return dx, dh_out, dh_res, dh_post
+
+
 @launched(do_not_specialize=["T"])
 def _post_fwd_kernel(
     x_ptr,
@@ -145,13 +161,9 @@ def _post_bwd_kernel(
         dh_out = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         for j in tl.static_range(N):
             g_j = load_tile(dout_ptr + tl.cast(j, tl.int64) * sg_j, rows, d, sg_t, sg_d, mask_d)  # dout[:, j, d]
-            res_j = load_tile(h_res_ptr + j * sr_j, rows, s, sr_t, sr_i, mask_s)  # h_res[:, i, j] over i
-            h_post_j = tl.load(h_post_ptr + rows * shp_t + j * shp_j, mask=row_mask, other=0.0).to(tl.float32)
-            dx = mix_in(dx, res_j, g_j)
-            dh_out += h_post_j[:, None] * g_j
-            # This chunk's part of dh_res[:, :, j] (over i) and of dh_post[:, j].
-            dh_res += tl.where(s[None, None, :] == j, tl.sum(x * g_j[:, None, :], axis=2)[:, :, None], 0.0)
-            dh_post += tl.where(s[None, :] == j, tl.sum(g_j * h_out, axis=1)[:, None], 0.0)
+            dx, dh_out, dh_res, dh_post = post_bwd_stream(dx, dh_out, dh_res, dh_post, x, h_out, g_j, j, h_res_ptr,
+                                                          h_post_ptr, rows, row_mask, s, mask_s, sr_t, sr_i, sr_j,
+                                                          shp_t, shp_j)  # fmt: skip
         dx_offs = rows[:, None, None] * sdx_t + s[None, :, None].to(tl.int64) * sdx_i + d[None, None, :] * sdx_d
         tl.store(dx_ptr + dx_offs, round_to(dx, dx_ptr.dtype.element_ty), mask=mask3)
         dh_out_offs = rows[:, None] * sdo_t + d[None, :] * sdo_d

@@ -1,16 +1,23 @@
-"""Stage seam_bwd: the delayed pre(l+1)'s backward and mhc_post(l)'s in one pass over the streams, dx(l+1)
-consumed where it is produced (golden/seam.py seam_backward; docs/math.md, "The seam's backward").
+"""Stage seam_bwd: the delayed pre(l+1)'s backward and mhc_post(l)'s with dx(l+1) consumed where it is made,
+never stored (golden/seam.py seam_backward; docs/math.md, "The seam's backward").
 
-Pass A of the fused pre backward (kernels/fused_bwd.py) runs as it is, without reading x(l+1): with the
-delayed pre, dh_pre comes from the next sublayer. Then one kernel, grid (D blocks, token splits). A
-program's BLOCK_D columns are taken in every stream, N_PAD * BLOCK_D columns k = i*D + d of the pre's
-[.., nD] view, so the pre backward's products are pass B's on a [BLOCK_T, N_PAD*BLOCK_D] tile
-(dvecX_mm = dh_mix @ phi at fp32 grade: dx(l+1) is never rounded; G += dh_mix^T x(l+1)). The tile
-dx(l+1) [BLOCK_T, N_PAD, BLOCK_D] is post(l)'s dout: dx(l) and dh_out are stored, and this D block's
-parts of dh_res, dh_post and dh_pre_prev (sums over d) go to a [D blocks, T, n*n + 2n] workspace. The
-finish kernel of the fused backward reduces G (dphi, dgamma) and pass A's dbias/dalpha partials; one
-fixed-order sum over the D blocks gives dh_res, dh_post, dh_pre_prev. Four launches, as the unfused
-pair (pass A, pass B, finish, post_bwd), with x(l+1) read once and dx(l+1) neither written nor read.
+Four launches, as the unfused pair (pass A, pass B, finish, post_bwd):
+
+1. Pass A of the fused pre backward (kernels/fused_bwd.py) as it is, without reading x(l+1): with the
+   delayed pre, dh_pre comes from the next sublayer. dh_mix [T, O], rms_coef [T] (and, for bf16 x on
+   pass B's 32-row tile, dh_mix's bf16 parts).
+2. The seam kernel, post_bwd's shape (grid: token blocks; a pipelined loop over D; [BLOCK_T, N_PAD,
+   BLOCK_D] tiles): per column chunk and stream j, dx(l+1)[j] = dh_mix @ phi[:, jD + d] (fp32 grade:
+   never rounded) * gamma + rms_coef * x(l+1)[j] + h_pre_prev[j] * dh_in (+ grad_x_next[j]), then
+   post_bwd's tile math with it as dout[j] (post.post_bwd_stream): dx(l), dh_out stored per chunk;
+   dh_res, dh_post and dh_pre_prev = sum_d dh_in * x(l+1) summed in registers over D, stored once.
+3. Pass B with DX=False: G = sum_t dh_mix^T x(l+1) alone (a second read of x(l+1)).
+4. The fused backward's finish: dphi, dgamma from G; dbias, dalpha from pass A's partials.
+
+x(l+1) is read twice (the seam kernel, G) and dx(l+1) neither written nor read: 5 s*nD a token against
+the unfused pair's 7 (pass A's read of x(l+1) included) and the floor's 4. One kernel for 2 and 3 (a
+program over all streams' columns of a D block, dh_res partials per D block) measured 2.3x slower than
+the two ops (docs/perf.md, "The seam's backward").
 """
 
 from __future__ import annotations
@@ -33,153 +40,121 @@ from ._common import (
     round_to,
     size_hint,
     static_dims,
+    stream_tile,
     token_splits,
     tokens,
 )
 from ._launch import launched
-from ._reduce import sum_partials
 from .dh_mix import phi_tile
-from .dparams import g_update
 from .dx import dx_tile
-from .fused_bwd import _finish_kernel, _pass_a_kernel
-from .post import load_tile
+from .fused_bwd import PRESPLIT_BELOW_BLOCK_T, _finish_kernel, _pass_a_kernel, _pass_b_kernel, pass_b_tile
+from .post import load_tile, post_bwd_stream
 
 
 @triton.jit
-def post_of_dout(dout, x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, dx_ptr, dh_out_ptr, part_ptr, rows, row_mask, d, d_mask,
-                 sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, so_t, so_i, so_d, sdo_t, sdo_d,
-                 N: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
-    """post(l)'s backward on one tile, dout [BLOCK_T, N_PAD, BLOCK_D] fp32 (stream j of dout in row j):
-    stores dx(l) = sum_j h_res[i, j] dout[j] and dh_out = sum_j h_post[j] dout[j], and this tile's
-    parts of dh_res[i, j] = sum_d dout[j] x[i] and dh_post[j] = sum_d dout[j] h_out at part_ptr
-    (per token [n*n | n], row stride n*n + 2n)."""
-    s = tl.arange(0, N_PAD)
-    mask_s = row_mask[:, None] & (s < N)[None, :]
-    mask_d = row_mask[:, None] & d_mask[None, :]
-    W = N * N + 2 * N
-    h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask_d)
-    h_post = load_tile(h_post_ptr, rows, s, shp_t, shp_j, mask_s)  # [t, j]
-    dh_out = tl.sum(h_post[:, :, None] * dout, axis=1)
-    tl.store(dh_out_ptr + rows[:, None] * sdo_t + d[None, :] * sdo_d, round_to(dh_out, dh_out_ptr.dtype.element_ty),
-             mask=mask_d)  # fmt: skip
-    tl.store(part_ptr + rows[:, None] * W + N * N + s[None, :], tl.sum(dout * h_out[:, None, :], axis=2), mask=mask_s)
-    for i in tl.static_range(N):
-        res_i = load_tile(h_res_ptr + i * sr_i, rows, s, sr_t, sr_j, mask_s)  # h_res[:, i, j] over j
-        dx_i = tl.sum(res_i[:, :, None] * dout, axis=1)
-        tl.store(dx_ptr + rows[:, None] * so_t + tl.cast(i, tl.int64) * so_i + d[None, :] * so_d,
-                 round_to(dx_i, dx_ptr.dtype.element_ty), mask=mask_d)  # fmt: skip
-        x_i = load_tile(x_ptr + tl.cast(i, tl.int64) * sx_i, rows, d, sx_t, sx_d, mask_d)
-        tl.store(part_ptr + rows[:, None] * W + i * N + s[None, :], tl.sum(dout * x_i[:, None, :], axis=2), mask=mask_s)
+def dx_next_stream(dh_mix_a, dh_mix_b, cols_a, cols_b, phi_ptr, gamma_ptr, xn_ptr, hpp_ptr, gxn_ptr, dh_in, rms_coef,
+                   j, rows, row_mask, d, d_mask, mask_d, D, sn_t, sn_i, sn_d, sg_t, sg_i, sg_d, sphi_o, sphi_k,
+                   N: tl.constexpr, O_B: tl.constexpr, HAS_HPP: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                   HAS_GXN: tl.constexpr):  # fmt: skip
+    """(dx(l+1)[j], x(l+1)[j]) [BLOCK_T, BLOCK_D] fp32 over columns d: the delayed pre's dx (kernels/dx.py
+    dx_tile) with dvecX_mm = dh_mix @ phi[:, jD + d] at fp32 grade (fp32_dot), never rounded."""
+    k = j * D + d
+    mm = fp32_dot(dh_mix_a, phi_tile(phi_ptr, cols_a, k, d_mask, N, sphi_o, sphi_k))
+    if O_B > 0:
+        mm += fp32_dot(dh_mix_b, phi_tile(phi_ptr, cols_b, k, d_mask, N, sphi_o, sphi_k))
+    if HAS_GAMMA:
+        mm = mm * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_HPP:
+        hpp_j = tl.load(hpp_ptr + rows * N + j, mask=row_mask, other=0.0).to(tl.float32)
+    else:  # the first sublayer: h_in(l+1) is stream 0
+        hpp_j = tl.where(row_mask, 1.0 if j == 0 else 0.0, 0.0)
+    xn_j = load_tile(xn_ptr + tl.cast(j, tl.int64) * sn_i, rows, d, sn_t, sn_d, mask_d)
+    dout = dx_tile(mm, xn_j, dh_in, rms_coef, hpp_j[:, None])
+    if HAS_GXN:
+        dout += load_tile(gxn_ptr + tl.cast(j, tl.int64) * sg_i, rows, d, sg_t, sg_d, mask_d)
+    return dout, xn_j
 
 
-@launched(do_not_specialize=["T", "splits"])
+@launched(do_not_specialize=["T"])
 def _seam_bwd_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, xn_ptr, hpp_ptr, dh_in_ptr, gxn_ptr, phi_ptr, gamma_ptr,
-                     dh_mix_ptr, rms_coef_ptr, dx_ptr, dh_out_ptr, ws_g_ptr, ws_p_ptr, T, D, sx_t, sx_i, sx_d, sr_t,
-                     sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, sn_t, sn_i, sn_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t,
-                     so_i, so_d, sdo_t, sdo_d, sphi_o, sphi_k, splits, N: tl.constexpr, N_PAD: tl.constexpr,
+                     dh_mix_ptr, rms_coef_ptr, dx_ptr, dh_res_ptr, dh_out_ptr, dh_post_ptr, dpp_ptr, T, D, sx_t, sx_i,
+                     sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, sn_t, sn_i, sn_d, sdh_t, sdh_d, sg_t, sg_i,
+                     sg_d, sdx_t, sdx_i, sdx_d, sdo_t, sdo_d, sphi_o, sphi_k, N: tl.constexpr, N_PAD: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                      HAS_HPP: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_GXN: tl.constexpr,
-                     INTERPRET: tl.constexpr):  # fmt: skip
-    # xn: x(l+1) as stored [T, n, D]; hpp: h_pre_prev [T, n] (HAS_HPP; else h_in(l+1) = stream 0);
-    # gxn: post(l+1)'s gradient of x(l+1) (HAS_GXN). Column c of the program's tile is stream c // BLOCK_D,
-    # d = d0 + c % BLOCK_D.
+                     NUM_STAGES: tl.constexpr):  # fmt: skip
+    # x: x(l) [T, n, D]; xn: x(l+1) as stored; hpp: h_pre_prev [T, n] contiguous (HAS_HPP); gxn: post(l+1)'s
+    # gradient of x(l+1) (HAS_GXN). dh_res [T, n, n], dh_post and dh_pre_prev (dpp) [T, n]: contiguous fp32.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    s = tl.arange(0, N_PAD)  # stream index: i for x(l), dx(l) and the rows of dh_res; j for dx(l+1)
+    s_mask = s < N
+    mask_s = row_mask[:, None] & s_mask[None, :]
     O = N * N + 2 * N
-    nD = N * D
-    W = N * N + 2 * N
-    db = tl.program_id(0)
-    split = tl.program_id(1)
-    d = db * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    c = tl.arange(0, N_PAD * BLOCK_D)
-    i_c = c // BLOCK_D
-    d_c = db * BLOCK_D + c % BLOCK_D
-    c_mask = (i_c < N) & (d_c < D)
-    k = i_c * D + d_c
-    xn_cols = i_c.to(tl.int64) * sn_i + d_c * sn_d  # i * (a stream stride) can pass 2**31
-    gxn_cols = i_c.to(tl.int64) * sg_i + d_c * sg_d
     cols_a = tl.arange(0, O_A)
-    phi_a = phi_tile(phi_ptr, cols_a, k, c_mask, N, sphi_o, sphi_k)
-    acc_a = tl.zeros([O_A, N_PAD * BLOCK_D], dtype=tl.float32)
-    if O_B > 0:
-        cols_b = O_A + tl.arange(0, O_B)
-        phi_b = phi_tile(phi_ptr, cols_b, k, c_mask, N, sphi_o, sphi_k)
-        acc_b = tl.zeros([O_B, N_PAD * BLOCK_D], dtype=tl.float32)
-    if HAS_GAMMA:
-        g = tl.load(gamma_ptr + k, mask=c_mask, other=0.0).to(tl.float32)
-    for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
-        t0 = (tb + tl.zeros([], tl.int64)) * BLOCK_T  # 64-bit (tb is an int in the interpreter)
-        rows = t0 + tl.arange(0, BLOCK_T)
-        row_mask = rows < T
-        mask = row_mask[:, None] & c_mask[None, :]
-        dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
-        mm = fp32_dot(dh_mix_a, phi_a)
-        if O_B > 0:
-            dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O)
-            mm += fp32_dot(dh_mix_b, phi_b)
-        if HAS_GAMMA:
-            mm = mm * g[None, :]
-        rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
-        if HAS_HPP:
-            hpp = tl.load(hpp_ptr + rows[:, None] * N + i_c[None, :], mask=mask, other=0.0).to(tl.float32)
-        else:
-            hpp = tl.where(row_mask[:, None] & (i_c == 0)[None, :], 1.0, 0.0)
-        xn = tl.load(xn_ptr + rows[:, None] * sn_t + xn_cols[None, :], mask=mask, other=0.0)
-        xnf = xn.to(tl.float32)
-        dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d_c[None, :] * sdh_d, mask=mask, other=0.0).to(tl.float32)
-        dout = dx_tile(mm, xnf, dh_in, rms_coef, hpp)  # dx(l+1) in fp32, never rounded
-        if HAS_GXN:
-            dout += tl.load(gxn_ptr + rows[:, None] * sg_t + gxn_cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc_a = g_update(acc_a, dh_mix_a, xn, INTERPRET)
-        if O_B > 0:
-            acc_b = g_update(acc_b, dh_mix_b, xn, INTERPRET)
-        part = ws_p_ptr + db.to(tl.int64) * T * W
-        dpp = tl.sum(tl.reshape(dh_in * xnf, [BLOCK_T, N_PAD, BLOCK_D]), axis=2)  # sum_d dh_in * x(l+1)[i]
-        tl.store(part + rows[:, None] * W + (N * N + N) + tl.arange(0, N_PAD)[None, :], dpp,
-                 mask=row_mask[:, None] & (tl.arange(0, N_PAD) < N)[None, :])  # fmt: skip
-        post_of_dout(tl.reshape(dout, [BLOCK_T, N_PAD, BLOCK_D]), x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, dx_ptr,
-                     dh_out_ptr, part, rows, row_mask, d, d_mask, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d,
-                     shp_t, shp_j, so_t, so_i, so_d, sdo_t, sdo_d, N, N_PAD)  # fmt: skip
-    ws = ws_g_ptr + split.to(tl.int64) * O * nD
-    tl.store(ws + cols_a[:, None] * nD + k[None, :], acc_a, mask=(cols_a < O)[:, None] & c_mask[None, :])
-    if O_B > 0:
-        tl.store(ws + cols_b[:, None] * nD + k[None, :], acc_b, mask=(cols_b < O)[:, None] & c_mask[None, :])
-
-
-# The tile's columns over all streams: N_PAD * BLOCK_D = SEAM_BWD_COLUMNS (pass B's 128-column tile).
-SEAM_BWD_COLUMNS = 128
-
-
-def seam_bwd_block_d(n: int) -> int:
-    """BLOCK_D of the seam backward: SEAM_BWD_COLUMNS over the padded streams, at least 16."""
-    return max(16, SEAM_BWD_COLUMNS // n_pad(n))
+    dh_mix_a = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_a, 0, O)
+    cols_b = O_A + tl.arange(0, max(O_B, 16))  # not read when O_B == 0
+    dh_mix_b = load_coeff_part(dh_mix_ptr, rows, row_mask, cols_b, 0, O) if O_B > 0 else dh_mix_a
+    rms_coef = tl.load(rms_coef_ptr + rows, mask=row_mask, other=0.0)
+    dh_res = tl.zeros([BLOCK_T, N_PAD, N_PAD], dtype=tl.float32)  # [t, i, j]
+    dh_post = tl.zeros([BLOCK_T, N_PAD], dtype=tl.float32)  # [t, j]
+    dpp = tl.zeros([BLOCK_T, N_PAD], dtype=tl.float32)  # [t, j]: dh_pre_prev
+    for d0 in tl.range(0, D, BLOCK_D, num_stages=NUM_STAGES):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = d < D
+        mask_d = row_mask[:, None] & d_mask[None, :]
+        x = stream_tile(x_ptr, rows, row_mask, d, d_mask, N, sx_t, sx_i, sx_d, N_PAD).to(tl.float32)  # [t, i, d]
+        h_out = load_tile(h_out_ptr, rows, d, sho_t, sho_d, mask_d)
+        dh_in = load_tile(dh_in_ptr, rows, d, sdh_t, sdh_d, mask_d)
+        dx = tl.zeros([BLOCK_T, N_PAD, BLOCK_D], dtype=tl.float32)  # [t, i, d]
+        dh_out = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        for j in tl.static_range(N):
+            dout, xn_j = dx_next_stream(dh_mix_a, dh_mix_b, cols_a, cols_b, phi_ptr, gamma_ptr, xn_ptr, hpp_ptr,
+                                        gxn_ptr, dh_in, rms_coef, j, rows, row_mask, d, d_mask, mask_d, D, sn_t, sn_i,
+                                        sn_d, sg_t, sg_i, sg_d, sphi_o, sphi_k, N, O_B, HAS_HPP, HAS_GAMMA,
+                                        HAS_GXN)  # fmt: skip
+            dpp += tl.where(s[None, :] == j, tl.sum(dh_in * xn_j, axis=1)[:, None], 0.0)
+            dx, dh_out, dh_res, dh_post = post_bwd_stream(dx, dh_out, dh_res, dh_post, x, h_out, dout, j, h_res_ptr,
+                                                          h_post_ptr, rows, row_mask, s, mask_s, sr_t, sr_i, sr_j,
+                                                          shp_t, shp_j)  # fmt: skip
+        dx_offs = rows[:, None, None] * sdx_t + s[None, :, None].to(tl.int64) * sdx_i + d[None, None, :] * sdx_d
+        tl.store(dx_ptr + dx_offs, round_to(dx, dx_ptr.dtype.element_ty), mask=mask_d[:, None, :] & s_mask[None, :, None])
+        tl.store(dh_out_ptr + rows[:, None] * sdo_t + d[None, :] * sdo_d, round_to(dh_out, dh_out_ptr.dtype.element_ty),
+                 mask=mask_d)  # fmt: skip
+    tl.store(dh_res_ptr + rows[:, None, None] * (N * N) + s[None, :, None] * N + s[None, None, :], dh_res,
+             mask=mask_s[:, :, None] & s_mask[None, None, :])  # fmt: skip
+    tl.store(dh_post_ptr + rows[:, None] * N + s[None, :], dh_post, mask=mask_s)
+    if HAS_HPP:
+        tl.store(dpp_ptr + rows[:, None] * N + s[None, :], dpp, mask=mask_s)
 
 
 def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out, next_h_post, next_inv_rms,
                     next_h_mix, next_h_pre, dh_in, dh_next_post, dh_next_res, dh_next_pre=None, grad_x_next=None,
-                    hc_eps=1e-6, block_t=32, block_d=None, splits=None, block_t_a=16, num_warps=4,
-                    num_stages=2) -> tuple:  # fmt: skip
+                    hc_eps=1e-6, block_t=16, block_d=32, num_warps=4, num_stages=2, block_t_a=16, g_tile=None,
+                    splits=None, presplit=None) -> tuple:  # fmt: skip
     """The seam backward on validated inputs (golden/seam.py seam_backward's, bias not needed) -> the
     SEAM_GRADS tensors: dx (x's dtype and shape), dh_res [.., n, n], dh_out (h_out's dtype), dh_post
-    [.., n], dphi [O, nD], dalpha [3], dbias [O], dgamma [n, D] (None without gamma) and dh_pre_prev
-    [.., n] (None without h_pre_prev), fp32 unless stated. dh_res, dh_post and dh_pre_prev are views of
-    one [T, n*n + 2n] buffer, dalpha and dbias of one [O + 3]. block_t, block_d: the seam kernel's tile
-    (tokens; columns per stream, default seam_bwd_block_d); splits: its token ranges (default
-    token_splits); block_t_a: pass A's tokens per program."""
+    [.., n], dphi [O, nD], dalpha [3], dbias [O] (views of one [O + 3]), dgamma [n, D] (None without
+    gamma) and dh_pre_prev [.., n] (None without h_pre_prev), fp32 unless stated.
+
+    block_t, block_d, num_warps, num_stages: the seam kernel's tile (tokens, columns) and launch; block_t_a:
+    pass A's tokens per program; g_tile, splits, presplit: pass B's (block_t, block_d) for G, its token
+    ranges and whether it reads pass A's bf16 parts of dh_mix (None: launch_backward_fused's choices)."""
     n, D = static_dims(x, 2)
-    O, nD, W = n * n + 2 * n, n * D, n * n + 2 * n
+    O, nD = n * n + 2 * n, n * D
     lead, dev, f32 = x.shape[:-2], x.device, torch.float32
     T = x.numel() // nD
-    block_d = block_d if block_d is not None else seam_bwd_block_d(n)
     for name, value in (("block_t", block_t), ("block_d", block_d), ("block_t_a", block_t_a)):
         check_block(name, value, 16)
     dcoeff = torch.empty(O + 3, device=dev, dtype=f32)  # [dbias (O) | dalpha (3)]
-    post = torch.empty((T, W), device=dev, dtype=f32)  # [dh_res (n*n) | dh_post (n) | dh_pre_prev (n)]
     dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
+    dh_res = torch.empty((*lead, n, n), device=dev, dtype=f32)
     dh_out = torch.empty(h_out.shape, device=dev, dtype=h_out.dtype)
+    dh_post = torch.empty((*lead, n), device=dev, dtype=f32)
     dphi = torch.empty((O, nD), device=dev, dtype=f32)
     dgamma = torch.empty((n, D), device=dev, dtype=f32) if gamma is not None else None
-    grads = (dx, post[:, : n * n].view(*lead, n, n), dh_out, post[:, n * n : n * n + n].view(*lead, n), dphi,
-             dcoeff[O:], dcoeff[:O], dgamma, post[:, n * n + n :].view(*lead, n) if h_pre_prev is not None else None)  # fmt: skip
+    dpp = torch.empty((*lead, n), device=dev, dtype=f32) if h_pre_prev is not None else None
+    grads = (dx, dh_res, dh_out, dh_post, dphi, dcoeff[O:], dcoeff[:O], dgamma, dpp)
     if T == 0:
         for t in (dphi, dgamma, dcoeff):
             if t is not None:
@@ -188,42 +163,52 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     xt, rt, ht, pt, xn = tokens(x, 2), tokens(h_res, 2), tokens(h_out, 1), tokens(h_post, 1), tokens(out, 2)
     dh_in_t, dx_t, dh_out_t = tokens(dh_in, 1), dx.view(-1, n, D), dh_out.view(-1, D)
     gxn = tokens(grad_x_next, 2) if grad_x_next is not None else xn  # never read without HAS_GXN
-    check_tile_span(block_t, xt, xn, dh_in_t, dx_t, gxn)
     alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post = (
         t.contiguous() for t in (alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post)
     )
     has_dh_pre = dh_next_pre is not None
     dh_pre = dh_next_pre.contiguous() if has_dh_pre else next_h_pre  # never read without HAS_DH_PRE
     hpp = h_pre_prev.contiguous() if h_pre_prev is not None else next_h_pre  # never read without HAS_HPP
+    # pass B (G alone): launch_backward_fused's tile, token ranges and use of pass A's parts
+    T_hint = size_hint(T)
+    o_a, o_b = o_groups(n)
+    split_cap = g_split_cap(T_hint, x.element_size(), O, nD)
+    bf16 = x.dtype == torch.bfloat16
+    g_tile = g_tile or pass_b_tile(o_a + o_b, n, D, T_hint, dev, split_cap, bf16 and presplit is not False)
+    check_tile_span(max(block_t, g_tile[0]), xt, xn, dh_in_t, dx_t, gxn)
+    presplit = bf16 and (g_tile[0] < PRESPLIT_BELOW_BLOCK_T if presplit is None else presplit)
     dh_mix = torch.empty((T, O), device=dev, dtype=f32)
+    dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else dh_mix  # written first
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     blocks_a = cdiv(T, block_t_a)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
-    # COLLAPSE 2: the delayed pre's pass A without x (dh_pre_prev is this kernel's); no bf16 parts
+    # COLLAPSE 2: the delayed pre's pass A without x (dh_pre_prev is the seam kernel's)
     _pass_a_kernel[(blocks_a,)](
         xn, dh_in_t, alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post, dh_mix,
-        rms_coef, ws_dcoeff, dh_pre, next_h_pre, next_h_pre, T, n, D, *xn.stride(), *dh_in_t.stride(), float(hc_eps),
+        rms_coef, ws_dcoeff, dh_pre, next_h_pre, dh3, T, n, D, *xn.stride(), *dh_in_t.stride(), float(hc_eps),
         BLOCK_T=block_t_a, BLOCK_D=16, O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=2, HAS_DH_PRE=has_dh_pre,
-        PRESPLIT=False, num_warps=num_warps, num_stages=num_stages,
+        PRESPLIT=presplit, num_warps=4, num_stages=2,
     )  # fmt: skip
-    o_a, o_b = o_groups(n)
-    blocks_d = cdiv(D, block_d)
-    T_hint = size_hint(T)
-    splits = splits or token_splits(dev, blocks_d, cdiv(T_hint, block_t), g_split_cap(T_hint, x.element_size(), O, nD))
-    ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
-    ws_p = torch.empty((blocks_d, T * W), device=dev, dtype=f32)
     gamma_arg = gamma.contiguous() if gamma is not None else rms_coef  # never read without HAS_GAMMA
-    _seam_bwd_kernel[(blocks_d, splits)](
-        xt, rt, ht, pt, xn, hpp, dh_in_t, gxn, phi, gamma_arg, dh_mix, rms_coef, dx_t, dh_out_t, ws_g, ws_p, T, D,
-        *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *xn.stride(), *dh_in_t.stride(), *gxn.stride(),
-        *dx_t.stride(), *dh_out_t.stride(), *phi.stride(), splits, N=n, N_PAD=n_pad(n), BLOCK_T=block_t,
+    dpp_arg = dpp if dpp is not None else dh_post  # never written without HAS_HPP
+    _seam_bwd_kernel[(cdiv(T, block_t),)](
+        xt, rt, ht, pt, xn, hpp, dh_in_t, gxn, phi, gamma_arg, dh_mix, rms_coef, dx_t, dh_res, dh_out_t, dh_post,
+        dpp_arg, T, D, *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *xn.stride(), *dh_in_t.stride(),
+        *gxn.stride(), *dx_t.stride(), *dh_out_t.stride(), *phi.stride(), N=n, N_PAD=n_pad(n), BLOCK_T=block_t,
         BLOCK_D=block_d, O_A=o_a, O_B=o_b, HAS_HPP=h_pre_prev is not None, HAS_GAMMA=gamma is not None,
-        HAS_GXN=grad_x_next is not None, INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
+        HAS_GXN=grad_x_next is not None, NUM_STAGES=num_stages, num_warps=num_warps,
     )  # fmt: skip
-    block_k = 128
-    _finish_kernel[(cdiv(nD, block_k) + 1,)](
+    col_programs = n * cdiv(D, g_tile[1])
+    splits = splits or token_splits(dev, col_programs, cdiv(T_hint, g_tile[0]), split_cap)
+    ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
+    _pass_b_kernel[(col_programs, splits)](
+        xn, dh_in_t, xn, xn, phi, gamma_arg, dh_mix, rms_coef, hpp, ws_g, dh3, T, n, D, *xn.stride(),
+        *dh_in_t.stride(), *xn.stride(), *xn.stride(), *phi.stride(), splits, HAS_GAMMA=False, HAS_GXP=False,
+        BLOCK_T=g_tile[0], BLOCK_D=g_tile[1], O_A=o_a, O_B=o_b, INTERPRET=interpreting(), COLLAPSE=2,
+        PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    _finish_kernel[(cdiv(nD, 128) + 1,)](
         ws_g, phi, gamma_arg, dphi, dgamma if gamma is not None else ws_g, ws_dcoeff, dcoeff, splits, blocks_a, n, D,
-        *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=64,
+        *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=128, O_PAD=o_pad(n), BLOCK_P=64,
     )  # fmt: skip
-    sum_partials(ws_p, post)
     return grads

@@ -56,17 +56,19 @@ def _check(case, t, saved, got) -> None:
 def test_seam_backward(case, first, gxp):
     t = seam_inputs(case, first, gxp, device=KERNEL_DEVICE)
     saved = _saved(case, t)
-    _check(case, t, saved, _kernel(case, t, saved, block_t=16, splits=2))
+    _check(case, t, saved, _kernel(case, t, saved, splits=2))
 
 
 @pytest.mark.parametrize("block_d", [16, 32], ids=lambda v: f"block_d={v}")
 @pytest.mark.parametrize("case", [dataclasses.replace(SEAM_CASES[0], lead=(37,), D=50, seed=311)], ids=str)
 def test_seam_backward_tiles(case, block_d):
-    """Columns past D in the last block, token blocks past T, one and three token ranges: the same rule."""
+    """Columns past D in the last chunk, token blocks past T; G on both of pass B's tiles, with and without
+    pass A's bf16 parts of dh_mix, in one and three token ranges: the same rule."""
     t = seam_inputs(case, first=False, gxp=True, device=KERNEL_DEVICE)
     saved = _saved(case, t)
-    for splits in (1, 3):
-        _check(case, t, saved, _kernel(case, t, saved, block_t=16, block_d=block_d, splits=splits))
+    for g_tile, presplit, splits in (((32, 128), True, 1), ((64, 64), False, 3), ((32, 128), False, 3)):
+        got = _kernel(case, t, saved, block_t=16, block_d=block_d, g_tile=g_tile, presplit=presplit, splits=splits)
+        _check(case, t, saved, got)
 
 
 def test_seam_backward_without_the_next_sublayers_dh_pre():
