@@ -134,7 +134,8 @@ decode-timeline)  # the one-launch decode kernel phase by phase (benchmarks/deco
 seam-bwd)  # the seam's backward: its GPU tests (and the kernels that share its tile math), then against the
           # delayed pre's backward + post's, x floor, with a tile grid (benchmarks/delayed.py)
   timeout 200 python3 -m pytest -n 8 -q tests/kernels/test_seam_bwd.py tests/kernels/test_fused_bwd.py \
-    tests/kernels/test_stage_kernels.py tests/kernels/test_post_kernels.py -p no:cacheprovider 2>&1 | tail -5 \
+    tests/kernels/test_stage_kernels.py tests/kernels/test_post_kernels.py tests/kernels/test_delayed.py \
+    tests/test_delayed_op.py tests/test_layer_delayed.py -p no:cacheprovider 2>&1 | tail -5 \
     | tee "$R/seam_bwd_tests.txt"
   timeout 300 python3 -m benchmarks.delayed --rows delayed_bwd,boundary_bwd,seam_bwd --quick --out "$R" \
     --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 ${SEAM_BWD_GRID:+--seam-bwd-grid "$SEAM_BWD_GRID"} \

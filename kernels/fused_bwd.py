@@ -46,19 +46,19 @@ from ._common import (
 )
 from ._launch import launched
 from ._reduce import column_sums
-from .dh_mix import coeff_grads, coeff_grads_of, dh_pre_tile, phi_tile
+from .dh_mix import coeff_grads, coeff_grads_of, phi_tile
 from .dparams import g_update, store_dcoeff_partials
 from .dx import dx_tile, rms_coef_of
 
 
 @launched(do_not_specialize=["T"])
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh_pre_prev_ptr, dh3_ptr,
+                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh3_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
                    COLLAPSE: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr):  # fmt: skip
-    # COLLAPSE (kernels/fwd.collapse_tile): 0 mhc_pre; the delayed pre's dh_pre is an input (the next
-    # sublayer's) and sum_d dh_in*x[i] is dh_pre_prev (1), not needed without h_pre_prev (2: x is not read).
+    # COLLAPSE (kernels/fwd.collapse_tile): 0 mhc_pre; else the delayed pre, whose dh_pre is an input (the
+    # next sublayer's): x is not read (dh_pre_prev = sum_d dh_in*x[i] is pass B's, from the tiles it loads).
     hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -70,10 +70,6 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
             x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
             rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_D, O_PAD, N_PAD)  # fmt: skip
     else:
-        if COLLAPSE == 1:
-            dh_coll = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
-                                  BLOCK_D, O_PAD, N_PAD)  # fmt: skip
-            store_coeff_part(dh_pre_prev_ptr, dh_coll, rows, row_mask, cols, 0, n)
         if HAS_DH_PRE:
             dh_pre = load_coeff_part(dh_pre_ptr, rows, row_mask, cols, 0, n)
         else:  # the next sublayer did not use this h_pre
@@ -151,7 +147,7 @@ def presplit_g(dh3_ptr, rows, row_mask, cols, T, xt, O_PAD: tl.constexpr, INTERP
 
 @launched(do_not_specialize=["T", "splits"])
 def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
-                   ws_ptr, dh3_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
+                   ws_ptr, dh3_ptr, ws_dpp_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
@@ -161,6 +157,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
     # h_pre_ptr: the coefficients h_in was collapsed with (COLLAPSE 2: stream 0 alone, not read).
     # DX False: G alone (the seam backward makes dx itself, kernels/seam_bwd.py); dx, dh_in, phi not touched.
+    # COLLAPSE 1 (with DX): this tile's part of dh_pre_prev[:, i] = sum_d dh_in*x[i] into ws_dpp [D blocks, T, n].
     i = tl.program_id(0) % n
     i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -217,6 +214,9 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             if HAS_GAMMA:
                 mm = mm * g[None, :]
             dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i[:, None])
+            if COLLAPSE == 1:
+                dpp = tl.sum(dh_in * xt.to(tl.float32), axis=1)
+                tl.store(ws_dpp_ptr + ((tl.program_id(0) // n) * T + rows) * n + i, dpp, mask=row_mask)
             if HAS_GXP:
                 dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
                               other=0.0).to(tl.float32)  # fmt: skip
@@ -242,16 +242,23 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
         tl.store(ws + cols_b[:, None] * nD + k[None, :], acc_b, mask=(cols_b < O)[:, None] & d_mask[None, :])
 
 
-@launched(do_not_specialize=["splits", "blocks_a"])
-def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_ptr, dcoeff_ptr, splits, blocks_a, n, D,
-                   sphi_o, sphi_k, HAS_GAMMA: tl.constexpr, BLOCK_K: tl.constexpr, O_PAD: tl.constexpr,
-                   BLOCK_P: tl.constexpr):  # fmt: skip
-    # Programs 0 .. cdiv(nD, BLOCK_K)-1 reduce a column slice of G; the last one reduces pass A's
-    # [blocks_a, O + 3] dbias/dalpha partials (one launch fewer than a separate reduce).
+@launched(do_not_specialize=["splits", "blocks_a", "dpp_blocks", "dpp_m"])
+def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_ptr, dcoeff_ptr, ws_dpp_ptr, dpp_ptr,
+                   splits, blocks_a, dpp_blocks, dpp_m, n, D, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr,
+                   BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_DPP: tl.constexpr = 512):  # fmt: skip
+    # Programs 0 .. cdiv(nD, BLOCK_K)-1 reduce a column slice of G; the next one reduces pass A's
+    # [blocks_a, O + 3] dbias/dalpha partials (one launch fewer than a separate reduce); any after it,
+    # BLOCK_DPP elements each of dh_pre_prev [T, n] (dpp_m = T*n) from pass B's [dpp_blocks, T*n] parts.
     nD = n * D
     O = n * n + 2 * n
     cols = tl.arange(0, O_PAD)
-    if tl.program_id(0) == tl.num_programs(0) - 1:
+    g_programs = tl.cdiv(nD, BLOCK_K)
+    if tl.program_id(0) > g_programs:
+        m = (tl.program_id(0) - g_programs - 1).to(tl.int64) * BLOCK_DPP + tl.arange(0, BLOCK_DPP)
+        acc = column_sums(ws_dpp_ptr, dpp_blocks, dpp_m, m, m < dpp_m, 8, BLOCK_DPP)
+        tl.store(dpp_ptr + m, acc.to(tl.float32), mask=m < dpp_m)
+    elif tl.program_id(0) == g_programs:
         m = tl.arange(0, 2 * O_PAD)  # O + 3 <= 2 * O_PAD columns
         acc = column_sums(ws_dcoeff_ptr, blocks_a, O + 3, m, m < O + 3, BLOCK_P, 2 * O_PAD)
         tl.store(dcoeff_ptr + m, acc.to(tl.float32), mask=m < O + 3)
@@ -369,7 +376,6 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     check_tile_span(block_t, xt, dh_in_t, dx_t, gxp)
     has_dh_pre = collapse > 0 and dh_pre is not None
     dh_pre = dh_pre.contiguous() if has_dh_pre else h_pre  # never read without HAS_DH_PRE
-    dpp = out["dh_pre_prev"] if collapse == 1 else h_pre  # never written unless COLLAPSE == 1
     h_coll = h_pre_prev.contiguous() if collapse == 1 else h_pre  # pass B's collapse coefficients
     blocks_a = cdiv(T, block_t_a)
     # the parts pay on pass B's 32-row tiles (mma.sync), not on the 64-row ones (docs/perf.md, kernels/fused_bwd.py)
@@ -379,24 +385,29 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
     _pass_a_kernel[(blocks_a,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
-        dh_pre, dpp, dh3, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a,
+        dh_pre, dh3, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a,
         BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, HAS_DH_PRE=has_dh_pre,
         PRESPLIT=presplit, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
+    # dh_pre_prev's parts, one per pass-B column block (never read unless COLLAPSE == 1)
+    dpp_blocks = cdiv(D, block_d) if collapse == 1 else 0
+    ws_dpp = torch.empty((dpp_blocks, T * n), device=dev, dtype=f32) if collapse == 1 else ws_g
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
     _pass_b_kernel[(col_programs, splits)](
-        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, T, n, D, *xt.stride(),
+        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, ws_dpp, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
         INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    block_k = 128
-    _finish_kernel[(cdiv(nD, block_k) + 1,)](
-        ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, ws_dcoeff, dcoeff, splits,
-        blocks_a, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=64,
+    block_k, block_dpp = 128, 512
+    dpp_programs = cdiv(T * n, block_dpp) if collapse == 1 else 0
+    _finish_kernel[(cdiv(nD, block_k) + 1 + dpp_programs,)](
+        ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, ws_dcoeff, dcoeff, ws_dpp,
+        out["dh_pre_prev"] if collapse == 1 else ws_g, splits, blocks_a, dpp_blocks, T * n, n, D, *phi.stride(),
+        HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=64, BLOCK_DPP=block_dpp,
     )  # fmt: skip
     return out

@@ -130,7 +130,7 @@ def _seam_bwd_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, xn_ptr, hpp_ptr, d
 
 def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out, next_h_post, next_inv_rms,
                     next_h_mix, next_h_pre, dh_in, dh_next_post, dh_next_res, dh_next_pre=None, grad_x_next=None,
-                    hc_eps=1e-6, block_t=16, block_d=32, num_warps=4, num_stages=2, block_t_a=16, g_tile=None,
+                    hc_eps=1e-6, block_t=16, block_d=32, num_warps=4, num_stages=3, block_t_a=16, g_tile=None,
                     splits=None, presplit=None) -> tuple:  # fmt: skip
     """The seam backward on validated inputs (golden/seam.py seam_backward's, bias not needed) -> the
     SEAM_GRADS tensors: dx (x's dtype and shape), dh_res [.., n, n], dh_out (h_out's dtype), dh_post
@@ -185,7 +185,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     # COLLAPSE 2: the delayed pre's pass A without x (dh_pre_prev is the seam kernel's)
     _pass_a_kernel[(blocks_a,)](
         xn, dh_in_t, alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post, dh_mix,
-        rms_coef, ws_dcoeff, dh_pre, next_h_pre, dh3, T, n, D, *xn.stride(), *dh_in_t.stride(), float(hc_eps),
+        rms_coef, ws_dcoeff, dh_pre, dh3, T, n, D, *xn.stride(), *dh_in_t.stride(), float(hc_eps),
         BLOCK_T=block_t_a, BLOCK_D=16, O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=2, HAS_DH_PRE=has_dh_pre,
         PRESPLIT=presplit, num_warps=4, num_stages=2,
     )  # fmt: skip
@@ -202,13 +202,13 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, g_tile[0]), split_cap)
     ws_g = torch.empty((splits, O * nD), device=dev, dtype=f32)
     _pass_b_kernel[(col_programs, splits)](
-        xn, dh_in_t, xn, xn, phi, gamma_arg, dh_mix, rms_coef, hpp, ws_g, dh3, T, n, D, *xn.stride(),
+        xn, dh_in_t, xn, xn, phi, gamma_arg, dh_mix, rms_coef, hpp, ws_g, dh3, ws_g, T, n, D, *xn.stride(),
         *dh_in_t.stride(), *xn.stride(), *xn.stride(), *phi.stride(), splits, HAS_GAMMA=False, HAS_GXP=False,
         BLOCK_T=g_tile[0], BLOCK_D=g_tile[1], O_A=o_a, O_B=o_b, INTERPRET=interpreting(), COLLAPSE=2,
         PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, num_warps=4, num_stages=2,
     )  # fmt: skip
     _finish_kernel[(cdiv(nD, 128) + 1,)](
-        ws_g, phi, gamma_arg, dphi, dgamma if gamma is not None else ws_g, ws_dcoeff, dcoeff, splits, blocks_a, n, D,
-        *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=128, O_PAD=o_pad(n), BLOCK_P=64,
+        ws_g, phi, gamma_arg, dphi, dgamma if gamma is not None else ws_g, ws_dcoeff, dcoeff, ws_g, ws_g, splits,
+        blocks_a, 0, 0, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=128, O_PAD=o_pad(n), BLOCK_P=64,
     )  # fmt: skip
     return grads
