@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import threading
 
 import numpy as np
@@ -129,7 +130,11 @@ class LaunchedKernel:
 
 def launched(fn=None, **jit_kwargs):
     """``@launched`` or ``@launched(do_not_specialize=[...])``: triton.jit, launched through
-    LaunchedKernel."""
+    LaunchedKernel. A kernel parameter with a default is refused: torch 2.11's Inductor traces a kernel
+    with the arguments of the call only and fails on a missing one (docs/bugs/kernel-argument-defaults.md)."""
     if fn is None:
-        return lambda f: LaunchedKernel(triton.jit(f, **jit_kwargs))
+        return lambda f: launched(f, **jit_kwargs)
+    defaulted = [name for name, p in inspect.signature(fn).parameters.items() if p.default is not p.empty]
+    if defaulted:
+        raise TypeError(f"{fn.__name__}: kernel parameters {defaulted} have defaults; pass them at every launch")
     return LaunchedKernel(triton.jit(fn, **jit_kwargs))

@@ -151,7 +151,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
-                   O_PAD: tl.constexpr, DX: tl.constexpr = True):  # fmt: skip
+                   O_PAD: tl.constexpr, DX: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
@@ -246,7 +246,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
 def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_ptr, dcoeff_ptr, ws_dpp_ptr, dpp_ptr,
                    splits, blocks_a, dpp_blocks, dpp_m, n, D, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr,
                    BLOCK_K: tl.constexpr, O_PAD: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_DPP: tl.constexpr = 512):  # fmt: skip
+                   BLOCK_DPP: tl.constexpr):  # fmt: skip
     # Programs 0 .. cdiv(nD, BLOCK_K)-1 reduce a column slice of G; the next one reduces pass A's
     # [blocks_a, O + 3] dbias/dalpha partials (one launch fewer than a separate reduce); any after it,
     # BLOCK_DPP elements each of dh_pre_prev [T, n] (dpp_m = T*n) from pass B's [dpp_blocks, T*n] parts.
@@ -400,7 +400,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, ws_dpp, T, n, D, *xt.stride(),
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
-        INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n),
+        INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n), DX=True,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     block_k, block_dpp = 128, 512

@@ -130,14 +130,15 @@ def _seam_bwd_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, xn_ptr, hpp_ptr, d
 
 def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out, next_h_post, next_inv_rms,
                     next_h_mix, next_h_pre, dh_in, dh_next_post, dh_next_res, dh_next_pre=None, grad_x_next=None,
-                    hc_eps=1e-6, block_t=16, block_d=32, num_warps=4, num_stages=3, block_t_a=16, g_tile=None,
+                    hc_eps=1e-6, block_t=16, block_d=32, num_warps=4, num_stages=None, block_t_a=16, g_tile=None,
                     splits=None, presplit=None) -> tuple:  # fmt: skip
     """The seam backward on validated inputs (golden/seam.py seam_backward's, bias not needed) -> the
     SEAM_GRADS tensors: dx (x's dtype and shape), dh_res [.., n, n], dh_out (h_out's dtype), dh_post
     [.., n], dphi [O, nD], dalpha [3], dbias [O] (views of one [O + 3]), dgamma [n, D] (None without
     gamma) and dh_pre_prev [.., n] (None without h_pre_prev), fp32 unless stated.
 
-    block_t, block_d, num_warps, num_stages: the seam kernel's tile (tokens, columns) and launch; block_t_a:
+    block_t, block_d, num_warps, num_stages: the seam kernel's tile (tokens, columns) and launch (num_stages
+    None: 3 up to n = 4, else 2, as much as shared memory holds); block_t_a:
     pass A's tokens per program; g_tile, splits, presplit: pass B's (block_t, block_d) for G, its token
     ranges and whether it reads pass A's bf16 parts of dh_mix (None: launch_backward_fused's choices)."""
     n, D = static_dims(x, 2)
@@ -146,6 +147,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     T = x.numel() // nD
     for name, value in (("block_t", block_t), ("block_d", block_d), ("block_t_a", block_t_a)):
         check_block(name, value, 16)
+    num_stages = num_stages or (3 if n_pad(n) <= 4 else 2)
     dcoeff = torch.empty(O + 3, device=dev, dtype=f32)  # [dbias (O) | dalpha (3)]
     dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
     dh_res = torch.empty((*lead, n, n), device=dev, dtype=f32)
@@ -210,5 +212,6 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     _finish_kernel[(cdiv(nD, 128) + 1,)](
         ws_g, phi, gamma_arg, dphi, dgamma if gamma is not None else ws_g, ws_dcoeff, dcoeff, ws_g, ws_g, splits,
         blocks_a, 0, 0, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=128, O_PAD=o_pad(n), BLOCK_P=64,
+        BLOCK_DPP=512,
     )  # fmt: skip
     return grads
