@@ -1,15 +1,17 @@
 """The fused backward plan: dx, dparams and dgamma in two passes over x, no [T, nD] fp32 tensor.
 
 Pass A (grid: token blocks) reads x and dh_in for dh_pre (all n streams of a chunk as one stream
-tile) and writes dh_mix [T, O], rms_coef = -dinv_rms*inv_rms^3/nD [T], per-program dbias/dalpha
-partials and (presplit: bf16 x, pass B's 32-row tile) dh_mix's three bf16 parts [3, T, O_PAD]. Pass B
-(grid: n * D blocks, ``splits`` token ranges) recomputes dvecX_mm = dh_mix @ phi per tile, writes dx
-(+ grad_x_post) and accumulates G = sum_t dh_mix^T v for its slice, over the coefficient columns in one
-or two power-of-two groups (o_groups); with the parts its products load their operands (G's
-transposed) instead of splitting dh_mix in every tile. The finish kernel reduces the G partials in a
-fixed order (no atomics), applies dphi = G*gamma, dgamma[k] = sum_o phi[o, k]*G[o, k]
-(docs/math.md), and its last program reduces the dbias/dalpha partials. Three launches; the tile math
-is the staged kernels' own (imported). Figures behind the choices: docs/perf.md, kernels/fused_bwd.py.
+tile; the delayed pre's dh_pre is an input, so there it reads no x) and writes dh_mix [T, O], rms_coef =
+-dinv_rms*inv_rms^3/nD [T], per-program dbias/dalpha partials and (presplit: bf16 x, pass B's 32-row
+tile) dh_mix's three bf16 parts [3, T, O_PAD]. Pass B (grid: n * D blocks, ``splits`` token ranges)
+recomputes dvecX_mm = dh_mix @ phi per tile, writes dx (+ grad_x_post) and accumulates G = sum_t
+dh_mix^T v for its slice, over the coefficient columns in one or two power-of-two groups (o_groups);
+with the parts its products load their operands (G's transposed) instead of splitting dh_mix in every
+tile. With h_pre_prev it also stores each tile's part of dh_pre_prev = sum_d dh_in*x[i] (per column
+block). The finish kernel reduces the G partials in a fixed order (no atomics), applies dphi = G*gamma,
+dgamma[k] = sum_o phi[o, k]*G[o, k] (docs/math.md); one more program reduces the dbias/dalpha partials
+and any after it dh_pre_prev's parts. Three launches; the tile math is the staged kernels' own
+(imported). Figures behind the choices: docs/perf.md, kernels/fused_bwd.py.
 """
 
 from __future__ import annotations

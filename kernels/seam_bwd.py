@@ -1,5 +1,5 @@
 """Stage seam_bwd: the delayed pre(l+1)'s backward and mhc_post(l)'s with dx(l+1) consumed where it is made,
-never stored (golden/seam.py seam_backward; docs/math.md, "The seam's backward").
+never stored (golden/seam.py seam_backward; docs/math.md, "The seam with the delayed pre").
 
 Four launches, as the unfused pair (pass A, pass B, finish, post_bwd):
 
@@ -15,9 +15,10 @@ Four launches, as the unfused pair (pass A, pass B, finish, post_bwd):
 4. The fused backward's finish: dphi, dgamma from G; dbias, dalpha from pass A's partials.
 
 x(l+1) is read twice (the seam kernel, G) and dx(l+1) neither written nor read: 5 s*nD a token against
-the unfused pair's 7 (pass A's read of x(l+1) included) and the floor's 4. One kernel for 2 and 3 (a
-program over all streams' columns of a D block, dh_res partials per D block) measured 2.3x slower than
-the two ops (docs/perf.md, "The seam's backward").
+the two ops' 6 and the floor's 4. Yet it is slower than the two ops at every measured shape: the seam
+kernel loads and splits phi's fp32 columns for every 16-token tile (docs/perf.md, Performance XII, with
+the first design, one program over all streams' columns of a D block, slower still). The exact reference
+kernel of the seam's backward, not wired into training.
 """
 
 from __future__ import annotations
