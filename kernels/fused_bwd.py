@@ -218,7 +218,8 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
             dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i[:, None])
             if COLLAPSE == 1:
                 dpp = tl.sum(dh_in * xt.to(tl.float32), axis=1)
-                tl.store(ws_dpp_ptr + ((tl.program_id(0) // n) * T + rows) * n + i, dpp, mask=row_mask)
+                block = (tl.program_id(0) // n).to(tl.int64)  # this column block's [T, n] part (64-bit)
+                tl.store(ws_dpp_ptr + (block * T + rows) * n + i, dpp, mask=row_mask)
             if HAS_GXP:
                 dx += tl.load(gxp_ptr + (t0 * sg_t + i64 * sg_i) + tile_offsets(BLOCK_T, d, sg_t, sg_d), mask=mask,
                               other=0.0).to(tl.float32)  # fmt: skip
