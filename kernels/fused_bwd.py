@@ -58,16 +58,16 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
                    h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh3_ptr,
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
-                   COLLAPSE: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr):  # fmt: skip
-    # COLLAPSE (kernels/fwd.collapse_tile): 0 mhc_pre; else the delayed pre, whose dh_pre is an input (the
-    # next sublayer's): x is not read (dh_pre_prev = sum_d dh_in*x[i] is pass B's, from the tiles it loads).
+                   DELAYED: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr):  # fmt: skip
+    # DELAYED: the delayed pre, whose dh_pre is an input (the next sublayer's): x is not read (dh_pre_prev =
+    # sum_d dh_in*x[i] is pass B's, from the tiles it loads). Else mhc_pre: dh_pre from x and dh_in.
     hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
     O = n * n + 2 * n
-    if COLLAPSE == 0:
+    if not DELAYED:
         _, g2, dh_mix, dinv_rms = coeff_grads(
             x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
             rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_D, O_PAD, N_PAD)  # fmt: skip
@@ -389,7 +389,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     _pass_a_kernel[(blocks_a,)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
         dh_pre, dh3, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a,
-        BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), COLLAPSE=collapse, HAS_DH_PRE=has_dh_pre,
+        BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=delayed, HAS_DH_PRE=has_dh_pre,
         PRESPLIT=presplit, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
