@@ -1,4 +1,4 @@
-"""Stage seam_bwd (kernels/seam_bwd.py): the delayed pre(l+1)'s backward and mhc_post(l)'s in one pass,
+"""Stage seam_bwd (kernels/seam_bwd.py): the delayed pre(l+1)'s backward and mhc_post(l)'s with dx(l+1) never stored,
 every gradient against golden/seam.py seam_backward in float64 by the accuracy rule, on the forward's
 saved tensors from the fp32 golden (the kernel's inputs). CPU through the interpreter."""
 
