@@ -46,9 +46,15 @@ def test_delayed_forward(case, first, splits):
         assert torch.equal(got["h_in"], t["x"][..., 0, :])
 
 
+# pass B's tile: the default, and 16-column blocks in 3 token ranges (dh_pre_prev summed from several column
+# blocks' parts, some rows of a range past T)
+PASS_B_TILES = [{}, {"block_t": 16, "block_d": 16, "splits": 3}]
+
+
 @FIRST
+@pytest.mark.parametrize("launch", PASS_B_TILES, ids=["default-tile", "16-column-blocks"])
 @pytest.mark.parametrize("case", DELAYED_KERNEL_CASES, ids=str)
-def test_delayed_fused_backward(case, first):
+def test_delayed_fused_backward(case, first, launch):
     t = delayed_inputs(case, first, KERNEL_DEVICE)
     saved = _golden_fwd(case, t, torch.float32)  # the saved tensors, as stored (fp32)
     args = dict(x=t["x"], phi=t["phi"], alpha=t["alpha"], dh_in=t["dh_in"], dh_post=t["dh_post"],
@@ -56,7 +62,7 @@ def test_delayed_fused_backward(case, first):
                 h_post=saved["h_post"], gamma=t["gamma"])  # fmt: skip
     with nan_filled_outputs():
         got = launch_backward_fused(*args.values(), t["grad_x_post"], case.hc_eps, delayed=True,
-                                    h_pre_prev=t["h_pre_prev"], dh_pre=t["dh_pre"])  # fmt: skip
+                                    h_pre_prev=t["h_pre_prev"], dh_pre=t["dh_pre"], **launch)  # fmt: skip
 
     def golden(a, cd):
         return dict(zip(BWD_OUT, mhc_pre_delayed_backward(
