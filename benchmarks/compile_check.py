@@ -152,6 +152,9 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
             for hpp in (None, h_pre_prev):
                 calls.append((f"decode n={n} {dtype} delayed={hpp is not None}", lambda p=p_args, a=f_args,
                               h=hpp: decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6)))  # fmt: skip
+            calls.append((f"decode n={n} {dtype} sinkhorn_launch 8 warps", lambda p=p_args, a=f_args, h=h_pre_prev:
+                          decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, sinkhorn_launch=True,
+                                               num_warps=8)))  # fmt: skip
     return calls
 
 

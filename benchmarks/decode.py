@@ -60,6 +60,8 @@ VARIANTS = (
     ("decode_delayed", {"block_d": 16}),
     ("decode_delayed", {"num_warps": 8}),
     ("decode_delayed", {"block_d": 32, "num_warps": 8}),
+    ("decode_delayed", {"sinkhorn_launch": True}),
+    ("decode_delayed", {"sinkhorn_launch": True, "num_warps": 8}),
     ("decode_plain", {"apply_block_d": 256}),
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )

@@ -42,7 +42,7 @@ from ._common import (
 from ._launch import launched
 from .fwd import apply_tile, coeff_tile, reduce_partials, store_partials, store_saved
 from .seam import seam_columns
-from .sinkhorn import MAX_N, block_tile, load_matrices, sinkhorn_tile, store_matrices
+from .sinkhorn import MAX_N, block_tile, launch_sinkhorn_fwd, load_matrices, sinkhorn_tile, store_matrices
 
 MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
 UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
@@ -64,7 +64,8 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                    HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
                    O_PAD: tl.constexpr, N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr,
                    SINK_T: tl.constexpr, SINK_TOKENS_LAST: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
-                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr):  # fmt: skip
+                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr):  # fmt: skip
+    # SINKHORN False: the last program stops after the coefficients (the launcher runs Sinkhorn on its own).
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
@@ -100,13 +101,15 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         if not DELAYED:  # the plain pre collapses with this h_pre: all D columns here
             apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, N, D, so_t, so_j, so_d, APPLY_BLOCK_D,
                        N_PAD, STREAM64)  # fmt: skip
-        tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
-        offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T, SINK_TOKENS_LAST)
-        L = load_matrices(nh_res_ptr, offs, mask, SINK_TOKENS_LAST)
-        stamp(tim, 6, L, TIMELINE)
-        P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
-        stamp(tim, 7, P, TIMELINE)
-        store_matrices(P_ptr, offs, P, mask, SINK_TOKENS_LAST)
+        if SINKHORN:
+            tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
+            offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T,
+                                                                 SINK_TOKENS_LAST)  # fmt: skip
+            L = load_matrices(nh_res_ptr, offs, mask, SINK_TOKENS_LAST)
+            stamp(tim, 6, L, TIMELINE)
+            P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
+            stamp(tim, 7, P, TIMELINE)
+            store_matrices(P_ptr, offs, P, mask, SINK_TOKENS_LAST)
         tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)
 
@@ -124,13 +127,16 @@ def auto_splits(D: int, block_d: int) -> int:
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
                   block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
-                  sink_tokens_last=None, timeline=None):  # fmt: skip
+                  sink_tokens_last=None, sinkhorn_launch=False, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
-    next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (none for zero tokens).
+    next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (two with sinkhorn_launch; none for
+    zero tokens).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
     collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
-    Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); timeline: an int64 tensor of
+    Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
+    in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
+    can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); timeline: an int64 tensor of
     at least (token blocks x splits x TIMELINE_SLOTS) elements that receives each program's marks
     (TIMELINE_MARKS; GPU only, benchmarks/decode_timeline.py reads them)."""
     check_block("block_t", block_t, 16)  # tl.dot's smallest M
@@ -170,9 +176,11 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
         UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if sink_tokens_last else block_t,
         SINK_TOKENS_LAST=sink_tokens_last, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
-        INTERPRET=interpreting(), TIMELINE=timeline is not None, num_warps=num_warps, num_stages=1,
-        enable_fp_fusion=False,
+        INTERPRET=interpreting(), TIMELINE=timeline is not None, SINKHORN=not sinkhorn_launch, num_warps=num_warps,
+        num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip
+    if sinkhorn_launch:
+        P = launch_sinkhorn_fwd(nh_res, iters, eps)
     return out, h_in, nh_post, nh_res, inv_rms, h_mix, h_pre, P
 
 

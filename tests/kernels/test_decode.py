@@ -78,13 +78,18 @@ def test_decode_boundary(case, delayed, splits):
     assert got["next_P"].shape == got["next_h_res"].shape == (*case.lead, case.n, case.n)
 
 
-@pytest.mark.parametrize("sink_tokens_last", [True, False], ids=["tokens-last", "token-major"])
+SINKHORN_TILES = {"tokens-last": {"sink_tokens_last": True}, "token-major": {"sink_tokens_last": False},
+                  "own-launch": {"sinkhorn_launch": True}}  # fmt: skip
+
+
+@pytest.mark.parametrize("sinkhorn", SINKHORN_TILES.values(), ids=SINKHORN_TILES.keys())
 @pytest.mark.parametrize("case", SEAM_CASES, ids=str)
-def test_decode_sinkhorn_tiles(case, sink_tokens_last):
+def test_decode_sinkhorn_tiles(case, sinkhorn):
     """Both Sinkhorn tiles of the last program (one matrix per thread, or across lanes), whichever n the
-    auto choice gives them, each right by the rule (their sums may round in different orders on a GPU)."""
+    auto choice gives them, and Sinkhorn in a launch of its own: each right by the rule (their sums may
+    round in different orders on a GPU)."""
     t = _inputs(case, True)
-    got = _run(case, t, block_d=16, splits=2, sink_tokens_last=sink_tokens_last)
+    got = _run(case, t, block_d=16, splits=2, **sinkhorn)
     verdicts = _verdicts(case, t, got)
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
 
