@@ -92,7 +92,7 @@ def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, lau
         got = stack(x)
     assert len(calls) == launches
     with torch.no_grad(), monkeypatch.context() as m:
-        m.setattr(stack, "_decodes", lambda x: False)
+        m.setattr(mhc_ops.nn, "_stack_decodes", lambda *a: False)
         ops = stack(x)  # the same stack through the ops
     assert len(calls) == launches
     linear = blocks[1]
@@ -112,3 +112,27 @@ def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, lau
     x_train = x.clone().requires_grad_()
     stack(x_train).sum().backward()
     assert len(calls) == launches and x_train.grad is not None
+
+
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+def test_the_main_jobs_model_decodes_through_the_stack(monkeypatch):
+    """mhc_ops.train's GPT runs its blocks with nn.stack_forward: with --hc delayed, on Triton, under no_grad
+    and at most 64 tokens, each of its 2·layers - 1 boundaries in one launch; its logits as the ops path's
+    (two fp32-grade paths of the same math; each path's accuracy against float64 is the stack test's above)."""
+    from mhc_ops.golden import rel_err
+    from mhc_ops.train.model import GPT, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(layers=2, dim=16, heads=2, seq=8, n=4, residual="mhc", backend="triton", delayed=True)
+    net = GPT(cfg).to(KERNEL_DEVICE).eval()
+    calls = []
+    real = mhc_ops._impl.launch_decode
+    monkeypatch.setattr(mhc_ops._impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    idx = torch.randint(0, 256, (1, 5), device=KERNEL_DEVICE)
+    with torch.no_grad():
+        got = net(idx)
+        assert len(calls) == 2 * cfg.layers - 1
+        monkeypatch.setattr(mhc_ops.nn, "_stack_decodes", lambda *a: False)
+        ops = net(idx)
+    assert len(calls) == 2 * cfg.layers - 1
+    assert torch.isfinite(got).all() and rel_err(got, ops) < 1e-5

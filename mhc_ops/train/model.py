@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mhc_ops.nn import HyperConnection, expand_streams, reduce_streams
+from mhc_ops.nn import HyperConnection, expand_streams, reduce_streams, stack_forward
 
 from .data import VOCAB
 
@@ -118,12 +118,9 @@ class GPT(nn.Module):
             # The streams are carried in the autocast dtype (bf16), like every other activation.
             h = h.to(torch.get_autocast_dtype(h.device.type))
         x = expand_streams(h, self.cfg.n) if self.mhc else h  # [B, S, n, D] (mhc) or [B, S, D]
-        h_pre = None  # the delayed pre's coefficients, from block to block
-        for block in self.blocks:
-            if self.cfg.delayed and self.mhc:
-                x, h_pre = block(x, h_pre_prev=h_pre)
-            else:
-                x = block(x)
+        # the blocks one after another (with --hc delayed, each collapses with the previous one's h_pre; at
+        # inference on a few tokens, each boundary in one launch: mhc_ops.nn.stack_forward)
+        x = stack_forward(self.blocks, x, delayed=self.cfg.delayed and self.mhc)
         h = reduce_streams(x) if self.mhc else x  # [B, S, D]
         return self.head(self.norm(h)).float()
 
