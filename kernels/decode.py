@@ -152,10 +152,12 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     dev, f32 = x.device, torch.float32
     out = torch.empty(x.shape, device=dev, dtype=x.dtype)
     h_in = torch.empty((*lead, D), device=dev, dtype=x.dtype)
-    nxt = [torch.empty((*lead, *shape), device=dev, dtype=f32) for shape in ((n,), (n, n), (), (O,), (n,), (n, n))]
+    nxt = [torch.empty((*lead, *shape), device=dev, dtype=f32) for shape in ((n,), (n, n), (), (O,), (n,))]
+    # P: this kernel's output, or launch_sinkhorn_fwd's (sinkhorn_launch)
+    P = torch.empty((*lead, n, n), device=dev, dtype=f32) if T == 0 or not sinkhorn_launch else None
     if T == 0:
-        return out, h_in, *nxt
-    nh_post, nh_res, inv_rms, h_mix, h_pre, P = nxt
+        return out, h_in, *nxt, P
+    nh_post, nh_res, inv_rms, h_mix, h_pre = nxt
     ov = out.view(-1, n, D)
     check_tile_span(block_t, xt, ov)
     blocks, splits = grid(T, D, block_t, block_d, splits)
@@ -171,7 +173,7 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
-        h_mix, h_pre, P, timeline if timeline is not None else ws, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
+        h_mix, h_pre, P if P is not None else nh_res, timeline if timeline is not None else ws, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
         1, float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
         UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if sink_tokens_last else block_t,

@@ -259,7 +259,7 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
     g_programs = tl.cdiv(nD, BLOCK_K)
     if tl.program_id(0) > g_programs:
         m = (tl.program_id(0) - g_programs - 1).to(tl.int64) * BLOCK_DPP + tl.arange(0, BLOCK_DPP)
-        acc = column_sums(ws_dpp_ptr, dpp_blocks, dpp_m, m, m < dpp_m, 8, BLOCK_DPP)
+        acc = column_sums(ws_dpp_ptr, dpp_blocks, dpp_m, m, m < dpp_m, 8, BLOCK_DPP)  # 8 column blocks a step
         tl.store(dpp_ptr + m, acc.to(tl.float32), mask=m < dpp_m)
     elif tl.program_id(0) == g_programs:
         m = tl.arange(0, 2 * O_PAD)  # O + 3 <= 2 * O_PAD columns
