@@ -155,6 +155,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
             calls.append((f"decode n={n} {dtype} sinkhorn_launch 8 warps", lambda p=p_args, a=f_args, h=h_pre_prev:
                           decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, sinkhorn_launch=True,
                                                num_warps=8)))  # fmt: skip
+            calls.append((f"decode n={n} {dtype} one-token blocks", lambda p=p_args, a=f_args, h=h_pre_prev:
+                          decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_t=1, unroll=64)))  # fmt: skip
     return calls
 
 

@@ -62,6 +62,13 @@ VARIANTS = (
     ("decode_delayed", {"block_d": 32, "num_warps": 8}),
     ("decode_delayed", {"sinkhorn_launch": True}),
     ("decode_delayed", {"sinkhorn_launch": True, "num_warps": 8}),
+    ("decode_delayed", {"block_t": 1}),
+    ("decode_delayed", {"block_t": 1, "unroll": 64}),
+    ("decode_delayed", {"block_t": 2, "unroll": 64}),
+    ("decode_delayed", {"block_t": 4, "unroll": 64}),
+    ("decode_delayed", {"block_t": 1, "block_d": 128, "unroll": 64}),
+    ("decode_delayed", {"block_t": 1, "num_warps": 8, "unroll": 64}),
+    ("decode_plain", {"block_t": 1, "unroll": 64}),
     ("decode_plain", {"apply_block_d": 256}),
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )

@@ -93,8 +93,7 @@ def mix_dot(xt, xf, phi_ptr, gamma_ptr, w_ptr, cols, k, d_mask, n, D, sphi_o, sp
 
     W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
     [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
-    phi and gamma are read in fp32 and multiplied by fp32_dot."""
-    O = n * n + 2 * n
+    phi and gamma are read in fp32 (mix_weights) and multiplied by fp32_dot."""
     if W_SPLIT:
         # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
         w_offs = k[:, None] * O_PAD + cols[None, :]
@@ -104,15 +103,27 @@ def mix_dot(xt, xf, phi_ptr, gamma_ptr, w_ptr, cols, k, d_mask, n, D, sphi_o, sp
             w = tl.load(w_ptr + p * part + w_offs, mask=d_mask[:, None], other=0.0)
             chunk = bf16_dot(xt, w, chunk, INTERPRET)
     else:
-        w = tl.load(
-            phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k,
-            mask=d_mask[:, None] & (cols < O)[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        chunk = fp32_dot(xf, mix_weights(phi_ptr, gamma_ptr, cols, k, d_mask, n, sphi_o, sphi_k, HAS_GAMMA, False))
+    return chunk
+
+
+@triton.jit
+def mix_weights(phi_ptr, gamma_ptr, cols, k, d_mask, n, sphi_o, sphi_k, HAS_GAMMA: tl.constexpr,
+                COLUMNS_LAST: tl.constexpr):  # fmt: skip
+    """(gamma*phi)^T at the flattened columns k of nD and the rows cols of O -> [BLOCK_D, O_PAD] fp32, or
+    with COLUMNS_LAST its transpose [O_PAD, BLOCK_D], loaded so (0 past O and where masked)."""
+    O = n * n + 2 * n
+    if COLUMNS_LAST:
+        w = tl.load(phi_ptr + cols[:, None] * sphi_o + k[None, :] * sphi_k, mask=(cols < O)[:, None] & d_mask[None, :],
+                    other=0.0).to(tl.float32)  # fmt: skip
+        if HAS_GAMMA:
+            w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+    else:
+        w = tl.load(phi_ptr + cols[None, :] * sphi_o + k[:, None] * sphi_k, mask=d_mask[:, None] & (cols < O)[None, :],
+                    other=0.0).to(tl.float32)  # fmt: skip
         if HAS_GAMMA:
             w = w * tl.load(gamma_ptr + k, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-        chunk = fp32_dot(xf, w)
-    return chunk
+    return w
 
 
 @triton.jit

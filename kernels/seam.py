@@ -35,6 +35,7 @@ from .fwd import (
     _fwd_finish_kernel,
     auto_splits,
     mix_dot,
+    mix_weights,
     split_weights,
     store_partials,
 )
@@ -52,10 +53,20 @@ def seam_columns(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_
     [BLOCK_T]) fp32. COLLAPSE (the delayed pre): h_in of those columns, sum_j h_pre_prev[j] * x(l+1)[j]
     (hpp_ptr [T, N] fp32), stored in h_in's dtype."""
     # Per chunk the n input streams are one [BLOCK_T, N_PAD, BLOCK_D] tile; then output stream by output
-    # stream, x(l+1)[j], its projection and its h_in term.
+    # stream, x(l+1)[j], its projection and its h_in term. Below 16 tokens (decode: tl.dot's smallest M)
+    # the projection's and the sum of squares' products are added elementwise, [BLOCK_T, O_PAD, BLOCK_D]
+    # (columns last, as the weights load) and [BLOCK_T, BLOCK_D] in fp32, and summed over the columns
+    # once after the loop: no reduction across the program's threads per stream (docs/perf.md,
+    # Performance XIII).
     streams = tl.arange(0, N_PAD)
-    h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    ELEMENTWISE: tl.constexpr = BLOCK_T < 16
+    if ELEMENTWISE:
+        tl.static_assert(not W_SPLIT, "the bf16 weight parts are tl.dot operands: at least 16 tokens")
+        h_mix = tl.zeros([BLOCK_T, O_PAD, BLOCK_D], dtype=tl.float32)
+        sumsq = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    else:
+        h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+        sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
     for dc in range(dc_start, dc_end):
         d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
         d_mask = d < D
@@ -71,13 +82,21 @@ def seam_columns(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_
             nxt = round_to(acc, out_ptr.dtype.element_ty)  # x(l+1)[j] as stored: what the next pre reads
             tl.store(out_ptr + rows[:, None] * so_t + tl.cast(j, tl.int64) * so_j + d[None, :] * so_d, nxt, mask=mask)
             xf = nxt.to(tl.float32)
-            sumsq += tl.sum(xf * xf, axis=1)
             if COLLAPSE:
                 h_in += tl.load(hpp_ptr + rows * N + j, mask=row_mask, other=0.0)[:, None] * xf
-            h_mix += mix_dot(nxt, xf, phi_ptr, gamma_ptr, w_ptr, cols, j * D + d, d_mask, N, D, sphi_o, sphi_k,
-                             HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
+            if ELEMENTWISE:
+                sumsq += xf * xf
+                w = mix_weights(phi_ptr, gamma_ptr, cols, j * D + d, d_mask, N, sphi_o, sphi_k, HAS_GAMMA, True)
+                h_mix += xf[:, None, :] * w[None, :, :]
+            else:
+                sumsq += tl.sum(xf * xf, axis=1)
+                h_mix += mix_dot(nxt, xf, phi_ptr, gamma_ptr, w_ptr, cols, j * D + d, d_mask, N, D, sphi_o, sphi_k,
+                                 HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
         if COLLAPSE:
             tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
+    if ELEMENTWISE:
+        h_mix = tl.sum(h_mix, axis=2)
+        sumsq = tl.sum(sumsq, axis=1)
     return h_mix, sumsq
 
 
