@@ -1,6 +1,6 @@
 """Every Triton kernel of the library compiled for a GPU target on this machine: no GPU needed.
 
-    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers] [--only REGEX]
+    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers] [--sass] [--only REGEX]
 
 What it catches: what Triton's compiler refuses and its interpreter runs (the interpreter executes a
 kernel as Python), such as a jit helper returning tiles of two shapes from its two branches, which only
@@ -9,7 +9,8 @@ and the tile choices the launchers make on a GPU (VARIANTS), run on small CPU te
 recorded instead of run; each distinct kernel specialisation (argument types, the values Triton
 specialises on, constexprs, launch options) is then compiled by triton.compile for the target (default
 cuda:90, the H200's). --registers adds ptxas's registers and spills per kernel: a GPU's at the recorded
-argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X); --only REGEX
+argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X); --sass adds each
+kernel's SASS instruction mix (static counts: a GPU-free proxy, docs/perf.md, Performance XIII); --only REGEX
 compiles only the kernels whose name it matches (re.search). Not caught: what needs a GPU to run
 (numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if any fails."""
 
@@ -168,7 +169,7 @@ def compile_one(item: tuple) -> tuple[str, str | None]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    name, sig, constexprs, attrs, options, backend, arch, registers = item
+    name, sig, constexprs, attrs, options, backend, arch, registers, sass = item
     module, _, kernel = name.partition(":")
     jit = getattr(importlib.import_module(module), kernel).jit
     desc = f"{kernel} " + ", ".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper()) + f" {options}"
@@ -177,7 +178,31 @@ def compile_one(item: tuple) -> tuple[str, str | None]:
                                   options=options)  # fmt: skip
     except Exception as e:  # noqa: BLE001  (any compiler failure is the finding)
         return desc, _innermost(e)
-    return desc + (f"  [{ptxas_usage(compiled.asm['ptx'], arch)}]" if registers else ""), None
+    desc += f"  [{ptxas_usage(compiled.asm['ptx'], arch)}]" if registers else ""
+    return desc + (f"\n    SASS {sass_mix(compiled.asm['cubin'], arch)}" if sass else ""), None
+
+
+# SASS opcode classes --sass counts: tensor-core products, fp32 arithmetic, special functions (MUFU: rcp,
+# exp, ...), warp shuffles, CTA barriers, shared, global and local (spill) memory
+SASS_CLASSES = {"mma": ("HMMA", "HGMMA"), "fp32": ("FFMA", "FMUL", "FADD"), "mufu": ("MUFU",), "shfl": ("SHFL",),
+                "bar": ("BAR",), "shared": ("LDS", "STS", "LDSM"), "global": ("LDG", "STG", "ATOMG", "RED"),
+                "local": ("LDL", "STL")}  # fmt: skip
+
+
+def sass_mix(cubin: bytes, arch: int) -> str:
+    """'N instructions: mma a, fp32 b, ...' of a compiled kernel, from the wheel's nvdisasm: static counts
+    (each instruction of the code once, a loop's body once), the classes of SASS_CLASSES."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as fh:
+            fh.write(cubin)
+        nvdisasm = os.path.join(os.path.dirname(get_ptxas(arch).path), "nvdisasm")
+        out = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", out)
+    counts = {k: sum(op in names for op in ops) for k, names in SASS_CLASSES.items()}
+    return f"{len(ops)} instructions: " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
 def ptxas_usage(ptx: str, arch: int) -> str:
@@ -216,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="cuda:90", help="BACKEND:ARCH (default cuda:90, an H100/H200)")
     parser.add_argument("--registers", action="store_true",
                         help="also each kernel's registers per thread and spill bytes (ptxas -v)")  # fmt: skip
+    parser.add_argument("--sass", action="store_true",
+                        help="also each kernel's SASS instruction mix (nvdisasm; static counts)")  # fmt: skip
     parser.add_argument("--only", default=None, help="compile only kernels whose name matches this regex")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at once (default: CPUs)")
     args = parser.parse_args(argv)
@@ -242,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         name, sig, constexprs, attrs, options = spec(jit, a, kw)
         key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(attrs), sorted(options.items())))
-        unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers))
+        unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers, args.sass))
     print(f"# {len(records)} launches recorded, {len(unique)} kernel specialisations compiled for {args.target}\n")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for desc, error in pool.map(compile_one, unique.values()):
