@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [sinkhorn-tiles] [seam-bwd]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -140,6 +140,17 @@ seam-bwd)  # the seam's backward: its GPU tests (and the kernels that share its 
   timeout 300 python3 -m benchmarks.delayed --rows delayed_bwd,boundary_bwd,seam_bwd --quick --out "$R" \
     --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 ${SEAM_BWD_GRID:+--seam-bwd-grid "$SEAM_BWD_GRID"} \
     2>&1 | grep '^| [0-9]' | tee "$R/seam_bwd.md" | tail -30 ;;
+sinkhorn-chain)  # one Sinkhorn iteration's cycles by reciprocal and tile (benchmarks/sinkhorn_chain.py)
+  timeout 200 python3 -m benchmarks.sinkhorn_chain 2>&1 | tee "$R/sinkhorn_chain.md" | tail -42 ;;
+decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when written): their GPU tests, the
+              # decode rows with every variant, then the timeline of the best candidates against the default
+  timeout 150 python3 -m pytest -n 8 -q tests/kernels/test_decode.py tests/kernels/test_seam.py \
+    tests/kernels/test_fwd_split.py tests/kernels/test_stage_kernels.py -p no:cacheprovider 2>&1 | tail -3 | tee "$R/decode_small_tests.txt"
+  timeout 240 python3 -m benchmarks.decode --variants --shapes 1x4x4096,8x4x4096,1x8x4096,1x4x7168 --out "$R" \
+    2>&1 | tee "$R/decode_small.md" | grep '^| ' | tail -60
+  timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 2>&1 | tee "$R/decode_small_timeline.md" | tail -3
+  timeout 120 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --grid 'block_t=1;unroll=64;block_d=16,64' \
+    2>&1 | tee -a "$R/decode_small_timeline.md" | tail -5 ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time

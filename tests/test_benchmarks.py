@@ -591,3 +591,16 @@ def test_decode_timeline_grid_and_cpu_refusal():
         with pytest.raises(SystemExit) as e:
             dt.main(["--shapes", "1x4x64"])
         assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--n", "4,x"], ["--n", "9"], ["--reps", "2"]], ids=["not-int", "n-9", "reps-2"])
+def test_sinkhorn_chain_refuses_bad_arguments(argv, capsys):
+    """The chain probe names the bad argument and exits 2 before anything runs (and exits 2 on a machine
+    without a GPU: its marks are PTX timers)."""
+    from benchmarks import sinkhorn_chain
+
+    with pytest.raises(SystemExit) as e:
+        sinkhorn_chain.main(argv)
+    assert e.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+

@@ -1,0 +1,120 @@
+"""What one Sinkhorn iteration costs on its serial chain, by reciprocal and tile, on the GPU (cycles).
+
+    PYTHONPATH=. python -m benchmarks.sinkhorn_chain [--n 4,8] [--reps 30]
+
+A one-CTA kernel loads one token's logits into a Sinkhorn tile (kernels/sinkhorn.py: tokens last, one matrix
+per thread, as the decode kernel's; or token-major, as the Sinkhorn kernels'), runs iteration zero, reads
+%clock64 and %globaltimer (kernels/_common.stamp), runs `iters` more iterations of a row and a column pass,
+and reads them again. Per row: (cycles, ns) at iters = 21 less at iters = 1, over 20 (the stamps' own cost
+cancels), medians of --reps launches; the SM clock is cycles over ns. The passes' reciprocal of (sum + eps):
+- kept: kernels/sinkhorn.reciprocal (rcp.approx, then two Newton steps: bitwise div_rn for normal sums);
+- one Newton step, rcp.approx alone, div_rn, and the golden's division P / (sum + eps).
+The variants other than `kept` round differently from the library's (not judged here): they measure what
+the chain's reciprocal costs, for docs/perf.md (Performance XIII: decode's Sinkhorn phase is 4 to 7 µs
+against about 1 µs of dependent arithmetic). GPU only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from mhc_ops.kernels._common import n_pad, stamp
+from mhc_ops.kernels.sinkhorn import block_tile, iteration_zero, load_matrices, reciprocal, store_matrices
+
+RECIPROCALS = {"kept": 0, "one Newton step": 1, "rcp.approx": 2, "div_rn": 3, "P / (sum + eps)": 4}
+# (tokens last, warps): the decode kernel's tile (one matrix per thread, 1 or 4 warps) and the Sinkhorn
+# kernels' (16 tokens across lanes, one warp), and that on 4 warps
+TILES = ((True, 1), (True, 4), (False, 1), (False, 4))
+BLOCK_T = 16
+
+
+@triton.jit
+def _variant_reciprocal(s, eps, line_valid, MODE: tl.constexpr):
+    """1 / (s + eps) by MODE (RECIPROCALS; 4 is not a reciprocal: the caller divides); 0 on padded lines."""
+    if MODE == 0:
+        r = reciprocal(s, eps, line_valid)
+    else:
+        d = s + eps
+        if MODE == 3:
+            r = tl.math.div_rn(1.0, d)
+        else:
+            r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [d], dtype=tl.float32, is_pure=True,
+                                          pack=1)  # fmt: skip
+            if MODE == 1:
+                r = tl.fma(r, tl.fma(-d, r, 1.0), r)
+        r = tl.where(line_valid, r, 0.0)
+    return r
+
+
+@triton.jit
+def _chain_kernel(L_ptr, P_ptr, tim_ptr, T, iters, eps, sm_j, N: tl.constexpr, N_PAD: tl.constexpr,
+                  BLOCK_T: tl.constexpr, SINK_T: tl.constexpr, TOKENS_LAST: tl.constexpr, MODE: tl.constexpr):  # fmt: skip
+    offs, mask, valid, row_valid, col_valid = block_tile(0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T, TOKENS_LAST)
+    L = load_matrices(L_ptr, offs, mask, TOKENS_LAST)
+    S, P, inv_c = iteration_zero(L, valid, col_valid, eps)
+    stamp(tim_ptr, 0, P, True)
+    for _ in range(iters):
+        if MODE == 4:
+            P = tl.where(valid, P / (tl.sum(P, axis=2)[:, :, None] + eps), 0.0)
+            P = tl.where(valid, P / (tl.sum(P, axis=1)[:, None, :] + eps), 0.0)
+        else:
+            P = P * _variant_reciprocal(tl.sum(P, axis=2), eps, row_valid, MODE)[:, :, None]
+            P = P * _variant_reciprocal(tl.sum(P, axis=1), eps, col_valid, MODE)[:, None, :]
+    stamp(tim_ptr, 1, P, True)
+    store_matrices(P_ptr, offs, P, mask, TOKENS_LAST)
+
+
+def chain(n: int, tokens_last: bool, warps: int, mode: int, reps: int) -> tuple[float, float]:
+    """(cycles, ns) of one iteration: medians over reps launches at iters 21 less iters 1, over 20."""
+    dev = torch.device("cuda")
+    L = torch.randn(1, n, n, device=dev)
+    P = torch.empty_like(L)
+    sink_t = max(BLOCK_T, 32 * warps) if tokens_last else BLOCK_T
+    med = {}
+    for iters in (1, 21):
+        tim = torch.zeros(4, dtype=torch.int64, device=dev)
+        runs = []
+        for _ in range(reps):
+            _chain_kernel[(1,)](L, P, tim, 1, iters, 1e-6, 1, N=n, N_PAD=n_pad(n), BLOCK_T=BLOCK_T, SINK_T=sink_t,
+                                TOKENS_LAST=tokens_last, MODE=mode, num_warps=warps, num_stages=1,
+                                enable_fp_fusion=False)  # fmt: skip
+            t = tim.tolist()  # a sync: each launch alone
+            runs.append((t[3] - t[1], t[2] - t[0]))
+        med[iters] = (sorted(r[0] for r in runs)[reps // 2], sorted(r[1] for r in runs)[reps // 2])
+    return (med[21][0] - med[1][0]) / 20, (med[21][1] - med[1][1]) / 20
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sinkhorn_chain", description=__doc__.split("\n")[0])
+    parser.add_argument("--n", default="4,8", help="streams, comma separated (at most 8)")
+    parser.add_argument("--reps", type=int, default=30, help="launches per median (default 30)")
+    args = parser.parse_args(argv)
+    try:
+        ns = [int(v) for v in args.n.split(",")]
+    except ValueError:
+        parser.error(f"--n: expected integers 1..8, comma separated, got {args.n!r}")
+    if not all(1 <= n <= 8 for n in ns):
+        parser.error(f"--n: expected integers 1..8, got {args.n!r}")
+    if args.reps < 3:
+        parser.error(f"--reps: expected at least 3, got {args.reps}")
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU: the marks are PTX timers (the interpreter runs no PTX)")
+    print(f"Sinkhorn's chain on {torch.cuda.get_device_name()}: one iteration (a row and a column pass), one token\n")
+    print("| n | tile | warps | reciprocal | cycles | ns | SM GHz | 20 iterations, µs |\n|---|---|---|---|---|---|---|---|")
+    for n in ns:
+        for tokens_last, warps in TILES:
+            for name, mode in RECIPROCALS.items():
+                cycles, ns_ = chain(n, tokens_last, warps, mode, args.reps)
+                tile = "tokens last" if tokens_last else f"token-major x{BLOCK_T}"
+                print(f"| {n} | {tile} | {warps} | {name} | {cycles:.0f} | {ns_:.1f} | {cycles / ns_ if ns_ else 0:.2f} | "
+                      f"{20 * ns_ / 1000:.2f} |", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
