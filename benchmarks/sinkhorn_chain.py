@@ -8,7 +8,8 @@ per thread, as the decode kernel's; or token-major, as the Sinkhorn kernels'), r
 and reads them again. Per row: (cycles, ns) at iters = 21 less at iters = 1, over 20 (the stamps' own cost
 cancels), medians of --reps launches; the SM clock is cycles over ns. The passes' reciprocal of (sum + eps):
 - kept: kernels/sinkhorn.reciprocal (rcp.approx, then two Newton steps: bitwise div_rn for normal sums);
-- one Newton step, rcp.approx alone, div_rn, and the golden's division P / (sum + eps).
+- one Newton step, rcp.approx alone, div_rn, the golden's division P / (sum + eps), and (n_pad 4 only) one
+  MUFU a pass: the four lines' reciprocals from the reciprocal of their product.
 The variants other than `kept` round differently from the library's (not judged here): they measure what
 the chain's reciprocal costs, for docs/perf.md (Performance XIII: decode's Sinkhorn phase is 4 to 7 µs
 against about 1 µs of dependent arithmetic). GPU only.
@@ -26,7 +27,9 @@ import triton.language as tl
 from mhc_ops.kernels._common import n_pad, stamp
 from mhc_ops.kernels.sinkhorn import block_tile, iteration_zero, load_matrices, reciprocal, store_matrices
 
-RECIPROCALS = {"kept": 0, "one Newton step": 1, "rcp.approx": 2, "div_rn": 3, "P / (sum + eps)": 4}
+RECIPROCALS = {"kept": 0, "one Newton step": 1, "rcp.approx": 2, "div_rn": 3, "P / (sum + eps)": 4,
+               "one MUFU a pass": 5}  # fmt: skip
+ONE_MUFU_N_PAD = 4  # "one MUFU a pass" is written for four lines
 # (tokens last, warps): the decode kernel's tile (one matrix per thread, 1 or 4 warps) and the Sinkhorn
 # kernels' (16 tokens across lanes, one warp), and that on 4 warps
 TILES = ((True, 1), (True, 4), (False, 1), (False, 4))
@@ -38,6 +41,8 @@ def _variant_reciprocal(s, eps, line_valid, MODE: tl.constexpr):
     """1 / (s + eps) by MODE (RECIPROCALS; 4 is not a reciprocal: the caller divides); 0 on padded lines."""
     if MODE == 0:
         r = reciprocal(s, eps, line_valid)
+    elif MODE == 5:
+        r = _one_mufu_reciprocals(s, eps, line_valid)
     else:
         d = s + eps
         if MODE == 3:
@@ -49,6 +54,29 @@ def _variant_reciprocal(s, eps, line_valid, MODE: tl.constexpr):
                 r = tl.fma(r, tl.fma(-d, r, 1.0), r)
         r = tl.where(line_valid, r, 0.0)
     return r
+
+
+@triton.jit
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _one_mufu_reciprocals(s, eps, line_valid):
+    """1 / (s + eps) of four lines [T, 4] from one reciprocal: r = 1 / (d0 d1 d2 d3) (rcp.approx and two
+    Newton steps), then 1 / d_i = r * (the other three's product), from the pair products (d0 d1, d2 d3) and
+    each pair flipped. A few ulps from div_rn; it asks whether the chain pays for its MUFUs' issue."""
+    d = s + eps
+    T: tl.constexpr = d.shape[0]
+    pairs = tl.reshape(d, [T, 2, 2])
+    pair_prod = tl.reduce(pairs, 2, _mul)  # [T, 2]: d0 d1, d2 d3
+    whole = tl.reduce(pair_prod, 1, _mul)  # [T]
+    r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [whole], dtype=tl.float32, is_pure=True,
+                                  pack=1)  # fmt: skip
+    r = tl.fma(r, tl.fma(-whole, r, 1.0), r)
+    r = tl.fma(r, tl.fma(-whole, r, 1.0), r)
+    others = tl.flip(pairs, 2) * tl.flip(pair_prod, 1)[:, :, None]  # [T, 2, 2]: the other three's product
+    return tl.where(line_valid, tl.reshape(others, [T, 4]) * r[:, None], 0.0)
 
 
 @triton.jit
@@ -109,6 +137,8 @@ def main(argv=None) -> int:
     for n in ns:
         for tokens_last, warps in TILES:
             for name, mode in RECIPROCALS.items():
+                if mode == 5 and n_pad(n) != ONE_MUFU_N_PAD:
+                    continue
                 cycles, ns_ = chain(n, tokens_last, warps, mode, args.reps)
                 tile = "tokens last" if tokens_last else f"token-major x{BLOCK_T}"
                 print(f"| {n} | {tile} | {warps} | {name} | {cycles:.0f} | {ns_:.1f} | {cycles / ns_ if ns_ else 0:.2f} | "
