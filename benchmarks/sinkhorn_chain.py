@@ -11,8 +11,7 @@ cancels), medians of --reps launches; the SM clock is cycles over ns. The passes
 - one Newton step, rcp.approx alone, div_rn, the golden's division P / (sum + eps), and (n_pad 4 only) one
   MUFU a pass: the four lines' reciprocals from the reciprocal of their product.
 The variants other than `kept` round differently from the library's (not judged here): they measure what
-the chain's reciprocal costs, for docs/perf.md (Performance XIII: decode's Sinkhorn phase is 4 to 7 µs
-against about 1 µs of dependent arithmetic). GPU only.
+the chain's reciprocal costs (docs/perf.md, Performance XIII). GPU only.
 """
 
 from __future__ import annotations
