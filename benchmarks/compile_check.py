@@ -162,9 +162,9 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
 
 
 def compile_one(item: tuple) -> tuple[str, str | None]:
-    """Compile one specialisation (name, sig, constexprs, attrs, options, backend, arch, registers) -> (its
-    description, None or the compiler's last error line). registers: the description ends with ptxas's
-    registers per thread and spill bytes (ptxas -v on the compiled PTX)."""
+    """Compile one specialisation (name, sig, constexprs, attrs, options, backend, arch, registers, sass) ->
+    (its description, None or the compiler's last error line). registers: the description ends with ptxas's
+    registers per thread and spill bytes (ptxas -v on the compiled PTX); sass: then a line of sass_mix."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import types
 from collections import namedtuple
 
@@ -604,3 +607,45 @@ def test_sinkhorn_chain_refuses_bad_arguments(argv, capsys):
     assert e.value.code == 2
     assert argv[0] in capsys.readouterr().err
 
+
+
+SASS_MIX = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from benchmarks.compile_check import sass_mix
+
+@triton.jit
+def with_dot(p, q):
+    a = tl.load(p + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :])
+    tl.store(q + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :], tl.dot(a, a))
+
+@triton.jit
+def with_rcp(p, q):
+    a = tl.load(p + tl.arange(0, 128))
+    tl.store(q + tl.arange(0, 128), 1.0 / tl.sum(a, axis=0) + a)
+
+for k in (with_dot, with_rcp):
+    c = triton.compile(ASTSource(k, {"p": "*fp32", "q": "*fp32"}, {}), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
+    print(k.fn.__name__, sass_mix(c.asm["cubin"], 90))
+"""
+
+
+def test_compile_check_sass_mix_counts_the_compiled_code(tmp_path):
+    """--sass's instruction mix of two kernels compiled for sm_90: a tl.dot's tensor-core products, and a
+    reduction over 4 warps' shuffles and barriers, each where it should be and absent where not."""
+    path = tmp_path / "sass_mix.py"
+    path.write_text(SASS_MIX)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, str(path)], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mixes = {}
+    for line in out.stdout.splitlines():
+        name, _, mix = line.partition(" ")
+        mixes[name] = {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", mix.partition(":")[2])}
+        assert int(mix.split()[0]) >= sum(mixes[name].values()), line  # the classes are a subset of the total
+    assert mixes["with_dot"]["mma"] > 0 and mixes["with_rcp"]["mma"] == 0, out.stdout
+    assert mixes["with_rcp"]["shfl"] > 0 and mixes["with_rcp"]["bar"] > 0 and mixes["with_dot"]["shfl"] == 0, out.stdout
+    assert mixes["with_rcp"]["local"] == mixes["with_dot"]["local"] == 0, out.stdout
