@@ -149,6 +149,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
         for hpp in (None, h_pre_prev):
             calls.append((f"seam_bwd n={n} {dtype} h_pre_prev={hpp is not None}", lambda a=s_args, h=hpp:
                           seam_bwd.launch_seam_bwd(*a[:4], h, *a[5:])))  # fmt: skip
+        calls.append((f"seam_bwd n={n} {dtype} 64 x 16 on 8 warps", lambda a=s_args, h=h_pre_prev:
+                      seam_bwd.launch_seam_bwd(*a[:4], h, *a[5:], block_t=64, block_d=16, num_warps=8)))  # fmt: skip
         if n <= decode.MAX_N:
             for hpp in (None, h_pre_prev):
                 calls.append((f"decode n={n} {dtype} delayed={hpp is not None}", lambda p=p_args, a=f_args,

@@ -59,15 +59,22 @@ def test_seam_backward(case, first, gxp):
     _check(case, t, saved, _kernel(case, t, saved, splits=2))
 
 
-@pytest.mark.parametrize("block_d", [16, 32], ids=lambda v: f"block_d={v}")
+# the seam kernel's (block_t, block_d, num_warps): the default's tokens at two widths, and 64 tokens on 8 warps
+# (docs/perf.md, Performance XIII: the next GPU session's candidate)
+SEAM_TILES = [(16, 16, 4), (16, 32, 4), (64, 16, 8)]
+
+
+@pytest.mark.parametrize("tile", SEAM_TILES, ids=lambda v: "block_t={}-block_d={}-warps={}".format(*v))
 @pytest.mark.parametrize("case", [dataclasses.replace(SEAM_CASES[0], lead=(37,), D=50, seed=311)], ids=str)
-def test_seam_backward_tiles(case, block_d):
+def test_seam_backward_tiles(case, tile):
     """Columns past D in the last chunk, token blocks past T; G on both of pass B's tiles, with and without
     pass A's bf16 parts of dh_mix, in one and three token ranges: the same rule."""
     t = seam_inputs(case, first=False, gxp=True, device=KERNEL_DEVICE)
     saved = _saved(case, t)
+    block_t, block_d, warps = tile
     for g_tile, presplit, splits in (((32, 128), True, 1), ((64, 64), False, 3), ((32, 128), False, 3)):
-        got = _kernel(case, t, saved, block_t=16, block_d=block_d, g_tile=g_tile, presplit=presplit, splits=splits)
+        got = _kernel(case, t, saved, block_t=block_t, block_d=block_d, num_warps=warps, g_tile=g_tile,
+                      presplit=presplit, splits=splits)  # fmt: skip
         _check(case, t, saved, got)
 
 
