@@ -104,13 +104,13 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.run", *session.posargs)
 
 
-GPU_DIAGNOSTICS = ("host_profile", "fwd_splits", "kernel_breakdown", "weight_split")
+GPU_DIAGNOSTICS = ("host_profile", "fwd_splits", "kernel_breakdown", "weight_split", "decode_timeline", "sinkhorn_chain")
 
 
 @nox.session(venv_backend="none")
 def diagnose_gpu(session: nox.Session) -> None:
     """nox -s diagnose_gpu -- NAME [args]: python -m benchmarks.NAME in the current environment, NAME one
-    of host_profile, fwd_splits, kernel_breakdown, weight_split; --help after NAME lists its options."""
+    of GPU_DIAGNOSTICS; --help after NAME lists its options."""
     if not session.posargs or session.posargs[0] not in GPU_DIAGNOSTICS:
         session.error(f"usage: nox -s diagnose_gpu -- NAME [args], with NAME one of: {', '.join(GPU_DIAGNOSTICS)}")
     session.run("python", "-m", f"benchmarks.{session.posargs[0]}", *session.posargs[1:])
