@@ -18,6 +18,7 @@ import triton.language as tl
 from ._cache import weight_derived
 from ._common import (
     cdiv,
+    check_block,
     check_tile_span,
     interpreting,
     n_pad,
@@ -129,6 +130,8 @@ def launch_seam_fwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma
     loads overflow shared memory. Compiled without FMA contraction, so the x(l+1) tile the projection
     multiplies is the one stored (docs/perf.md, kernels/seam.py)."""
     block_t = block_t if block_t is not None else (32 if x.shape[-2] <= 4 else 16)
+    check_block("block_t", block_t, 16)  # seam_columns' tl.dot tile (below 16 rows: decode's path alone)
+    check_block("block_d", block_d, 16)
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]
     O = n * n + 2 * n

@@ -71,3 +71,13 @@ def test_seam_forward_realistic_shape():
     pairs = (("h_in", 1, 0), ("next_h_post", 2, 1), ("next_h_res", 3, 2), ("next_h_pre", 6, 3), ("next_h_mix", 5, 5))
     verdicts = [judge(k, got[g], p64[r], p32[r]) for k, g, r in pairs]
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+@pytest.mark.parametrize("bad", [{"block_t": 8}, {"block_t": 24}, {"block_d": 8}], ids=["block_t-8", "block_t-24", "block_d-8"])
+def test_seam_refuses_tiles_below_the_product(bad):
+    """The seam's projection is a tl.dot of at least 16 rows and columns (token blocks below 16 are the
+    decode kernel's path): a smaller or non-power-of-two tile is named before any launch."""
+    t = _inputs(SEAM_CASES[0])
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"^{name}: expected a power of two >= 16"):
+        launch_seam_fwd(*(t[k] for k in (*POST, *PRE)), 1e-6, 1e-6, **bad)
