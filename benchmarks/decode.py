@@ -69,6 +69,7 @@ VARIANTS = (
     ("decode_delayed", {"block_t": 1, "block_d": 128, "unroll": 64}),
     ("decode_delayed", {"block_t": 1, "num_warps": 8, "unroll": 64}),
     ("decode_delayed", {"block_t": 1, "block_d": 16, "unroll": 64}),
+    ("decode_delayed", {"block_t": 1, "block_d": 16, "unroll": 64, "sinkhorn_launch": True}),
     ("decode_delayed", {"block_t": 1, "block_d": 32, "num_warps": 8, "unroll": 64}),
     ("decode_delayed", {"block_t": 1, "block_d": 32, "num_warps": 8, "unroll": 64, "sinkhorn_launch": True}),
     ("decode_plain", {"block_t": 1, "unroll": 64}),
