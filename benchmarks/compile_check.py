@@ -160,6 +160,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                                                num_warps=8)))  # fmt: skip
             calls.append((f"decode n={n} {dtype} one-token blocks", lambda p=p_args, a=f_args, h=h_pre_prev:
                           decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_t=1, unroll=64)))  # fmt: skip
+            calls.append((f"decode n={n} {dtype} plain, its collapse launched", lambda p=p_args, a=f_args:
+                          decode.launch_decode(*p, None, *a[1:], 1e-6, 1e-6, 20, 1e-6, apply_launch=True)))  # fmt: skip
     return calls
 
 

@@ -73,6 +73,9 @@ VARIANTS = (
     ("decode_delayed", {"block_t": 1, "block_d": 32, "num_warps": 8, "unroll": 64}),
     ("decode_delayed", {"block_t": 1, "block_d": 32, "num_warps": 8, "unroll": 64, "sinkhorn_launch": True}),
     ("decode_plain", {"block_t": 1, "unroll": 64}),
+    ("decode_plain", {"apply_launch": True}),
+    ("decode_plain", {"apply_launch": True, "apply_block_d": 256}),
+    ("decode_plain", {"apply_launch": True, "block_t": 1, "unroll": 64}),
     ("decode_plain", {"apply_block_d": 256}),
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )

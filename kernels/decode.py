@@ -8,7 +8,8 @@ from the stored tile, and for the delayed pre h_in of its columns. It stores its
 (fwd.store_partials), then increments block b's arrival counter (acq_rel, GPU scope: its stores are
 released, and the program that arrives last acquires every other program's). That last program sums
 the partials in split order (fwd.reduce_partials: deterministic), computes the coefficients, collapses
-h_in from the stored x(l+1) for the plain pre (fwd.apply_tile; it needs this h_pre first), runs
+h_in from the stored x(l+1) for the plain pre (fwd.apply_tile; it needs this h_pre first; or, apply_launch,
+_apply_kernel does in a second launch, its columns spread over programs), runs
 Sinkhorn on the next h_res in registers (sinkhorn.sinkhorn_tile) and sets the counter back to 0, so
 the next launch (a CUDA-graph replay) starts from zero with no memset.
 
@@ -33,6 +34,7 @@ from ._common import (
     check_inputs,
     check_tile_span,
     interpreting,
+    load_coeff_part,
     n_pad,
     next_power_of_2,
     o_pad,
@@ -65,8 +67,9 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                    HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
                    O_PAD: tl.constexpr, N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr,
                    SINK_T: tl.constexpr, SINK_TOKENS_LAST: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
-                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr):  # fmt: skip
-    # SINKHORN False: the last program stops after the coefficients (the launcher runs Sinkhorn on its own).
+                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr, APPLY: tl.constexpr):  # fmt: skip
+    # SINKHORN False: the last program runs no Sinkhorn (the launcher runs it on its own). APPLY False: the plain
+    # pre's collapse is _apply_kernel's launch, not the last program's.
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
@@ -99,7 +102,7 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, nh_post_ptr, nh_res_ptr, inv_rms, h_mix, coef, rows, row_mask,
                     cols, N)  # fmt: skip
         stamp(tim, 5, coef, TIMELINE)
-        if not DELAYED:  # the plain pre collapses with this h_pre: all D columns here
+        if APPLY:  # the plain pre collapses with this h_pre: all D columns here
             apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, N, D, so_t, so_j, so_d, APPLY_BLOCK_D,
                        N_PAD, STREAM64)  # fmt: skip
         if SINKHORN:
@@ -115,6 +118,21 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         stamp(tim, 8, b, TIMELINE)
 
 
+@launched(do_not_specialize=["T"])
+def _apply_kernel(out_ptr, h_pre_ptr, h_in_ptr, T, D, so_t, so_j, so_d, N: tl.constexpr, BLOCK_T: tl.constexpr,
+                  BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr):  # fmt: skip
+    """The plain pre's collapse after the boundary's launch: program (b, c) forms h_in of token block b over
+    columns c*BLOCK_D .. from x(l+1) and h_pre [T, N] (both the boundary's outputs), fwd.apply_tile."""
+    t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
+    rows = t0 + tl.arange(0, BLOCK_T)
+    row_mask = rows < T
+    cols = tl.arange(0, O_PAD)
+    coef = load_coeff_part(h_pre_ptr, rows, row_mask, cols, 0, N)  # h_pre in the pre columns, as apply_tile reads it
+    d_start = tl.program_id(1) * BLOCK_D
+    apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, tl.minimum(d_start + BLOCK_D, D), N, D, so_t,
+               so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+
+
 def grid(T: int, D: int, block_t: int, block_d: int, splits: int | None) -> tuple[int, int]:
     """(token blocks, column-chunk ranges per block) of a launch: splits None = auto_splits, at most the chunks."""
     return cdiv(T, block_t), min(splits or auto_splits(D, block_d), cdiv(D, block_d))
@@ -128,18 +146,21 @@ def auto_splits(D: int, block_d: int) -> int:
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
                   block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
-                  sink_tokens_last=None, sinkhorn_launch=False, timeline=None):  # fmt: skip
+                  sink_tokens_last=None, sinkhorn_launch=False, apply_launch=False, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
-    next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (two with sinkhorn_launch; none for
-    zero tokens).
+    next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
+    with apply_launch and the plain pre; none for zero tokens).
     block_t: tokens per program, a power of two; below 16 the projection runs on the CUDA cores
     (fwd.mix_dot), one to a few tokens with the partials of every split loaded in one round (unroll).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
     collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
     Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
     in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
-    can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); timeline: an int64 tensor of
+    can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); apply_launch: the plain
+    pre's collapse in a launch of its own (_apply_kernel, one program per token block and apply_block_d
+    columns), not over all D in the last program (ignored for the delayed pre, which collapses in the
+    column pass: docs/perf.md, Performance XIII); timeline: an int64 tensor of
     at least (token blocks x splits x TIMELINE_SLOTS) elements that receives each program's marks
     (TIMELINE_MARKS; GPU only, benchmarks/decode_timeline.py reads them)."""
     check_block("block_t", block_t, 1)  # below 16 (tl.dot's smallest M): seam.seam_columns' CUDA-core path
@@ -181,9 +202,14 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
         UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if sink_tokens_last else block_t,
         SINK_TOKENS_LAST=sink_tokens_last, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
-        INTERPRET=interpreting(), TIMELINE=timeline is not None, SINKHORN=not sinkhorn_launch, num_warps=num_warps,
-        num_stages=1, enable_fp_fusion=False,
+        INTERPRET=interpreting(), TIMELINE=timeline is not None, SINKHORN=not sinkhorn_launch,
+        APPLY=not delayed and not apply_launch, num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip
+    if apply_launch and not delayed:
+        _apply_kernel[(blocks, cdiv(D, apply_block_d))](
+            ov, h_pre, h_in, T, D, *ov.stride(), N=n, BLOCK_T=block_t, BLOCK_D=apply_block_d, O_PAD=o_pad(n),
+            N_PAD=n_pad(n), STREAM64=stream64(n, ov.stride(1)), num_warps=4,
+        )  # fmt: skip
     if sinkhorn_launch:
         P = launch_sinkhorn_fwd(nh_res, iters, eps)
     return out, h_in, nh_post, nh_res, inv_rms, h_mix, h_pre, P
