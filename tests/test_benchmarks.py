@@ -649,3 +649,18 @@ def test_compile_check_sass_mix_counts_the_compiled_code(tmp_path):
     assert mixes["with_dot"]["mma"] > 0 and mixes["with_rcp"]["mma"] == 0, out.stdout
     assert mixes["with_rcp"]["shfl"] > 0 and mixes["with_rcp"]["bar"] > 0 and mixes["with_dot"]["shfl"] == 0, out.stdout
     assert mixes["with_rcp"]["local"] == mixes["with_dot"]["local"] == 0, out.stdout
+
+
+def test_weight_parts_three_parts_are_the_weights_and_pass_the_rule():
+    """weight_parts' k-part sums: three bf16 parts give (gamma*phi) exactly (the kernel's split is exact),
+    two drop at most 2^-16 of each weight; with three every output passes the rule on the tool's cases."""
+    from benchmarks import weight_parts
+
+    g = torch.Generator().manual_seed(0)
+    phi, gamma = torch.randn(24, 512, generator=g) / 45, 1 + 0.5 * torch.randn(4, 128, generator=g)
+    w = phi * gamma.reshape(1, -1)
+    assert torch.equal(weight_parts.parts_sum(phi, gamma, 3), w)
+    two = weight_parts.parts_sum(phi, gamma, 2)
+    assert not torch.equal(two, w) and ((two - w).abs() <= w.abs() * 2.0**-16).all()
+    worst = weight_parts.worst_ratios(tokens=4, seeds=1)
+    assert all(ratio <= 1 for (parts, _), (ratio, *_) in worst.items() if parts == 3), worst
