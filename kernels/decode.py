@@ -14,9 +14,9 @@ Sinkhorn on the next h_res in registers (sinkhorn.sinkhorn_tile) and sets the co
 the next launch (a CUDA-graph replay) starts from zero with no memset.
 
 The counters: kernels/_arrive.py. T and iters are runtime arguments (one compile per n, D and dtype);
-token and workspace offsets are 64-bit. The projection reads phi (and gamma) in fp32 (fp32_dot, or on
-token blocks below 16 CUDA-core products summed after the column loop: seam.seam_columns): the bf16 weight split of the pre forward would be
-rebuilt in every captured graph, one more launch.
+token and workspace offsets are 64-bit. The projection reads phi (and gamma) in fp32 (fp32_dot; on token
+blocks below 16, CUDA-core products summed after the column loop: seam.seam_columns): the bf16 weight
+split of the pre forward would be rebuilt in every captured graph, one more launch.
 """
 
 from __future__ import annotations
@@ -151,8 +151,9 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
     with apply_launch and the plain pre; none for zero tokens).
-    block_t: tokens per program, a power of two; below 16 the projection runs on the CUDA cores
-    (fwd.mix_dot), one to a few tokens with the partials of every split loaded in one round (unroll).
+    block_t: tokens per program, a power of two; below 16 (one to a few tokens) the projection's products
+    run on the CUDA cores (seam.seam_columns), best with unroll >= splits (every split's partials in one
+    round of loads).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
     collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
     Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
