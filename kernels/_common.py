@@ -235,12 +235,17 @@ def alpha_per_col(alpha_ptr, cols, n):
     return tl.where(cols < n, a_pre, tl.where(cols < 2 * n, a_post, a_res))
 
 
+# round_to's bf16 rounding on the bits: the interpreter only (its cast truncates)
+ROUND_ON_BITS = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
 @triton.jit
 def round_to(v, dtype: tl.constexpr):
-    """fp32 tile -> dtype, rounding to nearest even. Triton 3.6's interpreter truncates fp32 -> bf16
-    (docs/bugs/interpreter-bf16-truncation.md), so for bf16 the rounding is done on the bits, which
-    is exact on the GPU too, and the cast then only drops zero bits."""
-    if dtype == tl.bfloat16:
+    """fp32 tile -> dtype, rounding to nearest even. The interpreter truncates fp32 -> bf16
+    (docs/bugs/interpreter-bf16-truncation.md), so there the rounding is done on the bits and the cast
+    then only drops zero bits; a GPU's own conversion rounds to nearest even (cvt.rn), the same values in
+    far fewer instructions (docs/perf.md, Performance XIII)."""
+    if dtype == tl.bfloat16 and ROUND_ON_BITS:
         bits = v.to(tl.int32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
         v = tl.where(v != v, v, bits.to(tl.float32, bitcast=True))  # a NaN stays a NaN
