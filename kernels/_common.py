@@ -235,10 +235,6 @@ def alpha_per_col(alpha_ptr, cols, n):
     return tl.where(cols < n, a_pre, tl.where(cols < 2 * n, a_post, a_res))
 
 
-# round_to's bf16 rounding on the bits: the interpreter only (its cast truncates)
-ROUND_ON_BITS = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
-
-
 @triton.jit
 def round_to(v, dtype: tl.constexpr):
     """fp32 tile -> dtype, rounding to nearest even. The interpreter truncates fp32 -> bf16
@@ -326,6 +322,7 @@ def split_bf16_host(v: torch.Tensor) -> torch.Tensor:
 # Triton decides when a kernel is defined (at import) whether it runs through the interpreter, so the
 # variable's value at import is the one that holds; read once, not per launch.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ROUND_ON_BITS = tl.constexpr(_INTERPRET)  # round_to's bf16 rounding on the bits: the interpreter's cast truncates
 
 
 def interpreting() -> bool:
