@@ -144,12 +144,12 @@ sinkhorn-chain)  # one Sinkhorn iteration's cycles by reciprocal and tile (bench
   timeout 200 python3 -m benchmarks.sinkhorn_chain 2>&1 | tee "$R/sinkhorn_chain.md" | tail -42 ;;
 decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when written): their GPU tests, the
               # decode rows with every variant, then the timeline of the best candidates against the default
-  timeout 120 python3 -m pytest -n 8 -q tests/kernels/test_decode.py tests/kernels/test_seam.py \
+  timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_decode.py tests/kernels/test_seam.py \
     tests/kernels/test_fwd_split.py tests/kernels/test_stage_kernels.py -p no:cacheprovider 2>&1 | tail -3 | tee "$R/decode_small_tests.txt"
-  timeout 270 python3 -m benchmarks.decode --variants --shapes 1x4x4096,8x4x4096,1x8x4096 --out "$R" \
+  timeout 300 python3 -m benchmarks.decode --variants --quick --shapes 1x4x4096,1x8x4096 --out "$R" \
     2>&1 | tee "$R/decode_small.md" | grep '^| ' | tail -60
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 2>&1 | tee "$R/decode_small_timeline.md" | tail -3
-  timeout 100 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --grid 'block_t=1;unroll=64;block_d=16,64' \
+  timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --grid 'block_t=1;unroll=64;block_d=16,64' \
     2>&1 | tee -a "$R/decode_small_timeline.md" | tail -5 ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
