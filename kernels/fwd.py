@@ -63,6 +63,8 @@ FINISH_BLOCK_T = 16  # tokens per finish program (at most block_t): a 64-row h_i
 # n = 7 (n = 6: 128 spills), 128 from n = 8 (docs/perf.md, kernels/fwd.py).
 FINISH_BLOCK_D = 64
 FINISH_BLOCK_D_N8 = 128
+# adjacent columns of one x row whose squares a thread sums per chunk (square_runs): a bf16 tile loads 8 a thread
+SQ_RUN = tl.constexpr(8)
 
 
 @triton.jit
@@ -71,8 +73,8 @@ def mix_chunk(
     HAS_GAMMA: tl.constexpr, W_SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, O_PAD: tl.constexpr,
     INTERPRET: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
-    """One chunk (stream i, columns d) of every token in rows -> (x tile in fp32, its sum of x^2
-    [BLOCK_T], its h_mix terms [BLOCK_T, O_PAD] (mix_dot))."""
+    """One chunk (stream i, columns d) of every token in rows -> (x tile in fp32, its h_mix terms
+    [BLOCK_T, O_PAD] (mix_dot))."""
     # 64-bit offsets, not tile_offsets: slower here (docs/perf.md, kernels/fwd.py)
     xt = tl.load(
         x_ptr + rows[:, None] * sx_t + stream_offset(i, sx_i, STREAM64) + d[None, :] * sx_d,
@@ -82,7 +84,15 @@ def mix_chunk(
     xf = xt.to(tl.float32)
     chunk = mix_dot(xt, xf, phi_ptr, gamma_ptr, w_ptr, cols, i * D + d, d_mask, n, D, sphi_o, sphi_k, HAS_GAMMA,
                     W_SPLIT, BLOCK_T, O_PAD, INTERPRET)  # fmt: skip
-    return xf, tl.sum(xf * xf, axis=1), chunk
+    return xf, chunk
+
+
+@triton.jit
+def square_runs(xf):
+    """Sums of squares of an fp32 tile [BLOCK_T, BLOCK_D] over runs of SQ_RUN adjacent columns ->
+    [BLOCK_T, BLOCK_D // SQ_RUN]: the part of each row's sum of x^2 a thread holds. Added across chunks,
+    summed across the threads once after the loop: no shuffles per chunk (docs/perf.md, Performance XIII)."""
+    return tl.sum(tl.reshape(xf * xf, [xf.shape[0], xf.shape[1] // SQ_RUN, SQ_RUN]), axis=2)
 
 
 @triton.jit
@@ -137,17 +147,17 @@ def mix_tile(
     BLOCK_D .. d0 + BLOCK_D (d_chunks = cdiv(D, BLOCK_D)); the chunks are added in order."""
     d_chunks = tl.cdiv(D, BLOCK_D)
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    sq = tl.zeros([BLOCK_T, BLOCK_D // SQ_RUN], dtype=tl.float32)
     for c in range(c_start, c_end):
         i = c // d_chunks
         d = (c - i * d_chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        _, xx, chunk = mix_chunk(
+        xf, chunk = mix_chunk(
             x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i, d, d < D, n, D, sx_t, sx_i, sx_d,
             sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET, STREAM64,
         )  # fmt: skip
-        sumsq += xx
+        sq += square_runs(xf)
         h_mix += chunk
-    return h_mix, sumsq
+    return h_mix, tl.sum(sq, axis=1)
 
 
 @triton.jit
@@ -174,23 +184,23 @@ def mix_collapse_tile(
     the same tiles, h_in = sum_i coll[:, i] * x[i] (coll: collapse_columns), stored in h_in's dtype.
     -> (h_mix [BLOCK_T, O_PAD], sum of x^2 [BLOCK_T]) of those chunks."""
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-    sumsq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    sq = tl.zeros([BLOCK_T, BLOCK_D // SQ_RUN], dtype=tl.float32)
     j = tl.arange(0, coll.shape[1])
     for dc in range(dc_start, dc_end):
         d = dc * BLOCK_D + tl.arange(0, BLOCK_D)
         d_mask = d < D
         h_in = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         for i in range(0, n):
-            xf, xx, chunk = mix_chunk(
+            xf, chunk = mix_chunk(
                 x_ptr, phi_ptr, gamma_ptr, w_ptr, rows, row_mask, cols, i, d, d_mask, n, D, sx_t, sx_i, sx_d,
                 sphi_o, sphi_k, HAS_GAMMA, W_SPLIT, BLOCK_T, O_PAD, INTERPRET, STREAM64,
             )  # fmt: skip
-            sumsq += xx
+            sq += square_runs(xf)
             h_mix += chunk
             h_in += tl.sum(tl.where(j[None, :] == i, coll, 0.0), axis=1)[:, None] * xf
         tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & d_mask[None, :])  # fmt: skip
-    return h_mix, sumsq
+    return h_mix, tl.sum(sq, axis=1)
 
 
 @triton.jit
