@@ -34,16 +34,16 @@ from ._common import (
     check_inputs,
     check_tile_span,
     interpreting,
-    load_coeff_part,
     n_pad,
     next_power_of_2,
     o_pad,
+    pre_columns,
     stamp,
     static_dims,
     stream64,
 )
 from ._launch import launched
-from .fwd import apply_tile, coeff_tile, reduce_partials, store_partials, store_saved
+from .fwd import apply_tile, coeff_tile, collapse_columns, reduce_partials, store_partials, store_saved
 from .seam import seam_columns
 from .sinkhorn import MAX_N, block_tile, launch_sinkhorn_fwd, load_matrices, sinkhorn_tile, store_matrices
 
@@ -103,8 +103,8 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                     cols, N)  # fmt: skip
         stamp(tim, 5, coef, TIMELINE)
         if APPLY:  # the plain pre collapses with this h_pre: all D columns here
-            apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, N, D, so_t, so_j, so_d, APPLY_BLOCK_D,
-                       N_PAD, STREAM64)  # fmt: skip
+            apply_tile(out_ptr, h_in_ptr, pre_columns(coef, cols, N, N_PAD), t0, rows, row_mask, 0, D, N, D, so_t, so_j,
+                       so_d, APPLY_BLOCK_D, N_PAD, STREAM64)  # fmt: skip
         if SINKHORN:
             tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
             offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T,
@@ -120,17 +120,16 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
 
 @launched(do_not_specialize=["T"])
 def _apply_kernel(out_ptr, h_pre_ptr, h_in_ptr, T, D, so_t, so_j, so_d, N: tl.constexpr, BLOCK_T: tl.constexpr,
-                  BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr):  # fmt: skip
+                  BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr):  # fmt: skip
     """The plain pre's collapse after the boundary's launch: program (b, c) forms h_in of token block b over
     columns c*BLOCK_D .. from x(l+1) and h_pre [T, N] (both the boundary's outputs), fwd.apply_tile."""
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
     row_mask = rows < T
-    cols = tl.arange(0, O_PAD)
-    coef = load_coeff_part(h_pre_ptr, rows, row_mask, cols, 0, N)  # h_pre in the pre columns, as apply_tile reads it
+    h_pre = collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
     d_start = tl.program_id(1) * BLOCK_D
-    apply_tile(out_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, tl.minimum(d_start + BLOCK_D, D), N, D, so_t,
-               so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+    apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, d_start, tl.minimum(d_start + BLOCK_D, D), N, D, so_t, so_j,
+               so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
 
 
 def grid(T: int, D: int, block_t: int, block_d: int, splits: int | None) -> tuple[int, int]:
@@ -208,8 +207,8 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     )  # fmt: skip
     if apply_launch and not delayed:
         _apply_kernel[(blocks, cdiv(D, apply_block_d))](
-            ov, h_pre, h_in, T, D, *ov.stride(), N=n, BLOCK_T=block_t, BLOCK_D=apply_block_d, O_PAD=o_pad(n),
-            N_PAD=n_pad(n), STREAM64=stream64(n, ov.stride(1)), num_warps=4,
+            ov, h_pre, h_in, T, D, *ov.stride(), N=n, BLOCK_T=block_t, BLOCK_D=apply_block_d, N_PAD=n_pad(n),
+            STREAM64=stream64(n, ov.stride(1)), num_warps=4,
         )  # fmt: skip
     if sinkhorn_launch:
         P = launch_sinkhorn_fwd(nh_res, iters, eps)

@@ -235,15 +235,15 @@ def store_saved(
 
 @triton.jit
 def apply_tile(
-    x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d,
+    x_ptr, h_in_ptr, h_pre, t0, rows, row_mask, d_start, d_end, n, D, sx_t, sx_i, sx_d,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
-    """h_in[rows, d_start:d_end] = sum_i h_pre[i] * x[rows, i, d_start:d_end] (h_pre: the pre columns
-    of coef), summed in fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype.
-    h_pre's columns are taken out of coef once; the stream loop is unrolled to N_PAD (past n masked),
-    so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit base per chunk,
-    stream_offset and loop-invariant int32 tile_offsets (fewer registers: docs/perf.md, kernels/fwd.py)."""
-    h_pre = pre_columns(coef, cols, n, N_PAD)  # [BLOCK_T, N_PAD]
+    """h_in[rows, d_start:d_end] = sum_i h_pre[:, i] * x[rows, i, d_start:d_end] (h_pre [BLOCK_T, N_PAD]
+    fp32, zero past n: pre_columns of a coefficient tile, or collapse_columns of a stored h_pre), summed in
+    fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype. The stream loop is unrolled to
+    N_PAD (past n masked), so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit
+    base per chunk, stream_offset and loop-invariant int32 tile_offsets (fewer registers: docs/perf.md,
+    kernels/fwd.py)."""
     j = tl.arange(0, N_PAD)
     off_x = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), sx_t, sx_d)
     off_h = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), D, 1)
@@ -313,8 +313,12 @@ def _fwd_kernel(
     inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, n, D, norm_eps, hc_eps)
     store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, h_post_ptr, h_res_ptr, inv_rms, h_mix, coef, rows, row_mask, cols, n)
     if COLLAPSE == 0:
-        apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD,
-                   STREAM64)  # fmt: skip
+        # h_pre read back from what store_saved wrote (after a barrier: this program's stores, visible to all
+        # its threads): from the products' accumulator layout, the compiler converted every x tile of the
+        # apply to it instead (docs/perf.md, Performance XIII)
+        tl.debug_barrier()
+        h_pre = collapse_columns(h_pre_ptr, rows, row_mask, n, N_PAD, 1)
+        apply_tile(x_ptr, h_in_ptr, h_pre, t0, rows, row_mask, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -451,8 +455,8 @@ def _fwd_finish_kernel(
     if COLLAPSE == 0:  # the delayed pre's partial kernel wrote h_in
         d_start = j * apply_cols
         d_end = tl.minimum(d_start + apply_cols, D)
-        apply_tile(x_ptr, h_in_ptr, coef, t0, rows, row_mask, cols, d_start, d_end, n, D, sx_t, sx_i, sx_d, BLOCK_D,
-                   N_PAD, STREAM64)  # fmt: skip
+        apply_tile(x_ptr, h_in_ptr, pre_columns(coef, cols, n, N_PAD), t0, rows, row_mask, d_start, d_end, n, D, sx_t,
+                   sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
 
 
 @launched(do_not_specialize=["nD"])
