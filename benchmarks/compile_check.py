@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")  # launch options, not kernel arguments
+OPTIONS = ("maxnreg", "num_warps", "num_stages", "enable_fp_fusion")  # launch options, not kernel arguments
 SMS = 132  # an H200's SMs: the launchers' heuristics pick the GPU's tiles
 # (n, x dtype) of the stages' workloads and of VARIANTS': each distinct O_PAD and N_PAD, each dtype path.
 STAGE_CASES = ((1, "float32"), (3, "float16"), (4, "bfloat16"), (4, "float32"), (6, "float16"), (8, "bfloat16"))
@@ -112,8 +112,8 @@ def workloads() -> list[tuple[str, Callable[[], object]]]:
 
 def variants() -> list[tuple[str, Callable[[], object]]]:
     """The GPU's own choices: the forward's split and single paths, delayed or not; the fused backward's
-    two pass-B tiles (with and without pass A's parts), delayed or not; the seam forward and backward and the
-    decode boundary."""
+    two pass-B tiles (with and without pass A's parts), delayed or not, and pass B under a register cap; the
+    seam forward and backward and the decode boundary."""
     from mhc_ops.golden import Case
     from mhc_ops.golden.fixtures import make_inputs
     from mhc_ops.kernels import decode, fused_bwd, fwd, seam, seam_bwd
@@ -140,6 +140,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                                   lambda t=tile, p=presplit, d=delayed, h=hpp, a=b_args: fused_bwd.launch_backward_fused(
                                       *a, block_t=t[0], block_d=t[1], presplit=p, delayed=d, h_pre_prev=h,
                                       dh_pre=torch.randn(70, a[0].shape[-2]) if d else None)))  # fmt: skip
+        calls.append((f"bwd n={n} {dtype} pass B maxnreg=168", lambda a=b_args: fused_bwd.launch_backward_fused(
+            *a, block_t=32, block_d=128, maxnreg=168)))  # fmt: skip
         p_args = [post[k] for k in ("x", "h_res", "h_out", "h_post")]
         calls.append((f"seam n={n} {dtype}", lambda p=p_args, a=f_args, h=h_pre_prev: seam.launch_seam_fwd(
             *p, h, *a[1:], 1e-6, 1e-6)))  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -151,6 +151,16 @@ decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when wr
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 2>&1 | tee "$R/decode_small_timeline.md" | tail -3
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --grid 'block_t=1;unroll=64;block_d=16,64' \
     2>&1 | tee -a "$R/decode_small_timeline.md" | tail -5 ;;
+maxnreg)  # register caps (Performance XIV, unmeasured when written): pass B at n = 4 capped to 168 (3 programs per SM
+         # instead of 2) and 128, then the forward's split path where its grid has several waves
+  timeout 60 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "maxnreg or realistic" -p no:cacheprovider \
+    2>&1 | tail -3 | tee "$R/maxnreg_tests.txt"
+  for shape in 16384x4x7168 4096x4x4096 1024x4x4096; do
+    timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
+      --grid 'maxnreg=None,168,128' 2>&1 | grep '^|' | tee -a "$R/maxnreg-bwd.md" | tail -3
+  done
+  timeout 120 python3 -m benchmarks.kernel_breakdown --shapes 4096x4x4096,1024x4x4096 --ops fwd --sweep --quick \
+    --grid 'block_t=32,64;maxnreg=None,168' 2>&1 | grep '^|' | tee "$R/maxnreg-fwd.md" | tail -8 ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time

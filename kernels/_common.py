@@ -23,6 +23,14 @@ def check_block(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name}: expected a power of two >= {minimum}, got {value!r}")
 
 
+def check_maxnreg(value) -> None:
+    """A kernel's register cap per thread (Triton's ``maxnreg`` launch option, ptxas's -maxrregcount): None
+    (the compiler's choice) or an int in 32 .. 255. Fewer registers let more programs share an SM at
+    the price of spills (benchmarks/compile_check.py --registers screens a cap on the CPU)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 32 <= value <= 255):
+        raise ValueError(f"maxnreg: expected None or an int in 32..255, got {value!r}")
+
+
 def tokens(t: torch.Tensor, trailing: int) -> torch.Tensor:
     """[..., *trailing dims] -> [T, *trailing dims]; a view whenever the leading dims allow one."""
     return t.reshape(-1, *t.shape[t.dim() - trailing :])

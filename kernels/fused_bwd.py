@@ -24,6 +24,7 @@ from ._common import (
     cdiv,
     check_block,
     check_inputs,
+    check_maxnreg,
     check_tile_span,
     fp32_dot,
     g_split_cap,
@@ -320,7 +321,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None):  # fmt: skip
+                          presplit=None, maxnreg=None):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -332,7 +333,9 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     pass B (default: token_splits). 16 tokens per pass-A program: enough programs at small T.
     presplit: pass A stores dh_mix's three bf16 parts and pass B's products read them (bf16 x only: G's
     bf16 products need x exact in bf16; None: where pass B's tile has fewer than PRESPLIT_BELOW_BLOCK_T
-    tokens; False: pass B splits dh_mix itself)."""
+    tokens; False: pass B splits dh_mix itself). maxnreg: pass B's register cap (check_maxnreg; None = the
+    compiler's)."""
+    check_maxnreg(maxnreg)
     if presplit is not None and not isinstance(presplit, bool):
         raise ValueError(f"presplit: expected None, True or False, got {presplit!r}")
     n, D = static_dims(x, 2)
@@ -404,7 +407,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
         INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n), DX=True,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
     )  # fmt: skip
     block_k, block_dpp = 128, 512
     dpp_programs = cdiv(T * n, block_dpp) if collapse == 1 else 0

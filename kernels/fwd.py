@@ -27,6 +27,7 @@ from ._common import (
     cdiv,
     check_block,
     check_inputs,
+    check_maxnreg,
     check_tile_span,
     default_block_d,
     fp32_dot,
@@ -536,7 +537,7 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
-    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, finish_block_d=None,
+    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, finish_block_d=None, maxnreg=None,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
@@ -546,10 +547,12 @@ def launch_fwd(
     (clamped to the n * cdiv(D, block_d) chunks; two launches); None = auto_splits on CUDA, 1 on CPU
     (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
     two >= 16; None = finish_cols). finish_block_d: columns per step of the finish's apply (a power of
-    two >= 16; None = FINISH_BLOCK_D, FINISH_BLOCK_D_N8 from n = 8)."""
+    two >= 16; None = FINISH_BLOCK_D, FINISH_BLOCK_D_N8 from n = 8). maxnreg: the register cap of the
+    projection's kernel (_fwd_kernel or _fwd_partial_kernel; check_maxnreg; None = the compiler's)."""
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
         raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
     check_block("block_t", block_t, 16)
+    check_maxnreg(maxnreg)
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]
     block_d = default_block_d(n, block_d)
@@ -588,7 +591,8 @@ def launch_fwd(
     collapse = (2 if h_pre_prev is None else 1) if delayed else 0
     hpp = h_pre_prev.contiguous() if collapse == 1 else alpha  # never read unless COLLAPSE == 1
     common = dict(HAS_GAMMA=gamma is not None, W_SPLIT=w_split, BLOCK_T=block_t, BLOCK_D=block_d, O_PAD=o_pad(n),
-                  INTERPRET=interpreting(), STREAM64=s64, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+                  INTERPRET=interpreting(), STREAM64=s64, num_warps=num_warps, num_stages=num_stages,
+                  maxnreg=maxnreg)  # fmt: skip
     if not split_path:
         _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, hpp,

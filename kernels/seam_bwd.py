@@ -30,6 +30,7 @@ import triton.language as tl
 from ._common import (
     cdiv,
     check_block,
+    check_maxnreg,
     check_tile_span,
     fp32_dot,
     g_split_cap,
@@ -132,7 +133,7 @@ def _seam_bwd_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, xn_ptr, hpp_ptr, d
 def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out, next_h_post, next_inv_rms,
                     next_h_mix, next_h_pre, dh_in, dh_next_post, dh_next_res, dh_next_pre=None, grad_x_next=None,
                     hc_eps=1e-6, block_t=16, block_d=32, num_warps=4, num_stages=None, block_t_a=16, g_tile=None,
-                    splits=None, presplit=None) -> tuple:  # fmt: skip
+                    splits=None, presplit=None, maxnreg=None) -> tuple:  # fmt: skip
     """The seam backward on validated inputs (golden/seam.py seam_backward's, bias not needed) -> the
     SEAM_GRADS tensors: dx (x's dtype and shape), dh_res [.., n, n], dh_out (h_out's dtype), dh_post
     [.., n], dphi [O, nD], dalpha [3], dbias [O] (views of one [O + 3]), dgamma [n, D] (None without
@@ -141,13 +142,15 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     block_t, block_d, num_warps, num_stages: the seam kernel's tile (tokens, columns) and launch (num_stages
     None: 3 up to n = 4, else 2, as much as shared memory holds); block_t_a:
     pass A's tokens per program; g_tile, splits, presplit: pass B's (block_t, block_d) for G, its token
-    ranges and whether it reads pass A's bf16 parts of dh_mix (None: launch_backward_fused's choices)."""
+    ranges and whether it reads pass A's bf16 parts of dh_mix (None: launch_backward_fused's choices);
+    maxnreg: the seam kernel's register cap (check_maxnreg; None = the compiler's)."""
     n, D = static_dims(x, 2)
     O, nD = n * n + 2 * n, n * D
     lead, dev, f32 = x.shape[:-2], x.device, torch.float32
     T = x.numel() // nD
     for name, value in (("block_t", block_t), ("block_d", block_d), ("block_t_a", block_t_a)):
         check_block(name, value, 16)
+    check_maxnreg(maxnreg)
     num_stages = num_stages or (3 if n_pad(n) <= 4 else 2)
     dcoeff = torch.empty(O + 3, device=dev, dtype=f32)  # [dbias (O) | dalpha (3)]
     dx = torch.empty(x.shape, device=dev, dtype=x.dtype)
@@ -199,7 +202,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
         dpp_arg, T, D, *xt.stride(), *rt.stride(), *ht.stride(), *pt.stride(), *xn.stride(), *dh_in_t.stride(),
         *gxn.stride(), *dx_t.stride(), *dh_out_t.stride(), *phi.stride(), N=n, N_PAD=n_pad(n), BLOCK_T=block_t,
         BLOCK_D=block_d, O_A=o_a, O_B=o_b, HAS_HPP=h_pre_prev is not None, HAS_GAMMA=gamma is not None,
-        HAS_GXN=grad_x_next is not None, NUM_STAGES=num_stages, num_warps=num_warps,
+        HAS_GXN=grad_x_next is not None, NUM_STAGES=num_stages, num_warps=num_warps, maxnreg=maxnreg,
     )  # fmt: skip
     col_programs = n * cdiv(D, g_tile[1])
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, g_tile[0]), split_cap)

@@ -499,11 +499,11 @@ def test_compile_check_spec_specialises_as_triton_does():
     x = torch.empty(8, dtype=torch.bfloat16)
     args = (x, torch.empty(8, dtype=torch.float32)[1:], 32, 2**33, 1, 48, 1e-6, True, None)
     name, sig, constexprs, attrs, options = compile_check.spec(jit, args, {"BLOCK": 64, "num_warps": 4,
-                                                                          "num_stages": None})  # fmt: skip
+                                                                          "num_stages": None, "maxnreg": 168})  # fmt: skip
     assert name == "m:_k"
     assert sig == {"x_ptr": "*bf16", "w_ptr": "*fp32", "T": "i32", "big": "i64", "one": "constexpr", "D": "i32",
                    "eps": "fp32", "flag": "u1", "opt": "constexpr", "BLOCK": "constexpr"}  # fmt: skip
-    assert constexprs == {"one": 1, "opt": None, "BLOCK": 64} and options == {"num_warps": 4}
+    assert constexprs == {"one": 1, "opt": None, "BLOCK": 64} and options == {"num_warps": 4, "maxnreg": 168}
     # x (aligned), big and D divisible by 16; w off by 4 bytes; T (32) not specialised
     assert attrs == {(0,): [["tt.divisibility", 16]], (3,): [["tt.divisibility", 16]], (5,): [["tt.divisibility", 16]]}
 

@@ -104,6 +104,39 @@ def test_bad_presplit(presplit):
         _fused(t, presplit=presplit)
 
 
+@pytest.mark.parametrize("maxnreg", [31, 256, 168.0, True, "168"])
+def test_bad_maxnreg_is_refused_before_any_launch(maxnreg, monkeypatch):
+    t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
+    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", None)  # a launch would fail on None[grid]
+    with pytest.raises(ValueError, match="maxnreg: expected None or an int in 32..255"):
+        _fused(t, maxnreg=maxnreg)
+
+
+def test_maxnreg_caps_pass_b_alone(monkeypatch):
+    """maxnreg is pass B's register cap (the launch option reaches its launch and no other); the gradients are
+    those of the uncapped call (the interpreter ignores the option: the GPU tests judge the capped code)."""
+    seen = {}
+    for name in ("_pass_a_kernel", "_pass_b_kernel", "_finish_kernel"):
+        kernel = getattr(fused_bwd, name)
+
+        class Spy:
+            def __getitem__(self, grid, name=name, kernel=kernel):
+                def launch(*args, **kwargs):
+                    seen[name] = kwargs.get("maxnreg")
+                    return kernel[grid](*args, **kwargs)
+
+                return launch
+
+        monkeypatch.setattr(fused_bwd, name, Spy())
+    t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
+    capped = _fused(t, block_t=16, block_d=16, maxnreg=168)
+    assert seen == {"_pass_a_kernel": None, "_pass_b_kernel": 168, "_finish_kernel": None}
+    plain = _fused(t, block_t=16, block_d=16)
+    for k, v in plain.items():
+        assert v is None and capped[k] is None or torch.equal(v, capped[k]), k
+    _assert_accurate(t, capped)
+
+
 @pytest.mark.parametrize("case", KERNEL_CASES[:4], ids=str)
 def test_the_composite_and_its_four_stages_agree(case):
     """The composer runs pre_bwd whole (the fused kernels) or as its parts (the dh_mix, dx, dparams,

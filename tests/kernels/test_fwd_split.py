@@ -140,6 +140,14 @@ def test_bad_splits(splits, bundles, launches):
     assert launches == []
 
 
+@pytest.mark.parametrize("maxnreg", [16, 300, 128.0, False])
+def test_bad_maxnreg(maxnreg, bundles, launches):
+    inputs, _ = bundles(SPLIT_CASES[3][0]).stage_view("pre_fwd")
+    with pytest.raises(ValueError, match="maxnreg: expected None or an int in 32..255"):
+        fwd.mhc_pre_fwd(**inputs, maxnreg=maxnreg)
+    assert launches == []
+
+
 def test_auto_is_single_kernel_on_cpu(bundles, launches):
     if KERNEL_DEVICE != "cpu":
         pytest.skip("CPU tensors only")

@@ -85,6 +85,13 @@ def test_seam_backward_without_the_next_sublayers_dh_pre():
     _check(case, t, saved, _kernel(case, t, saved, block_t=16))
 
 
+def test_seam_backward_refuses_a_bad_maxnreg():
+    case = SEAM_CASES[0]
+    t = seam_inputs(case, first=False, gxp=False, device=KERNEL_DEVICE)
+    with pytest.raises(ValueError, match="maxnreg: expected None or an int in 32..255"):
+        _kernel(case, t, _saved(case, t), maxnreg=20)
+
+
 def test_seam_backward_zero_tokens():
     case = SEAM_CASES[2]
     t = seam_inputs(case, first=False, gxp=True, device=KERNEL_DEVICE)
