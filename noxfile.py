@@ -97,6 +97,15 @@ def compile_check(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.compile_check", *session.posargs, env={"TRITON_INTERPRET": "0"})
 
 
+@nox.session
+def host_cpu(session: nox.Session) -> None:
+    """nox -s host_cpu -- [args]: the host time of each training-path call without its launches (recorded,
+    none run), on this machine with no GPU: python -m benchmarks.host_profile --no-launch; --help lists the
+    options."""
+    _install(session)
+    session.run("python", "-m", "benchmarks.host_profile", "--no-launch", *session.posargs, env={"TRITON_INTERPRET": "0"})
+
+
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """nox -s bench -- [args]: python -m benchmarks.run in the current environment (its torch and

@@ -1,6 +1,6 @@
 """Where the host time of one training-path call goes: a diagnostic, not a benchmark row.
 
-    python -m benchmarks.host_profile [--ops pre,post,sinkhorn,layer] [--shape 1x4x4096] [--top 25]
+    python -m benchmarks.host_profile [--ops pre,post,sinkhorn,layer] [--shape 1x4x4096] [--top 25] [--calls 200]
 
 For each op of benchmarks/host.py (at T = 1 by default, where the GPU is never the bottleneck), each
 call (fwd, bwd, step) is measured three ways, per call:
@@ -16,6 +16,13 @@ call (fwd, bwd, step) is measured three ways, per call:
 The difference ``call (Triton's launch) - launches`` is ours (autograd, allocations, Python);
 ``launches - compiled launcher`` is Triton's per-call work, which the short path mostly saves. Prints a table and the profiles; on CPU
 (the interpreter) it runs, but the numbers describe the interpreter.
+
+    python -m benchmarks.host_profile --no-launch [--ops ref,pre,post,sinkhorn,layer] [--shape 1x4x4096]
+
+``--no-launch``: ours alone, on any machine: CPU tensors, every Triton launch recorded and none run
+(compile_check.recording: the launchers' GPU tile choices, no interpreter), so a call's time is its
+validation, allocations, autograd and launchers' Python without the launches. The ref op's row is the
+host's yardstick (a CPU's speed differs from the GPU host's: compare ``over ref``).
 """
 
 from __future__ import annotations
@@ -129,13 +136,65 @@ def profile(fn: Callable[[], object], top: int, calls: int = 200) -> str:
     return out.getvalue()
 
 
+@contextlib.contextmanager
+def launches_recorded_not_run():
+    """compile_check.recording, with the ops' device check off as well (CPU tensors on the triton backend
+    without the interpreter): the host path of every call, its launches recorded, none run."""
+    from mhc_ops import _impl
+
+    from .compile_check import recording
+
+    check = _impl.require_kernel_device
+    _impl.require_kernel_device = lambda *args: None
+    try:
+        with recording(arguments=False) as records:
+            yield records
+    finally:
+        _impl.require_kernel_device = check
+
+
+def no_launch_rows(ops: list[str], shape, calls: int, top: int) -> tuple[list[tuple], list[tuple]]:
+    """(call, launches per call, us per call, over ref's) per op and call, and the cProfiles (--no-launch)."""
+    rows, profiles, ref = [], [], {}
+    with launches_recorded_not_run() as records:
+        for name in ops:
+            training = host.OPS[name](shape, torch.device("cpu"))
+            for variant in CALLS:
+                call = host.make_call(training, variant)
+                call()
+                del records[:]
+                call()
+                launches = len(records)
+
+                def fn(call=call):
+                    call()
+                    records.clear()
+
+                us = _per_call_us(fn, torch.device("cpu"), calls)
+                if name == "ref":
+                    ref[variant] = us
+                rows.append((f"{name}.{variant}", launches, us, us / ref[variant] if variant in ref else None))
+                if top:
+                    profiles.append((f"{name}.{variant}", profile(fn, top, calls)))
+    return rows, profiles
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.host_profile", description=__doc__.split("\n")[0])
-    parser.add_argument("--ops", default="pre,post,sinkhorn,layer", help=f"comma separated, of {list(host.OPS)}")
+    parser.add_argument("--ops", default=None,
+                        help=f"comma separated, of {list(host.OPS)} (default pre,post,sinkhorn,layer; ref first with "
+                        "--no-launch)")  # fmt: skip
     parser.add_argument("--shape", default="1x4x4096", help="one TxnxD")
     parser.add_argument("--top", type=int, default=25, help="functions per cProfile listing (0: no profiles)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-launch", action="store_true",
+                        help="ours alone on CPU tensors: every launch recorded, none run (any machine)")  # fmt: skip
+    parser.add_argument("--calls", type=int, default=200, help="calls per timed loop (CUDA and --no-launch)")
     args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error(f"--calls: expected a positive int, got {args.calls}")
+    if args.ops is None:
+        args.ops = ("ref," if args.no_launch else "") + "pre,post,sinkhorn,layer"
     ops = [o for o in args.ops.split(",") if o]
     for o in ops:
         if o not in host.OPS:
@@ -144,8 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     if len(shapes) != 1:
         parser.error(f"--shape: expected one shape, got {args.shape!r}")
     (shape,) = shapes
+    if args.no_launch:
+        rows, profiles = no_launch_rows(ops, shape, args.calls, args.top)
+        print(f"# host time per call without its launches (recorded, not run), {shape.label}, CPU tensors, "
+              f"torch {torch.__version__}\n")  # fmt: skip
+        print("| call | launches | ours us | over ref |\n|---|---|---|---|")
+        for call, k, us, over in rows:
+            print(f"| {call} | {k} | {us:.1f} | {'-' if over is None else format(over, '.1f')} |")
+        for call, text in profiles:
+            print(f"\n## cProfile of {call} ({args.calls} calls), by own time\n")
+            print(text)
+        return 0
     device = torch.device(args.device)
-    calls = 200 if device.type == "cuda" else 1
+    calls = args.calls if device.type == "cuda" else 1
     rows, profiles = [], []
     for name in ops:
         training = host.OPS[name](shape, device)

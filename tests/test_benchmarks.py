@@ -271,6 +271,20 @@ def test_kernel_breakdown_rejects_an_unknown_op(capsys):
     assert exit_.value.code == 2 and "--ops" in capsys.readouterr().err
 
 
+def test_host_profile_without_launches_times_our_python_alone(capsys):
+    """--no-launch: every call of the layer and the yardstick op on CPU tensors, its launches counted and none
+    run (on any machine: no interpreter, no GPU), each row over ref's; the launch counts are the training
+    path's (the weight split cached after the first call)."""
+    argv = ["--no-launch", "--ops", "ref,layer", "--shape", "2x4x64", "--calls", "3", "--top", "1"]
+    assert host_profile.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {r[0]: r[1:] for r in (line.strip("| ").split(" | ") for line in out.splitlines()) if r[0][:4] in ("ref.", "laye")}
+    assert list(rows) == ["ref.fwd", "ref.bwd", "ref.step", "layer.fwd", "layer.bwd", "layer.step"], out
+    assert [int(rows[k][0]) for k in rows] == [0, 0, 0, 3, 5, 8], out
+    assert all(float(us) > 0 and float(over) > 0 for us, over in (v[1:] for v in rows.values())), out
+    assert out.count("## cProfile of ") == 6
+
+
 def test_host_profile_rejects_an_unknown_op(capsys):
     with pytest.raises(SystemExit) as exit_:
         host_profile.main(["--ops", "nope", "--device", "cpu"])
