@@ -144,6 +144,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                                   lambda t=tile, p=presplit, d=delayed, h=hpp, a=b_args: fused_bwd.launch_backward_fused(
                                       *a, block_t=t[0], block_d=t[1], presplit=p, delayed=d, h_pre_prev=h,
                                       dh_pre=torch.randn(70, a[0].shape[-2]) if d else None)))  # fmt: skip
+        calls.append((f"bwd n={n} {dtype} pass A split 3", lambda a=b_args: fused_bwd.launch_backward_fused(
+            *a, splits_a=3, block_d_a=16)))  # fmt: skip
         calls.append((f"bwd n={n} {dtype} pass B maxnreg=168", lambda a=b_args: fused_bwd.launch_backward_fused(
             *a, block_t=32, block_d=128, maxnreg=168)))  # fmt: skip
         p_args = [post[k] for k in ("x", "h_res", "h_out", "h_post")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -151,6 +151,12 @@ decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when wr
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 2>&1 | tee "$R/decode_small_timeline.md" | tail -3
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --grid 'block_t=1;unroll=64;block_d=16,64' \
     2>&1 | tee -a "$R/decode_small_timeline.md" | tail -5 ;;
+split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idle (Performance XIV, unmeasured when
+         # written): its GPU tests (any arrival order: bitwise repeatable), then the backward by splits_a
+  timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "split" -p no:cacheprovider \
+    2>&1 | tail -3 | tee "$R/split_a_tests.txt"
+  timeout 240 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048,16384x4x7168 \
+    --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -26 ;;
 maxnreg)  # register caps (Performance XIV, unmeasured when written): pass B at n = 4 capped to 168 (3 programs per SM
          # instead of 2) and 128, then the forward's split path where its grid has several waves
   timeout 60 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "maxnreg or realistic" -p no:cacheprovider \

@@ -1,4 +1,5 @@
-"""Arrival counters for kernels whose last program of a token block finishes it (kernels/decode.py):
+"""Arrival counters for kernels whose last program of a token block finishes it (kernels/decode.py, the
+fused backward's pass A split over columns in kernels/fused_bwd.py):
 one int32 per token block, incremented with acq_rel at GPU scope by each program of the block and set
 back to 0 by the last one, so they are all 0 between launches and a CUDA-graph replay needs no memset.
 

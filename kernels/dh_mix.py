@@ -29,13 +29,14 @@ from ._launch import launched
 
 
 @triton.jit
-def dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
+def dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, d_start, d_end, sx_t, sx_i, sx_d, sdh_t, sdh_d,
                 BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
-    """[BLOCK_T, O_PAD] tile with dh_pre[i] = sum_d dh_in[d] * x[i, d] in pre column i. The products
-    are summed elementwise into a [BLOCK_T, N_PAD, BLOCK_D] fp32 tile, one stream_tile per chunk, and
-    reduced over d once at the end: no cross-thread reduction and no wait per stream in the loop."""
+    """[BLOCK_T, O_PAD] tile with dh_pre[i] = sum_d dh_in[d] * x[i, d] over the columns d_start .. d_end - 1
+    (d_start a multiple of BLOCK_D; all of D: 0, D) in pre column i. The products are summed elementwise
+    into a [BLOCK_T, N_PAD, BLOCK_D] fp32 tile, one stream_tile per chunk, and reduced over d once at the
+    end: no cross-thread reduction and no wait per stream in the loop."""
     acc = tl.zeros([rows.shape[0], N_PAD, BLOCK_D], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
+    for d0 in range(d_start, d_end, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_mask = d < D
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d,
@@ -83,7 +84,7 @@ def coeff_grads(
 ):
     """-> (dh_pre, g2 = [dh_pre2 | dh_post2 | dh_res], dh_mix, dinv_rms) for a block of tokens."""
     dh_pre = dh_pre_tile(
-        x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_D, O_PAD, N_PAD
+        x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, 0, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_D, O_PAD, N_PAD
     )
     g2, dh_mix, dinv_rms = coeff_grads_of(
         dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr, rows, row_mask,

@@ -1,6 +1,7 @@
 """The fused backward plan: dx, dparams and dgamma in two passes over x, no [T, nD] fp32 tensor.
 
-Pass A (grid: token blocks) reads x and dh_in for dh_pre (all n streams of a chunk as one stream
+Pass A (grid: token blocks; with splits_a, token blocks x column-chunk ranges, the last program of a block
+to arrive finishing it) reads x and dh_in for dh_pre (all n streams of a chunk as one stream
 tile; the delayed pre's dh_pre is an input, so there it reads no x) and writes dh_mix [T, O], rms_coef =
 -dinv_rms*inv_rms^3/nD [T], per-program dbias/dalpha partials and (presplit: bf16 x, pass B's 32-row
 tile) dh_mix's three bf16 parts [3, T, O_PAD]. Pass B (grid: n * D blocks, ``splits`` token ranges)
@@ -20,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._arrive import arrival_counters
 from ._common import (
     cdiv,
     check_block,
@@ -49,38 +51,67 @@ from ._common import (
 )
 from ._launch import launched
 from ._reduce import column_sums
-from .dh_mix import coeff_grads, coeff_grads_of, phi_tile
+from .dh_mix import coeff_grads_of, dh_pre_tile, phi_tile
 from .dparams import g_update, store_dcoeff_partials
 from .dx import dx_tile, rms_coef_of
 
 
-@launched(do_not_specialize=["T"])
+@launched(do_not_specialize=["T", "splits_a"])
 def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
-                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh3_ptr,
-                   T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps,
+                   h_post_ptr, dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh_pre_ptr, dh3_ptr, ws_dpre_ptr, count_ptr,
+                   T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, splits_a,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
-                   DELAYED: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr):  # fmt: skip
+                   DELAYED: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr,
+                   SPLIT_A: tl.constexpr):  # fmt: skip
     # DELAYED: the delayed pre, whose dh_pre is an input (the next sublayer's): x is not read (dh_pre_prev =
     # sum_d dh_in*x[i] is pass B's, from the tiles it loads). Else mhc_pre: dh_pre from x and dh_in.
+    # SPLIT_A (mhc_pre): program (b, s) sums dh_pre over its share of the column chunks into ws_dpre [splits_a,
+    # T, n]; the last of block b's programs to arrive (count_ptr: decode's protocol, kernels/_arrive.py) adds
+    # the splits_a parts in split order (deterministic) and finishes the block as one program would.
     hc_eps = tl.cast(hc_eps, tl.float32)  # a float argument is fp64 in Inductor's launches
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
-    O = n * n + 2 * n
-    if not DELAYED:
-        _, g2, dh_mix, dinv_rms = coeff_grads(
-            x_ptr, dh_in_ptr, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
-            rows, row_mask, cols, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, BLOCK_D, O_PAD, N_PAD)  # fmt: skip
-    else:
+    last = True  # this program finishes its token block (not SPLIT_A: its only program)
+    if DELAYED:
         if HAS_DH_PRE:
             dh_pre = load_coeff_part(dh_pre_ptr, rows, row_mask, cols, 0, n)
         else:  # the next sublayer did not use this h_pre
             dh_pre = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
-        g2, dh_mix, dinv_rms = coeff_grads_of(
-            dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr, rows,
-            row_mask, cols, n, hc_eps,
-        )  # fmt: skip
+    elif SPLIT_A:
+        s = tl.program_id(1)
+        chunks = tl.cdiv(D, BLOCK_D)
+        dh_pre = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, s * chunks // splits_a * BLOCK_D,
+                             (s + 1) * chunks // splits_a * BLOCK_D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_D, O_PAD,
+                             N_PAD)  # fmt: skip
+        ws_rows = s.to(tl.int64) * T + rows
+        store_coeff_part(ws_dpre_ptr, dh_pre, ws_rows, row_mask, cols, 0, n)
+        tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
+        last = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu") == splits_a - 1
+        if last:  # every part of block pid is visible
+            dh_pre = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
+            for p in range(splits_a):
+                dh_pre += load_coeff_part(ws_dpre_ptr, p * T + rows, row_mask, cols, 0, n)
+            tl.store(count_ptr + pid, 0)  # for the next launch
+    else:
+        dh_pre = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, 0, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
+                             BLOCK_D, O_PAD, N_PAD)  # fmt: skip
+    if last:
+        pass_a_finish(dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
+                      dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh3_ptr, pid, rows, row_mask, cols, T, n, D, hc_eps,
+                      O_PAD, PRESPLIT)  # fmt: skip
+
+
+@triton.jit
+def pass_a_finish(dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
+                  dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh3_ptr, pid, rows, row_mask, cols, T, n, D, hc_eps,
+                  O_PAD: tl.constexpr, PRESPLIT: tl.constexpr):  # fmt: skip
+    """Pass A of a token block given its dh_pre tile: dh_mix, rms_coef, (PRESPLIT) dh_mix's bf16 parts and
+    this block's dbias/dalpha partials (row pid of ws_dcoeff)."""
+    O = n * n + 2 * n
+    g2, dh_mix, dinv_rms = coeff_grads_of(dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr,
+                                          inv_rms_ptr, alpha_ptr, rows, row_mask, cols, n, hc_eps)  # fmt: skip
     inv_rms = tl.load(inv_rms_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(rms_coef_ptr + rows, rms_coef_of(dinv_rms, inv_rms, n * D), mask=row_mask)
     store_coeff_part(dh_mix_ptr, dh_mix, rows, row_mask, cols, 0, O)
@@ -321,7 +352,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None, maxnreg=None):  # fmt: skip
+                          presplit=None, maxnreg=None, splits_a=1):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -334,8 +365,12 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     presplit: pass A stores dh_mix's three bf16 parts and pass B's products read them (bf16 x only: G's
     bf16 products need x exact in bf16; None: where pass B's tile has fewer than PRESPLIT_BELOW_BLOCK_T
     tokens; False: pass B splits dh_mix itself). maxnreg: pass B's register cap (check_maxnreg; None = the
-    compiler's)."""
+    compiler's). splits_a: column-chunk ranges per pass-A token block (mhc_pre; at most its chunks; the
+    delayed pre's pass A reads no x): 1, one program per block; more, the blocks' sums of dh_in*x spread over
+    as many programs and the last to arrive finishes the block (for grids of few token blocks)."""
     check_maxnreg(maxnreg)
+    if not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1:
+        raise ValueError(f"splits_a: expected a positive int, got {splits_a!r}")
     if presplit is not None and not isinstance(presplit, bool):
         raise ValueError(f"presplit: expected None, True or False, got {presplit!r}")
     n, D = static_dims(x, 2)
@@ -389,11 +424,15 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else h_pre  # written first
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
-    _pass_a_kernel[(blocks_a,)](
+    splits_a = 1 if delayed else min(splits_a, cdiv(D, block_d_a))
+    # dh_pre's [splits_a, T, n] parts and the blocks' arrival counters (never touched without SPLIT_A)
+    ws_dpre = torch.empty((splits_a, T, n), device=dev, dtype=f32) if splits_a > 1 else rms_coef
+    counters = arrival_counters(dev, blocks_a) if splits_a > 1 else rms_coef
+    _pass_a_kernel[(blocks_a, splits_a)](
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
-        dh_pre, dh3, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), BLOCK_T=block_t_a,
-        BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=delayed, HAS_DH_PRE=has_dh_pre,
-        PRESPLIT=presplit, num_warps=num_warps, num_stages=num_stages,
+        dh_pre, dh3, ws_dpre, counters, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), splits_a,
+        BLOCK_T=block_t_a, BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=delayed,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)

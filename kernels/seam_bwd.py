@@ -189,11 +189,11 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
     blocks_a = cdiv(T, block_t_a)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
     # the delayed pre's pass A: no x (dh_pre_prev is the seam kernel's)
-    _pass_a_kernel[(blocks_a,)](
+    _pass_a_kernel[(blocks_a, 1)](
         xn, dh_in_t, alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post, dh_mix,
-        rms_coef, ws_dcoeff, dh_pre, dh3, T, n, D, *xn.stride(), *dh_in_t.stride(), float(hc_eps),
-        BLOCK_T=block_t_a, BLOCK_D=16, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=True, HAS_DH_PRE=has_dh_pre,
-        PRESPLIT=presplit, num_warps=4, num_stages=2,
+        rms_coef, ws_dcoeff, dh_pre, dh3, rms_coef, rms_coef, T, n, D, *xn.stride(), *dh_in_t.stride(),
+        float(hc_eps), 1, BLOCK_T=block_t_a, BLOCK_D=16, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=True,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=False, num_warps=4, num_stages=2,
     )  # fmt: skip
     gamma_arg = gamma.contiguous() if gamma is not None else rms_coef  # never read without HAS_GAMMA
     dpp_arg = dpp if dpp is not None else dh_post  # never written without HAS_HPP

@@ -197,6 +197,47 @@ def test_fused_backward_is_deterministic():
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("splits_a", [2, 3, 64])
+@pytest.mark.parametrize("case", KERNEL_CASES[:3], ids=str)
+def test_pass_a_split_over_column_chunks(case, splits_a):
+    """splits_a > 1: each token block's dh_pre summed by several programs over column-chunk ranges, the last
+    to arrive adding the parts in split order and finishing the block (64: clamped to the chunks). The
+    gradients pass the rule; two calls agree bitwise; the arrival counters are back to 0 after each."""
+    from mhc_ops.kernels import _arrive
+
+    t = build(case, KERNEL_DEVICE).tensors
+    a = _fused(t, splits_a=splits_a, block_d_a=16)
+    _assert_accurate(t, a)
+    b = _fused(t, splits_a=splits_a, block_d_a=16)
+    for k, v in a.items():
+        assert v is None and b[k] is None or torch.equal(v, b[k]), k
+    assert all(int(c.count_nonzero()) == 0 for c in _arrive._COUNTERS.values())
+
+
+def test_pass_a_split_is_ignored_by_the_delayed_pre(monkeypatch):
+    """The delayed pre's pass A reads no x: splits_a leaves it one program per block."""
+    grids = []
+    kernel = fused_bwd._pass_a_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", Spy())
+    t = build(KERNEL_CASES[0], KERNEL_DEVICE).tensors
+    out = _fused(t, splits_a=4, block_d_a=16, delayed=True, dh_pre=torch.randn_like(t["h_pre"]))
+    assert grids == [(grids[0][0], 1)] and not out["dx"].isnan().any()
+
+
+@pytest.mark.parametrize("splits_a", [0, -2, 1.5, True, None])
+def test_bad_splits_a_is_refused(splits_a, monkeypatch):
+    t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
+    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", None)
+    with pytest.raises(ValueError, match="splits_a: expected a positive int"):
+        _fused(t, splits_a=splits_a)
+
+
 @pytest.mark.parametrize("case", EMPTY_CASES, ids=str)
 def test_fused_backward_zero_tokens(case):
     t = build(case, KERNEL_DEVICE).tensors
@@ -212,3 +253,18 @@ def test_fused_backward_zero_tokens(case):
 def test_fused_backward_on_gpu_at_realistic_shapes(case):
     t = build(case, "cuda").tensors
     _assert_accurate(t, _fused(t))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="realistic shapes need a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES[:2] + GPU_CASES[-2:], ids=str)
+def test_pass_a_split_on_gpu_is_accurate_and_deterministic(case):
+    """The split pass A on the GPU, where its programs arrive in any order: accurate, and bitwise the same
+    over repeated calls (the parts are added in split order whatever the order of arrival)."""
+    t = build(case, "cuda").tensors
+    a = _fused(t, splits_a=4)
+    _assert_accurate(t, a)
+    for _ in range(3):
+        b = _fused(t, splits_a=4)
+        for k, v in a.items():
+            assert v is None and b[k] is None or torch.equal(v, b[k]), k
