@@ -79,7 +79,8 @@ def fuzz(session: nox.Session) -> None:
     _install(session)
     examples = session.posargs[0] if session.posargs else "200"
     session.run("pytest", "-n", "auto", "-q", "tests/test_ops_fuzz.py", "tests/kernels/test_post_kernels.py",
-                "tests/kernels/test_sinkhorn_kernels.py", "-k", "fuzz", env={**INTERPRET, "MHC_FUZZ": examples})
+                "tests/kernels/test_sinkhorn_kernels.py", "tests/kernels/test_fused_bwd.py", "-k", "fuzz",
+                env={**INTERPRET, "MHC_FUZZ": examples})
 
 
 @nox.session

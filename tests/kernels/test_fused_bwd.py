@@ -8,14 +8,16 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from mhc_ops.golden import build, judge, mhc_pre_backward, rel_err
+from mhc_ops.golden import Case, build, judge, mhc_pre_backward, rel_err
 from mhc_ops.kernels import fused_bwd
 from mhc_ops.kernels._common import o_groups, o_pad
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
 from mhc_ops.stages import Pipeline
 from tests.cases import EMPTY_CASES, GPU_CASES, GROUPED_CASES, KERNEL_BLOCKS, KERNEL_CASES
-from tests.helpers import HAS_CUDA, KERNEL_DEVICE, nan_filled_outputs
+from tests.helpers import HAS_CUDA, KERNEL_DEVICE, fuzz_settings, nan_filled_outputs
 
 pytestmark = [
     pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device"),
@@ -236,6 +238,26 @@ def test_bad_splits_a_is_refused(splits_a, monkeypatch):
     monkeypatch.setattr(fused_bwd, "_pass_a_kernel", None)
     with pytest.raises(ValueError, match="splits_a: expected a positive int"):
         _fused(t, splits_a=splits_a)
+
+
+@fuzz_settings(6)
+@given(
+    lead=st.sampled_from([(1,), (5,), (17,), (2, 9), (40,)]), n=st.sampled_from([1, 2, 3, 4, 6, 8]),
+    D=st.sampled_from([5, 33, 67]), dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
+    tile=st.sampled_from([(16, 16), (16, 32), (32, 16)]), splits=st.sampled_from([None, 1, 2, 3]),
+    splits_a=st.sampled_from([1, 2, 3, 5]), block_d_a=st.sampled_from([16, 32]),
+    presplit=st.sampled_from([None, False, True]), gamma=st.booleans(), grad_x_post=st.booleans(),
+    seed=st.integers(0, 2**16),
+)  # fmt: skip
+def test_fused_backward_fuzz_over_launch_options(lead, n, D, dtype, tile, splits, splits_a, block_d_a, presplit, gamma,
+                                                 grad_x_post, seed):  # fmt: skip
+    """Any mix of the launch options (pass B's tile and token ranges, pass A's column split and its chunk,
+    pass A's bf16 parts) on random shapes and dtypes: the rule against the float64 golden."""
+    case = Case(lead=lead, n=n, D=D, dtype=dtype, seed=seed, gamma=gamma, grad_x_post=grad_x_post)
+    t = build(case, KERNEL_DEVICE).tensors
+    out = _fused(t, block_t=tile[0], block_d=tile[1], splits=splits, splits_a=splits_a, block_d_a=block_d_a,
+                 presplit=presplit)  # fmt: skip
+    _assert_accurate(t, out)
 
 
 @pytest.mark.parametrize("case", EMPTY_CASES, ids=str)
