@@ -134,6 +134,9 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
             for delayed, hpp in ((False, None), (True, None), (True, h_pre_prev)):
                 calls.append((f"fwd n={n} {dtype} splits={splits} delayed={delayed}", lambda s=splits, d=delayed,
                               h=hpp, a=f_args: fwd.launch_fwd(*a, 1e-6, 1e-6, splits=s, delayed=d, h_pre_prev=h)))  # fmt: skip
+                calls.append((f"fwd n={n} {dtype} splits={splits} delayed={delayed} wide", lambda s=splits, d=delayed,
+                              h=hpp, a=f_args: fwd.launch_fwd(*a, 1e-6, 1e-6, splits=s, delayed=d, h_pre_prev=h,
+                                                              wide=True)))  # fmt: skip
         coeff = torch.rand(70, n)  # the saved tensors and upstream gradients: shapes and dtypes only
         b_args = [pre["x"], pre["phi"], pre["alpha"], pre["x"][..., 0, :], coeff, torch.rand(70, n, n),
                   torch.rand(70), torch.randn(70, n * n + 2 * n), coeff, coeff, pre["gamma"], pre["x"], 1e-6]  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a]
+#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -151,6 +151,12 @@ decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when wr
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 2>&1 | tee "$R/decode_small_timeline.md" | tail -3
   timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --grid 'block_t=1;unroll=64;block_d=16,64' \
     2>&1 | tee -a "$R/decode_small_timeline.md" | tail -5 ;;
+wide)  # the forward's projection as one wide product, one wait a chunk instead of three (Performance XIV, unmeasured
+      # when written): the forward's GPU tests with it, then the forward by wide (n = 4: where it applies)
+  timeout 120 python3 -m pytest -n 8 -q tests/kernels/test_fwd_split.py tests/kernels/test_delayed.py \
+    tests/kernels/test_stage_kernels.py -k "wide or gpu or realistic" -p no:cacheprovider 2>&1 | tail -3 | tee "$R/wide_tests.txt"
+  timeout 200 python3 -m benchmarks.kernel_breakdown --shapes 16384x4x7168,4096x4x4096,1024x4x4096 --ops fwd --sweep \
+    --quick --grid 'wide=False,True' 2>&1 | grep '^|' | tee "$R/wide.md" | tail -10 ;;
 split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idle (Performance XIV, unmeasured when
          # written): its GPU tests (any arrival order: bitwise repeatable), then the backward by splits_a
   timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "split" -p no:cacheprovider \

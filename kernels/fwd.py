@@ -66,6 +66,9 @@ FINISH_BLOCK_D = 64
 FINISH_BLOCK_D_N8 = 128
 # adjacent columns of one x row whose squares a thread sums per chunk (square_runs): a bf16 tile loads 8 a thread
 SQ_RUN = tl.constexpr(8)
+# launch_fwd(wide=True) up to this O_PAD: the product's [64, 4 * O_PAD] fp32 accumulator, 64 registers a thread
+# at O_PAD 32 (n <= 4; the single kernel compiles to 222 registers, no spills, for sm_90)
+WIDE_MAX_O_PAD = 32
 
 
 @triton.jit
@@ -103,9 +106,21 @@ def mix_dot(xt, xf, phi_ptr, gamma_ptr, w_ptr, cols, k, d_mask, n, D, sphi_o, sp
     the flattened columns k of nD.
 
     W_SPLIT (bf16 x, which is exact in bf16): w_ptr holds (gamma*phi)^T as three bf16 parts
-    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32. Otherwise
-    phi and gamma are read in fp32 (mix_weights) and multiplied by fp32_dot."""
-    if W_SPLIT:
+    [3, nD, O_PAD] (split_bf16_host), multiplied on bf16 tensor cores and summed in fp32: three products
+    into one accumulator (W_SPLIT 1), or (W_SPLIT 2, O_PAD <= WIDE_MAX_O_PAD) one product against the
+    parts side by side, [BLOCK_D, 4 * O_PAD] with a fourth of zeros, whose four column groups are summed
+    per chunk: one group of tensor-core instructions and one wait for it a chunk instead of three
+    (docs/perf.md, Performance XIV). Otherwise phi and gamma are read in fp32 (mix_weights) and
+    multiplied by fp32_dot."""
+    if W_SPLIT == 2:
+        part = n * D * O_PAD
+        p = tl.arange(0, 4)
+        w = tl.load(w_ptr + (k[:, None, None] * O_PAD + (p * part)[None, :, None] + cols[None, None, :]),
+                    mask=d_mask[:, None, None] & (p < 3)[None, :, None], other=0.0)  # fmt: skip
+        wide = bf16_dot(xt, tl.reshape(w, [w.shape[0], 4 * O_PAD]), tl.zeros([BLOCK_T, 4 * O_PAD], dtype=tl.float32),
+                        INTERPRET)  # fmt: skip
+        chunk = tl.sum(tl.reshape(wide, [BLOCK_T, 4, O_PAD]), axis=1)
+    elif W_SPLIT:
         # A fresh accumulator per chunk, added in fp32 (see split_dot_rhs_bf16).
         w_offs = k[:, None] * O_PAD + cols[None, :]
         part = n * D * O_PAD
@@ -537,7 +552,7 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
-    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, finish_block_d=None, maxnreg=None,
+    splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, finish_block_d=None, maxnreg=None, wide=False,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
@@ -548,11 +563,15 @@ def launch_fwd(
     (the interpreter). block_d_apply: h_in columns per finish program of the split path (a power of
     two >= 16; None = finish_cols). finish_block_d: columns per step of the finish's apply (a power of
     two >= 16; None = FINISH_BLOCK_D, FINISH_BLOCK_D_N8 from n = 8). maxnreg: the register cap of the
-    projection's kernel (_fwd_kernel or _fwd_partial_kernel; check_maxnreg; None = the compiler's)."""
+    projection's kernel (_fwd_kernel or _fwd_partial_kernel; check_maxnreg; None = the compiler's). wide: the
+    bf16 projection as one product against the weight parts side by side (mix_dot's W_SPLIT 2) where
+    o_pad(n) <= WIDE_MAX_O_PAD (n <= 4); ignored elsewhere and for other dtypes."""
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
         raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
     check_block("block_t", block_t, 16)
     check_maxnreg(maxnreg)
+    if not isinstance(wide, bool):
+        raise ValueError(f"wide: expected True or False, got {wide!r}")
     n, D = static_dims(x, 2)
     lead = x.shape[:-2]
     block_d = default_block_d(n, block_d)
@@ -577,7 +596,7 @@ def launch_fwd(
     check_tile_span(block_t, xt)
     alpha, bias = alpha.contiguous(), bias.contiguous()
     gamma_arg = gamma.contiguous() if gamma is not None else alpha  # never read without HAS_GAMMA
-    w_split = x.dtype == torch.bfloat16
+    w_split = (2 if wide and o_pad(n) <= WIDE_MAX_O_PAD else 1) if x.dtype == torch.bfloat16 else 0
     # (gamma*phi)^T split for bf16 tensor cores, cached per weight version; never read without W_SPLIT
     w_arg = weight_derived("fwd.split_weights", split_weights, phi, gamma) if w_split else alpha
     token_blocks = cdiv(T, block_t)

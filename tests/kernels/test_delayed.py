@@ -29,13 +29,14 @@ def _golden_fwd(case, t, cd):
 
 
 @FIRST
-@pytest.mark.parametrize("splits", [1, 3], ids=["single", "split"])
+@pytest.mark.parametrize(("splits", "wide"), [(1, False), (3, False), (1, True), (3, True)],
+                         ids=["single", "split", "single-wide", "split-wide"])  # fmt: skip
 @pytest.mark.parametrize("case", DELAYED_KERNEL_CASES, ids=str)
-def test_delayed_forward(case, first, splits):
+def test_delayed_forward(case, first, splits, wide):
     t = delayed_inputs(case, first, KERNEL_DEVICE)
     with nan_filled_outputs():
         got = launch_fwd(t["x"], t["phi"], t["alpha"], t["bias"], t["gamma"], case.norm_eps, case.hc_eps,
-                         splits=splits, delayed=True, h_pre_prev=t["h_pre_prev"])  # fmt: skip
+                         splits=splits, delayed=True, h_pre_prev=t["h_pre_prev"], wide=wide)  # fmt: skip
     # launch_fwd's order is mhc_pre's: (h_in, h_post, h_res, inv_rms, h_mix, h_pre)
     got = dict(zip(("h_in", "h_post", "h_res", "inv_rms", "h_mix", "h_pre"), got))
     ref64, ref32 = _golden_fwd(case, _up(t), torch.float64), _golden_fwd(case, t, torch.float32)

@@ -148,6 +148,34 @@ def test_bad_maxnreg(maxnreg, bundles, launches):
     assert launches == []
 
 
+WIDE_CASES = [(c, launch) for c, launch in SPLIT_CASES if c.dtype == "bfloat16"]
+
+
+@pytest.mark.parametrize("splits", [1, None], ids=["single", "split"])
+@pytest.mark.parametrize("param", WIDE_CASES, ids=_id)
+def test_wide_product(param, splits, bundles):
+    """wide=True: the bf16 projection as one product against the three weight parts side by side (n <= 4),
+    single kernel and split path: the rule against the float64 golden; where O_PAD > WIDE_MAX_O_PAD (n = 6, 8)
+    it is the three-product kernel's result bit for bit (the option does not apply)."""
+    case, launch = param
+    bundle = bundles(case)
+    inputs, _ = bundle.stage_view("pre_fwd")
+    launch = launch | ({"splits": 1} if splits == 1 else {})
+    wide = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, wide=True, **launch)
+    assert_stage_accurate("pre_fwd", bundle, wide)
+    if o_pad(case.n) > fwd.WIDE_MAX_O_PAD:
+        plain = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, **launch)
+        assert all(torch.equal(wide[k], plain[k]) for k in plain)
+
+
+@pytest.mark.parametrize("wide", [1, "yes", None])
+def test_bad_wide(wide, bundles, launches):
+    inputs, _ = bundles(SPLIT_CASES[0][0]).stage_view("pre_fwd")
+    with pytest.raises(ValueError, match="wide: expected True or False"):
+        fwd.mhc_pre_fwd(**inputs, wide=wide)
+    assert launches == []
+
+
 def test_auto_is_single_kernel_on_cpu(bundles, launches):
     if KERNEL_DEVICE != "cpu":
         pytest.skip("CPU tensors only")
