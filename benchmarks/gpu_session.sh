@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -35,6 +35,12 @@ if [[ " $parts " == *" hf"* ]] && compgen -G ".whl/transformers-*.whl" >/dev/nul
 fi
 
 for part in $parts; do case $part in
+verify)  # first on a new tree: the GPU tests of the kernels whose default path changed unmeasured (sessions 32-33:
+        # round_to's compiled rounding, the forward's square runs and read-back h_pre, pass A's split) and the
+        # layer's CUDA-graph and bug tests, about two minutes
+  timeout 200 python3 -m pytest -n 8 -q -p no:cacheprovider tests/bugs tests/kernels/test_stage_kernels.py \
+    tests/kernels/test_fused_bwd.py tests/kernels/test_fwd_split.py tests/kernels/test_delayed.py \
+    tests/test_cuda_graph.py 2>&1 | grep -v "^DEBUG" | tail -15 | tee "$R/verify.txt" ;;
 tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recompiles per T (160 s cut it at ~97 %)
   timeout 300 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v "^DEBUG" \
     | tail -25 | tee "$R/gpu_tests.txt" ;;
