@@ -2,12 +2,15 @@
 each against its memory floor (../shared/spec/mhc-math.md, docs/perf.md "The delayed pre").
 
     PYTHONPATH=. python -m benchmarks.delayed [--shapes 1x4x4096,...] [--rows seam,...] [--seam-grid GRID]
-                                              [--seam-bwd-grid GRID] [--quick] [--out DIR] [--device cuda]
+                                              [--seam-bwd-grid GRID] [--delayed-grid GRID] [--quick] [--out DIR]
+                                              [--device cuda]
 
 Rows per shape (bf16 x, fp32 parameters with gamma):
 
 - pre_fwd / delayed_fwd: mhc_pre's forward and the delayed pre's (h_pre_prev given), one call of the
   launcher. The delayed forward reads x once (its h_in is collapsed in the projection's pass).
+  ``--delayed-grid 'block_d=64,128;wide=False,True'`` adds a delayed_fwd row per combination of launch_fwd's
+  options, with the single kernel's registers / spills / shared KB as compiled.
 - pre_bwd / delayed_bwd: the fused backward of each (dh_in, dh_post, dh_res random; the delayed one
   also takes dh_pre and writes dh_pre_prev).
 - boundary: mhc_post(l) then the delayed pre(l+1) on its output, two ops, against the seam floor with
@@ -44,7 +47,7 @@ from mhc_ops.golden.mhc_post import mhc_post_backward, mhc_post_forward
 from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_delayed_backward, mhc_pre_delayed_forward, mhc_pre_forward
 from mhc_ops.golden.seam import seam_backward
 from mhc_ops.kernels.fused_bwd import launch_backward_fused
-from mhc_ops.kernels.fwd import launch_fwd
+from mhc_ops.kernels.fwd import _fwd_kernel, launch_fwd
 from mhc_ops.kernels.post import launch_post_bwd, launch_post_fwd
 from mhc_ops.kernels.seam import _seam_partial_kernel, launch_seam_fwd
 from mhc_ops.kernels.seam_bwd import _seam_bwd_kernel, launch_seam_bwd
@@ -59,7 +62,7 @@ from .timing import copy_bandwidth_GBps
 DEFAULT = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
 ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary", "seam", "boundary_bwd", "seam_bwd")
 # rows with a launch-option grid -> the kernel whose compiled registers / spills / shared memory they report
-GRID_KERNELS = {"seam": _seam_partial_kernel, "seam_bwd": _seam_bwd_kernel}
+GRID_KERNELS = {"seam": _seam_partial_kernel, "seam_bwd": _seam_bwd_kernel, "delayed_fwd": _fwd_kernel}
 
 
 # row -> (its floor's op in benchmarks/floors.py, the unfused floor it is also compared with, or None)
@@ -99,10 +102,11 @@ def _cast(cd):
     return lambda v: v.double() if isinstance(v, torch.Tensor) else v
 
 
-def _calls(t, post, seam_options=({},), seam_bwd_options=({},)):
+def _calls(t, post, seam_options=({},), seam_bwd_options=({},), delayed_options=({},)):
     """row -> (call, its outputs' names, reference(compute dtype) -> the same outputs); a seam row per
     entry of seam_options (launch_seam_fwd's keyword arguments), a seam_bwd row per entry of
-    seam_bwd_options (launch_seam_bwd's). The boundary's backward takes x as x(l+1) and post's x as x(l)."""
+    seam_bwd_options (launch_seam_bwd's), a delayed_fwd row per entry of delayed_options (launch_fwd's). The
+    boundary's backward takes x as x(l+1) and post's x as x(l)."""
     x, phi, alpha, bias, gamma, hpp = (t[k] for k in ("x", "phi", "alpha", "bias", "gamma", "h_pre_prev"))
     f = mhc_pre_forward(x, phi, alpha, bias, gamma)  # the saved tensors the backwards take, fp32
     d = mhc_pre_delayed_forward(x, phi, alpha, bias, gamma, hpp)
@@ -188,8 +192,9 @@ def _calls(t, post, seam_options=({},), seam_bwd_options=({},)):
 
     return {
         "pre_fwd": (lambda: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6), fwd_names, pre_fwd_ref),
-        "delayed_fwd": (lambda: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6, delayed=True, h_pre_prev=hpp),
-                        fwd_names, delayed_fwd_ref),  # fmt: skip
+        **{seam_row(o, "delayed_fwd"): (lambda o=o: launch_fwd(x, phi, alpha, bias, gamma, 1e-6, 1e-6, delayed=True,
+                                                                h_pre_prev=hpp, **o), fwd_names, delayed_fwd_ref)
+           for o in delayed_options},  # fmt: skip
         "pre_bwd": (pre_bwd, bwd_names, pre_bwd_ref),
         "delayed_bwd": (delayed_bwd, (*bwd_names, "dh_pre_prev"), delayed_bwd_ref),
         "boundary": (boundary, ("out", "h_in", "h_post", "h_res"), boundary_ref),
@@ -203,12 +208,13 @@ def seam_row(options: dict, base: str = "seam") -> str:
     return base + (f"[{', '.join(f'{k}={v}' for k, v in options.items())}]" if options else "")
 
 
-def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},), seam_bwd_options=({},)):
+def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},), seam_bwd_options=({},),
+        delayed_options=({},)):  # fmt: skip
     bw = copy_bandwidth_GBps(device, quick) if device.type == "cuda" else None
     rows = []
     for shape in shapes:
         t, post = _inputs(shape.T, shape.n, shape.D, device)
-        for name, (call, names, ref) in _calls(t, post, seam_options, seam_bwd_options).items():
+        for name, (call, names, ref) in _calls(t, post, seam_options, seam_bwd_options, delayed_options).items():
             base = name.partition("[")[0]
             if base not in rows_wanted:
                 continue
@@ -253,6 +259,8 @@ def main(argv=None) -> int:
                         help="also a seam row per combination of launch_seam_fwd options, e.g. 'block_t=32,64;num_warps=4,8'")  # fmt: skip
     parser.add_argument("--seam-bwd-grid", default=None,
                         help="also a seam_bwd row per combination of launch_seam_bwd options, e.g. 'block_t=16,32'")  # fmt: skip
+    parser.add_argument("--delayed-grid", default=None,
+                        help="also a delayed_fwd row per combination of launch_fwd options, e.g. 'block_d=64,128'")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -263,14 +271,17 @@ def main(argv=None) -> int:
     if not rows_wanted or any(r not in ROWS for r in rows_wanted):
         parser.error(f"--rows: expected a subset of {','.join(ROWS)}, got {args.rows!r}")
     options = {}
-    for flag, grid in (("--seam-grid", args.seam_grid), ("--seam-bwd-grid", args.seam_bwd_grid)):
+    grids = (("--seam-grid", args.seam_grid), ("--seam-bwd-grid", args.seam_bwd_grid),
+             ("--delayed-grid", args.delayed_grid))  # fmt: skip
+    for flag, grid in grids:
         try:
             options[flag] = configs("seam", True, parse_grid(grid)) if grid else [{}]
         except ValueError as e:
             parser.error(f"{flag}: {e}")
-    print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor | seam kernel regs/spills/KB |")
+    print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor | grid kernel regs/spills/KB |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = run(shapes, device, args.quick, args.out, rows_wanted, options["--seam-grid"], options["--seam-bwd-grid"])
+    rows = run(shapes, device, args.quick, args.out, rows_wanted, options["--seam-grid"], options["--seam-bwd-grid"],
+               options["--delayed-grid"])  # fmt: skip
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

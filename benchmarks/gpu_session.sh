@@ -162,7 +162,10 @@ wide)  # the forward's projection as one wide product, one wait a chunk instead 
   timeout 120 python3 -m pytest -n 8 -q tests/kernels/test_fwd_split.py tests/kernels/test_delayed.py \
     tests/kernels/test_stage_kernels.py -k "wide or gpu or realistic" -p no:cacheprovider 2>&1 | tail -3 | tee "$R/wide_tests.txt"
   timeout 200 python3 -m benchmarks.kernel_breakdown --shapes 16384x4x7168,4096x4x4096,1024x4x4096 --ops fwd --sweep \
-    --quick --grid 'wide=False,True' 2>&1 | grep '^|' | tee "$R/wide.md" | tail -10 ;;
+    --quick --grid 'wide=False,True' 2>&1 | grep '^|' | tee "$R/wide.md" | tail -10
+  # the delayed pre's single kernel spills at its default 128 columns (255 registers), not at 64 (168)
+  timeout 200 python3 -m benchmarks.delayed --rows delayed_fwd --delayed-grid 'block_d=64,128;wide=False,True' \
+    --shapes 16384x4x7168,4096x4x4096,1024x4x4096 --quick 2>&1 | grep '^| [0-9]' | tee "$R/wide-delayed.md" | tail -15 ;;
 split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idle (Performance XIV, unmeasured when
          # written): its GPU tests (any arrival order: bitwise repeatable), then the backward by splits_a
   timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "split" -p no:cacheprovider \
