@@ -313,6 +313,14 @@ def _finish_kernel(ws_ptr, phi_ptr, gamma_ptr, dphi_ptr, dgamma_ptr, ws_dcoeff_p
             tl.store(dphi_ptr + cols[:, None] * nD + k[None, :], G, mask=mask)
 
 
+def finish_tile(n: int) -> tuple[int, int]:
+    """(BLOCK_K, BLOCK_P) of the finish kernel: G's columns per program and dbias/dalpha partial rows per step.
+    Its registers are the largest of its roles': at O_PAD 128 (n = 8) the [O_PAD, 128] G tiles and the
+    [64, 2 * O_PAD] fp64 partials tile compile to 255 registers and 316 B of spills for sm_90; 64 columns
+    and 16 rows, to 148 and none (docs/perf.md, Performance XIV). G's sums do not depend on either."""
+    return (128, 64) if o_pad(n) <= 64 else (64, 16)
+
+
 # presplit=None: pass A's bf16 parts of dh_mix for pass B tiles of fewer tokens than this (measured faster
 # there; neutral or slower on the 64 x 64 tile: docs/perf.md, kernels/fused_bwd.py).
 PRESPLIT_BELOW_BLOCK_T = 64
@@ -448,11 +456,11 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n), DX=True,
         num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
     )  # fmt: skip
-    block_k, block_dpp = 128, 512
+    (block_k, block_p), block_dpp = finish_tile(n), 512
     dpp_programs = cdiv(T * n, block_dpp) if collapse == 1 else 0
     _finish_kernel[(cdiv(nD, block_k) + 1 + dpp_programs,)](
         ws_g, phi, gamma_arg, out["dphi"], out["dgamma"] if gamma is not None else ws_g, ws_dcoeff, dcoeff, ws_dpp,
         out["dh_pre_prev"] if collapse == 1 else ws_g, splits, blocks_a, dpp_blocks, T * n, n, D, *phi.stride(),
-        HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=64, BLOCK_DPP=block_dpp,
+        HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n), BLOCK_P=block_p, BLOCK_DPP=block_dpp,
     )  # fmt: skip
     return out

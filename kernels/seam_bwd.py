@@ -49,7 +49,14 @@ from ._common import (
 from ._launch import launched
 from .dh_mix import phi_tile
 from .dx import dx_tile
-from .fused_bwd import PRESPLIT_BELOW_BLOCK_T, _finish_kernel, _pass_a_kernel, _pass_b_kernel, pass_b_tile
+from .fused_bwd import (
+    PRESPLIT_BELOW_BLOCK_T,
+    _finish_kernel,
+    _pass_a_kernel,
+    _pass_b_kernel,
+    finish_tile,
+    pass_b_tile,
+)
 from .post import load_tile, post_bwd_stream
 
 
@@ -213,9 +220,10 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
         BLOCK_T=g_tile[0], BLOCK_D=g_tile[1], O_A=o_a, O_B=o_b, INTERPRET=interpreting(), COLLAPSE=2,
         PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, num_warps=4, num_stages=2,
     )  # fmt: skip
-    _finish_kernel[(cdiv(nD, 128) + 1,)](
+    block_k, block_p = finish_tile(n)
+    _finish_kernel[(cdiv(nD, block_k) + 1,)](
         ws_g, phi, gamma_arg, dphi, dgamma if gamma is not None else ws_g, ws_dcoeff, dcoeff, ws_g, ws_g, splits,
-        blocks_a, 0, 0, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=128, O_PAD=o_pad(n), BLOCK_P=64,
-        BLOCK_DPP=512,
+        blocks_a, 0, 0, n, D, *phi.stride(), HAS_GAMMA=gamma is not None, BLOCK_K=block_k, O_PAD=o_pad(n),
+        BLOCK_P=block_p, BLOCK_DPP=512,
     )  # fmt: skip
     return grads

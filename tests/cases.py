@@ -262,6 +262,8 @@ DELAYED_KERNEL_CASES = [
     Case(lead=(5,), n=1, D=33, dtype="float32", seed=202, gamma=False, grad_x_post=True),
     Case(lead=(1,), n=3, D=20, dtype="float16", seed=203, grad_x_post=True, norm_eps=1e-20),
     Case(lead=(19,), n=6, D=45, dtype="bfloat16", seed=204, gamma=False, x_scale=4.0),
+    # n = 8: O_PAD 128, the finish kernel's narrower tile (fused_bwd.finish_tile) before dh_pre_prev's programs
+    Case(lead=(7,), n=8, D=19, dtype="bfloat16", seed=205, grad_x_post=True),
 ]
 # The seam (post + delayed pre in one pass; tests/kernels/test_seam.py): n = 1, 3, 4, 6, odd D, one token.
 SEAM_CASES = [
