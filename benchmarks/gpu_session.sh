@@ -170,8 +170,9 @@ split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idl
          # written): its GPU tests (any arrival order: bitwise repeatable), then the backward by splits_a
   timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "split" -p no:cacheprovider \
     2>&1 | tail -3 | tee "$R/split_a_tests.txt"
-  timeout 240 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048,16384x4x7168 \
-    --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -26 ;;
+  # with pass A's bf16 parts too: at 1024 x 4 x 4096 they made pass B 62 -> 48 us and pass A 42 -> 58 (session 29)
+  timeout 300 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048 \
+    --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8;presplit=None,True' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -36 ;;
 maxnreg)  # register caps (Performance XIV, unmeasured when written): pass B at n = 4 capped to 168 (3 programs per SM
          # instead of 2) and 128, then the forward's split path where its grid has several waves
   timeout 60 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "maxnreg or realistic" -p no:cacheprovider \
