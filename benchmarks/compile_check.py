@@ -1,6 +1,7 @@
 """Every Triton kernel of the library compiled for a GPU target on this machine: no GPU needed.
 
     python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers] [--sass] [--only REGEX]
+                                       [--shapes TxnxD,...]
 
 What it catches: what Triton's compiler refuses and its interpreter runs (the interpreter executes a
 kernel as Python), such as a jit helper returning tiles of two shapes from its two branches, which only
@@ -11,8 +12,12 @@ specialises on, constexprs, launch options) is then compiled by triton.compile f
 cuda:90, the H200's). --registers adds ptxas's registers and spills per kernel: a GPU's at the recorded
 argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X); --sass adds each
 kernel's SASS instruction mix (static counts: a GPU-free proxy, docs/perf.md, Performance XIII); --only REGEX
-compiles only the kernels whose name it matches (re.search). Not caught: what needs a GPU to run
-(numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1 if any fails."""
+compiles only the kernels whose name it matches (re.search). --shapes instead compiles what a training
+step and a decode step launch by default at those shapes (bf16; the GPU's tile, split and path choices;
+uninitialised CPU tensors of the real sizes, nothing runs), each line led by the first shape and op that
+launched it: with --registers, the spills of the default path (docs/perf.md, Performance XIV). Not caught:
+what needs a GPU to run (numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1
+if any fails."""
 
 from __future__ import annotations
 
@@ -176,6 +181,49 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     return calls
 
 
+def default_launches(shapes) -> list[tuple[str, Callable[[], object]]]:
+    """(label, call) of each op's launcher as the training path and decode call it, default options, at
+    each shape (benchmarks.shapes.Shape): the pre forward (its GPU split choice), the delayed pre, the fused
+    backward of each, post, Sinkhorn and, up to DECODE_MAX_T tokens, the decode boundary (delayed and plain)."""
+    from mhc_ops._impl import DECODE_MAX_T
+    from mhc_ops.kernels import decode, fused_bwd, fwd, post, sinkhorn
+    from mhc_ops.kernels._common import cdiv, default_block_d
+
+    calls = []
+    for shape in shapes:
+        T, n, D, O = shape.T, shape.n, shape.D, shape.n * shape.n + 2 * shape.n
+
+        def empty(*size, dtype=torch.float32):
+            return torch.empty(size, dtype=dtype)
+
+        x, x1 = empty(T, n, D, dtype=torch.bfloat16), empty(T, D, dtype=torch.bfloat16)
+        phi, alpha, bias, gamma = empty(O, n * D), empty(3), empty(O), empty(n, D)
+        h_pre, h_post, h_res, inv_rms, h_mix = empty(T, n), empty(T, n), empty(T, n, n), empty(T), empty(T, O)
+        label = shape.label
+        splits = {delayed: fwd.auto_splits(cdiv(T, 64), (1 if delayed else n) * cdiv(D, default_block_d(n, None)), SMS)
+                  for delayed in (False, True)}  # fmt: skip
+        saved = (inv_rms, h_mix, h_pre, h_post, gamma, x, 1e-6)
+        calls += [
+            (f"{label} fwd", lambda a=(x, phi, alpha, bias, gamma), s=splits[False]: fwd.launch_fwd(
+                *a, 1e-6, 1e-6, splits=s)),
+            (f"{label} delayed fwd", lambda a=(x, phi, alpha, bias, gamma), s=splits[True], h=h_pre: fwd.launch_fwd(
+                *a, 1e-6, 1e-6, splits=s, delayed=True, h_pre_prev=h)),
+            (f"{label} bwd", lambda a=(x, phi, alpha, x1, h_post, h_res), s=saved: fused_bwd.launch_backward_fused(
+                *a, *s)),
+            (f"{label} delayed bwd", lambda a=(x, phi, alpha, x1, h_post, h_res), s=saved, h=h_pre:
+             fused_bwd.launch_backward_fused(*a, *s, delayed=True, h_pre_prev=h, dh_pre=h)),
+            (f"{label} post", lambda a=(x, h_res, x1, h_post): (post.launch_post_fwd(*a), post.launch_post_bwd(*a, x))),
+            (f"{label} sinkhorn", lambda L=h_res: (sinkhorn.launch_sinkhorn_fwd(L, 20, 1e-6),
+                                                  sinkhorn.launch_sinkhorn_bwd(L, L, 20, 1e-6))),
+        ]  # fmt: skip
+        if T <= DECODE_MAX_T and n <= decode.MAX_N:
+            for delayed in (True, False):
+                calls.append((f"{label} decode{' delayed' if delayed else ''}", lambda a=(x, h_res, x1, h_post),
+                              h=h_pre if delayed else None, w=(phi, alpha, bias, gamma): decode.launch_decode(
+                                  *a, h, *w, 1e-6, 1e-6, 20, 1e-6)))  # fmt: skip
+    return calls
+
+
 def compile_one(item: tuple) -> tuple[str, str | None]:
     """Compile one specialisation (name, sig, constexprs, attrs, options, backend, arch, registers, sass) ->
     (its description, None or the compiler's last error line). registers: the description ends with ptxas's
@@ -260,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also each kernel's SASS instruction mix (nvdisasm; static counts)")  # fmt: skip
     parser.add_argument("--only", default=None, help="compile only kernels whose name matches this regex")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at once (default: CPUs)")
+    parser.add_argument("--shapes", default=None,
+                        help="the default launches of the training and decode paths at these TxnxD shapes instead")  # fmt: skip
     args = parser.parse_args(argv)
     backend, _, arch = args.target.partition(":")
     if backend != "cuda" or not arch.isdigit():
@@ -270,25 +320,37 @@ def main(argv: list[str] | None = None) -> int:
         only = re.compile(args.only or "")
     except re.error as e:
         parser.error(f"--only: expected a regular expression, got {args.only!r} ({e})")
+    if args.shapes is not None:
+        from .shapes import parsed_shapes
+
+        calls = default_launches(parsed_shapes(parser, args.shapes))
+    else:
+        calls = workloads()
     unique: dict[str, tuple] = {}
+    labels: dict[str, str] = {}  # specialisation -> the first --shapes workload that launched it
     failed = 0
     with recording() as records:
-        for label, call in workloads():
+        for label, call in calls:
+            first = len(records)
             try:
                 call()
             except Exception as e:  # noqa: BLE001  (a launcher that raises on valid inputs is a finding too)
                 failed += 1
                 print(f"FAILED  launching {label}\n    {type(e).__name__}: {e}", flush=True)
-    for jit, a, kw in records:
-        if not only.search(jit.fn.__name__):
-            continue
-        name, sig, constexprs, attrs, options = spec(jit, a, kw)
-        key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(attrs), sorted(options.items())))
-        unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers, args.sass))
+            for jit, a, kw in records[first:]:
+                if not only.search(jit.fn.__name__):
+                    continue
+                name, sig, constexprs, attrs, options = spec(jit, a, kw)
+                key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(attrs),
+                            sorted(options.items())))  # fmt: skip
+                unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers,
+                                        args.sass))  # fmt: skip
+                labels.setdefault(key, label)
     print(f"# {len(records)} launches recorded, {len(unique)} kernel specialisations compiled for {args.target}\n")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for desc, error in pool.map(compile_one, unique.values()):
+        for key, (desc, error) in zip(unique, pool.map(compile_one, unique.values())):
             failed += error is not None
+            desc = f"[{labels[key]}] {desc}" if args.shapes is not None else desc
             print(f"{'FAILED' if error else 'ok'}  {desc}" + (f"\n    {error}" if error else ""), flush=True)
     print(f"\n{len(unique)} specialisations, {failed} failures")
     return 1 if failed else 0

@@ -665,6 +665,27 @@ def test_compile_check_sass_mix_counts_the_compiled_code(tmp_path):
     assert mixes["with_rcp"]["local"] == mixes["with_dot"]["local"] == 0, out.stdout
 
 
+def test_compile_check_shapes_compiles_the_default_launches_at_those_shapes(tmp_path):
+    """--shapes: the training and decode paths' default launches at the shapes given (nothing runs), each
+    specialisation led by the first shape and op that launched it; decode only up to DECODE_MAX_T tokens."""
+    from benchmarks.shapes import Shape
+
+    labels = [label for label, _ in compile_check.default_launches([Shape(3, 4, 64), Shape(100, 2, 32)])]
+    assert labels == ["3x4x64 fwd", "3x4x64 delayed fwd", "3x4x64 bwd", "3x4x64 delayed bwd", "3x4x64 post",
+                      "3x4x64 sinkhorn", "3x4x64 decode delayed", "3x4x64 decode", "100x2x32 fwd",
+                      "100x2x32 delayed fwd", "100x2x32 bwd", "100x2x32 delayed bwd", "100x2x32 post",
+                      "100x2x32 sinkhorn"]  # fmt: skip
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}
+    argv = ["-m", "benchmarks.compile_check", "--shapes", "3x4x64,100x2x32", "--only", "_post_fwd_kernel",
+            "--registers", "--jobs", "1"]  # fmt: skip
+    out = subprocess.run([sys.executable, *argv], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("ok  ")]
+    assert [line.split("]")[0] for line in lines] == ["ok  [3x4x64 post", "ok  [100x2x32 post"], out.stdout
+    assert all("_post_fwd_kernel" in line and "registers" in line for line in lines), out.stdout
+
+
 def test_weight_parts_three_parts_are_the_weights_and_pass_the_rule():
     """weight_parts' k-part sums: three bf16 parts give (gamma*phi) exactly (the kernel's split is exact),
     two drop at most 2^-16 of each weight; with three every output passes the rule on the tool's cases."""
