@@ -212,7 +212,7 @@ def default_launches(shapes) -> list[tuple[str, Callable[[], object]]]:
                 *a, *s)),
             (f"{label} delayed bwd", lambda a=(x, phi, alpha, x1, h_post, h_res), s=saved, h=h_pre:
              fused_bwd.launch_backward_fused(*a, *s, delayed=True, h_pre_prev=h, dh_pre=h)),
-            (f"{label} post", lambda a=(x, h_res, x1, h_post): (post.launch_post_fwd(*a), post.launch_post_bwd(*a, x))),
+            (f"{label} post", lambda a=(x, h_res, x1, h_post): (post.launch_post_fwd(*a), post.launch_post_bwd(*a, a[0]))),
             (f"{label} sinkhorn", lambda L=h_res: (sinkhorn.launch_sinkhorn_fwd(L, 20, 1e-6),
                                                   sinkhorn.launch_sinkhorn_bwd(L, L, 20, 1e-6))),
         ]  # fmt: skip
