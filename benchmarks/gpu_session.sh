@@ -150,7 +150,7 @@ sinkhorn-chain)  # one Sinkhorn iteration's cycles by reciprocal and tile (bench
   timeout 200 python3 -m benchmarks.sinkhorn_chain 2>&1 | tee "$R/sinkhorn_chain.md" | tail -42 ;;
 decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when written): their GPU tests, the
               # decode rows with every variant, then the timeline of the best candidates against the default
-  timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_decode.py tests/kernels/test_seam.py \
+  timeout 150 python3 -m pytest -n 8 -q tests/kernels/test_decode.py tests/kernels/test_seam.py \
     tests/kernels/test_fwd_split.py tests/kernels/test_stage_kernels.py -p no:cacheprovider 2>&1 | tail -3 | tee "$R/decode_small_tests.txt"
   timeout 300 python3 -m benchmarks.decode --variants --quick --shapes 1x4x4096,1x8x4096 --out "$R" \
     2>&1 | tee "$R/decode_small.md" | grep '^| ' | tail -60
