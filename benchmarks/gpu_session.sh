@@ -108,7 +108,8 @@ ncu-fwd)  # Nsight Compute on the forward's kernels (single at 16384 x 4 x 7168,
   else
     echo "ncu not found" | tee "$R/ncu_fwd.txt"
   fi ;;
-layer-graph)  # the layer step's CUDA-graph GPU time alone, at the issue's large shapes
+layer-graph)  # the layer step's CUDA-graph GPU time alone, at the issue's large shapes, with its kernels' sum and
+             # the gap between them (per-kernel times in the jsonl's kernel_times)
   timeout 240 python3 -m benchmarks.layer_modes --modes graph --shapes 4096x4x4096,16384x4x7168,8192x8x2048 --out "$R" \
     2>&1 | tee "$R/layer_graph.md" | tail -8 ;;
 profile)  # where the host time of a call goes (benchmarks/host_profile.py), at T = 1

@@ -33,6 +33,9 @@ Per shape and mode, one row:
   split that eager finds cached, one kernel more, kernels/_cache.py); launch_calls: the launch API calls
   it records on the host (cudaLaunchKernel, cuLaunchKernelEx, cudaGraphLaunch, ...; a driver launch
   the profiler does not trace is not counted); host_us_per_launch (eager) = wall_us / launches.
+- kernel_us (``graph``): the sum of those kernels' own GPU times in one replay, kernel_times each kernel's
+  (by name, summed over its launches), and gap_us = graph_us - kernel_us: the step's time outside its
+  kernels (launch gaps and tails between them; docs/perf.md, Performance XIV).
 - accuracy: one step of the mode, after its warm-up steps, checked before it is timed: every output
   and gradient (out, dx, dphi, dalpha, dbias) by the accuracy rule (mhc_ops.golden.accuracy) against
   the fp64 golden of the layer step on the same inputs, as benchmarks/run.py's layer_step rows; two
@@ -85,7 +88,7 @@ LAUNCH_APIS = frozenset({
 
 ROW_KEYS = (
     "op", "mode", "T", "n", "D", "dtype", "backend", "steps", "wall_us", "host_us", "graph_us", "ratio", "launches",
-    "launch_calls", "host_us_per_launch", "status", "ok", "worst_output", "worst_err", "worst_bound", "vs_eager_err",
+    "launch_calls", "host_us_per_launch", "kernel_us", "kernel_times", "gap_us", "status", "ok", "worst_output", "worst_err", "worst_bound", "vs_eager_err",
     "reason", "gpu", "device_name", "date", "run", "torch", "triton",
 )  # fmt: skip
 ENV_KEYS = ("gpu", "device_name", "date", "run", "torch", "triton")
@@ -194,11 +197,11 @@ def _is_kernel(event) -> bool:
     return not event.name.startswith(("Memcpy", "Memset"))
 
 
-def count_launches(fn: Callable[[], object], device: torch.device) -> tuple[int | None, int | None]:
-    """(kernel events on the GPU, launch API calls on the host) the profiler records for one fn();
-    (None, None) on CPU."""
+def count_launches(fn: Callable[[], object], device: torch.device) -> tuple[int | None, int | None, dict | None]:
+    """(kernel events on the GPU, launch API calls on the host, kernel name -> its GPU us summed over its
+    events) the profiler records for one fn(); (None, None, None) on CPU."""
     if device.type != "cuda":
-        return None, None
+        return None, None, None
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -207,9 +210,17 @@ def count_launches(fn: Callable[[], object], device: torch.device) -> tuple[int 
         fn()
         torch.cuda.synchronize(device)
     events = prof.events()
-    kernels = sum(e.device_type == DeviceType.CUDA and _is_kernel(e) for e in events)
+    kernel_events = [e for e in events if e.device_type == DeviceType.CUDA and _is_kernel(e)]
     calls = sum(e.device_type == DeviceType.CPU and e.name in LAUNCH_APIS for e in events)
-    return kernels, calls
+    return len(kernel_events), calls, kernel_times(kernel_events)
+
+
+def kernel_times(events) -> dict[str, float]:
+    """kernel name -> the GPU us of its events, summed (device_time), largest first."""
+    times: dict[str, float] = {}
+    for e in events:
+        times[e.name] = times.get(e.name, 0.0) + e.device_time
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
 
 
 def judge(outs: Sequence[torch.Tensor | None], case: Case, eager: Sequence | None) -> dict:
@@ -239,7 +250,7 @@ def measure_mode(
     row = judge(outs, case, eager)
     if not row["ok"]:
         return row, outs
-    row["launches"], row["launch_calls"] = count_launches(step, device)
+    row["launches"], row["launch_calls"], _ = count_launches(step, device)
     loop = (steps, LOOP_WARMUP[device.type], LOOPS[device.type])
     host_us, wall_us, _ = host.host_loop_us(step, device, False, loop=loop)
     return row | {"wall_us": wall_us, "host_us": host_us}, outs
@@ -255,7 +266,9 @@ def measure_graph(case: Case, device: torch.device, steps: int, eager: Sequence 
     row = judge(outs, case, eager)
     if not row["ok"]:
         return row, outs
-    row["launches"], row["launch_calls"] = count_launches(graph.replay, device)
+    row["launches"], row["launch_calls"], times = count_launches(graph.replay, device)
+    kernel_us = sum(times.values())
+    row |= {"kernel_us": kernel_us, "kernel_times": times, "gap_us": gpu_us - kernel_us}
     return row | {"wall_us": gpu_us, "graph_us": gpu_us}, outs
 
 
@@ -326,7 +339,7 @@ def run_all(shapes: Sequence[Shape], modes: Sequence[str], env: Mapping, device:
 # ---- output -------------------------------------------------------------------------------------
 
 TABLE_COLUMNS = ("mode", "T", "n", "D", "wall us/step", "host us/step", "graph us", "wall/graph", "launches",
-                 "us/launch", "vs eager", "accuracy")  # fmt: skip
+                 "us/launch", "kernels us (gap)", "vs eager", "accuracy")  # fmt: skip
 
 
 def _num(value, fmt: str) -> str:
@@ -347,6 +360,7 @@ def format_table(rows: Sequence[Mapping]) -> str:
         cells = (
             r["mode"], str(r["T"]), str(r["n"]), str(r["D"]), _num(r["wall_us"], ".1f"), _num(r["host_us"], ".1f"),
             _num(r["graph_us"], ".1f"), _num(r["ratio"], ".2f"), launches, _num(r["host_us_per_launch"], ".2f"),
+            "-" if r["kernel_us"] is None else f"{r['kernel_us']:.1f} ({r['gap_us']:.1f})",
             _num(r["vs_eager_err"], ".1e"), accuracy_cell(r),
         )  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

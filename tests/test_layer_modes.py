@@ -6,6 +6,7 @@ is a speed target."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,3 +98,13 @@ def test_bad_arguments_exit_with_a_usage_error(argv, capsys):
         layer_modes.parse_args(["--device", "cpu", *argv])
     assert e.value.code == 2
     assert "--" in capsys.readouterr().err
+
+
+def test_kernel_times_sum_each_kernels_events_largest_first():
+    """The graph row's kernel_times: every event of a kernel summed by name, the largest total first (its
+    kernel_us is their sum, gap_us the step's time outside them)."""
+    events = [SimpleNamespace(name=name, device_time=us) for name, us in
+              (("_pass_b_kernel", 900.0), ("_fwd_kernel", 600.0), ("_sinkhorn_fwd_kernel", 5.0), ("_pass_b_kernel", 300.0))]  # fmt: skip
+    times = layer_modes.kernel_times(events)
+    assert times == {"_pass_b_kernel": 1200.0, "_fwd_kernel": 600.0, "_sinkhorn_fwd_kernel": 5.0}
+    assert list(times) == ["_pass_b_kernel", "_fwd_kernel", "_sinkhorn_fwd_kernel"]
