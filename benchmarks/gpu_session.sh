@@ -197,6 +197,8 @@ hf-compile)  # the same, eager and patched, each also with every decoder layer u
   PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
     --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
     | tail -24 | tee "$R/hf-compile.txt" ;;
-*) echo "unknown part $part (tests, bench, train, hf, hf-compile, train-compile, train-graphs, train-seeds, train-resume, host, splits, profile, breakdown, sweep, sweep-b, wsplit, liger, layer-modes, layer-graph, presplit-tiles, seam-sweep, ncu-fwd, delayed, decode, sinkhorn-tiles)"; exit 2 ;;
-esac; done
+*) echo "unknown part $part (the parts: $(sed -n 4p "$0" | tr -d '[]#' | sed 's/.*gpu_session.sh *//'))"; exit 2 ;;
+esac
+# packed after every part: a device call cut at its time limit still brings back the parts it finished
 tar czf "$OUT/results.tgz" -C "$R" .
+done
