@@ -174,13 +174,14 @@ split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idl
   # with pass A's bf16 parts too: at 1024 x 4 x 4096 they made pass B 62 -> 48 us and pass A 42 -> 58 (session 29)
   timeout 300 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048 \
     --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8;presplit=None,True' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -36 ;;
-maxnreg)  # register caps (Performance XIV, unmeasured when written): pass B at n = 4 capped to 168 (3 programs per SM
-         # instead of 2) and 128, then the forward's split path where its grid has several waves
+maxnreg)  # pass B at n = 4 (Performance XIV, unmeasured when written): capped to 168 registers (3 programs per SM
+         # instead of 2), and its dx tile through an L2 slot (mm_scratch: 9 CTA barriers a tile instead of 36);
+         # then the forward's register cap where its split path's grid has several waves
   timeout 60 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "maxnreg or realistic" -p no:cacheprovider \
     2>&1 | tail -3 | tee "$R/maxnreg_tests.txt"
   for shape in 16384x4x7168 4096x4x4096 1024x4x4096; do
     timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
-      --grid 'maxnreg=None,168,128' 2>&1 | grep '^|' | tee -a "$R/maxnreg-bwd.md" | tail -3
+      --grid 'maxnreg=None,168;mm_scratch=False,True' 2>&1 | grep '^|' | tee -a "$R/maxnreg-bwd.md" | tail -4
   done
   timeout 120 python3 -m benchmarks.kernel_breakdown --shapes 4096x4x4096,1024x4x4096 --ops fwd --sweep --quick \
     --grid 'block_t=32,64;maxnreg=None,168' 2>&1 | grep '^|' | tee "$R/maxnreg-fwd.md" | tail -8 ;;

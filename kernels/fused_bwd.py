@@ -181,17 +181,21 @@ def presplit_g(dh3_ptr, rows, row_mask, cols, T, xt, O_PAD: tl.constexpr, INTERP
 
 @launched(do_not_specialize=["T", "splits"])
 def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix_ptr, rms_coef_ptr, h_pre_ptr,
-                   ws_ptr, dh3_ptr, ws_dpp_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
+                   ws_ptr, dh3_ptr, ws_dpp_ptr, mm_ptr, T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, sg_t, sg_i, sg_d, so_t, so_i, so_d,
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
-                   O_PAD: tl.constexpr, DX: tl.constexpr):  # fmt: skip
+                   O_PAD: tl.constexpr, DX: tl.constexpr, MM_SCRATCH: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
     # h_pre_ptr: the coefficients h_in was collapsed with (COLLAPSE 2: stream 0 alone, not read).
     # DX False: G alone (the seam backward makes dx itself, kernels/seam_bwd.py); dx, dh_in, phi not touched.
     # COLLAPSE 1 (with DX): this tile's part of dh_pre_prev[:, i] = sum_d dh_in*x[i] into ws_dpp [D blocks, T, n].
+    # MM_SCRATCH: the dvecX_mm tile goes through this program's [BLOCK_T, BLOCK_D] fp32 slot of mm_ptr (L2) and
+    # back, so dx is formed in the loads' layout: the compiler otherwise moves x, dh_in and grad_x_post into the
+    # product's layout and dx back, each through shared memory in four rounds of two CTA barriers (36 barriers
+    # a tile at n = 4; 9 this way; docs/perf.md, Performance XIV).
     i = tl.program_id(0) % n
     i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -247,6 +251,13 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                     mm += dvecX_mm_part(dh_mix_b, phi_b, phi_b_hi, phi_b_lo, F32, INTERPRET)
             if HAS_GAMMA:
                 mm = mm * g[None, :]
+            if MM_SCRATCH:
+                slot = mm_ptr + (tl.program_id(0) * tl.num_programs(1) + split).to(tl.int64) * (BLOCK_T * BLOCK_D)
+                slot_offs = tl.arange(0, BLOCK_T)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+                tl.store(slot + slot_offs, mm)
+                tl.debug_barrier()  # every thread's part stored before any thread reads another's
+                mm = tl.load(slot + slot_offs)
+                tl.debug_barrier()  # read before the next tile overwrites the slot
             dx = dx_tile(mm, xt.to(tl.float32), dh_in, rms_coef, h_pre_i[:, None])
             if COLLAPSE == 1:
                 dpp = tl.sum(dh_in * xt.to(tl.float32), axis=1)
@@ -360,7 +371,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None, maxnreg=None, splits_a=1):  # fmt: skip
+                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -375,8 +386,12 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     tokens; False: pass B splits dh_mix itself). maxnreg: pass B's register cap (check_maxnreg; None = the
     compiler's). splits_a: column-chunk ranges per pass-A token block (mhc_pre; at most its chunks; the
     delayed pre's pass A reads no x): 1, one program per block; more, the blocks' sums of dh_in*x spread over
-    as many programs and the last to arrive finishes the block (for grids of few token blocks)."""
+    as many programs and the last to arrive finishes the block (for grids of few token blocks). mm_scratch:
+    pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2) so dx is formed in the
+    loads' layout (_pass_b_kernel's MM_SCRATCH; the same values)."""
     check_maxnreg(maxnreg)
+    if not isinstance(mm_scratch, bool):
+        raise ValueError(f"mm_scratch: expected True or False, got {mm_scratch!r}")
     if not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1:
         raise ValueError(f"splits_a: expected a positive int, got {splits_a!r}")
     if presplit is not None and not isinstance(presplit, bool):
@@ -449,12 +464,14 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dpp_blocks = cdiv(D, block_d) if collapse == 1 else 0
     ws_dpp = torch.empty((dpp_blocks, T * n), device=dev, dtype=f32) if collapse == 1 else ws_g
     gamma_arg = gamma.contiguous() if gamma is not None else inv_rms  # never read without HAS_GAMMA
+    # one [block_t, block_d] fp32 slot per pass-B program (never touched without MM_SCRATCH)
+    mm_slots = torch.empty((col_programs * splits, block_t * block_d), device=dev, dtype=f32) if mm_scratch else ws_g
     _pass_b_kernel[(col_programs, splits)](
-        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, ws_dpp, T, n, D, *xt.stride(),
-        *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
+        xt, dh_in_t, gxp, dx_t, phi, gamma_arg, out["dh_mix"], rms_coef, h_coll, ws_g, dh3, ws_dpp, mm_slots, T, n, D,
+        *xt.stride(), *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
         INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n), DX=True,
-        num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
+        MM_SCRATCH=mm_scratch, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
     )  # fmt: skip
     (block_k, block_p), block_dpp = finish_tile(n), 512
     dpp_programs = cdiv(T * n, block_dpp) if collapse == 1 else 0

@@ -232,6 +232,27 @@ def test_pass_a_split_is_ignored_by_the_delayed_pre(monkeypatch):
     assert grids == [(grids[0][0], 1)] and not out["dx"].isnan().any()
 
 
+@pytest.mark.parametrize("case", [KERNEL_CASES[0], KERNEL_CASES[2], GROUPED_CASES[1]], ids=str)
+def test_mm_scratch_gives_the_same_bits(case):
+    """mm_scratch: pass B's dvecX_mm tile through its program's slot in global memory and back (so dx is formed
+    in the loads' layout) is a copy of fp32 values: every gradient bit for bit the plain kernel's, with token
+    ranges (slots per (column program, range)) and a partial last token block."""
+    t = build(case, KERNEL_DEVICE).tensors
+    plain = _fused(t, block_t=16, block_d=16, splits=2)
+    scratch = _fused(t, block_t=16, block_d=16, splits=2, mm_scratch=True)
+    for k, v in plain.items():
+        assert v is None and scratch[k] is None or torch.equal(v, scratch[k]), k
+    _assert_accurate(t, scratch)
+
+
+@pytest.mark.parametrize("mm_scratch", [1, None, "yes"])
+def test_bad_mm_scratch_is_refused(mm_scratch, monkeypatch):
+    t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
+    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", None)
+    with pytest.raises(ValueError, match="mm_scratch: expected True or False"):
+        _fused(t, mm_scratch=mm_scratch)
+
+
 @pytest.mark.parametrize("splits_a", [0, -2, 1.5, True, None])
 def test_bad_splits_a_is_refused(splits_a, monkeypatch):
     t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
@@ -275,6 +296,21 @@ def test_fused_backward_zero_tokens(case):
 def test_fused_backward_on_gpu_at_realistic_shapes(case):
     t = build(case, "cuda").tensors
     _assert_accurate(t, _fused(t))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="realistic shapes need a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES[:2], ids=str)
+def test_mm_scratch_on_gpu_gives_the_same_bits(case):
+    """mm_scratch with every pass-B program running at once: a slot shared by two programs, or read before all
+    its threads stored (the interpreter runs programs one at a time and cannot show either), would change
+    bits of dx against the plain kernel's."""
+    t = build(case, "cuda").tensors
+    plain = _fused(t, block_t=32, block_d=128)
+    for _ in range(3):
+        scratch = _fused(t, block_t=32, block_d=128, mm_scratch=True)
+        for k, v in plain.items():
+            assert v is None and scratch[k] is None or torch.equal(v, scratch[k]), k
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="realistic shapes need a CUDA device")
