@@ -128,7 +128,7 @@ def _apply_kernel(out_ptr, h_pre_ptr, h_in_ptr, T, D, so_t, so_j, so_d, N: tl.co
     row_mask = rows < T
     h_pre = collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
     d_start = tl.program_id(1) * BLOCK_D
-    apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, d_start, tl.minimum(d_start + BLOCK_D, D), N, D, so_t, so_j,
+    apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, d_start, d_start + BLOCK_D, N, D, so_t, so_j,
                so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
 
 

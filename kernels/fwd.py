@@ -254,18 +254,21 @@ def apply_tile(
     x_ptr, h_in_ptr, h_pre, t0, rows, row_mask, d_start, d_end, n, D, sx_t, sx_i, sx_d,
     BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
-    """h_in[rows, d_start:d_end] = sum_i h_pre[:, i] * x[rows, i, d_start:d_end] (h_pre [BLOCK_T, N_PAD]
+    """h_in[rows, d_start:min(d_end, D)] = sum_i h_pre[:, i] * x[rows, i, same columns] (h_pre [BLOCK_T, N_PAD]
     fp32, zero past n: pre_columns of a coefficient tile, or collapse_columns of a stored h_pre), summed in
-    fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype. The stream loop is unrolled to
+    fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype. d_end is not clamped to D by the
+    caller: the masks compare columns with d_end and with D apart, so where both are multiples of 16 the
+    compiler knows them constant over 16 columns and vectorises the loads and stores (a clamped
+    min(d_end, D) compiled to one 16-bit element a load: docs/perf.md, Performance XIV). The stream loop is unrolled to
     N_PAD (past n masked), so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit
     base per chunk, stream_offset and loop-invariant int32 tile_offsets (fewer registers: docs/perf.md,
     kernels/fwd.py)."""
     j = tl.arange(0, N_PAD)
     off_x = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), sx_t, sx_d)
     off_h = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), D, 1)
-    for d0 in range(d_start, d_end, BLOCK_D):
+    for d0 in range(d_start, tl.minimum(d_end, D), BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (d < d_end)[None, :]
+        mask = row_mask[:, None] & ((d < d_end) & (d < D))[None, :]
         h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
         x_base = x_ptr + (t0 * sx_t + d0 * sx_d)
         for i in tl.static_range(N_PAD):
@@ -424,7 +427,8 @@ def reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T: tl.cons
     return h_mix, sumsq
 
 
-@launched(do_not_specialize=["T", "splits", "apply_cols"])
+# apply_cols specialised: always a multiple of 16, so one specialisation, whose divisibility vectorises the apply
+@launched(do_not_specialize=["T", "splits"])
 def _fwd_finish_kernel(
     x_ptr,
     ws_ptr,
@@ -470,9 +474,8 @@ def _fwd_finish_kernel(
         )
     if COLLAPSE == 0:  # the delayed pre's partial kernel wrote h_in
         d_start = j * apply_cols
-        d_end = tl.minimum(d_start + apply_cols, D)
-        apply_tile(x_ptr, h_in_ptr, pre_columns(coef, cols, n, N_PAD), t0, rows, row_mask, d_start, d_end, n, D, sx_t,
-                   sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+        apply_tile(x_ptr, h_in_ptr, pre_columns(coef, cols, n, N_PAD), t0, rows, row_mask, d_start, d_start + apply_cols,
+                   n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
 
 
 @launched(do_not_specialize=["nD"])
