@@ -396,12 +396,13 @@ def _fwd_partial_kernel(
 
 @triton.jit
 def store_partials(ws_ptr, h_mix, sumsq, s, rows, row_mask, cols, T, n, splits, O_PAD: tl.constexpr):
-    """Split s's partials into the workspace: h_mix [splits, T, O_PAD] (columns < O), then sum(x^2)
-    [splits, T] (what _fwd_finish_kernel reduces)."""
+    """Split s's partials into the workspace: h_mix [splits, T, O_PAD] (every column: past O, the exact zeros
+    of the zero-padded weights), then sum(x^2) [splits, T] (what _fwd_finish_kernel reduces). Whole rows, so
+    the stores and reduce_partials' loads vectorise: a column mask of runtime O compiled to one 32-bit element
+    a load (docs/perf.md, Performance XIV)."""
     T64 = tl.full([], T, tl.int64)  # s * T * O_PAD can exceed 2**31
     part_rows = s.to(tl.int64) * T64 + rows  # row of [splits * T]
-    O = n * n + 2 * n
-    tl.store(ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], h_mix, mask=row_mask[:, None] & (cols < O)[None, :])
+    tl.store(ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], h_mix, mask=row_mask[:, None])
     tl.store(ws_ptr + splits * T64 * O_PAD + part_rows, sumsq, mask=row_mask)
 
 
@@ -410,7 +411,6 @@ def reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T: tl.cons
                     UNROLL: tl.constexpr):  # fmt: skip
     """store_partials' workspace summed over s = 0 .. splits-1 in order -> (h_mix [BLOCK_T, O_PAD],
     sum(x^2) [BLOCK_T]) of rows: deterministic, no atomics."""
-    O = n * n + 2 * n
     T64 = tl.full([], T, tl.int64)
     sumsq_ptr = ws_ptr + splits * T64 * O_PAD
     h_mix = tl.zeros([BLOCK_T, O_PAD], dtype=tl.float32)
@@ -420,9 +420,7 @@ def reduce_partials(ws_ptr, rows, row_mask, cols, T, n, splits, BLOCK_T: tl.cons
         for u in tl.static_range(UNROLL):
             live = row_mask & tl.where(s0 + u < splits, True, False)  # as in apply_tile: a bool mask in the interpreter
             part_rows = (s0 + u) * T64 + rows
-            h_mix += tl.load(
-                ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], mask=live[:, None] & (cols < O)[None, :], other=0.0
-            )
+            h_mix += tl.load(ws_ptr + part_rows[:, None] * O_PAD + cols[None, :], mask=live[:, None], other=0.0)
             sumsq += tl.load(sumsq_ptr + part_rows, mask=live, other=0.0)
     return h_mix, sumsq
 
