@@ -191,13 +191,12 @@ def default_launches(shapes) -> list[tuple[str, Callable[[], object]]]:
     from mhc_ops.kernels import decode, fused_bwd, fwd, post, sinkhorn
     from mhc_ops.kernels._common import cdiv, default_block_d
 
+    def empty(*size, dtype=torch.float32):
+        return torch.empty(size, dtype=dtype)
+
     calls = []
     for shape in shapes:
         T, n, D, O = shape.T, shape.n, shape.D, shape.n * shape.n + 2 * shape.n
-
-        def empty(*size, dtype=torch.float32):
-            return torch.empty(size, dtype=dtype)
-
         x, x1 = empty(T, n, D, dtype=torch.bfloat16), empty(T, D, dtype=torch.bfloat16)
         phi, alpha, bias, gamma = empty(O, n * D), empty(3), empty(O), empty(n, D)
         h_pre, h_post, h_res, inv_rms, h_mix = empty(T, n), empty(T, n), empty(T, n, n), empty(T), empty(T, O)

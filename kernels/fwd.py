@@ -258,9 +258,9 @@ def apply_tile(
     fp32, zero past n: pre_columns of a coefficient tile, or collapse_columns of a stored h_pre), summed in
     fp32 in stream order, BLOCK_D columns at a time, stored in h_in's dtype. d_end is not clamped to D by the
     caller: the masks compare columns with d_end and with D apart, so where both are multiples of 16 the
-    compiler knows them constant over 16 columns and vectorises the loads and stores (a clamped
-    min(d_end, D) compiled to one 16-bit element a load: docs/perf.md, Performance XIV). The stream loop is unrolled to
-    N_PAD (past n masked), so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit
+    compiler knows them constant over 16 columns and vectorises the loads and stores (a clamped min(d_end,
+    D) compiled to one 16-bit element a load: docs/perf.md, Performance XIV). The stream loop is unrolled
+    to N_PAD (past n masked), so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit
     base per chunk, stream_offset and loop-invariant int32 tile_offsets (fewer registers: docs/perf.md,
     kernels/fwd.py)."""
     j = tl.arange(0, N_PAD)
