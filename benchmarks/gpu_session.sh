@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -185,6 +185,14 @@ maxnreg)  # pass B at n = 4 (Performance XIV, unmeasured when written): capped t
   done
   timeout 120 python3 -m benchmarks.kernel_breakdown --shapes 4096x4x4096,1024x4x4096 --ops fwd --sweep --quick \
     --grid 'block_t=32,64;maxnreg=None,168' 2>&1 | grep '^|' | tee "$R/maxnreg-fwd.md" | tail -8 ;;
+stages-b)  # pass B's token loop pipelined with all its loads (loop_stages; Performance XV, unmeasured when written):
+          # its GPU tests (bitwise the plain kernel's), then pass B by loop_stages and register cap at n = 4, 6, 8
+  timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "loop_stages" -p no:cacheprovider \
+    2>&1 | tail -3 | tee "$R/stages_b_tests.txt"
+  for shape in 16384x4x7168 4096x4x4096 1024x4x4096 8192x8x2048 8192x6x4096; do
+    timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
+      --grid 'loop_stages=None,2,3;maxnreg=None,168' 2>&1 | grep '^|' | tee -a "$R/stages-b.md" | tail -6
+  done ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time

@@ -26,6 +26,7 @@ from ._common import (
     cdiv,
     check_block,
     check_inputs,
+    check_loop_stages,
     check_maxnreg,
     check_tile_span,
     fp32_dot,
@@ -185,7 +186,8 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
                    sphi_o, sphi_k, splits, HAS_GAMMA: tl.constexpr, HAS_GXP: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_A: tl.constexpr, O_B: tl.constexpr,
                    INTERPRET: tl.constexpr, COLLAPSE: tl.constexpr, PRESPLIT: tl.constexpr,
-                   O_PAD: tl.constexpr, DX: tl.constexpr, MM_SCRATCH: tl.constexpr):  # fmt: skip
+                   O_PAD: tl.constexpr, DX: tl.constexpr, MM_SCRATCH: tl.constexpr,
+                   LOOP_STAGES: tl.constexpr):  # fmt: skip
     # The n programs of one D chunk are adjacent in launch order, so they read each dh_in tile at
     # about the same time and all but the first find it in L2. The coefficient columns run in two
     # groups, O_A then O_B (o_groups; O_B = 0: one group), so no product pads O far past its width.
@@ -196,6 +198,9 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     # back, so dx is formed in the loads' layout: the compiler otherwise moves x, dh_in and grad_x_post into the
     # product's layout and dx back, each through shared memory in four rounds of two CTA barriers (36 barriers
     # a tile at n = 4; 9 this way; docs/perf.md, Performance XIV).
+    # LOOP_STAGES (None: the pipeliner takes the products' operands alone): the token loop pipelined with every
+    # load of the next tiles in flight (cp.async into shared memory, read back in each use's layout: no
+    # conversion rounds either; 36 -> 9 barriers a tile at n = 4, docs/perf.md, Performance XV).
     i = tl.program_id(0) % n
     i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -222,7 +227,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     off_x = tile_offsets(BLOCK_T, d, sx_t, sx_d)
     off_dh = tile_offsets(BLOCK_T, d, sdh_t, sdh_d)
     off_o = tile_offsets(BLOCK_T, d, so_t, so_d)
-    for tb in range(split, tl.cdiv(T, BLOCK_T), splits):
+    for tb in tl.range(split, tl.cdiv(T, BLOCK_T), splits, num_stages=LOOP_STAGES):
         t0 = (tb + tl.zeros([], tl.int64)) * BLOCK_T  # 64-bit (tb is an int in the interpreter)
         rows = t0 + tl.arange(0, BLOCK_T)
         row_mask = rows < T
@@ -371,7 +376,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False):  # fmt: skip
+                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False, loop_stages=None):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -388,8 +393,11 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     delayed pre's pass A reads no x): 1, one program per block; more, the blocks' sums of dh_in*x spread over
     as many programs and the last to arrive finishes the block (for grids of few token blocks). mm_scratch:
     pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2) so dx is formed in the
-    loads' layout (_pass_b_kernel's MM_SCRATCH; the same values)."""
+    loads' layout (_pass_b_kernel's MM_SCRATCH; the same values). loop_stages: pass B's token loop pipelined
+    in that many stages with all its loads (check_loop_stages; None: the compiler's choice, which pipelines the
+    products' operands alone; the same values)."""
     check_maxnreg(maxnreg)
+    check_loop_stages(loop_stages)
     if not isinstance(mm_scratch, bool):
         raise ValueError(f"mm_scratch: expected True or False, got {mm_scratch!r}")
     if not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1:
@@ -471,7 +479,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         *xt.stride(), *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
         INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n), DX=True,
-        MM_SCRATCH=mm_scratch, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
+        MM_SCRATCH=mm_scratch, LOOP_STAGES=loop_stages, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
     )  # fmt: skip
     (block_k, block_p), block_dpp = finish_tile(n), 512
     dpp_programs = cdiv(T * n, block_dpp) if collapse == 1 else 0

@@ -218,7 +218,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
         xn, dh_in_t, xn, xn, phi, gamma_arg, dh_mix, rms_coef, hpp, ws_g, dh3, ws_g, ws_g, T, n, D, *xn.stride(),
         *dh_in_t.stride(), *xn.stride(), *xn.stride(), *phi.stride(), splits, HAS_GAMMA=False, HAS_GXP=False,
         BLOCK_T=g_tile[0], BLOCK_D=g_tile[1], O_A=o_a, O_B=o_b, INTERPRET=interpreting(), COLLAPSE=2,
-        PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, MM_SCRATCH=False, num_warps=4, num_stages=2,
+        PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, MM_SCRATCH=False, LOOP_STAGES=None, num_warps=4, num_stages=2,
     )  # fmt: skip
     block_k, block_p = finish_tile(n)
     _finish_kernel[(cdiv(nD, block_k) + 1,)](
