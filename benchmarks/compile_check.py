@@ -158,8 +158,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
             *a, block_t=32, block_d=128, maxnreg=168)))  # fmt: skip
         calls.append((f"bwd n={n} {dtype} pass B mm_scratch", lambda a=b_args: fused_bwd.launch_backward_fused(
             *a, block_t=32, block_d=128, mm_scratch=True)))  # fmt: skip
-        calls.append((f"bwd n={n} {dtype} pass B loop_stages=2", lambda a=b_args: fused_bwd.launch_backward_fused(
-            *a, block_t=32, block_d=128, loop_stages=2)))  # fmt: skip
+        calls.append((f"bwd n={n} {dtype} loop_stages=2", lambda a=b_args: fused_bwd.launch_backward_fused(
+            *a, block_t=32, block_d=128, loop_stages=2, loop_stages_a=2)))  # fmt: skip
         p_args = [post[k] for k in ("x", "h_res", "h_out", "h_post")]
         calls.append((f"seam n={n} {dtype}", lambda p=p_args, a=f_args, h=h_pre_prev: seam.launch_seam_fwd(
             *p, h, *a[1:], 1e-6, 1e-6)))  # fmt: skip

@@ -185,14 +185,18 @@ maxnreg)  # pass B at n = 4 (Performance XIV, unmeasured when written): capped t
   done
   timeout 120 python3 -m benchmarks.kernel_breakdown --shapes 4096x4x4096,1024x4x4096 --ops fwd --sweep --quick \
     --grid 'block_t=32,64;maxnreg=None,168' 2>&1 | grep '^|' | tee "$R/maxnreg-fwd.md" | tail -8 ;;
-stages-b)  # pass B's token loop pipelined with all its loads (loop_stages; Performance XV, unmeasured when written):
-          # its GPU tests (bitwise the plain kernel's), then pass B by loop_stages and register cap at n = 4, 6, 8
+stages-b)  # pass B's token loop and pass A's column loop pipelined with all their loads (loop_stages, loop_stages_a;
+          # Performance XV, unmeasured when written): their GPU tests (bitwise the plain kernels'), then the backward
+          # by loop_stages and pass B's register cap at n = 4, 6, 8, then by loop_stages_a and splits_a
   timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "loop_stages" -p no:cacheprovider \
     2>&1 | tail -3 | tee "$R/stages_b_tests.txt"
   for shape in 16384x4x7168 4096x4x4096 1024x4x4096 8192x8x2048 8192x6x4096; do
     timeout 100 python3 -m benchmarks.kernel_breakdown --shapes $shape --ops bwd --sweep --quick \
       --grid 'loop_stages=None,2,3;maxnreg=None,168' 2>&1 | grep '^|' | tee -a "$R/stages-b.md" | tail -6
-  done ;;
+  done
+  # pass A's column loop likewise (alone and with its column split), where its few token blocks leave SMs idle
+  timeout 150 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,4096x4x4096,16384x4x7168 --ops bwd --sweep \
+    --quick --grid 'loop_stages_a=None,2,3;splits_a=1,4' 2>&1 | grep '^|' | tee "$R/stages-a.md" | tail -18 ;;
 sinkhorn-tiles)  # sinkhorn's kernels at the default tile and the previous one (benchmarks/sinkhorn_tiles.py)
   timeout 150 python3 -m benchmarks.sinkhorn_tiles 2>&1 | tee "$R/sinkhorn_tiles.md" | tail -20 ;;
 layer-modes)  # the layer step eager, under torch.compile, reduce-overhead and a CUDA graph: wall / graph GPU time

@@ -63,7 +63,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
                    T, n, D, sx_t, sx_i, sx_d, sdh_t, sdh_d, hc_eps, splits_a,
                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
                    DELAYED: tl.constexpr, HAS_DH_PRE: tl.constexpr, PRESPLIT: tl.constexpr,
-                   SPLIT_A: tl.constexpr):  # fmt: skip
+                   SPLIT_A: tl.constexpr, LOOP_STAGES: tl.constexpr):  # fmt: skip
     # DELAYED: the delayed pre, whose dh_pre is an input (the next sublayer's): x is not read (dh_pre_prev =
     # sum_d dh_in*x[i] is pass B's, from the tiles it loads). Else mhc_pre: dh_pre from x and dh_in.
     # SPLIT_A (mhc_pre): program (b, s) sums dh_pre over its share of the column chunks into ws_dpre [splits_a,
@@ -85,7 +85,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
         chunks = tl.cdiv(D, BLOCK_D)
         dh_pre = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, s * chunks // splits_a * BLOCK_D,
                              (s + 1) * chunks // splits_a * BLOCK_D, sx_t, sx_i, sx_d, sdh_t, sdh_d, BLOCK_D, O_PAD,
-                             N_PAD)  # fmt: skip
+                             N_PAD, LOOP_STAGES)  # fmt: skip
         ws_rows = s.to(tl.int64) * T + rows
         store_coeff_part(ws_dpre_ptr, dh_pre, ws_rows, row_mask, cols, 0, n)
         tl.debug_barrier()  # every thread's stores come before the release by the thread that increments
@@ -97,7 +97,7 @@ def _pass_a_kernel(x_ptr, dh_in_ptr, alpha_ptr, dh_post_ptr, dh_res_ptr, inv_rms
             tl.store(count_ptr + pid, 0)  # for the next launch
     else:
         dh_pre = dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, 0, D, sx_t, sx_i, sx_d, sdh_t, sdh_d,
-                             BLOCK_D, O_PAD, N_PAD)  # fmt: skip
+                             BLOCK_D, O_PAD, N_PAD, LOOP_STAGES)  # fmt: skip
     if last:
         pass_a_finish(dh_pre, h_pre_ptr, h_post_ptr, dh_post_ptr, dh_res_ptr, h_mix_ptr, inv_rms_ptr, alpha_ptr,
                       dh_mix_ptr, rms_coef_ptr, ws_dcoeff_ptr, dh3_ptr, pid, rows, row_mask, cols, T, n, D, hc_eps,
@@ -376,7 +376,8 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False, loop_stages=None):  # fmt: skip
+                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False, loop_stages=None,
+                          loop_stages_a=None):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -395,9 +396,11 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2) so dx is formed in the
     loads' layout (_pass_b_kernel's MM_SCRATCH; the same values). loop_stages: pass B's token loop pipelined
     in that many stages with all its loads (check_loop_stages; None: the compiler's choice, which pipelines the
-    products' operands alone; the same values)."""
+    products' operands alone; the same values). loop_stages_a: pass A's column loop likewise (None: not
+    pipelined; mhc_pre only, the delayed pre's pass A reads no x)."""
     check_maxnreg(maxnreg)
     check_loop_stages(loop_stages)
+    check_loop_stages(loop_stages_a, "loop_stages_a")
     if not isinstance(mm_scratch, bool):
         raise ValueError(f"mm_scratch: expected True or False, got {mm_scratch!r}")
     if not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1:
@@ -463,7 +466,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
         dh_pre, dh3, ws_dpre, counters, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), splits_a,
         BLOCK_T=block_t_a, BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=delayed,
-        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, num_warps=num_warps, num_stages=num_stages,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, LOOP_STAGES=loop_stages_a, num_warps=num_warps,
+        num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)

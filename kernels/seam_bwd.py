@@ -200,7 +200,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
         xn, dh_in_t, alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post, dh_mix,
         rms_coef, ws_dcoeff, dh_pre, dh3, rms_coef, rms_coef, T, n, D, *xn.stride(), *dh_in_t.stride(),
         float(hc_eps), 1, BLOCK_T=block_t_a, BLOCK_D=16, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=True,
-        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=False, num_warps=4, num_stages=2,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=False, LOOP_STAGES=None, num_warps=4, num_stages=2,
     )  # fmt: skip
     gamma_arg = gamma.contiguous() if gamma is not None else rms_coef  # never read without HAS_GAMMA
     dpp_arg = dpp if dpp is not None else dh_post  # never written without HAS_HPP

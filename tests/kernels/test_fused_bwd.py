@@ -248,22 +248,25 @@ def test_mm_scratch_gives_the_same_bits(case):
 @pytest.mark.parametrize("case", [KERNEL_CASES[0], KERNEL_CASES[2], GROUPED_CASES[1]], ids=str)
 @pytest.mark.parametrize("loop_stages", [1, 2, 3])
 def test_loop_stages_give_the_same_bits(case, loop_stages):
-    """loop_stages: pass B's token loop pipelined with all its loads changes when tiles are loaded, not what is
-    computed: every gradient bit for bit the plain kernel's, with token ranges and a partial last block."""
+    """loop_stages, loop_stages_a: pass B's token loop and pass A's column loop pipelined with all their loads
+    change when tiles are loaded, not what is computed: every gradient bit for bit the plain kernels', with token
+    ranges, a partial last block and several column chunks."""
     t = build(case, KERNEL_DEVICE).tensors
-    plain = _fused(t, block_t=16, block_d=16, splits=2)
-    staged = _fused(t, block_t=16, block_d=16, splits=2, loop_stages=loop_stages)
+    plain = _fused(t, block_t=16, block_d=16, splits=2, block_d_a=16)
+    staged = _fused(t, block_t=16, block_d=16, splits=2, block_d_a=16, loop_stages=loop_stages,
+                    loop_stages_a=loop_stages)  # fmt: skip
     for k, v in plain.items():
         assert v is None and staged[k] is None or torch.equal(v, staged[k]), k
     _assert_accurate(t, staged)
 
 
-@pytest.mark.parametrize("loop_stages", [0, 5, 2.0, True, "2"])
-def test_bad_loop_stages_is_refused(loop_stages, monkeypatch):
+@pytest.mark.parametrize("name", ["loop_stages", "loop_stages_a"])
+@pytest.mark.parametrize("value", [0, 5, 2.0, True, "2"])
+def test_bad_loop_stages_is_refused(name, value, monkeypatch):
     t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
     monkeypatch.setattr(fused_bwd, "_pass_a_kernel", None)
-    with pytest.raises(ValueError, match="loop_stages: expected None or an int in 1..4"):
-        _fused(t, loop_stages=loop_stages)
+    with pytest.raises(ValueError, match=f"^{name}: expected None or an int in 1..4"):
+        _fused(t, **{name: value})
 
 
 @pytest.mark.parametrize("mm_scratch", [1, None, "yes"])
@@ -288,17 +291,18 @@ def test_bad_splits_a_is_refused(splits_a, monkeypatch):
     D=st.sampled_from([5, 33, 67]), dtype=st.sampled_from(["float32", "bfloat16", "float16"]),
     tile=st.sampled_from([(16, 16), (16, 32), (32, 16)]), splits=st.sampled_from([None, 1, 2, 3]),
     splits_a=st.sampled_from([1, 2, 3, 5]), block_d_a=st.sampled_from([16, 32]),
-    presplit=st.sampled_from([None, False, True]), loop_stages=st.sampled_from([None, 2, 3]), gamma=st.booleans(),
+    presplit=st.sampled_from([None, False, True]), loop_stages=st.sampled_from([None, 2, 3]),
+    loop_stages_a=st.sampled_from([None, 2]), gamma=st.booleans(),
     grad_x_post=st.booleans(), seed=st.integers(0, 2**16),
 )  # fmt: skip
 def test_fused_backward_fuzz_over_launch_options(lead, n, D, dtype, tile, splits, splits_a, block_d_a, presplit,
-                                                 loop_stages, gamma, grad_x_post, seed):  # fmt: skip
-    """Any mix of the launch options (pass B's tile, token ranges and loop stages, pass A's column split and its
-    chunk, pass A's bf16 parts) on random shapes and dtypes: the rule against the float64 golden."""
+                                                 loop_stages, loop_stages_a, gamma, grad_x_post, seed):  # fmt: skip
+    """Any mix of the launch options (pass B's tile, token ranges and loop stages, pass A's column split, chunk
+    and loop stages, pass A's bf16 parts) on random shapes and dtypes: the rule against the float64 golden."""
     case = Case(lead=lead, n=n, D=D, dtype=dtype, seed=seed, gamma=gamma, grad_x_post=grad_x_post)
     t = build(case, KERNEL_DEVICE).tensors
     out = _fused(t, block_t=tile[0], block_d=tile[1], splits=splits, splits_a=splits_a, block_d_a=block_d_a,
-                 presplit=presplit, loop_stages=loop_stages)  # fmt: skip
+                 presplit=presplit, loop_stages=loop_stages, loop_stages_a=loop_stages_a)  # fmt: skip
     _assert_accurate(t, out)
 
 
@@ -339,14 +343,15 @@ def test_mm_scratch_on_gpu_gives_the_same_bits(case):
 @pytest.mark.parametrize("case", GPU_CASES[:2] + GPU_CASES[-2:], ids=str)
 @pytest.mark.parametrize("loop_stages", [2, 3])
 def test_loop_stages_on_gpu_give_the_same_bits(case, loop_stages):
-    """Pass B's loop pipelined with all its loads, compiled (cp.async into shared memory, read back in each
-    use's layout; the interpreter ignores stages): a tile read before its copy landed, or a stage overwritten
-    while still read, would change bits against the plain kernel's, at the default tile and a 64-token one."""
+    """Pass B's and pass A's loops pipelined with all their loads, compiled (cp.async into shared memory, read
+    back in each use's layout; the interpreter ignores stages): a tile read before its copy landed, or a stage
+    overwritten while still read, would change bits against the plain kernels', at pass B's default tile and a
+    64-token one."""
     t = build(case, "cuda").tensors
     for tile in (None, (64, 64)):
         kw = dict(block_t=tile[0], block_d=tile[1]) if tile else {}
         plain = _fused(t, **kw)
-        staged = _fused(t, loop_stages=loop_stages, **kw)
+        staged = _fused(t, loop_stages=loop_stages, loop_stages_a=loop_stages, **kw)
         for k, v in plain.items():
             assert v is None and staged[k] is None or torch.equal(v, staged[k]), (k, tile)
 
