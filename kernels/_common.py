@@ -31,12 +31,15 @@ def check_maxnreg(value) -> None:
         raise ValueError(f"maxnreg: expected None or an int in 32..255, got {value!r}")
 
 
-def check_loop_stages(value, name: str = "loop_stages") -> None:
+def check_loop_stages(value, name: str = "loop_stages", auto: bool = False) -> None:
     """A kernel loop's pipeline stages (``tl.range``'s num_stages): None (the compiler's choice: the launch's
-    num_stages, for the loads that feed products alone) or an int in 1 .. 4 (every load of the loop, that many
-    iterations in flight: shared memory grows with it)."""
+    num_stages, for the loads that feed products alone), an int in 1 .. 4 (every load of the loop, that many
+    iterations in flight: shared memory grows with it), or "auto" where the launcher has a rule (auto)."""
+    if auto and isinstance(value, str) and value == "auto":
+        return
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4):
-        raise ValueError(f"{name}: expected None or an int in 1..4, got {value!r}")
+        expected = 'None, "auto" or an int in 1..4' if auto else "None or an int in 1..4"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 def tokens(t: torch.Tensor, trailing: int) -> torch.Tensor:

@@ -347,6 +347,18 @@ PASS_B_MIN_PROGRAMS_PER_SM = 2
 PASS_B_WIDE_MIN_PROGRAMS_PER_SM = 1
 
 
+# Pass B's token loop and pass A's column loop pipelined with all their loads by default (loop_stages="auto";
+# H200, bf16, mhc_pre: pass B 1060 -> 835 us and pass A 348 -> 275 at 16384 x 4 x 7168; docs/perf.md,
+# Performance XV): three stages for pass B's 32-token tiles up to n = 4, two elsewhere (n = 8: 653 us at three
+# against 449 at two; the 64 x 64 tile 57.2 against 55.1), three for pass A. 16-bit x only (measured there; fp32
+# doubles the stages' shared memory) and mhc_pre only (the delayed pre's backward is unmeasured with them).
+def auto_loop_stages(n: int, block_t: int, x: torch.Tensor, delayed: bool) -> tuple[int | None, int | None]:
+    """(loop_stages, loop_stages_a) of loop_stages="auto": None where not measured (the compiler's choice)."""
+    if delayed or x.element_size() != 2:
+        return None, None
+    return (3 if n <= 4 and block_t == 32 else 2), 3
+
+
 def pass_b_tile(width: int, n: int, D: int, T: int, device: torch.device, max_splits: int,
                 presplit_ok: bool) -> tuple[int, int]:  # fmt: skip
     """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all, the fastest
@@ -376,8 +388,8 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False, loop_stages=None,
-                          loop_stages_a=None):  # fmt: skip
+                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False, loop_stages="auto",
+                          loop_stages_a="auto"):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
     delayed: DeepSeek-V4.1's delayed pre (h_in collapsed with h_pre_prev [.., n], stream 0 when None);
@@ -394,13 +406,14 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     delayed pre's pass A reads no x): 1, one program per block; more, the blocks' sums of dh_in*x spread over
     as many programs and the last to arrive finishes the block (for grids of few token blocks). mm_scratch:
     pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2) so dx is formed in the
-    loads' layout (_pass_b_kernel's MM_SCRATCH; the same values). loop_stages: pass B's token loop pipelined
-    in that many stages with all its loads (check_loop_stages; None: the compiler's choice, which pipelines the
-    products' operands alone; the same values). loop_stages_a: pass A's column loop likewise (None: not
-    pipelined; mhc_pre only, the delayed pre's pass A reads no x)."""
+    loads' layout (_pass_b_kernel's MM_SCRATCH). loop_stages: pass B's token loop pipelined in that many
+    stages with all its loads (check_loop_stages; None: the compiler's choice, which pipelines the products'
+    operands alone; "auto": auto_loop_stages). loop_stages_a: pass A's column loop likewise (None: not
+    pipelined; mhc_pre only, the delayed pre's pass A reads no x). Compiled, these change the code around the
+    same arithmetic, and ptxas may contract a multiply and an add differently: the same values to rounding."""
     check_maxnreg(maxnreg)
-    check_loop_stages(loop_stages)
-    check_loop_stages(loop_stages_a, "loop_stages_a")
+    check_loop_stages(loop_stages, auto=True)
+    check_loop_stages(loop_stages_a, "loop_stages_a", auto=True)
     if not isinstance(mm_scratch, bool):
         raise ValueError(f"mm_scratch: expected True or False, got {mm_scratch!r}")
     if not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1:
@@ -420,6 +433,9 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         block_d = block_d if block_d is not None else tile[1]
     check_block("block_t", block_t, 16)
     check_block("block_t_a", block_t_a, 16)
+    auto_b, auto_a = auto_loop_stages(n, block_t, x, delayed)
+    loop_stages = auto_b if loop_stages == "auto" else loop_stages
+    loop_stages_a = auto_a if loop_stages_a == "auto" else loop_stages_a
     block_d_a = block_d_a if block_d_a is not None else stream_block_d(block_t_a, n)
     check_block("block_d_a", block_d_a, 16)
     check_block("block_d", block_d, 16)
