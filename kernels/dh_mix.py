@@ -31,14 +31,14 @@ from ._launch import launched
 @triton.jit
 def dh_pre_tile(x_ptr, dh_in_ptr, rows, row_mask, cols, n, D, d_start, d_end, sx_t, sx_i, sx_d, sdh_t, sdh_d,
                 BLOCK_D: tl.constexpr, O_PAD: tl.constexpr, N_PAD: tl.constexpr,
-                LOOP_STAGES: tl.constexpr = None):  # fmt: skip
+                LOOP_STAGES: tl.constexpr = 0):  # fmt: skip
     """[BLOCK_T, O_PAD] tile with dh_pre[i] = sum_d dh_in[d] * x[i, d] over the columns d_start .. d_end - 1
     (d_start a multiple of BLOCK_D; all of D: 0, D) in pre column i. The products are summed elementwise
     into a [BLOCK_T, N_PAD, BLOCK_D] fp32 tile, one stream_tile per chunk, and reduced over d once at the
-    end: no cross-thread reduction and no wait per stream in the loop. LOOP_STAGES (None: no pipelining, the
+    end: no cross-thread reduction and no wait per stream in the loop. LOOP_STAGES (0: no pipelining, the
     loop has no product): the column loop pipelined, the next chunks' loads in flight (check_loop_stages)."""
     acc = tl.zeros([rows.shape[0], N_PAD, BLOCK_D], dtype=tl.float32)
-    for d0 in tl.range(d_start, d_end, BLOCK_D, num_stages=LOOP_STAGES):
+    for d0 in tl.range(d_start, d_end, BLOCK_D, num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
         d = d0 + tl.arange(0, BLOCK_D)
         d_mask = d < D
         dh_in = tl.load(dh_in_ptr + rows[:, None] * sdh_t + d[None, :] * sdh_d,

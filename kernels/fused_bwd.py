@@ -198,7 +198,8 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     # back, so dx is formed in the loads' layout: the compiler otherwise moves x, dh_in and grad_x_post into the
     # product's layout and dx back, each through shared memory in four rounds of two CTA barriers (36 barriers
     # a tile at n = 4; 9 this way; docs/perf.md, Performance XIV).
-    # LOOP_STAGES (None: the pipeliner takes the products' operands alone): the token loop pipelined with every
+    # LOOP_STAGES (0: the compiler's choice, the pipeliner takes the products' operands alone; not None, which Inductor's
+    # launches of the kernel did not take): the token loop pipelined with every
     # load of the next tiles in flight (cp.async into shared memory, read back in each use's layout: no
     # conversion rounds either; 36 -> 9 barriers a tile at n = 4, docs/perf.md, Performance XV).
     i = tl.program_id(0) % n
@@ -227,7 +228,7 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     off_x = tile_offsets(BLOCK_T, d, sx_t, sx_d)
     off_dh = tile_offsets(BLOCK_T, d, sdh_t, sdh_d)
     off_o = tile_offsets(BLOCK_T, d, so_t, so_d)
-    for tb in tl.range(split, tl.cdiv(T, BLOCK_T), splits, num_stages=LOOP_STAGES):
+    for tb in tl.range(split, tl.cdiv(T, BLOCK_T), splits, num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
         t0 = (tb + tl.zeros([], tl.int64)) * BLOCK_T  # 64-bit (tb is an int in the interpreter)
         rows = t0 + tl.arange(0, BLOCK_T)
         row_mask = rows < T
@@ -482,7 +483,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
         dh_pre, dh3, ws_dpre, counters, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), splits_a,
         BLOCK_T=block_t_a, BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=delayed,
-        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, LOOP_STAGES=loop_stages_a, num_warps=num_warps,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, LOOP_STAGES=loop_stages_a or 0, num_warps=num_warps,
         num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
@@ -499,7 +500,7 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         *xt.stride(), *dh_in_t.stride(), *gxp.stride(), *dx_t.stride(), *phi.stride(), splits, HAS_GAMMA=gamma is not None,
         HAS_GXP=grad_x_post is not None, BLOCK_T=block_t, BLOCK_D=block_d, O_A=o_a, O_B=o_b,
         INTERPRET=interpreting(), COLLAPSE=collapse, PRESPLIT=presplit, O_PAD=o_pad(n), DX=True,
-        MM_SCRATCH=mm_scratch, LOOP_STAGES=loop_stages, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
+        MM_SCRATCH=mm_scratch, LOOP_STAGES=loop_stages or 0, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
     )  # fmt: skip
     (block_k, block_p), block_dpp = finish_tile(n), 512
     dpp_programs = cdiv(T * n, block_dpp) if collapse == 1 else 0

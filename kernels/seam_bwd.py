@@ -200,7 +200,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
         xn, dh_in_t, alpha, dh_next_post, dh_next_res, next_inv_rms, next_h_mix, next_h_pre, next_h_post, dh_mix,
         rms_coef, ws_dcoeff, dh_pre, dh3, rms_coef, rms_coef, T, n, D, *xn.stride(), *dh_in_t.stride(),
         float(hc_eps), 1, BLOCK_T=block_t_a, BLOCK_D=16, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=True,
-        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=False, LOOP_STAGES=None, num_warps=4, num_stages=2,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=False, LOOP_STAGES=0, num_warps=4, num_stages=2,
     )  # fmt: skip
     gamma_arg = gamma.contiguous() if gamma is not None else rms_coef  # never read without HAS_GAMMA
     dpp_arg = dpp if dpp is not None else dh_post  # never written without HAS_HPP
@@ -218,7 +218,7 @@ def launch_seam_bwd(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, gamma, out,
         xn, dh_in_t, xn, xn, phi, gamma_arg, dh_mix, rms_coef, hpp, ws_g, dh3, ws_g, ws_g, T, n, D, *xn.stride(),
         *dh_in_t.stride(), *xn.stride(), *xn.stride(), *phi.stride(), splits, HAS_GAMMA=False, HAS_GXP=False,
         BLOCK_T=g_tile[0], BLOCK_D=g_tile[1], O_A=o_a, O_B=o_b, INTERPRET=interpreting(), COLLAPSE=2,
-        PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, MM_SCRATCH=False, LOOP_STAGES=None, num_warps=4, num_stages=2,
+        PRESPLIT=presplit, O_PAD=o_pad(n), DX=False, MM_SCRATCH=False, LOOP_STAGES=0, num_warps=4, num_stages=2,
     )  # fmt: skip
     block_k, block_p = finish_tile(n)
     _finish_kernel[(cdiv(nD, block_k) + 1,)](
