@@ -186,7 +186,7 @@ maxnreg)  # pass B at n = 4 (Performance XIV, unmeasured when written): capped t
   timeout 120 python3 -m benchmarks.kernel_breakdown --shapes 4096x4x4096,1024x4x4096 --ops fwd --sweep --quick \
     --grid 'block_t=32,64;maxnreg=None,168' 2>&1 | grep '^|' | tee "$R/maxnreg-fwd.md" | tail -8 ;;
 stages-b)  # pass B's token loop and pass A's column loop pipelined with all their loads (loop_stages, loop_stages_a;
-          # Performance XV, unmeasured when written): their GPU tests (bitwise the plain kernels'), then the backward
+          # Performance XV): their GPU tests (the rule, bitwise repeatable), then the backward
           # by loop_stages and pass B's register cap at n = 4, 6, 8, then by loop_stages_a and splits_a
   timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "loop_stages" -p no:cacheprovider \
     2>&1 | tail -3 | tee "$R/stages_b_tests.txt"

@@ -198,10 +198,10 @@ def _pass_b_kernel(x_ptr, dh_in_ptr, gxp_ptr, dx_ptr, phi_ptr, gamma_ptr, dh_mix
     # back, so dx is formed in the loads' layout: the compiler otherwise moves x, dh_in and grad_x_post into the
     # product's layout and dx back, each through shared memory in four rounds of two CTA barriers (36 barriers
     # a tile at n = 4; 9 this way; docs/perf.md, Performance XIV).
-    # LOOP_STAGES (0: the compiler's choice, the pipeliner takes the products' operands alone; not None, which Inductor's
-    # launches of the kernel did not take): the token loop pipelined with every
-    # load of the next tiles in flight (cp.async into shared memory, read back in each use's layout: no
-    # conversion rounds either; 36 -> 9 barriers a tile at n = 4, docs/perf.md, Performance XV).
+    # LOOP_STAGES > 0: the token loop pipelined with every load of the next tiles in flight (cp.async into shared
+    # memory, read back in each use's layout: no conversion rounds either; 36 -> 9 barriers a tile at n = 4,
+    # docs/perf.md, Performance XV). 0: the compiler's choice (the products' operands alone); 0, not None,
+    # because Inductor's launches failed on a None constexpr.
     i = tl.program_id(0) % n
     i64 = i.to(tl.int64)  # i * (a stream stride) can pass 2**31 (a [n, T, D] storage)
     d = (tl.program_id(0) // n) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -483,8 +483,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
         xt, dh_in_t, alpha, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, out["dh_mix"], rms_coef, ws_dcoeff,
         dh_pre, dh3, ws_dpre, counters, T, n, D, *xt.stride(), *dh_in_t.stride(), float(hc_eps), splits_a,
         BLOCK_T=block_t_a, BLOCK_D=block_d_a, O_PAD=o_pad(n), N_PAD=n_pad(n), DELAYED=delayed,
-        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, LOOP_STAGES=loop_stages_a or 0, num_warps=num_warps,
-        num_stages=num_stages,
+        HAS_DH_PRE=has_dh_pre, PRESPLIT=presplit, SPLIT_A=splits_a > 1, LOOP_STAGES=loop_stages_a or 0,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     col_programs = n * cdiv(D, block_d)
     splits = splits or token_splits(dev, col_programs, cdiv(T_hint, block_t), split_cap)
