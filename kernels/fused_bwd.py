@@ -360,6 +360,21 @@ def auto_loop_stages(n: int, block_t: int, x: torch.Tensor, delayed: bool) -> tu
     return (3 if n <= 4 and block_t == 32 else 2), 3
 
 
+# Pass A's column split by default (splits_a="auto"): where its token blocks leave SMs idle (fewer than the
+# SMs), each block's columns over the smallest power of two of programs that fills them, at most
+# PASS_A_MAX_SPLITS (H200, bf16, three loop stages: 22.4 -> 16.6 us at 1024 x 4 x 4096 with 4; docs/perf.md,
+# Performance XV and XVI).
+PASS_A_MAX_SPLITS = 8
+
+
+def auto_splits_a(blocks_a: int, chunks: int, device: torch.device) -> int:
+    """splits_a of splits_a="auto" for blocks_a pass-A token blocks of ``chunks`` column chunks each."""
+    sms, splits = sm_count(device), 1
+    while blocks_a * splits < sms and splits < PASS_A_MAX_SPLITS:
+        splits *= 2
+    return min(splits, chunks)
+
+
 def pass_b_tile(width: int, n: int, D: int, T: int, device: torch.device, max_splits: int,
                 presplit_ok: bool) -> tuple[int, int]:  # fmt: skip
     """(block_t, block_d) of pass B for coefficient groups ``width`` columns wide in all, the fastest
@@ -389,7 +404,7 @@ def mhc_pre_backward_fused(*, x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_
 def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix, h_pre, h_post, gamma, grad_x_post,
                           hc_eps, block_t=None, block_d=None, splits=None, block_t_a=16, block_d_a=None,
                           num_warps=4, num_stages=2, delayed=False, h_pre_prev=None, dh_pre=None,
-                          presplit=None, maxnreg=None, splits_a=1, mm_scratch=False, loop_stages="auto",
+                          presplit=None, maxnreg=None, splits_a="auto", mm_scratch=False, loop_stages="auto",
                           loop_stages_a="auto"):  # fmt: skip
     """The fused backward on validated inputs: three launches (pass A, pass B, finish).
 
@@ -405,7 +420,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     tokens; False: pass B splits dh_mix itself). maxnreg: pass B's register cap (check_maxnreg; None = the
     compiler's). splits_a: column-chunk ranges per pass-A token block (mhc_pre; at most its chunks; the
     delayed pre's pass A reads no x): 1, one program per block; more, the blocks' sums of dh_in*x spread over
-    as many programs and the last to arrive finishes the block (for grids of few token blocks). mm_scratch:
+    as many programs and the last to arrive finishes the block (for grids of few token blocks); "auto":
+    auto_splits_a. mm_scratch:
     pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2) so dx is formed in the
     loads' layout (_pass_b_kernel's MM_SCRATCH). loop_stages: pass B's token loop pipelined in that many
     stages with all its loads (check_loop_stages; None: the compiler's choice, which pipelines the products'
@@ -417,8 +433,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     check_loop_stages(loop_stages_a, "loop_stages_a", auto=True)
     if not isinstance(mm_scratch, bool):
         raise ValueError(f"mm_scratch: expected True or False, got {mm_scratch!r}")
-    if not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1:
-        raise ValueError(f"splits_a: expected a positive int, got {splits_a!r}")
+    if splits_a != "auto" and (not isinstance(splits_a, int) or isinstance(splits_a, bool) or splits_a < 1):
+        raise ValueError(f'splits_a: expected a positive int or "auto", got {splits_a!r}')
     if presplit is not None and not isinstance(presplit, bool):
         raise ValueError(f"presplit: expected None, True or False, got {presplit!r}")
     n, D = static_dims(x, 2)
@@ -475,6 +491,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     dh3 = torch.empty((3, T, o_pad(n)), device=dev, dtype=torch.bfloat16) if presplit else h_pre  # written first
     rms_coef = torch.empty(T, device=dev, dtype=f32)
     ws_dcoeff = torch.empty((blocks_a, O + 3), device=dev, dtype=torch.float64)
+    if splits_a == "auto":
+        splits_a = auto_splits_a(cdiv(T_hint, block_t_a), cdiv(D, block_d_a), dev)
     splits_a = 1 if delayed else min(splits_a, cdiv(D, block_d_a))
     # dh_pre's [splits_a, T, n] parts and the blocks' arrival counters (never touched without SPLIT_A)
     ws_dpre = torch.empty((splits_a, T, n), device=dev, dtype=f32) if splits_a > 1 else rms_coef

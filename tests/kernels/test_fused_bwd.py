@@ -216,6 +216,39 @@ def test_pass_a_split_over_column_chunks(case, splits_a):
     assert all(int(c.count_nonzero()) == 0 for c in _arrive._COUNTERS.values())
 
 
+@pytest.mark.parametrize(("blocks_a", "chunks", "expected"), [
+    (1, 64, 8), (33, 64, 4), (64, 64, 4), (65, 64, 4), (66, 64, 2), (131, 64, 2), (132, 64, 1), (4096, 64, 1), (16, 3, 3),
+])  # fmt: skip
+def test_auto_splits_a_fills_the_sms_with_the_fewest_splits(blocks_a, chunks, expected, monkeypatch):
+    """splits_a="auto" on 132 SMs: the smallest power of two of programs per token block that gives at least
+    one program per SM, at most PASS_A_MAX_SPLITS (8) and at most the block's column chunks."""
+    monkeypatch.setattr(fused_bwd, "sm_count", lambda device: 132)
+    assert fused_bwd.auto_splits_a(blocks_a, chunks, torch.device("cuda")) == expected
+
+
+def test_auto_splits_a_is_the_default_launch(monkeypatch):
+    """The default launch splits pass A as auto_splits_a says (a grid of 2 token blocks on the interpreter's
+    4 stand-in SMs: 2 splits) and gives the gradients of that explicit launch, bit for bit."""
+    grids = []
+    kernel = fused_bwd._pass_a_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", Spy())
+    case = dataclasses.replace(KERNEL_CASES[0], lead=(20,))
+    t = build(case, KERNEL_DEVICE).tensors
+    chunks = -(-case.D // 16)
+    expected = fused_bwd.auto_splits_a(2, chunks, t["x"].device)
+    a, b = _fused(t, block_d_a=16), _fused(t, block_d_a=16, splits_a=expected)
+    assert grids[0] == (2, expected) == grids[1] and expected == min(2, chunks) > 1
+    for k, v in a.items():
+        assert v is None and b[k] is None or torch.equal(v, b[k]), k
+    _assert_accurate(t, a)
+
+
 def test_pass_a_split_is_ignored_by_the_delayed_pre(monkeypatch):
     """The delayed pre's pass A reads no x: splits_a leaves it one program per block."""
     grids = []
@@ -277,11 +310,11 @@ def test_bad_mm_scratch_is_refused(mm_scratch, monkeypatch):
         _fused(t, mm_scratch=mm_scratch)
 
 
-@pytest.mark.parametrize("splits_a", [0, -2, 1.5, True, None])
+@pytest.mark.parametrize("splits_a", [0, -2, 1.5, True, None, "AUTO"])
 def test_bad_splits_a_is_refused(splits_a, monkeypatch):
     t = build(BF16_CASES[0], KERNEL_DEVICE).tensors
     monkeypatch.setattr(fused_bwd, "_pass_a_kernel", None)
-    with pytest.raises(ValueError, match="splits_a: expected a positive int"):
+    with pytest.raises(ValueError, match='splits_a: expected a positive int or "auto"'):
         _fused(t, splits_a=splits_a)
 
 
