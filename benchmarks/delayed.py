@@ -2,8 +2,8 @@
 each against its memory floor (../shared/spec/mhc-math.md, docs/perf.md "The delayed pre").
 
     PYTHONPATH=. python -m benchmarks.delayed [--shapes 1x4x4096,...] [--rows seam,...] [--seam-grid GRID]
-                                              [--seam-bwd-grid GRID] [--delayed-grid GRID] [--quick] [--out DIR]
-                                              [--device cuda]
+                                              [--seam-bwd-grid GRID] [--delayed-grid GRID] [--delayed-bwd-grid GRID]
+                                              [--quick] [--out DIR] [--device cuda]
 
 Rows per shape (bf16 x, fp32 parameters with gamma):
 
@@ -12,7 +12,8 @@ Rows per shape (bf16 x, fp32 parameters with gamma):
   ``--delayed-grid 'block_d=64,128;wide=False,True'`` adds a delayed_fwd row per combination of launch_fwd's
   options, with the single kernel's registers / spills / shared KB as compiled.
 - pre_bwd / delayed_bwd: the fused backward of each (dh_in, dh_post, dh_res random; the delayed one
-  also takes dh_pre and writes dh_pre_prev).
+  also takes dh_pre and writes dh_pre_prev). ``--delayed-bwd-grid 'loop_stages=None,2,3'`` adds a delayed_bwd
+  row per combination of launch_backward_fused's options, with pass B's registers / spills / shared KB.
 - boundary: mhc_post(l) then the delayed pre(l+1) on its output, two ops, against the seam floor with
   delayed pre (read x(l) and h_out once, write x(l+1) and h_in(l+1) once) and against the sum of the
   two ops' floors.
@@ -46,7 +47,7 @@ from mhc_ops.golden.fixtures import Case, make_inputs
 from mhc_ops.golden.mhc_post import mhc_post_backward, mhc_post_forward
 from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_delayed_backward, mhc_pre_delayed_forward, mhc_pre_forward
 from mhc_ops.golden.seam import seam_backward
-from mhc_ops.kernels.fused_bwd import launch_backward_fused
+from mhc_ops.kernels.fused_bwd import _pass_b_kernel, launch_backward_fused
 from mhc_ops.kernels.fwd import _fwd_kernel, launch_fwd
 from mhc_ops.kernels.post import launch_post_bwd, launch_post_fwd
 from mhc_ops.kernels.seam import _seam_partial_kernel, launch_seam_fwd
@@ -62,7 +63,8 @@ from .timing import copy_bandwidth_GBps
 DEFAULT = "1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048"
 ROWS = ("pre_fwd", "delayed_fwd", "pre_bwd", "delayed_bwd", "boundary", "seam", "boundary_bwd", "seam_bwd")
 # rows with a launch-option grid -> the kernel whose compiled registers / spills / shared memory they report
-GRID_KERNELS = {"seam": _seam_partial_kernel, "seam_bwd": _seam_bwd_kernel, "delayed_fwd": _fwd_kernel}
+GRID_KERNELS = {"seam": _seam_partial_kernel, "seam_bwd": _seam_bwd_kernel, "delayed_fwd": _fwd_kernel,
+                "delayed_bwd": _pass_b_kernel}
 
 
 # row -> (its floor's op in benchmarks/floors.py, the unfused floor it is also compared with, or None)
@@ -102,10 +104,11 @@ def _cast(cd):
     return lambda v: v.double() if isinstance(v, torch.Tensor) else v
 
 
-def _calls(t, post, seam_options=({},), seam_bwd_options=({},), delayed_options=({},)):
+def _calls(t, post, seam_options=({},), seam_bwd_options=({},), delayed_options=({},), delayed_bwd_options=({},)):
     """row -> (call, its outputs' names, reference(compute dtype) -> the same outputs); a seam row per
     entry of seam_options (launch_seam_fwd's keyword arguments), a seam_bwd row per entry of
-    seam_bwd_options (launch_seam_bwd's), a delayed_fwd row per entry of delayed_options (launch_fwd's). The
+    seam_bwd_options (launch_seam_bwd's), a delayed_fwd row per entry of delayed_options (launch_fwd's), a
+    delayed_bwd row per entry of delayed_bwd_options (launch_backward_fused's). The
     boundary's backward takes x as x(l+1) and post's x as x(l)."""
     x, phi, alpha, bias, gamma, hpp = (t[k] for k in ("x", "phi", "alpha", "bias", "gamma", "h_pre_prev"))
     f = mhc_pre_forward(x, phi, alpha, bias, gamma)  # the saved tensors the backwards take, fp32
@@ -158,10 +161,13 @@ def _calls(t, post, seam_options=({},), seam_bwd_options=({},), delayed_options=
         o = launch_backward_fused(x, phi, alpha, *up, *pre_saved, gamma, None, 1e-6)
         return tuple(o[k] for k in bwd_names)
 
-    def delayed_bwd():
-        o = launch_backward_fused(x, phi, alpha, *up, *delayed_saved, gamma, None, 1e-6, delayed=True, h_pre_prev=hpp,
-                                  dh_pre=t["dh_pre"])  # fmt: skip
-        return tuple(o[k] for k in (*bwd_names, "dh_pre_prev"))
+    def delayed_bwd(options):
+        def call():
+            o = launch_backward_fused(x, phi, alpha, *up, *delayed_saved, gamma, None, 1e-6, delayed=True,
+                                      h_pre_prev=hpp, dh_pre=t["dh_pre"], **options)  # fmt: skip
+            return tuple(o[k] for k in (*bwd_names, "dh_pre_prev"))
+
+        return call
 
     gxn = t["grad_x_next"]
     pre_grads = ("dphi", "dalpha", "dbias", "dgamma", "dh_pre_prev")
@@ -196,7 +202,8 @@ def _calls(t, post, seam_options=({},), seam_bwd_options=({},), delayed_options=
                                                                 h_pre_prev=hpp, **o), fwd_names, delayed_fwd_ref)
            for o in delayed_options},  # fmt: skip
         "pre_bwd": (pre_bwd, bwd_names, pre_bwd_ref),
-        "delayed_bwd": (delayed_bwd, (*bwd_names, "dh_pre_prev"), delayed_bwd_ref),
+        **{seam_row(o, "delayed_bwd"): (delayed_bwd(o), (*bwd_names, "dh_pre_prev"), delayed_bwd_ref)
+           for o in delayed_bwd_options},
         "boundary": (boundary, ("out", "h_in", "h_post", "h_res"), boundary_ref),
         **{seam_row(o): (seam(o), ("out", "h_in", "h_post", "h_res"), boundary_ref) for o in seam_options},
         "boundary_bwd": (boundary_bwd, seam_names, boundary_bwd_ref),
@@ -209,12 +216,13 @@ def seam_row(options: dict, base: str = "seam") -> str:
 
 
 def run(shapes, device, quick, out_dir, rows_wanted=ROWS, seam_options=({},), seam_bwd_options=({},),
-        delayed_options=({},)):  # fmt: skip
+        delayed_options=({},), delayed_bwd_options=({},)):  # fmt: skip
     bw = copy_bandwidth_GBps(device, quick) if device.type == "cuda" else None
     rows = []
     for shape in shapes:
         t, post = _inputs(shape.T, shape.n, shape.D, device)
-        for name, (call, names, ref) in _calls(t, post, seam_options, seam_bwd_options, delayed_options).items():
+        for name, (call, names, ref) in _calls(t, post, seam_options, seam_bwd_options, delayed_options,
+                                                   delayed_bwd_options).items():
             base = name.partition("[")[0]
             if base not in rows_wanted:
                 continue
@@ -261,6 +269,8 @@ def main(argv=None) -> int:
                         help="also a seam_bwd row per combination of launch_seam_bwd options, e.g. 'block_t=16,32'")  # fmt: skip
     parser.add_argument("--delayed-grid", default=None,
                         help="also a delayed_fwd row per combination of launch_fwd options, e.g. 'block_d=64,128'")  # fmt: skip
+    parser.add_argument("--delayed-bwd-grid", default=None,
+                        help="also a delayed_bwd row per combination of launch_backward_fused options, e.g. 'loop_stages=None,2,3'")  # fmt: skip
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -272,7 +282,7 @@ def main(argv=None) -> int:
         parser.error(f"--rows: expected a subset of {','.join(ROWS)}, got {args.rows!r}")
     options = {}
     grids = (("--seam-grid", args.seam_grid), ("--seam-bwd-grid", args.seam_bwd_grid),
-             ("--delayed-grid", args.delayed_grid))  # fmt: skip
+             ("--delayed-grid", args.delayed_grid), ("--delayed-bwd-grid", args.delayed_bwd_grid))  # fmt: skip
     for flag, grid in grids:
         try:
             options[flag] = configs("seam", True, parse_grid(grid)) if grid else [{}]
@@ -281,7 +291,7 @@ def main(argv=None) -> int:
     print("| shape | row | status | gpu_us | floor_us | x floor | x unfused floor | grid kernel regs/spills/KB |")
     print("|---|---|---|---|---|---|---|---|")
     rows = run(shapes, device, args.quick, args.out, rows_wanted, options["--seam-grid"], options["--seam-bwd-grid"],
-               options["--delayed-grid"])  # fmt: skip
+               options["--delayed-grid"], options["--delayed-bwd-grid"])  # fmt: skip
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -167,13 +167,16 @@ wide)  # the forward's projection as one wide product, one wait a chunk instead 
   # the delayed pre's single kernel spills at its default 128 columns (255 registers), not at 64 (168)
   timeout 200 python3 -m benchmarks.delayed --rows delayed_fwd --delayed-grid 'block_d=64,128;wide=False,True' \
     --shapes 16384x4x7168,4096x4x4096,1024x4x4096 --quick 2>&1 | grep '^| [0-9]' | tee "$R/wide-delayed.md" | tail -15 ;;
-split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idle (Performance XIV, unmeasured when
-         # written): its GPU tests (any arrival order: bitwise repeatable), then the backward by splits_a
+split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idle: its GPU tests (any arrival
+         # order: bitwise repeatable; the "auto" rule), then the backward by splits_a with the default loop stages
+         # (the default row is splits_a="auto": 4 at 1024 tokens, 2 at 2048, 1 from 4096 on at n = 4)
   timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fused_bwd.py -k "split" -p no:cacheprovider \
     2>&1 | tail -3 | tee "$R/split_a_tests.txt"
-  # with pass A's bf16 parts too: at 1024 x 4 x 4096 they made pass B 62 -> 48 us and pass A 42 -> 58 (session 29)
-  timeout 300 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048 \
-    --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8;presplit=None,True' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -36 ;;
+  timeout 200 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048 \
+    --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -20 ;;
+stages-delayed)  # the delayed pre's backward with pass B's token loop pipelined (loop_stages; its pass A reads no x)
+  timeout 250 python3 -m benchmarks.delayed --rows delayed_bwd --quick --out "$R" --delayed-bwd-grid 'loop_stages=None,2,3' \
+    --shapes 1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 2>&1 | grep '^| [0-9]' | tee "$R/stages_delayed.md" | tail -16 ;;
 maxnreg)  # pass B at n = 4 (Performance XIV, unmeasured when written): capped to 168 registers (3 programs per SM
          # instead of 2), and its dx tile through an L2 slot (mm_scratch: 9 CTA barriers a tile instead of 36);
          # then the forward's register cap where its split path's grid has several waves

@@ -39,8 +39,17 @@ def test_delayed_grid_adds_a_row_per_launch_option(capsys):
     assert all("| ok |" in r for r in rows)
 
 
+def test_delayed_bwd_grid_adds_a_row_per_launch_option(capsys):
+    assert delayed.main(["--shapes", "3x4x64", "--rows", "delayed_bwd", "--delayed-bwd-grid", "loop_stages=None,2",
+                         "--quick", "--device", "cpu"]) == 0  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x4x64")]
+    assert [r.split(" | ")[1] for r in rows] == ["delayed_bwd", "delayed_bwd[loop_stages=None]",
+                                                 "delayed_bwd[loop_stages=2]"]  # fmt: skip
+    assert all("| ok |" in r for r in rows)
+
+
 @pytest.mark.parametrize("argv", [["--rows", "seam,nope"], ["--rows", ""], ["--seam-grid", "block_t"],
-                                  ["--delayed-grid", "wide"]])  # fmt: skip
+                                  ["--delayed-grid", "wide"], ["--delayed-bwd-grid", "loop_stages"]])  # fmt: skip
 def test_bad_rows_and_grid_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         delayed.main([*argv, "--device", "cpu"])
