@@ -226,9 +226,9 @@ def test_auto_splits_a_fills_the_sms_with_the_fewest_splits(blocks_a, chunks, ex
     assert fused_bwd.auto_splits_a(blocks_a, chunks, torch.device("cuda")) == expected
 
 
-def test_auto_splits_a_is_the_default_launch(monkeypatch):
-    """The default launch splits pass A as auto_splits_a says (a grid of 2 token blocks on the interpreter's
-    4 stand-in SMs: 2 splits) and gives the gradients of that explicit launch, bit for bit."""
+@pytest.fixture
+def pass_a_grids(monkeypatch):
+    """The grids pass A is launched with (and still launched)."""
     grids = []
     kernel = fused_bwd._pass_a_kernel
 
@@ -238,31 +238,28 @@ def test_auto_splits_a_is_the_default_launch(monkeypatch):
             return kernel[grid]
 
     monkeypatch.setattr(fused_bwd, "_pass_a_kernel", Spy())
+    return grids
+
+
+def test_auto_splits_a_is_the_default_launch(pass_a_grids):
+    """The default launch splits pass A as auto_splits_a says (a grid of 2 token blocks on the interpreter's
+    4 stand-in SMs: 2 splits) and gives the gradients of that explicit launch, bit for bit."""
     case = dataclasses.replace(KERNEL_CASES[0], lead=(20,))
     t = build(case, KERNEL_DEVICE).tensors
     chunks = -(-case.D // 16)
     expected = fused_bwd.auto_splits_a(2, chunks, t["x"].device)
     a, b = _fused(t, block_d_a=16), _fused(t, block_d_a=16, splits_a=expected)
-    assert grids[0] == (2, expected) == grids[1] and expected == min(2, chunks) > 1
+    assert pass_a_grids[0] == (2, expected) == pass_a_grids[1] and expected == min(2, chunks) > 1
     for k, v in a.items():
         assert v is None and b[k] is None or torch.equal(v, b[k]), k
     _assert_accurate(t, a)
 
 
-def test_pass_a_split_is_ignored_by_the_delayed_pre(monkeypatch):
+def test_pass_a_split_is_ignored_by_the_delayed_pre(pass_a_grids):
     """The delayed pre's pass A reads no x: splits_a leaves it one program per block."""
-    grids = []
-    kernel = fused_bwd._pass_a_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(fused_bwd, "_pass_a_kernel", Spy())
     t = build(KERNEL_CASES[0], KERNEL_DEVICE).tensors
     out = _fused(t, splits_a=4, block_d_a=16, delayed=True, dh_pre=torch.randn_like(t["h_pre"]))
-    assert grids == [(grids[0][0], 1)] and not out["dx"].isnan().any()
+    assert pass_a_grids == [(pass_a_grids[0][0], 1)] and not out["dx"].isnan().any()
 
 
 @pytest.mark.parametrize("case", [KERNEL_CASES[0], KERNEL_CASES[2], GROUPED_CASES[1]], ids=str)
