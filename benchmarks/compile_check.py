@@ -142,8 +142,6 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                 calls.append((f"fwd n={n} {dtype} splits={splits} delayed={delayed} wide", lambda s=splits, d=delayed,
                               h=hpp, a=f_args: fwd.launch_fwd(*a, 1e-6, 1e-6, splits=s, delayed=d, h_pre_prev=h,
                                                               wide=True)))  # fmt: skip
-        calls.append((f"fwd n={n} {dtype} apply pipelined", lambda a=f_args: fwd.launch_fwd(
-            *a, 1e-6, 1e-6, splits=1, apply_block_d=32, apply_stages=2)))  # fmt: skip
         coeff = torch.rand(70, n)  # the saved tensors and upstream gradients: shapes and dtypes only
         b_args = [pre["x"], pre["phi"], pre["alpha"], pre["x"][..., 0, :], coeff, torch.rand(70, n, n),
                   torch.rand(70), torch.randn(70, n * n + 2 * n), coeff, coeff, pre["gamma"], pre["x"], 1e-6]  # fmt: skip

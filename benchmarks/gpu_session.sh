@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed] [apply-stages]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -174,14 +174,6 @@ split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idl
     2>&1 | tail -3 | tee "$R/split_a_tests.txt"
   timeout 200 python3 -m benchmarks.kernel_breakdown --shapes 1024x4x4096,2048x4x4096,4096x4x4096,1024x8x2048 \
     --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -20 ;;
-apply-stages)  # the single forward's apply (its second read of x) pipelined through shared memory, narrower steps,
-              # with the projection's stages and a 32-token tile (fewer registers: 3 programs per SM where the grid
-              # has them): its GPU tests, then the forward by each (docs/perf.md, Performance XVI)
-  timeout 90 python3 -m pytest -n 8 -q tests/kernels/test_fwd_split.py -k "apply" -p no:cacheprovider \
-    2>&1 | tail -3 | tee "$R/apply_stages_tests.txt"
-  timeout 300 python3 -m benchmarks.kernel_breakdown --shapes 16384x4x7168,4096x4x4096 --ops fwd --sweep --quick \
-    --grid 'block_t=32,64;num_stages=None,2;apply_stages=None,2,3;apply_block_d=32,64' 2>&1 | grep '^|' \
-    | tee "$R/apply_stages.md" | tail -50 ;;
 stages-delayed)  # the delayed pre's backward with pass B's token loop pipelined (loop_stages; its pass A reads no x)
   timeout 250 python3 -m benchmarks.delayed --rows delayed_bwd --quick --out "$R" --delayed-bwd-grid 'loop_stages=None,2,3' \
     --shapes 1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 2>&1 | grep '^| [0-9]' | tee "$R/stages_delayed.md" | tail -16 ;;

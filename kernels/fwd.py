@@ -27,7 +27,6 @@ from ._common import (
     cdiv,
     check_block,
     check_inputs,
-    check_loop_stages,
     check_maxnreg,
     check_tile_span,
     default_block_d,
@@ -253,7 +252,7 @@ def store_saved(
 @triton.jit
 def apply_tile(
     x_ptr, h_in_ptr, h_pre, t0, rows, row_mask, d_start, d_end, n, D, sx_t, sx_i, sx_d,
-    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr, LOOP_STAGES: tl.constexpr = 0,
+    BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, STREAM64: tl.constexpr,
 ):  # fmt: skip
     """h_in[rows, d_start:min(d_end, D)] = sum_i h_pre[:, i] * x[rows, i, same columns] (h_pre [BLOCK_T, N_PAD]
     fp32, zero past n: pre_columns of a coefficient tile, or collapse_columns of a stored h_pre), summed in
@@ -263,12 +262,11 @@ def apply_tile(
     D) compiled to one 16-bit element a load: docs/perf.md, Performance XIV). The stream loop is unrolled
     to N_PAD (past n masked), so a chunk's n loads are in flight together. Rows t0 + 0 .. BLOCK_T-1: a 64-bit
     base per chunk, stream_offset and loop-invariant int32 tile_offsets (fewer registers: docs/perf.md,
-    kernels/fwd.py). LOOP_STAGES (0: not pipelined) > 0: the column loop pipelined, the next chunks' loads in
-    flight through shared memory (n * BLOCK_T * BLOCK_D elements a stage)."""
+    kernels/fwd.py)."""
     j = tl.arange(0, N_PAD)
     off_x = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), sx_t, sx_d)
     off_h = tile_offsets(rows.shape[0], tl.arange(0, BLOCK_D), D, 1)
-    for d0 in tl.range(d_start, tl.minimum(d_end, D), BLOCK_D, num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
+    for d0 in range(d_start, tl.minimum(d_end, D), BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = row_mask[:, None] & ((d < d_end) & (d < D))[None, :]
         h_in = tl.zeros([rows.shape[0], BLOCK_D], dtype=tl.float32)
@@ -314,10 +312,7 @@ def _fwd_kernel(
     N_PAD: tl.constexpr,
     STREAM64: tl.constexpr,
     COLLAPSE: tl.constexpr,
-    APPLY_BLOCK_D: tl.constexpr,
-    APPLY_STAGES: tl.constexpr,
 ):
-    # APPLY_BLOCK_D, APPLY_STAGES: the apply's columns a step and its pipeline stages (apply_tile's LOOP_STAGES)
     norm_eps, hc_eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32)  # fp64 in Inductor's launches
     t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
     rows = t0 + tl.arange(0, BLOCK_T)
@@ -342,8 +337,7 @@ def _fwd_kernel(
         # apply to it instead (docs/perf.md, Performance XIII)
         tl.debug_barrier()
         h_pre = collapse_columns(h_pre_ptr, rows, row_mask, n, N_PAD, 1)
-        apply_tile(x_ptr, h_in_ptr, h_pre, t0, rows, row_mask, 0, D, n, D, sx_t, sx_i, sx_d, APPLY_BLOCK_D, N_PAD,
-                   STREAM64, APPLY_STAGES)  # fmt: skip
+        apply_tile(x_ptr, h_in_ptr, h_pre, t0, rows, row_mask, 0, D, n, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, STREAM64)
 
 
 @launched(do_not_specialize=["T", "splits"])
@@ -563,7 +557,6 @@ def mhc_pre_fwd(*, x, phi, alpha, bias, gamma=None, norm_eps=1e-6, hc_eps=1e-6, 
 def launch_fwd(
     x, phi, alpha, bias, gamma, norm_eps, hc_eps, block_t=64, block_d=None, num_warps=4, num_stages=None,
     splits=None, block_d_apply=None, delayed=False, h_pre_prev=None, finish_block_d=None, maxnreg=None, wide=False,
-    apply_block_d=None, apply_stages=None,
 ):  # fmt: skip
     """The forward on validated inputs -> (h_in, h_post, h_res, inv_rms, h_mix, h_pre).
 
@@ -576,9 +569,7 @@ def launch_fwd(
     two >= 16; None = FINISH_BLOCK_D, FINISH_BLOCK_D_N8 from n = 8). maxnreg: the register cap of the
     projection's kernel (_fwd_kernel or _fwd_partial_kernel; check_maxnreg; None = the compiler's). wide: the
     bf16 projection as one product against the weight parts side by side (mix_dot's W_SPLIT 2) where
-    o_pad(n) <= WIDE_MAX_O_PAD (n <= 4); ignored elsewhere and for other dtypes. apply_block_d, apply_stages:
-    the single kernel's apply (mhc_pre), its columns a step (a power of two >= 16; None = block_d) and its
-    column loop pipelined in that many stages (check_loop_stages; None = not pipelined)."""
+    o_pad(n) <= WIDE_MAX_O_PAD (n <= 4); ignored elsewhere and for other dtypes."""
     if splits is not None and (not isinstance(splits, int) or isinstance(splits, bool) or splits < 1):
         raise ValueError(f"splits: expected None or a positive int, got {splits!r}")
     check_block("block_t", block_t, 16)
@@ -594,9 +585,6 @@ def launch_fwd(
     if finish_block_d is None:
         finish_block_d = FINISH_BLOCK_D_N8 if n >= 8 else FINISH_BLOCK_D
     check_block("finish_block_d", finish_block_d, 16)
-    apply_block_d = block_d if apply_block_d is None else apply_block_d
-    check_block("apply_block_d", apply_block_d, 16)
-    check_loop_stages(apply_stages, "apply_stages")
     O = n * n + 2 * n
     xt = tokens(x, 2)
     T = xt.shape[0]
@@ -632,7 +620,7 @@ def launch_fwd(
         _fwd_kernel[(token_blocks,)](
             xt, phi, gamma_arg, w_arg, alpha, bias, h_in, h_post, h_res, inv_rms, h_mix, h_pre, hpp,
             T, n, D, *xt.stride(), *phi.stride(), float(norm_eps), float(hc_eps), **common,
-            N_PAD=n_pad(n), COLLAPSE=collapse, APPLY_BLOCK_D=apply_block_d, APPLY_STAGES=apply_stages or 0,
+            N_PAD=n_pad(n), COLLAPSE=collapse,
         )  # fmt: skip
         return h_in, h_post, h_res, inv_rms, h_mix, h_pre
     finish_t = min(block_t, FINISH_BLOCK_T)

@@ -176,37 +176,6 @@ def test_bad_wide(wide, bundles, launches):
     assert launches == []
 
 
-@pytest.mark.parametrize(("apply_block_d", "apply_stages"), [(16, None), (16, 2), (32, 3), (None, 1)])
-@pytest.mark.parametrize("case", [SPLIT_CASES[i][0] for i in (0, 1, 2, 12)], ids=str)
-def test_apply_options_give_the_same_bits(case, apply_block_d, apply_stages, bundles, launches):
-    """The single kernel's apply a different number of columns a step (apply_block_d: D = 49 leaves a partial
-    last step) and pipelined (apply_stages) sums the same products in the same stream order: on the interpreter
-    h_in and every other output bit for bit the default's; compiled (ptxas may contract differently in different
-    code: docs/perf.md, Performance XV), the rule and a repeat bit for bit (a stage read before its copy landed)."""
-    bundle = bundles(case)
-    inputs, _ = bundle.stage_view("pre_fwd")
-    plain = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, splits=1)
-    got = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, splits=1, apply_block_d=apply_block_d,
-                           apply_stages=apply_stages)  # fmt: skip
-    assert {name for name, _ in launches} == {"_fwd_kernel"}
-    again = run_triton_stage("pre_fwd", inputs, block_d=BLOCK_D, splits=1, apply_block_d=apply_block_d,
-                             apply_stages=apply_stages) if KERNEL_DEVICE == "cuda" else plain  # fmt: skip
-    assert all(torch.equal(got[k], again[k]) for k in plain)
-    assert_stage_accurate("pre_fwd", bundle, got)
-
-
-@pytest.mark.parametrize(("name", "value", "match"), [
-    ("apply_block_d", 24, "apply_block_d"), ("apply_block_d", 8, "apply_block_d"),
-    ("apply_stages", 0, "apply_stages: expected None or an int in 1..4"),
-    ("apply_stages", "2", "apply_stages: expected None or an int in 1..4"),
-])  # fmt: skip
-def test_bad_apply_options(name, value, match, bundles, launches):
-    inputs, _ = bundles(SPLIT_CASES[0][0]).stage_view("pre_fwd")
-    with pytest.raises(ValueError, match=match):
-        fwd.mhc_pre_fwd(**inputs, **{name: value})
-    assert launches == []
-
-
 def test_auto_is_single_kernel_on_cpu(bundles, launches):
     if KERNEL_DEVICE != "cpu":
         pytest.skip("CPU tensors only")
