@@ -241,9 +241,11 @@ def pass_a_grids(monkeypatch):
     return grids
 
 
-def test_auto_splits_a_is_the_default_launch(pass_a_grids):
-    """The default launch splits pass A as auto_splits_a says (a grid of 2 token blocks on the interpreter's
-    4 stand-in SMs: 2 splits) and gives the gradients of that explicit launch, bit for bit."""
+def test_auto_splits_a_is_the_default_launch(pass_a_grids, monkeypatch):
+    """The default launch splits pass A as auto_splits_a says (a grid of 2 token blocks on 4 SMs, the
+    interpreter's stand-in count, set here for a GPU too: 2 splits) and gives the gradients of that explicit
+    launch, bit for bit."""
+    monkeypatch.setattr(fused_bwd, "sm_count", lambda device: 4)
     case = dataclasses.replace(KERNEL_CASES[0], lead=(20,))
     t = build(case, KERNEL_DEVICE).tensors
     chunks = -(-case.D // 16)
