@@ -352,11 +352,16 @@ PASS_B_WIDE_MIN_PROGRAMS_PER_SM = 1
 # H200, bf16, mhc_pre: pass B 1060 -> 835 us and pass A 348 -> 275 at 16384 x 4 x 7168; docs/perf.md,
 # Performance XV): three stages for pass B's 32-token tiles up to n = 4, two elsewhere (n = 8: 653 us at three
 # against 449 at two; the 64 x 64 tile 57.2 against 55.1), three for pass A. 16-bit x only (measured there; fp32
-# doubles the stages' shared memory) and mhc_pre only (the delayed pre's backward is unmeasured with them).
+# doubles the stages' shared memory). The delayed pre's pass B: two stages from n = 8 (747 -> 654 us at
+# 8192 x 8 x 2048), none at n = 4 (1204 -> 1443 with three at 16384 x 4 x 7168; Performance XVI); its pass A reads
+# no x.
 def auto_loop_stages(n: int, block_t: int, x: torch.Tensor, delayed: bool) -> tuple[int | None, int | None]:
-    """(loop_stages, loop_stages_a) of loop_stages="auto": None where not measured (the compiler's choice)."""
-    if delayed or x.element_size() != 2:
+    """(loop_stages, loop_stages_a) of loop_stages="auto": None where not measured or slower (the compiler's
+    choice)."""
+    if x.element_size() != 2:
         return None, None
+    if delayed:
+        return (2 if n >= 8 else None), None
     return (3 if n <= 4 and block_t == 32 else 2), 3
 
 

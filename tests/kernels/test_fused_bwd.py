@@ -292,6 +292,17 @@ def test_loop_stages_give_the_same_bits(case, loop_stages):
     _assert_accurate(t, staged)
 
 
+@pytest.mark.parametrize(("n", "block_t", "dtype", "delayed", "expected"), [
+    (4, 32, torch.bfloat16, False, (3, 3)), (4, 64, torch.bfloat16, False, (2, 3)), (8, 32, torch.float16, False, (2, 3)),
+    (4, 32, torch.float32, False, (None, None)), (4, 32, torch.bfloat16, True, (None, None)),
+    (6, 32, torch.bfloat16, True, (None, None)), (8, 32, torch.bfloat16, True, (2, None)),
+    (8, 32, torch.float32, True, (None, None)),
+])  # fmt: skip
+def test_auto_loop_stages_rule(n, block_t, dtype, delayed, expected):
+    """loop_stages="auto": the measured rule (docs/perf.md, Performance XV and XVI), 16-bit x only."""
+    assert fused_bwd.auto_loop_stages(n, block_t, torch.empty(0, dtype=dtype), delayed) == expected
+
+
 @pytest.mark.parametrize("name", ["loop_stages", "loop_stages_a"])
 @pytest.mark.parametrize("value", [0, 5, 2.0, True, "2"])
 def test_bad_loop_stages_is_refused(name, value, monkeypatch):
