@@ -38,6 +38,7 @@ from ._common import (
     next_power_of_2,
     o_pad,
     pre_columns,
+    size_hint,
     stamp,
     static_dims,
     stream64,
@@ -143,16 +144,26 @@ def auto_splits(D: int, block_d: int) -> int:
     return cdiv(chunks, cdiv(chunks, MAX_SPLITS))
 
 
+# One token at up to four streams: one-token blocks (the projection on the CUDA cores) by default (H200, 1 x 4 x
+# 4096, delayed: 12.6 -> 9.5 us; docs/perf.md, Performance XVI); elsewhere 16 (n = 8 and T > 1 unmeasured).
+SINGLE_TOKEN_MAX_N = 4
+
+
+def auto_block_t(T: int, n: int) -> int:
+    """launch_decode's block_t=None: 1 for a single token at n <= SINGLE_TOKEN_MAX_N, else 16."""
+    return 1 if T == 1 and n <= SINGLE_TOKEN_MAX_N else 16
+
+
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
-                  block_t=16, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
+                  block_t=None, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
                   sink_tokens_last=None, sinkhorn_launch=False, apply_launch=False, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
     with apply_launch and the plain pre; none for zero tokens).
-    block_t: tokens per program, a power of two; below 16 (one to a few tokens) the projection's products
-    run on the CUDA cores (seam.seam_columns), best with unroll >= splits (every split's partials in one
-    round of loads).
+    block_t: tokens per program, a power of two (None: auto_block_t); below 16 (one to a few tokens) the
+    projection's products run on the CUDA cores (seam.seam_columns), best with unroll >= splits (every
+    split's partials in one round of loads).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
     collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
     Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
@@ -163,10 +174,12 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     column pass: docs/perf.md, Performance XIII); timeline: an int64 tensor of
     at least (token blocks x splits x TIMELINE_SLOTS) elements that receives each program's marks
     (TIMELINE_MARKS; GPU only, benchmarks/decode_timeline.py reads them)."""
+    n, D = static_dims(x, 2)
+    if block_t is None:
+        block_t = auto_block_t(size_hint(x.numel() // max(n * D, 1)), n)
     check_block("block_t", block_t, 1)  # below 16 (tl.dot's smallest M): seam.seam_columns' CUDA-core path
     check_block("block_d", block_d, 16)
     check_block("apply_block_d", apply_block_d, 16)
-    n, D = static_dims(x, 2)
     if n > MAX_N:
         raise ValueError(f"n: expected at most {MAX_N} streams (Sinkhorn in registers), got {n}")
     lead = x.shape[:-2]

@@ -13,7 +13,7 @@ from mhc_ops.golden.fixtures import make_inputs
 from mhc_ops.golden.mhc_pre import mhc_pre_delayed_forward, mhc_pre_forward
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
-from mhc_ops.kernels import _arrive
+from mhc_ops.kernels import _arrive, decode
 from mhc_ops.kernels._launch import op_body
 from mhc_ops.kernels.decode import boundary_decode
 from tests.cases import SEAM_CASES
@@ -76,6 +76,13 @@ def test_decode_boundary(case, delayed, splits):
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
     assert got["out"].dtype == got["h_in"].dtype == t["x"].dtype
     assert got["next_P"].shape == got["next_h_res"].shape == (*case.lead, case.n, case.n)
+
+
+@pytest.mark.parametrize(("T", "n", "expected"), [(1, 1, 1), (1, 4, 1), (1, 8, 16), (2, 4, 16), (64, 4, 16)])
+def test_auto_block_t(T, n, expected):
+    """block_t=None: one-token blocks for a single token up to SINGLE_TOKEN_MAX_N streams (measured faster
+    there), 16 elsewhere."""
+    assert decode.auto_block_t(T, n) == expected
 
 
 @DELAYED
