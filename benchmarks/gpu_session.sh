@@ -176,7 +176,7 @@ split-a)  # pass A over column-chunk ranges where its token blocks leave SMs idl
     --ops bwd --sweep --quick --grid 'splits_a=1,2,4,8' 2>&1 | grep '^|' | tee "$R/split-a.md" | tail -20 ;;
 stages-delayed)  # the delayed pre's backward with pass B's token loop pipelined (loop_stages; its pass A reads no x)
   timeout 250 python3 -m benchmarks.delayed --rows delayed_bwd --quick --out "$R" --delayed-bwd-grid 'loop_stages=None,2,3' \
-    --shapes 1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 2>&1 | grep '^| [0-9]' | tee "$R/stages_delayed.md" | tail -16 ;;
+    --shapes 1024x4x4096,16384x4x7168,8192x6x4096,8192x8x2048 2>&1 | grep '^| [0-9]' | tee "$R/stages_delayed.md" | tail -16 ;;
 maxnreg)  # pass B at n = 4 (Performance XIV, unmeasured when written): capped to 168 registers (3 programs per SM
          # instead of 2), and its dx tile through an L2 slot (mm_scratch: 9 CTA barriers a tile instead of 36);
          # then the forward's register cap where its split path's grid has several waves
