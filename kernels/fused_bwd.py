@@ -426,9 +426,8 @@ def launch_backward_fused(x, phi, alpha, dh_in, dh_post, dh_res, inv_rms, h_mix,
     compiler's). splits_a: column-chunk ranges per pass-A token block (mhc_pre; at most its chunks; the
     delayed pre's pass A reads no x): 1, one program per block; more, the blocks' sums of dh_in*x spread over
     as many programs and the last to arrive finishes the block (for grids of few token blocks); "auto":
-    auto_splits_a. mm_scratch:
-    pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2) so dx is formed in the
-    loads' layout (_pass_b_kernel's MM_SCRATCH). loop_stages: pass B's token loop pipelined in that many
+    auto_splits_a. mm_scratch: pass B's dvecX_mm tile through a per-program fp32 slot in global memory (L2)
+    so dx is formed in the loads' layout (_pass_b_kernel's MM_SCRATCH). loop_stages: pass B's token loop pipelined in that many
     stages with all its loads (check_loop_stages; None: the compiler's choice, which pipelines the products'
     operands alone; "auto": auto_loop_stages). loop_stages_a: pass A's column loop likewise (None: not
     pipelined; mhc_pre only, the delayed pre's pass A reads no x). Compiled, these change the code around the
