@@ -35,12 +35,13 @@ if [[ " $parts " == *" hf"* ]] && compgen -G ".whl/transformers-*.whl" >/dev/nul
 fi
 
 for part in $parts; do case $part in
-verify)  # first on a new tree: the GPU tests of the kernels whose default path changed unmeasured (sessions 32-33:
-        # round_to's compiled rounding, the forward's square runs and read-back h_pre, the n = 8 finish tile, pass
-        # A's new arguments under Inductor) and the layer's CUDA-graph, compile and bug tests, a few minutes
+verify)  # first on a new tree: the GPU tests of the kernels whose default path changed (session 35: pass A's column
+        # split below ~2K tokens, the delayed backward's stages at n = 8, decode's one-token blocks at T = 1) and the
+        # layer's CUDA-graph, compile and bug tests, a few minutes
   timeout 320 python3 -m pytest -n 8 -q -p no:cacheprovider tests/bugs tests/kernels/test_stage_kernels.py \
     tests/kernels/test_fused_bwd.py tests/kernels/test_fwd_split.py tests/kernels/test_delayed.py \
-    tests/test_cuda_graph.py tests/test_compile.py 2>&1 | grep -v "^DEBUG" | tail -15 | tee "$R/verify.txt" ;;
+    tests/kernels/test_decode.py tests/test_cuda_graph.py tests/test_compile.py 2>&1 | grep -v "^DEBUG" | tail -15 \
+    | tee "$R/verify.txt" ;;
 tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recompiles per T (160 s cut it at ~97 %)
   timeout 300 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v "^DEBUG" \
     | tail -25 | tee "$R/gpu_tests.txt" ;;
