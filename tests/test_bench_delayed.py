@@ -22,29 +22,18 @@ def test_seam_floor_is_below_the_unfused_boundary():
     assert seam < unfused  # the seam saves one read and one write of x(l+1) per token
 
 
-def test_seam_grid_adds_a_row_per_launch_option(capsys):
-    assert delayed.main(["--shapes", "3x4x64", "--rows", "seam", "--seam-grid", "block_t=16,32;block_d=16",
-                         "--quick", "--device", "cpu"]) == 0  # fmt: skip
+@pytest.mark.parametrize(("row", "flag", "grid", "expected"), [
+    ("seam", "--seam-grid", "block_t=16,32;block_d=16",
+     ["seam", "seam[block_t=16, block_d=16]", "seam[block_t=32, block_d=16]"]),
+    ("delayed_fwd", "--delayed-grid", "block_d=16,32;wide=True",
+     ["delayed_fwd", "delayed_fwd[block_d=16, wide=True]", "delayed_fwd[block_d=32, wide=True]"]),
+    ("delayed_bwd", "--delayed-bwd-grid", "loop_stages=None,2",
+     ["delayed_bwd", "delayed_bwd[loop_stages=None]", "delayed_bwd[loop_stages=2]"]),
+])  # fmt: skip
+def test_grid_adds_a_row_per_launch_option(row, flag, grid, expected, capsys):
+    assert delayed.main(["--shapes", "3x4x64", "--rows", row, flag, grid, "--quick", "--device", "cpu"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x4x64")]
-    assert [r.split(" | ")[1] for r in rows] == ["seam", "seam[block_t=16, block_d=16]", "seam[block_t=32, block_d=16]"]
-    assert all("| ok |" in r for r in rows)
-
-
-def test_delayed_grid_adds_a_row_per_launch_option(capsys):
-    assert delayed.main(["--shapes", "3x4x64", "--rows", "delayed_fwd", "--delayed-grid", "block_d=16,32;wide=True",
-                         "--quick", "--device", "cpu"]) == 0  # fmt: skip
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x4x64")]
-    assert [r.split(" | ")[1] for r in rows] == ["delayed_fwd", "delayed_fwd[block_d=16, wide=True]",
-                                                 "delayed_fwd[block_d=32, wide=True]"]  # fmt: skip
-    assert all("| ok |" in r for r in rows)
-
-
-def test_delayed_bwd_grid_adds_a_row_per_launch_option(capsys):
-    assert delayed.main(["--shapes", "3x4x64", "--rows", "delayed_bwd", "--delayed-bwd-grid", "loop_stages=None,2",
-                         "--quick", "--device", "cpu"]) == 0  # fmt: skip
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3x4x64")]
-    assert [r.split(" | ")[1] for r in rows] == ["delayed_bwd", "delayed_bwd[loop_stages=None]",
-                                                 "delayed_bwd[loop_stages=2]"]  # fmt: skip
+    assert [r.split(" | ")[1] for r in rows] == expected
     assert all("| ok |" in r for r in rows)
 
 
