@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mhc_ops.golden import Case, build, judge, mhc_pre_backward, rel_err
 from mhc_ops.kernels import fused_bwd
-from mhc_ops.kernels._common import o_groups, o_pad
+from mhc_ops.kernels._common import cdiv, o_groups, o_pad
 from mhc_ops.kernels.fused_bwd import mhc_pre_backward_fused
 from mhc_ops.stages import Pipeline
 from tests.cases import EMPTY_CASES, GPU_CASES, GROUPED_CASES, KERNEL_BLOCKS, KERNEL_CASES
@@ -248,7 +248,7 @@ def test_auto_splits_a_is_the_default_launch(pass_a_grids, monkeypatch):
     monkeypatch.setattr(fused_bwd, "sm_count", lambda device: 4)
     case = dataclasses.replace(KERNEL_CASES[0], lead=(20,))
     t = build(case, KERNEL_DEVICE).tensors
-    chunks = -(-case.D // 16)
+    chunks = cdiv(case.D, 16)
     expected = fused_bwd.auto_splits_a(2, chunks, t["x"].device)
     a, b = _fused(t, block_d_a=16), _fused(t, block_d_a=16, splits_a=expected)
     assert pass_a_grids[0] == (2, expected) == pass_a_grids[1] and expected == min(2, chunks) > 1
