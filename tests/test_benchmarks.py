@@ -610,6 +610,18 @@ def test_decode_timeline_grid_and_cpu_refusal():
         assert e.value.code == 2
 
 
+@pytest.mark.parametrize("argv", [["--iters", "1,x"], ["--iters", "0"], ["--launches", "2"]],
+                         ids=["iters-not-int", "iters-0", "launches-2"])  # fmt: skip
+def test_decode_timeline_refuses_bad_arguments(argv, capsys):
+    """The timeline names the bad argument and exits 2 before anything runs (on any machine)."""
+    from benchmarks import decode_timeline as dt
+
+    with pytest.raises(SystemExit) as e:
+        dt.main(["--shapes", "1x4x64", *argv])
+    assert e.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["--n", "4,x"], ["--n", "9"], ["--reps", "2"]], ids=["not-int", "n-9", "reps-2"])
 def test_sinkhorn_chain_refuses_bad_arguments(argv, capsys):
     """The chain probe names the bad argument and exits 2 before anything runs (and exits 2 on a machine
