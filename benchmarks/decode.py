@@ -1,7 +1,8 @@
 """One layer boundary's forward at decode (issue 21 item 4): post(l), the next pre(l+1) and sinkhorn of its
 h_res, as the ops of today and as kernels/decode.py's one launch, side by side.
 
-    PYTHONPATH=. python -m benchmarks.decode [--shapes 1x4x4096,...] [--quick] [--variants] [--out DIR] [--device cuda]
+    PYTHONPATH=. python -m benchmarks.decode [--shapes 1x4x4096,...] [--quick] [--variants] [--rows REGEX] [--out DIR]
+        [--device cuda]
 
 Rows per shape (bf16 x, fp32 parameters with gamma, sinkhorn iters 20):
 
@@ -12,6 +13,7 @@ Rows per shape (bf16 x, fp32 parameters with gamma, sinkhorn iters 20):
 - ops_plain / decode_plain: the same with the plain mhc_pre(l+1).
 - with --variants, the decode rows at other tiles, split counts, unrolls and warps (VARIANTS), and
   sinkhorn_alone: launch_sinkhorn_fwd alone on [T, n, n] logits (what Sinkhorn's chain costs at this T).
+- --rows: only the rows whose name this regular expression finds (re.search), e.g. 'ops_|apply_launch'.
 
 gpu_us: GPU time of one call, a CUDA graph of it replayed back to back (benchmarks/host.graph_gpu_us:
 what a decode step pays, launch gaps included). launches: kernels (and memsets) of one graph replay
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import sys
 import time
 
@@ -76,6 +79,7 @@ VARIANTS = (
     ("decode_plain", {"apply_launch": True}),
     ("decode_plain", {"apply_launch": True, "apply_block_d": 256}),
     ("decode_plain", {"apply_launch": True, "block_t": 1, "unroll": 64}),
+    ("decode_plain", {"apply_launch": True, "block_t": 1}),
     ("decode_plain", {"apply_block_d": 256}),
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )
@@ -89,6 +93,11 @@ def _inputs(T, n, D, device) -> dict:
     g = torch.Generator(device=device).manual_seed(1)
     hpp = torch.sigmoid(torch.randn(T, n, generator=g, device=device)) + HC_EPS
     return {k: post[k] for k in POST} | {k: t[k] for k in ("phi", "alpha", "bias", "gamma")} | {"h_pre_prev": hpp}
+
+
+def variant_name(row: str, options: dict) -> str:
+    """A --variants row's name: 'decode_plain[apply_launch=True,block_t=1]'."""
+    return row + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
 
 
 def _calls(t: dict, variants: bool) -> dict:
@@ -117,8 +126,7 @@ def _calls(t: dict, variants: bool) -> dict:
              "ops_plain": (ops(False), False), "decode_plain": (decode(False), False)}  # fmt: skip
     if variants:
         for row, v in VARIANTS:
-            name = row + "[" + ",".join(f"{k}={x}" for k, x in v.items()) + "]"
-            calls[name] = (decode(row == "decode_delayed", **v), row == "decode_delayed")
+            calls[variant_name(row, v)] = (decode(row == "decode_delayed", **v), row == "decode_delayed")
     return calls
 
 
@@ -171,7 +179,7 @@ def launches(graph: torch.cuda.CUDAGraph) -> dict:
     return names
 
 
-def run(shapes, device, quick, variants, out_dir):
+def run(shapes, device, quick, variants, out_dir, rows_re=None):
     rows = []
     path = None
     if out_dir is not None and device.type == "cuda":
@@ -182,6 +190,8 @@ def run(shapes, device, quick, variants, out_dir):
         calls = {k: (c, lambda got, d=d, t=t: _verdicts(t, got, d)) for k, (c, d) in _calls(t, variants).items()}
         if variants:
             calls["sinkhorn_alone"] = _sinkhorn_alone(shape.T, shape.n, device)
+        if rows_re is not None:
+            calls = {k: v for k, v in calls.items() if rows_re.search(k)}
         for name, (call, check) in calls.items():
             verdicts = check(call())
             ok = all(v.ok for v in verdicts)
@@ -215,13 +225,21 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default=DEFAULT)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variants", action="store_true", help="decode_delayed at other tiles and split counts too")
+    parser.add_argument("--rows", default=None, help="only rows whose name this regular expression finds")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     shapes = parsed_shapes(parser, args.shapes)
+    try:
+        rows_re = re.compile(args.rows) if args.rows is not None else None
+    except re.error as e:
+        parser.error(f"--rows: expected a regular expression, got {args.rows!r} ({e})")
+    names = [*ROWS, *(variant_name(r, v) for r, v in VARIANTS), "sinkhorn_alone"]
+    if rows_re is not None and not any(rows_re.search(k) for k in names):
+        parser.error(f"--rows: {args.rows!r} finds no row (rows: {', '.join(ROWS)}, their --variants, sinkhorn_alone)")
     device = parsed_device(parser, args.device, "the interpreter smoke test")
     print("| shape | row | status | gpu_us | launches | worst error / bound |\n|---|---|---|---|---|---|")
-    rows = run(shapes, device, args.quick, args.variants, args.out)
+    rows = run(shapes, device, args.quick, args.variants, args.out, rows_re)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -148,6 +148,13 @@ seam-bwd)  # the seam's backward: its GPU tests (and the kernels that share its 
   timeout 300 python3 -m benchmarks.delayed --rows delayed_bwd,boundary_bwd,seam_bwd --quick --out "$R" \
     --shapes 1x4x4096,1024x4x4096,4096x4x4096,16384x4x7168,8192x8x2048 ${SEAM_BWD_GRID:+--seam-bwd-grid "$SEAM_BWD_GRID"} \
     2>&1 | grep '^| [0-9]' | tee "$R/seam_bwd.md" | tail -30 ;;
+decode-rules)  # the boundary at decode, ops against the one launch (delayed; plain with its collapse launched apart), by
+              # T and n: where HyperStack's and the DeepSeek-V4 drop-in's decode path should take the one launch
+  timeout 280 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_(delayed|plain)$|apply_launch=True(,block_t=1)?]' \
+    --shapes 1x4x4096,8x4x4096,64x4x4096,1x4x7168,1x6x4096,8x6x4096,1x8x4096,8x8x4096 2>&1 | tee "$R/decode_rules.md" | grep '^| ' | tail -50 ;;
+timeline-iters)  # the decode boundary's Sinkhorn phase at 1, 20 and 40 iterations: what an iteration costs in the kernel
+  timeout 90 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --iters 1,20,40 2>&1 \
+    | tee "$R/timeline_iters.md" | tail -8 ;;
 sinkhorn-chain)  # one Sinkhorn iteration's cycles by reciprocal and tile (benchmarks/sinkhorn_chain.py)
   timeout 200 python3 -m benchmarks.sinkhorn_chain 2>&1 | tee "$R/sinkhorn_chain.md" | tail -42 ;;
 decode-small)  # decode's one-token blocks (Performance XIII, unmeasured when written): their GPU tests, the

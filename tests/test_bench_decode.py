@@ -22,3 +22,18 @@ def test_sinkhorn_tiles_benchmark_rows_pass_the_accuracy_rule(capsys):
     table = capsys.readouterr().out
     # per T: n = 3's default tile is 16x1 (one row for both) and 8x4; n = 8's default 8x1, 16x1 and 8x4
     assert table.count("| ok |") == 2 * (2 + 3) and table.count("(default)") == 2 * 2 and "FAIL" not in table
+
+
+def test_decode_benchmark_rows_filter(capsys):
+    """--rows keeps the rows whose name the expression finds, variants included."""
+    assert decode.main(["--shapes", "2x3x40", "--quick", "--variants", "--rows", "^ops_plain$|apply_launch=True,block_t=1]",
+                        "--device", "cpu"]) == 0  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| ok |" in line]
+    assert [line.split(" | ")[1] for line in lines] == ["ops_plain", "decode_plain[apply_launch=True,block_t=1]"]
+
+
+@pytest.mark.parametrize("rows", ["(", "no_such_row"], ids=["bad-regex", "finds-nothing"])
+def test_decode_benchmark_refuses_bad_rows(rows, capsys):
+    with pytest.raises(SystemExit) as e:
+        decode.main(["--shapes", "2x3x40", "--rows", rows, "--device", "cpu"])
+    assert e.value.code == 2 and "--rows" in capsys.readouterr().err
