@@ -7,9 +7,9 @@ over its chunk range of token block b: x(l+1) stored, the next pre's projection 
 from the stored tile, and for the delayed pre h_in of its columns. It stores its partials
 (fwd.store_partials), then increments block b's arrival counter (acq_rel, GPU scope: its stores are
 released, and the program that arrives last acquires every other program's). That last program sums
-the partials in split order (fwd.reduce_partials: deterministic), computes the coefficients, collapses
-h_in from the stored x(l+1) for the plain pre (fwd.apply_tile; it needs this h_pre first; or, apply_launch,
-_apply_kernel does in a second launch, its columns spread over programs), runs
+the partials in split order (fwd.reduce_partials: deterministic), computes the coefficients (the plain pre's
+collapse needs this h_pre first: by default _apply_kernel forms h_in from the stored x(l+1) in a second launch,
+its columns spread over programs; with apply_launch=False the last program does, fwd.apply_tile), runs
 Sinkhorn on the next h_res in registers (sinkhorn.sinkhorn_tile) and sets the counter back to 0, so
 the next launch (a CUDA-graph replay) starts from zero with no memset.
 
@@ -156,7 +156,7 @@ def auto_block_t(T: int, n: int) -> int:
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
                   block_t=None, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
-                  sink_tokens_last=None, sinkhorn_launch=False, apply_launch=False, timeline=None):  # fmt: skip
+                  sink_tokens_last=None, sinkhorn_launch=False, apply_launch=True, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
@@ -170,8 +170,9 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
     can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); apply_launch: the plain
     pre's collapse in a launch of its own (_apply_kernel, one program per token block and apply_block_d
-    columns), not over all D in the last program (ignored for the delayed pre, which collapses in the
-    column pass: docs/perf.md, Performance XIII); timeline: an int64 tensor of
+    columns; the default: 14.2 against 24.6 us over all D in the last program at 1 x 4 x 4096, 12.5 against
+    20.0 with one-token blocks, H200, docs/perf.md, Performance XVI); False: in the last program (ignored for
+    the delayed pre, which collapses in the column pass: docs/perf.md, Performance XIII); timeline: an int64 tensor of
     at least (token blocks x splits x TIMELINE_SLOTS) elements that receives each program's marks
     (TIMELINE_MARKS; GPU only, benchmarks/decode_timeline.py reads them)."""
     n, D = static_dims(x, 2)

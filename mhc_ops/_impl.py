@@ -204,12 +204,29 @@ def post_backward(route: Route, x, h_res, h_out, h_post, dout) -> tuple:
 
 # --- the layer boundary at decode --------------------------------------------------------------------------------
 
-DECODE_MAX_T = 64  # tokens up to which an inference stack runs each boundary in one launch (kernels/decode.py)
+DECODE_MAX_T = 64  # tokens up to which an inference boundary runs in one launch (kernels/decode.py)
+# Streams up to which it does: the one launch is the faster boundary at n = 4 and the slower at n = 8 (H200, bf16,
+# 1 x n x 4096; delayed 9.5 against 22.8 us for the ops at n = 4, 47.7 against 40.9 at n = 8; plain, its collapse
+# launched apart, 12.5 against 22.4, and 67.0 against 37.2 in one launch at n = 8; docs/perf.md, Performance XVI).
+DECODE_MAX_N = 4
+
+
+def decodes(x: torch.Tensor, routes) -> bool:
+    """Whether a boundary on streams x [.., n, D] runs through boundary_decode: inference (no autograd, not
+    traced), at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage of every route on Triton."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() < 3:
+        return False
+    n, D = x.shape[-2], x.shape[-1]
+    if n > DECODE_MAX_N or x.numel() > DECODE_MAX_T * n * D:
+        return False
+    return all(b == "triton" for route in routes for _, b in route.backends)
 
 
 def boundary_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, iters, eps, norm_eps, hc_eps):
-    """post(l), the delayed pre(l+1) (collapsed with h_pre_prev, pre(l)'s h_pre) and sinkhorn of its h_res in
-    one launch, not differentiable -> (x_next, h_in, h_post, P = sinkhorn(h_res), h_pre) of the next sublayer."""
+    """post(l), the next pre (the delayed pre collapsed with h_pre_prev, pre(l)'s h_pre; the plain mhc_pre with
+    h_pre_prev None) and sinkhorn of its h_res, in one launch (two for the plain pre: its collapse needs the
+    coefficients), not differentiable -> (x_next, h_in, h_post, P = sinkhorn(h_res), h_pre) of the next
+    sublayer."""
     out, h_in, h_post_next, _, _, _, h_pre, P = launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias,
                                                               gamma, norm_eps, hc_eps, iters, eps)  # fmt: skip
     return out, h_in, h_post_next, P, h_pre

@@ -275,11 +275,12 @@ class HyperStack(torch.nn.Module):
 def stack_forward(layers, x, *args, delayed=False, **kwargs):
     """HyperStack's forward over any sequence of HyperConnections on the same streams (a model that keeps
     them in its own ModuleList, as mhc_ops.train's GPT does): ``x [.., n, D] -> [.., n, D]``. delayed: each
-    block collapses with the previous block's h_pre (the layers built with delayed=True). At decode (no
-    autograd, not traced, at most DECODE_MAX_T tokens, every stage on Triton) each boundary, post(l) +
-    pre(l+1) + sinkhorn, runs in one launch (_impl.boundary_decode). Extra arguments go to every block."""
-    if _stack_decodes(layers, x, delayed):
-        return _stack_decode(layers, x, *args, **kwargs)
+    block collapses with the previous block's h_pre (the layers built with delayed=True). At decode
+    (_impl.decodes: no autograd, not traced, at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage
+    on Triton) each boundary, post(l) + pre(l+1) + sinkhorn, runs in one launch (_impl.boundary_decode; the
+    plain pre's collapse in a second). Extra arguments go to every block."""
+    if _stack_decodes(layers, x):
+        return _stack_decode(layers, x, delayed, *args, **kwargs)
     h_pre = None
     for layer in layers:
         if delayed:
@@ -289,35 +290,28 @@ def stack_forward(layers, x, *args, delayed=False, **kwargs):
     return x
 
 
-def _stack_decodes(layers, x, delayed) -> bool:
-    """Inference at decode on a delayed, all-Triton stack: no autograd, not traced, at most DECODE_MAX_T
-    tokens."""
-    if not delayed or len(layers) < 2 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+def _stack_decodes(layers, x) -> bool:
+    """Two or more mHC blocks (none disabled), and _impl.decodes on x with every block's route."""
+    if len(layers) < 2 or any(layer.disable for layer in layers):
         return False
-    if x.dim() < 3 or x.numel() > _impl.DECODE_MAX_T * x.shape[-2] * x.shape[-1]:
-        return False
-    for layer in layers:
-        route = _impl.resolve_route(layer.backend, layer.stages, x)
-        if any(b != "triton" for _, b in route.backends) or x.shape[-2] > _impl.sinkhorn_max_n(route):
-            return False
-    return True
+    return _impl.decodes(x, [_impl.resolve_route(layer.backend, layer.stages, x) for layer in layers])
 
 
-def _stack_decode(layers, x, *args, **kwargs):
+def _stack_decode(layers, x, delayed, *args, **kwargs):
     """stack_forward's result with every boundary through _impl.boundary_decode (the first pre and the
     last post as ops)."""
     first = layers[0]
     check_layer_input(x, first.n, first.dim)
-    h_in, h_post, h_res, h_pre, _ = _hc_pre(x, first.phi, first.alpha, first.bias, first.gamma, None, True, 1e-6,
-                                            1e-6, first.sinkhorn_iters, 1e-6, first.backend, None, False)  # fmt: skip
+    h_in, h_post, h_res, h_pre, _ = _hc_pre(x, first.phi, first.alpha, first.bias, first.gamma, None, delayed, 1e-6,
+                                            1e-6, first.sinkhorn_iters, 1e-6, first.backend, first.stages, False)  # fmt: skip
     for layer, nxt in zip(layers, [*layers[1:], None]):
         layer.last_h_res = h_res
         h_out = layer._branch(h_in, *args, **kwargs).to(x.dtype)
         if nxt is None:
             return hc_post(x, h_res, h_out, h_post, backend=layer.backend)
         x, h_in, h_post, h_res, h_pre = _impl.boundary_decode(
-            x, h_res, h_out, h_post, h_pre, nxt.phi, nxt.alpha, nxt.bias, nxt.gamma, nxt.sinkhorn_iters, 1e-6,
-            1e-6, 1e-6,
+            x, h_res, h_out, h_post, h_pre if delayed else None, nxt.phi, nxt.alpha, nxt.bias, nxt.gamma,
+            nxt.sinkhorn_iters, 1e-6, 1e-6, 1e-6,
         )  # fmt: skip
 
 

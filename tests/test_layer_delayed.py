@@ -70,15 +70,17 @@ def test_delayed_module_errors():
 
 
 @pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-@pytest.mark.parametrize("T, launches", [(1, 2), (5, 2), (65, 0)])
-def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, launches):
-    """Under no_grad, at most 64 tokens, a delayed all-Triton stack runs post(l) + pre(l+1) + sinkhorn in one
-    launch per boundary (kernels/decode.py), with the stack's output by the accuracy rule; training (grad
-    enabled) and more tokens take the ops."""
-    n, D = 4, 16
-    torch.manual_seed(T)
+@pytest.mark.parametrize("delayed", [True, False], ids=["delayed", "plain"])
+@pytest.mark.parametrize("T, n, launches", [(1, 4, 2), (5, 3, 2), (65, 4, 0), (1, 6, 0)])
+def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, n, launches, delayed):
+    """Under no_grad, at most 64 tokens and 4 streams (_impl.DECODE_MAX_T, DECODE_MAX_N), an all-Triton stack
+    runs post(l) + pre(l+1) + sinkhorn through one launch_decode per boundary (kernels/decode.py; the plain
+    pre's collapse a second launch inside it), with the stack's output by the accuracy rule; training (grad
+    enabled), more tokens and more streams take the ops."""
+    D = 16
+    torch.manual_seed(T * 10 + n)
     blocks = [None, torch.nn.Linear(D, D), None]
-    stack = HyperStack(D, n, blocks, delayed=True, backend="triton", init="zero").to(KERNEL_DEVICE)
+    stack = HyperStack(D, n, blocks, delayed=delayed, backend="triton", init="zero").to(KERNEL_DEVICE)
     with torch.no_grad():
         for layer in stack.layers:
             layer.phi.normal_(0, 1.0)
@@ -102,8 +104,9 @@ def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, lau
     def reference(dtype):
         h, h_pre = x.to(dtype), None
         for i, p in enumerate(layers):
-            h, h_pre = layer_forward(h, *(p[k].to(dtype) for k in PARAMS), None, branch if i == 1 else None, delayed=True,
-                                     h_pre_prev=h_pre, compute_dtype=dtype)  # fmt: skip
+            out = layer_forward(h, *(p[k].to(dtype) for k in PARAMS), None, branch if i == 1 else None,
+                                delayed=delayed, h_pre_prev=h_pre, compute_dtype=dtype)  # fmt: skip
+            h, h_pre = out if delayed else (out, None)
         return h
 
     ref64, ref32 = reference(torch.float64), reference(torch.float32)

@@ -102,13 +102,14 @@ def test_decode_small_token_blocks(case, delayed, block_t):
 @pytest.mark.parametrize("case", SEAM_CASES, ids=str)
 def test_decode_plain_collapse_in_its_own_launch(case, block_t):
     """The plain pre's h_in from _apply_kernel's launch (apply_block_d columns a program, the last one past
-    D), after the boundary's: right by the rule, and the same tensors as the last program's collapse."""
+    D), after the boundary's (the default): right by the rule, and the same tensors as the last program's
+    collapse (apply_launch=False)."""
     t = _inputs(case, False)
     launch = dict(block_t=block_t, block_d=16, apply_block_d=16, splits=3, unroll=4)
     got = _run(case, t, apply_launch=True, **launch)
     verdicts = _verdicts(case, t, got)
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
-    one = _run(case, t, **launch)
+    one = _run(case, t, apply_launch=False, **launch)
     for k in BOUNDARY_OUTPUTS:
         assert torch.equal(got[k], one[k]), k
 
