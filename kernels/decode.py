@@ -144,9 +144,10 @@ def auto_splits(D: int, block_d: int) -> int:
     return cdiv(chunks, cdiv(chunks, MAX_SPLITS))
 
 
-# One token at up to four streams: one-token blocks (the projection on the CUDA cores) by default (H200, 1 x 4 x
-# 4096, delayed: 12.6 -> 9.5 us; docs/perf.md, Performance XVI); elsewhere 16 (n = 8 and T > 1 unmeasured).
-SINGLE_TOKEN_MAX_N = 4
+# One token at up to six streams: one-token blocks (the projection on the CUDA cores) by default (H200, delayed
+# 1 x 4 x 4096: 12.6 -> 9.5 us; plain 1 x 6 x 4096: 17.8 -> 10.7 us the boundary's kernel); elsewhere 16 (n = 8:
+# 44.1 -> 64.9 us, spilled; 8 and 64 tokens slower; docs/perf.md, Performance XVI, XVII).
+SINGLE_TOKEN_MAX_N = 6
 
 
 def auto_block_t(T: int, n: int) -> int:
@@ -220,9 +221,10 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
         APPLY=not delayed and not apply_launch, num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip
     if apply_launch and not delayed:
+        # no FMA contraction, as the boundary's kernel: the same h_in as its last program's collapse, bit for bit
         _apply_kernel[(blocks, cdiv(D, apply_block_d))](
             ov, h_pre, h_in, T, D, *ov.stride(), N=n, BLOCK_T=block_t, BLOCK_D=apply_block_d, N_PAD=n_pad(n),
-            STREAM64=stream64(n, ov.stride(1)), num_warps=4,
+            STREAM64=stream64(n, ov.stride(1)), num_warps=4, enable_fp_fusion=False,
         )  # fmt: skip
     if sinkhorn_launch:
         P = launch_sinkhorn_fwd(nh_res, iters, eps)

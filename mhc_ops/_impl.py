@@ -205,10 +205,11 @@ def post_backward(route: Route, x, h_res, h_out, h_post, dout) -> tuple:
 # --- the layer boundary at decode --------------------------------------------------------------------------------
 
 DECODE_MAX_T = 64  # tokens up to which an inference boundary runs in one launch (kernels/decode.py)
-# Streams up to which it does: the one launch is the faster boundary at n = 4 and the slower at n = 8 (H200, bf16,
-# 1 x n x 4096; delayed 9.5 against 22.8 us for the ops at n = 4, 47.7 against 40.9 at n = 8; plain, its collapse
-# launched apart, 12.5 against 22.4, and 67.0 against 37.2 in one launch at n = 8; docs/perf.md, Performance XVI).
-DECODE_MAX_N = 4
+# Streams up to which it does: the one launch is the faster boundary up to n = 6, the slower at n = 8 (H200, bf16,
+# 1 x n x 4096, GPU time of a CUDA graph: delayed 14.2 / 20.0 / 48.3 us against the ops' 23.1 / 30.1 / 41.3 at
+# n = 4 / 6 / 8; plain, its collapse launched apart, 12.3 / 14.8 / 48.7 against 22.5 / 32.0 / 37.9; docs/perf.md,
+# Performance XVII).
+DECODE_MAX_N = 6
 
 
 def decodes(x: torch.Tensor, routes) -> bool:

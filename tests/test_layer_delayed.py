@@ -71,9 +71,9 @@ def test_delayed_module_errors():
 
 @pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 @pytest.mark.parametrize("delayed", [True, False], ids=["delayed", "plain"])
-@pytest.mark.parametrize("T, n, launches", [(1, 4, 2), (5, 3, 2), (65, 4, 0), (1, 6, 0)])
+@pytest.mark.parametrize("T, n, launches", [(1, 4, 2), (5, 3, 2), (1, 6, 2), (65, 4, 0), (1, 8, 0)])
 def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, n, launches, delayed):
-    """Under no_grad, at most 64 tokens and 4 streams (_impl.DECODE_MAX_T, DECODE_MAX_N), an all-Triton stack
+    """Under no_grad, at most 64 tokens and 6 streams (_impl.DECODE_MAX_T, DECODE_MAX_N), an all-Triton stack
     runs post(l) + pre(l+1) + sinkhorn through one launch_decode per boundary (kernels/decode.py; the plain
     pre's collapse a second launch inside it), with the stack's output by the accuracy rule; training (grad
     enabled), more tokens and more streams take the ops."""

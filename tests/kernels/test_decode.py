@@ -78,7 +78,7 @@ def test_decode_boundary(case, delayed, splits):
     assert got["next_P"].shape == got["next_h_res"].shape == (*case.lead, case.n, case.n)
 
 
-@pytest.mark.parametrize(("T", "n", "expected"), [(1, 1, 1), (1, 4, 1), (1, 8, 16), (2, 4, 16), (64, 4, 16)])
+@pytest.mark.parametrize(("T", "n", "expected"), [(1, 1, 1), (1, 4, 1), (1, 6, 1), (1, 8, 16), (2, 4, 16), (64, 4, 16)])
 def test_auto_block_t(T, n, expected):
     """block_t=None: one-token blocks for a single token up to SINGLE_TOKEN_MAX_N streams (measured faster
     there), 16 elsewhere."""
