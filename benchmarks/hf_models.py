@@ -176,9 +176,14 @@ FAMILIES = {
 }
 
 
-def _trivial_mix(self, hidden_streams: torch.Tensor, *, mix: bool):
-    """A hyper-connection that mixes trivially, in the patched layers' protocol (mix=True): the block's
-    input is the mean of the streams [B, S, n, D] -> [B, S, D]; its output is added to every stream."""
+def _trivial_mix(self, hidden_streams: torch.Tensor, *, mix: bool, after: tuple | None = None):
+    """A hyper-connection that mixes trivially, in the patched layers' protocol (mix=True; after=(mix, out):
+    the previous block's mix applied first, the streams returned too): the block's input is the mean of the
+    streams [B, S, n, D] -> [B, S, D]; its output is added to every stream."""
+    if after is not None:
+        prev, out = after
+        streams = prev(out)
+        return streams, streams.mean(dim=2), lambda out: streams + out.unsqueeze(2)
     return hidden_streams.mean(dim=2), lambda out: hidden_streams + out.unsqueeze(2)
 
 

@@ -18,7 +18,10 @@ unchanged and an optimizer built before or after the patch sees the same tensors
   ``mhc_post(streams, comb, out, post)`` (``comb^T @`` sums over comb's first index, the input stream,
   as mhc_post's h_res does: no transpose). Each block's pre and post are paired through
   ``mhc_ops.nn.hc_pre`` / ``hc_post``, so the streams' gradient from the post enters the pre backward
-  as ``grad_x_post`` instead of a separate add.
+  as ``grad_x_post`` instead of a separate add. At decode (inference, at most 64 tokens and 6 streams,
+  on Triton) the attention's post, the MLP's pre and its Sinkhorn run as one boundary: one launch and
+  the collapse in a second (``kernels/decode.py``) instead of five. The MLP's post and the next layer's
+  pre stay two ops (the boundary between decoder layers is the model's loop, not patched).
 - ``DeepseekV4HyperHead.forward`` (``hyper_head=True``): the final collapse is mhc_pre's pre part
   alone; its ``hc_fn`` [n, nD], ``hc_scale`` [1], ``hc_base`` [n] fill the pre rows of phi / alpha /
   bias, zeros the post and comb rows, whose outputs are dropped.
@@ -41,6 +44,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from mhc_ops import _impl
+from mhc_ops._validate import check_inputs, check_post_inputs
 from mhc_ops.nn import hc_post, hc_pre
 from mhc_ops.ops import mhc_pre, sinkhorn
 
@@ -52,6 +57,19 @@ __all__ = ["apply_to_deepseek_v4", "deepseek_v4_patched", "revert_deepseek_v4"]
 # ---- the replacement forwards -----------------------------------------------------------------------
 
 
+class Mix:
+    """A block's post waiting for its branch output, as the HC modules return it with mix=True: ``mix(out)`` ->
+    the next streams, mhc_post(link, comb, out, post) through ``hc_post`` (the streams' gradient enters the pre's
+    backward through link). The next block's HC module takes it whole (``after=(mix, out)``) to run this post
+    and its own pre as one boundary at decode."""
+
+    def __init__(self, link: torch.Tensor, comb: torch.Tensor, post: torch.Tensor, backend: str):
+        self.link, self.comb, self.post, self.backend = link, comb, post, backend
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return hc_post(self.link, self.comb, out, self.post, self.link, backend=self.backend)
+
+
 @functools.cache
 def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
     """The ``*HyperConnection.forward`` on mhc-ops, for an ``input_norm`` whose eps is the attribute
@@ -59,24 +77,42 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
 
     hidden_streams [B, S, n, D] (the model's dtype) -> (post [B, S, n] fp32, comb [B, S, n, n] fp32
     doubly stochastic, collapsed [B, S, D] in hidden_streams' dtype), as HF returns them. With mix
-    (the patched decoder layers): (collapsed, mix), mix(out [B, S, D]) -> the next streams, this
-    block's mhc_post, its gradient of the streams handed to the pre backward.
+    (the patched decoder layers): (collapsed, mix), a Mix: mix(out [B, S, D]) -> the next streams, this
+    block's mhc_post, its gradient of the streams handed to the pre backward. With after=(prev, out) too
+    (prev: the previous block's Mix, out: its branch output; hidden_streams: that block's input streams):
+    (next streams, collapsed, mix), the previous block's post and this pre; at decode (_impl.decodes: no
+    autograd, not traced, at most 64 tokens and 6 streams, backend Triton) as one boundary, post + pre +
+    Sinkhorn in one launch and the collapse in a second (kernels/decode.py), else as the two ops.
     """
 
     @_patch.ours
-    def forward(self, hidden_streams: torch.Tensor, *, mix: bool = False):
+    def forward(self, hidden_streams: torch.Tensor, *, mix: bool = False, after: tuple | None = None):
+        if after is not None and not mix:
+            raise ValueError("after: expected mix=True with it (the call returns the next streams and a Mix)")
         # fp32 as mhc_pre takes them: a no-op for HC modules kept fp32; a model cast to bf16 as a whole
         # gets its gradients back through the cast.
         phi, alpha, bias = self.fn.float(), self.scale.float(), self.base.float()
         eps = getattr(self.input_norm, norm_eps)
         # HF runs the column pass once even for hc_sinkhorn_iters < 1, as sinkhorn(iters=1) does.
         iters = max(self.hc_sinkhorn_iters, 1)
+        if after is not None:
+            prev, out = after
+            if _impl.decodes(prev.link, [_impl.resolve_route(backend, None, prev.link)]):
+                check_post_inputs(prev.link, prev.comb, out, prev.post)
+                check_inputs(prev.link, phi=phi, alpha=alpha, bias=bias)
+                streams, collapsed, post, comb, _ = _impl.boundary_decode(
+                    prev.link, prev.comb, out, prev.post, None, phi, alpha, bias, None, iters, self.hc_eps, eps,
+                    self.hc_eps,
+                )  # fmt: skip
+                return streams, collapsed, Mix(streams, comb, post, backend)
+            hidden_streams = prev(out)
         if mix:
             collapsed, post, comb, link = hc_pre(
                 hidden_streams, phi, alpha, bias, norm_eps=eps, hc_eps=self.hc_eps, sinkhorn_iters=iters,
                 sinkhorn_eps=self.hc_eps, backend=backend,
             )  # fmt: skip
-            return collapsed, lambda out: hc_post(link, comb, out, post, link, backend=backend)
+            m = Mix(link, comb, post, backend)
+            return (hidden_streams, collapsed, m) if after is not None else (collapsed, m)
         collapsed, post, comb_logits = mhc_pre(
             hidden_streams, phi, alpha, bias, norm_eps=eps, hc_eps=self.hc_eps, backend=backend
         )
@@ -87,7 +123,9 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
 
 @_patch.ours
 def _decoder_layer_forward(self, hidden_states: torch.Tensor, input_ids: torch.Tensor | None = None, **kwargs):
-    """DeepseekV4DecoderLayer.forward with both mixings on mhc_post, each paired with its block's pre.
+    """DeepseekV4DecoderLayer.forward with both mixings on mhc_post, each paired with its block's pre; the
+    attention's post and the MLP's pre as one boundary (one launch and the collapse at decode: the HC module's
+    after=).
 
     hidden_states [B, S, n, D] in the model's dtype, in and out. HF's ``post * out + comb^T @ streams``
     is ``out_streams[k] = post[k] * out + sum_j comb[j, k] * streams[j]``: mhc_post with h_res = comb.
@@ -95,8 +133,7 @@ def _decoder_layer_forward(self, hidden_states: torch.Tensor, input_ids: torch.T
     """
     collapsed, mix = self.attn_hc(hidden_states, mix=True)
     attn_output, _ = self.self_attn(self.input_layernorm(collapsed), **kwargs)
-    hidden_states = mix(attn_output)
-    collapsed, mix = self.ffn_hc(hidden_states, mix=True)
+    _, collapsed, mix = self.ffn_hc(hidden_states, mix=True, after=(mix, attn_output))
     return mix(self.mlp(self.post_attention_layernorm(collapsed), input_ids=input_ids))
 
 

@@ -13,7 +13,7 @@ MoE). The patch replaces two forwards and keeps every parameter:
 - ``Glm5NextTextHyperConnection.forward``: DeepSeek-V4's replacement (mhc_pre + sinkhorn; paired with
   the block's mhc_post through ``mhc_ops.nn.hc_pre`` / ``hc_post`` when the patched layer calls it).
 - ``Glm5NextTextDecoderLayer.forward``: its two inline mixings ``post * out + comb^T @ streams`` are
-  mhc_post; the blocks are called as HF calls them, with the release's cache argument
+  mhc_post (the attention's and the MLP's pre one boundary at decode, as DeepSeek-V4's); the blocks are called as HF calls them, with the release's cache argument
   (``past_key_values`` up to 5.23, ``cache`` from 5.24), and the layer returns HF's
   ``(streams, topk_indices)``.
 
@@ -45,8 +45,7 @@ def _layer(self, hidden_states: torch.Tensor, attention: dict, linear: dict):
         h = self.self_attn(hidden_states=h, **linear)
     else:
         h, _, topk_indices = self.self_attn(hidden_states=h, **attention)
-    hidden_states = mix(h)
-    collapsed, mix = self.ffn_hc(hidden_states, mix=True)
+    _, collapsed, mix = self.ffn_hc(hidden_states, mix=True, after=(mix, h))  # one boundary at decode
     return mix(self.mlp(self.post_attention_layernorm(collapsed))), topk_indices
 
 

@@ -19,8 +19,10 @@ from packaging.version import Version
 transformers = pytest.importorskip("transformers")
 
 from mhc_ops.integrations import _patch  # noqa: E402
+from tests.helpers import KERNEL_DEVICE  # noqa: E402
 
 from .families import (  # noqa: E402
+    LOSS_RTOL,
     assert_exact,
     assert_same,
     batch,
@@ -79,6 +81,32 @@ def test_patched_model_on_the_triton_interpreter_matches_eager(case):
     case.apply(patched, backend="triton")
     ids = batch()
     assert_same(loss_and_grads(patched, ids), loss_and_grads(eager, ids))
+
+
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+def test_decode_runs_each_layers_inner_boundary_in_one_launch(case, monkeypatch):
+    """Inference at decode (no autograd, at most 64 tokens) on Triton: each decoder layer's attention post, MLP
+    pre and Sinkhorn through one launch_decode (kernels/decode.py), the logits as HF eager's; with autograd
+    on (training) or more than 64 tokens, the ops alone."""
+    from mhc_ops import _impl
+
+    eager = tiny_model(case, KERNEL_DEVICE)
+    patched = copy.deepcopy(eager)
+    case.apply(patched, backend="triton")
+    calls = []
+    real = _impl.launch_decode
+    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layers = len(case.layers(patched))
+    ids = batch(KERNEL_DEVICE)[:, :3]  # 2 x 3 tokens
+    with torch.no_grad():
+        got, ref = patched(input_ids=ids).logits, eager(input_ids=ids).logits
+    assert len(calls) == layers
+    assert rel(got, ref) <= LOSS_RTOL
+    patched(input_ids=ids).logits.sum().backward()  # training: the ops (and a gradient through them)
+    with torch.no_grad():
+        long = torch.cat([batch(KERNEL_DEVICE, seed=s) for s in range(3)], dim=1)  # 2 x 48 = 96 tokens
+        patched(input_ids=long)
+    assert len(calls) == layers
 
 
 @pytest.mark.parametrize("device", DEVICES)
