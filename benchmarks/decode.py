@@ -76,6 +76,7 @@ VARIANTS = (
     ("decode_delayed", {"block_t": 1, "block_d": 32, "num_warps": 8, "unroll": 64}),
     ("decode_delayed", {"block_t": 1, "block_d": 32, "num_warps": 8, "unroll": 64, "sinkhorn_launch": True}),
     ("decode_delayed", {"num_warps": 1, "block_d": 32}),
+    ("decode_delayed", {"num_warps": 1, "block_d": 32, "splits": 128, "unroll": 32}),
     ("decode_plain", {"num_warps": 1}),
     ("decode_plain", {"block_t": 1, "unroll": 64}),
     ("decode_plain", {"apply_launch": True}),
