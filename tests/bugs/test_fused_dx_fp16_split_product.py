@@ -6,7 +6,6 @@ of issue 21."""
 import pytest
 import torch
 
-from mhc_ops.golden import judge
 from mhc_ops.golden.mhc_post import mhc_post_backward
 from mhc_ops.golden.mhc_pre import mhc_pre_backward, mhc_pre_forward, stage_dh_mix, stage_dx
 from mhc_ops.golden.sinkhorn import sinkhorn_backward, sinkhorn_forward
@@ -15,9 +14,13 @@ from tests.helpers import KERNEL_DEVICE, nan_filled_outputs, random_layer
 
 RECORD = "docs/bugs/fused-dx-fp16-split-product.md"
 pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
-# (T, n, D, sinkhorn iters, seed): issue 21's two shapes (fp16 x, alpha and bias x4). Fixed seeds: one
-# fp16 step between two correct fp32 sums (about 1 case in 25 at these shapes) already fails the rule.
-CASES = [(5, 5, 69, 3, 0), (5, 5, 69, 3, 3), (2, 8, 47, 25, 0), (2, 8, 47, 25, 1)]
+# (T, n, D, sinkhorn iters, seed): issue 21's two layers (fp16 x, alpha and bias x4) at 64 tokens. Judged by the share
+# of dx's elements one fp16 step or more off the float64 golden's rounding, not the norm-wise rule: a single step
+# between two correct fp32 sums fails the rule where the fp32 golden has none, and which seeds those are depends on
+# the machine's fp32 sums (two fixed seeds of 5 and 2 tokens passed on one CPU and failed on another). At 64 tokens the
+# shares are stable: about 0.1 % for a correct dx and for the fp32 golden, about 1.5 % for the 16-bit split product.
+CASES = [(64, 5, 69, 3, 0), (64, 5, 69, 3, 1), (64, 8, 47, 25, 0), (64, 8, 47, 25, 1)]
+OFF_SLACK = 0.002  # share of elements a correct dx may have off beyond twice the fp32 golden's
 SAVED = ("inv_rms", "h_mix", "h_pre", "h_post")
 
 
@@ -46,12 +49,19 @@ def pre_backward_inputs(T, n, D, iters, seed) -> dict:
                 h_post=h_post, dh_in=dh_in, dh_post=dh_post, dh_res=dh_res, grad_x_post=grad_x_post)  # fmt: skip
 
 
-def dx_verdict(t: dict, dx: torch.Tensor):
-    """dx judged by the accuracy rule against mhc_pre's golden backward in fp64 and fp32 on t."""
+def off_shares(t: dict, dx: torch.Tensor) -> tuple[float, float]:
+    """(share of dx's elements that differ from the float64 golden's dx rounded to dx's dtype, the same share of
+    the fp32 golden's dx) on t."""
     args = [t[k] for k in ("x", "phi", "alpha", "dh_in", "dh_post", "dh_res", *SAVED, "gamma")]
     ref64 = mhc_pre_backward(*[a.double() if a.dtype == torch.float32 else a for a in args],
                              grad_x_post=t["grad_x_post"], compute_dtype=torch.float64)[0]  # fmt: skip
-    return judge("dx", dx, ref64, mhc_pre_backward(*args, grad_x_post=t["grad_x_post"])[0])
+    ref32 = mhc_pre_backward(*args, grad_x_post=t["grad_x_post"])[0]
+    assert dx.dtype == ref64.dtype == ref32.dtype == torch.float16
+    return (dx != ref64).double().mean().item(), (ref32 != ref64).double().mean().item()
+
+
+def off_bound(golden_share: float) -> float:
+    return 2 * golden_share + OFF_SLACK
 
 
 def dx_of_16bit_split(t: dict) -> torch.Tensor:
@@ -71,17 +81,18 @@ def dx_of_16bit_split(t: dict) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_fp16_dx_passes_the_rule(case):
+def test_fp16_dx_is_off_by_a_step_no_more_often_than_the_fp32_golden(case):
     t = pre_backward_inputs(*case)
     on_device = {k: v.to(KERNEL_DEVICE) for k, v in t.items()}
     with nan_filled_outputs():
         dx = mhc_pre_backward_fused(**on_device)["dx"].cpu()
-    v = dx_verdict(t, dx)
-    assert v.ok, str(v)
+    assert torch.isfinite(dx).all()
+    share, golden = off_shares(t, dx)
+    assert share <= off_bound(golden), f"dx: {share:.2%} of elements off the fp64 rounding, fp32 golden {golden:.2%}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_check_catches_the_16bit_split_product(case):
     t = pre_backward_inputs(*case)
-    v = dx_verdict(t, dx_of_16bit_split(t))
-    assert v.err > 4 * v.bound, f"the 16-bit split's dx should fail the rule by far: {v}"
+    share, golden = off_shares(t, dx_of_16bit_split(t))
+    assert share > 2 * off_bound(golden), f"the 16-bit split's dx should fail by far: {share:.2%} (fp32 {golden:.2%})"
