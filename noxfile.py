@@ -98,6 +98,20 @@ def compile_check(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.compile_check", *session.posargs, env={"TRITON_INTERPRET": "0"})
 
 
+# The device image's Triton: its compiled code can differ from a newer release's (the decode kernel's Sinkhorn tile:
+# one matrix per thread under 3.9, spread over 16 lanes under 3.6; docs/perf.md, Performance XVII).
+GPU_IMAGE_TRITON = "3.6.0"
+
+
+@nox.session
+def compile_check_image(session: nox.Session) -> None:
+    """nox -s compile_check_image -- [args]: compile_check with the GPU image's Triton (GPU_IMAGE_TRITON), the
+    compiled code the device runs (its registers, spills, SASS)."""
+    _install(session)
+    session.install(f"triton=={GPU_IMAGE_TRITON}")
+    session.run("python", "-m", "benchmarks.compile_check", *session.posargs, env={"TRITON_INTERPRET": "0"})
+
+
 @nox.session
 def host_cpu(session: nox.Session) -> None:
     """nox -s host_cpu -- [args]: the host time of each training-path call without its launches (recorded,

@@ -349,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                 unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers,
                                         args.sass))  # fmt: skip
                 labels.setdefault(key, label)
-    print(f"# {len(records)} launches recorded, {len(unique)} kernel specialisations compiled for {args.target}\n")
+    import triton
+
+    print(f"# {len(records)} launches recorded, {len(unique)} kernel specialisations compiled for {args.target} "
+          f"by Triton {triton.__version__}\n")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for key, (desc, error) in zip(unique, pool.map(compile_one, unique.values())):
             failed += error is not None

@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python -m benchmarks.sinkhorn_chain [--n 4,8] [--reps 30]
 
-A one-CTA kernel loads one token's logits into a Sinkhorn tile (kernels/sinkhorn.py: tokens last, one matrix
-per thread, as the decode kernel's; or token-major, as the Sinkhorn kernels'), runs iteration zero, reads
+A one-CTA kernel loads one token's logits into a Sinkhorn tile (kernels/sinkhorn.py: tokens last, as the decode
+kernel's; or token-major, as the Sinkhorn kernels'), runs iteration zero, reads
 %clock64 and %globaltimer (kernels/_common.stamp), runs `iters` more iterations of a row and a column pass,
 and reads them again. Per row: (cycles, ns) at iters = 21 less at iters = 1, over 20 (the stamps' own cost
 cancels), medians of --reps launches; the SM clock is cycles over ns. The passes' reciprocal of (sum + eps):
@@ -29,8 +29,9 @@ from mhc_ops.kernels.sinkhorn import block_tile, iteration_zero, load_matrices, 
 RECIPROCALS = {"kept": 0, "one Newton step": 1, "rcp.approx": 2, "div_rn": 3, "P / (sum + eps)": 4,
                "one MUFU a pass": 5}  # fmt: skip
 ONE_MUFU_N_PAD = 4  # "one MUFU a pass" is written for four lines
-# (tokens last, warps): the decode kernel's tile (one matrix per thread, 1 or 4 warps) and the Sinkhorn
-# kernels' (16 tokens across lanes, one warp), and that on 4 warps
+# (tokens last, warps): the decode kernel's tile (1 or 4 warps; the timer's sum keeps all its tokens alive, so under
+# Triton 3.6 four warps run 16 tokens a thread where the decode kernel runs one: docs/perf.md, Performance XVII)
+# and the Sinkhorn kernels' (16 tokens across lanes, one warp), and that on 4 warps
 TILES = ((True, 1), (True, 4), (False, 1), (False, 4))
 BLOCK_T = 16
 

@@ -54,8 +54,8 @@ UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
 TIMELINE_SLOTS = tl.constexpr(20)
 TIMELINE_MARKS = ("start", "columns", "partials stored", "arrived", "reduced", "coefficients", "logits loaded",
                   "sinkhorn", "end")  # fmt: skip
-# Sinkhorn on one token's matrix per thread (sinkhorn.tokens_last_tile) up to this N_PAD: 1.2 to 2.1 us
-# faster at n = 4; at n = 8 (64 entries a thread) 2.3x slower than across lanes (docs/perf.md, Performance XI)
+# Sinkhorn on sinkhorn.tokens_last_tile up to this N_PAD: 1.2 to 2.1 us faster at n = 4; at n = 8 2.3x slower than
+# token-major (docs/perf.md, Performance XI; its layout differs by Triton release, Performance XVII)
 SINK_TOKENS_LAST_MAX_N_PAD = 4
 
 
@@ -167,7 +167,7 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     split's partials in one round of loads).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
     collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
-    Sinkhorn on one matrix per thread (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
+    Sinkhorn on sinkhorn.tokens_last_tile (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
     in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
     can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); apply_launch: the plain
     pre's collapse in a launch of its own (_apply_kernel, one program per token block and apply_block_d

@@ -62,9 +62,10 @@ def tokens_last_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD:
     t0 .. t0 + BLOCK_T - 1, tokens last: offsets and mask [N_PAD, N_PAD, TILE_T] (TILE_T >= BLOCK_T, past
     BLOCK_T masked); load_matrices / store_matrices permute the tile to and from the helpers'
     [TILE_T, N_PAD, N_PAD]. sm_j is the column stride (1), passed unspecialised: then no dimension looks
-    contiguous and the compiler lays the tokens across lanes and warps, one token's matrix in one thread
-    with TILE_T = 32 x warps: no shuffles in the chain of passes (the decode boundary's Sinkhorn at n <= 4;
-    the Sinkhorn kernels' own tiles ran 2x faster token-major, docs/perf.md, Performance XI)."""
+    contiguous and Triton 3.9 lays the tokens across lanes and warps, one token's matrix in one thread with
+    TILE_T = 32 x warps (no shuffles in the chain of passes); Triton 3.6 (the GPU image's) spreads a matrix over
+    16 lanes instead (the decode boundary's Sinkhorn at n <= 4; the Sinkhorn kernels' own tiles ran 2x faster
+    token-major: docs/perf.md, Performance XI, XVII)."""
     tok = t0 + tl.arange(0, TILE_T)
     i = tl.arange(0, N_PAD)
     j = tl.arange(0, N_PAD)
