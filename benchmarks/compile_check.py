@@ -1,7 +1,7 @@
 """Every Triton kernel of the library compiled for a GPU target on this machine: no GPU needed.
 
-    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers] [--sass] [--only REGEX]
-                                       [--shapes TxnxD,...]
+    python -m benchmarks.compile_check [--target cuda:90] [--jobs N] [--registers] [--sass] [--loops]
+                                       [--only REGEX] [--shapes TxnxD,...]
 
 What it catches: what Triton's compiler refuses and its interpreter runs (the interpreter executes a
 kernel as Python), such as a jit helper returning tiles of two shapes from its two branches, which only
@@ -11,11 +11,13 @@ recorded instead of run; each distinct kernel specialisation (argument types, th
 specialises on, constexprs, launch options) is then compiled by triton.compile for the target (default
 cuda:90, the H200's). --registers adds ptxas's registers and spills per kernel: a GPU's at the recorded
 argument values (close to, not equal to, an H200 run's: docs/perf.md, Performance X); --sass adds each
-kernel's SASS instruction mix (static counts: a GPU-free proxy, docs/perf.md, Performance XIII); --only REGEX
+kernel's SASS instruction mix (static counts: a GPU-free proxy, docs/perf.md, Performance XIII); --loops each
+loop's, one iteration's instructions (the code from a label to the branch back to it); --only REGEX
 compiles only the kernels whose name it matches (re.search). --shapes instead compiles what a training
 step and a decode step launch by default at those shapes (bf16; the GPU's tile, split and path choices;
 uninitialised CPU tensors of the real sizes, nothing runs), each line led by the first shape and op that
-launched it: with --registers, the spills of the default path (docs/perf.md, Performance XIV). Not caught:
+launched it: with --registers, the spills of the default path (docs/perf.md, Performance XIV). The compiled code
+is the installed Triton's (named in the header; `nox -s compile_check_image` uses the GPU image's). Not caught:
 what needs a GPU to run (numbers, races). Refuses TRITON_INTERPRET=1. One line per specialisation; exit 1
 if any fails."""
 
@@ -228,14 +230,15 @@ def default_launches(shapes) -> list[tuple[str, Callable[[], object]]]:
 
 
 def compile_one(item: tuple) -> tuple[str, str | None]:
-    """Compile one specialisation (name, sig, constexprs, attrs, options, backend, arch, registers, sass) ->
+    """Compile one specialisation (name, sig, constexprs, attrs, options, backend, arch, registers, sass, loops) ->
     (its description, None or the compiler's last error line). registers: the description ends with ptxas's
-    registers per thread and spill bytes (ptxas -v on the compiled PTX); sass: then a line of sass_mix."""
+    registers per thread and spill bytes (ptxas -v on the compiled PTX); sass: then a line of sass_mix; loops: then
+    a line of each of sass_loops."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    name, sig, constexprs, attrs, options, backend, arch, registers, sass = item
+    name, sig, constexprs, attrs, options, backend, arch, registers, sass, loops = item
     module, _, kernel = name.partition(":")
     jit = getattr(importlib.import_module(module), kernel).jit
     desc = f"{kernel} " + ", ".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper()) + f" {options}"
@@ -245,7 +248,10 @@ def compile_one(item: tuple) -> tuple[str, str | None]:
     except Exception as e:  # noqa: BLE001  (any compiler failure is the finding)
         return desc, _innermost(e)
     desc += f"  [{ptxas_usage(compiled.asm['ptx'], arch)}]" if registers else ""
-    return desc + (f"\n    SASS {sass_mix(compiled.asm['cubin'], arch)}" if sass else ""), None
+    desc += f"\n    SASS {sass_mix(compiled.asm['cubin'], arch)}" if sass else ""
+    if loops:
+        desc += "".join(f"\n    loop {loop}" for loop in sass_loops(disassemble(compiled.asm["cubin"], arch)))
+    return desc, None
 
 
 # SASS opcode classes --sass counts: tensor-core products, fp32 arithmetic, special functions (MUFU: rcp,
@@ -255,9 +261,8 @@ SASS_CLASSES = {"mma": ("HMMA", "HGMMA"), "fp32": ("FFMA", "FMUL", "FADD"), "muf
                 "local": ("LDL", "STL")}  # fmt: skip
 
 
-def sass_mix(cubin: bytes, arch: int) -> str:
-    """'N instructions: mma a, fp32 b, ...' of a compiled kernel, from the wheel's nvdisasm: static counts
-    (each instruction of the code once, a loop's body once), the classes of SASS_CLASSES."""
+def disassemble(cubin: bytes, arch: int) -> str:
+    """A compiled kernel's SASS text, from the wheel's nvdisasm."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -265,10 +270,37 @@ def sass_mix(cubin: bytes, arch: int) -> str:
         with open(path, "wb") as fh:
             fh.write(cubin)
         nvdisasm = os.path.join(os.path.dirname(get_ptxas(arch).path), "nvdisasm")
-        out = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
-    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", out)
+        return subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+SASS_OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def _mix(ops: list[str]) -> str:
     counts = {k: sum(op in names for op in ops) for k, names in SASS_CLASSES.items()}
     return f"{len(ops)} instructions: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def sass_mix(cubin: bytes, arch: int) -> str:
+    """'N instructions: mma a, fp32 b, ...' of a compiled kernel, from the wheel's nvdisasm: static counts
+    (each instruction of the code once, a loop's body once), the classes of SASS_CLASSES."""
+    return _mix(SASS_OP.findall(disassemble(cubin, arch)))
+
+
+def sass_loops(sass: str) -> list[str]:
+    """'LABEL: N instructions: mma a, ...' of each loop of a SASS text: the code from a label to a branch back to
+    it, in the order of those branches (an inner loop before the loop around it; not the end's branch to itself).
+    What one iteration issues, where sass_mix counts the whole kernel once."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*(\.L_x_\d+):", line))}
+    loops = []
+    for i, line in enumerate(lines):
+        m = re.search(r"\bBRA\b[^`]*`\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), i) < i:
+            ops = [op for body in lines[labels[m.group(1)] : i + 1] for op in SASS_OP.findall(body)]
+            if len(ops) > 1:  # not the branch to itself that pads the end of the code
+                loops.append(f"{m.group(1)}: {_mix(ops)}")
+    return loops
 
 
 def ptxas_usage(ptx: str, arch: int) -> str:
@@ -309,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also each kernel's registers per thread and spill bytes (ptxas -v)")  # fmt: skip
     parser.add_argument("--sass", action="store_true",
                         help="also each kernel's SASS instruction mix (nvdisasm; static counts)")  # fmt: skip
+    parser.add_argument("--loops", action="store_true",
+                        help="also each loop's SASS instruction mix (one iteration's instructions; static counts)")  # fmt: skip
     parser.add_argument("--only", default=None, help="compile only kernels whose name matches this regex")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at once (default: CPUs)")
     parser.add_argument("--shapes", default=None,
@@ -347,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = repr((name, sorted(sig.items()), sorted(constexprs.items(), key=str), sorted(attrs),
                             sorted(options.items())))  # fmt: skip
                 unique.setdefault(key, (name, sig, constexprs, attrs, options, backend, int(arch), args.registers,
-                                        args.sass))  # fmt: skip
+                                        args.sass, args.loops))  # fmt: skip
                 labels.setdefault(key, label)
     import triton
 

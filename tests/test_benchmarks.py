@@ -677,6 +677,36 @@ def test_compile_check_sass_mix_counts_the_compiled_code(tmp_path):
     assert mixes["with_rcp"]["local"] == mixes["with_dot"]["local"] == 0, out.stdout
 
 
+SASS_TWO_LOOPS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   FADD R2, R2, R3 ;
+.L_x_1:
+        /*0020*/                   MUFU.RCP R4, R2 ;
+        /*0030*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;
+        /*0040*/              @P0 BRA `(.L_x_1) ;
+        /*0050*/                   FFMA R2, R4, R5, R2 ;
+        /*0060*/              @!P1 BRA `(.L_x_0) ;
+        /*0070*/                   BRA `(.L_x_2) ;
+.L_x_2:
+        /*0080*/                   EXIT ;
+.L_x_3:
+        /*0090*/                   BRA `(.L_x_3);
+"""
+
+
+def test_compile_check_sass_loops_counts_one_iteration():
+    """--loops: each branch back to a label is a loop from that label to the branch (the inner one first); a
+    forward branch is none, nor the end's branch to itself; each loop's mix counts its own instructions, the
+    branch included."""
+    loops = compile_check.sass_loops(SASS_TWO_LOOPS)
+    assert [line.partition(":")[0] for line in loops] == [".L_x_1", ".L_x_0"]
+    inner, outer = (dict(re.findall(r"(\w+) (\d+)", line.partition(": ")[2].partition(":")[2])) for line in loops)
+    assert loops[0].split(": ")[1] == "3 instructions" and loops[1].split(": ")[1] == "6 instructions"
+    assert (inner["mufu"], inner["shfl"], inner["fp32"]) == ("1", "1", "0")
+    assert (outer["mufu"], outer["shfl"], outer["fp32"]) == ("1", "1", "2")
+
+
 def test_compile_check_shapes_compiles_the_default_launches_at_those_shapes(tmp_path):
     """--shapes: the training and decode paths' default launches at the shapes given (nothing runs), each
     specialisation led by the first shape and op that launched it; decode only up to DECODE_MAX_T tokens."""
