@@ -24,14 +24,14 @@ import triton
 import triton.language as tl
 
 from mhc_ops.kernels._common import n_pad, stamp
-from mhc_ops.kernels.sinkhorn import block_tile, iteration_zero, load_matrices, reciprocal, store_matrices
+from mhc_ops.kernels.sinkhorn import block_tile, iteration_zero, live_tokens, load_matrices, reciprocal, store_matrices
 
 RECIPROCALS = {"kept": 0, "one Newton step": 1, "rcp.approx": 2, "div_rn": 3, "P / (sum + eps)": 4,
                "one MUFU a pass": 5}  # fmt: skip
 ONE_MUFU_N_PAD = 4  # "one MUFU a pass" is written for four lines
-# (tokens last, warps): the decode kernel's tile (1 or 4 warps; the timer's sum keeps all its tokens alive, so under
-# Triton 3.6 four warps run 16 tokens a thread where the decode kernel runs one: docs/perf.md, Performance XVII)
-# and the Sinkhorn kernels' (16 tokens across lanes, one warp), and that on 4 warps
+# (tokens last, warps): the decode kernel's tile (1 or 4 warps) and the Sinkhorn kernels' (16 tokens across lanes,
+# one warp), and that on 4 warps. The marks depend on the live token alone: summed whole, the tile kept 128 tokens'
+# passes alive under Triton 3.6 (docs/perf.md, Performance XVII)
 TILES = ((True, 1), (True, 4), (False, 1), (False, 4))
 BLOCK_T = 16
 
@@ -85,7 +85,8 @@ def _chain_kernel(L_ptr, P_ptr, tim_ptr, T, iters, eps, sm_j, N: tl.constexpr, N
     offs, mask, valid, row_valid, col_valid = block_tile(0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T, TOKENS_LAST)
     L = load_matrices(L_ptr, offs, mask, TOKENS_LAST)
     S, P, inv_c = iteration_zero(L, valid, col_valid, eps)
-    stamp(tim_ptr, 0, P, True)
+    live = live_tokens(0, T, BLOCK_T, SINK_T if TOKENS_LAST else BLOCK_T)  # the marks keep no dead token alive
+    stamp(tim_ptr, 0, tl.where(live, P, 0.0), True)
     for _ in range(iters):
         if MODE == 4:
             P = tl.where(valid, P / (tl.sum(P, axis=2)[:, :, None] + eps), 0.0)
@@ -93,7 +94,7 @@ def _chain_kernel(L_ptr, P_ptr, tim_ptr, T, iters, eps, sm_j, N: tl.constexpr, N
         else:
             P = P * _variant_reciprocal(tl.sum(P, axis=2), eps, row_valid, MODE)[:, :, None]
             P = P * _variant_reciprocal(tl.sum(P, axis=1), eps, col_valid, MODE)[:, None, :]
-    stamp(tim_ptr, 1, P, True)
+    stamp(tim_ptr, 1, tl.where(live, P, 0.0), True)
     store_matrices(P_ptr, offs, P, mask, TOKENS_LAST)
 
 

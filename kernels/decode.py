@@ -46,7 +46,15 @@ from ._common import (
 from ._launch import launched
 from .fwd import apply_tile, coeff_tile, collapse_columns, reduce_partials, store_partials, store_saved
 from .seam import seam_columns
-from .sinkhorn import MAX_N, block_tile, launch_sinkhorn_fwd, load_matrices, sinkhorn_tile, store_matrices
+from .sinkhorn import (
+    MAX_N,
+    block_tile,
+    launch_sinkhorn_fwd,
+    live_tokens,
+    load_matrices,
+    sinkhorn_tile,
+    store_matrices,
+)
 
 MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
 UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
@@ -111,9 +119,10 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
             offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T,
                                                                  SINK_TOKENS_LAST)  # fmt: skip
             L = load_matrices(nh_res_ptr, offs, mask, SINK_TOKENS_LAST)
-            stamp(tim, 6, L, TIMELINE)
+            live = live_tokens(t0, T, BLOCK_T, SINK_T)  # the marks depend on the stored tokens alone
+            stamp(tim, 6, tl.where(live, L, 0.0), TIMELINE)
             P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
-            stamp(tim, 7, P, TIMELINE)
+            stamp(tim, 7, tl.where(live, P, 0.0), TIMELINE)
             store_matrices(P_ptr, offs, P, mask, SINK_TOKENS_LAST)
         tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)

@@ -91,6 +91,16 @@ def block_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.co
 
 
 @triton.jit
+def live_tokens(t0, T, BLOCK_T: tl.constexpr, TILE_T: tl.constexpr):
+    """[TILE_T, 1, 1] bool: which of a block_tile's tokens (in the helpers' [TILE_T, N_PAD, N_PAD] order) are this
+    block's and below T, the ones its store keeps. A timer's dependency masked by it keeps no other token's passes
+    alive (summed whole, a 128-token tile's dead tokens stay in the loop: 27 -> 387 instructions an iteration under
+    Triton 3.6, docs/perf.md, Performance XVII)."""
+    idx = tl.arange(0, TILE_T)
+    return (((t0 + idx) < T) & (idx < BLOCK_T))[:, None, None]
+
+
+@triton.jit
 def load_matrices(ptr, offs, mask, TOKENS_LAST: tl.constexpr):
     """The [BLOCK_T, N_PAD, N_PAD] fp32 tile at block_tile's offsets (0 where masked)."""
     tile = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
