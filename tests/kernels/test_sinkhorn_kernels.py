@@ -300,3 +300,18 @@ def test_reciprocal_is_div_rn_bitwise():
     _reciprocals_kernel[(d.numel() // block,)](d, fast, exact, BLOCK=block)
     mismatch = (fast.view(torch.int32) != exact.view(torch.int32)).nonzero()
     assert mismatch.numel() == 0, f"{mismatch.numel()} of {d.numel()} differ, e.g. d = {d[mismatch[:4, 0]].tolist()}"
+
+
+@triton.jit
+def _live_tokens_kernel(out_ptr, t0, T, BLOCK_T: tl.constexpr, TILE_T: tl.constexpr):
+    live = ks.live_tokens(t0, T, BLOCK_T, TILE_T)  # [TILE_T, 1, 1]
+    tl.store(out_ptr + tl.arange(0, TILE_T)[:, None, None], live.to(tl.int32))
+
+
+@pytest.mark.parametrize(("t0", "T", "block_t", "tile_t", "live"),
+                         [(0, 1, 1, 8, 1), (16, 19, 16, 32, 3), (0, 40, 16, 32, 16), (5, 5, 1, 4, 0)])  # fmt: skip
+def test_live_tokens_are_the_blocks_stored_tokens(t0, T, block_t, tile_t, live):
+    """sinkhorn.live_tokens (the timeline marks' mask): the tile's first `live` tokens, those of the block below T."""
+    out = torch.full((tile_t,), -1, dtype=torch.int32, device=KERNEL_DEVICE)
+    _live_tokens_kernel[(1,)](out, t0, T, BLOCK_T=block_t, TILE_T=tile_t)
+    assert out.tolist() == [1] * live + [0] * (tile_t - live)
