@@ -92,7 +92,7 @@ args = [t["x"], t["phi"], t["alpha"], t["x"][..., 0, :], c, torch.rand(70, 4, 4)
 with compile_check.recording() as records:
     for tile in ((32, 128), (64, 64)):
         fused_bwd.launch_backward_fused(*args, block_t=tile[0], block_d=tile[1], presplit=True)
-items = [(*compile_check.spec(*r), "cuda", 90, False, False) for r in records if r[0].fn.__name__ == "_pass_b_kernel"]
+items = [(*compile_check.spec(*r), "cuda", 90, False, False, False) for r in records if r[0].fn.__name__ == "_pass_b_kernel"]
 for desc, error in map(compile_check.compile_one, items):
     print("FAILED" if error else "ok", desc, error or "")
 """
