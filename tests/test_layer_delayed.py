@@ -139,3 +139,20 @@ def test_the_main_jobs_model_decodes_through_the_stack(monkeypatch):
         ops = net(idx)
     assert len(calls) == 2 * cfg.layers - 1
     assert torch.isfinite(got).all() and rel_err(got, ops) < 1e-5
+
+
+def test_decodes_rule():
+    """_impl.decodes: inference only (not under autograd), at most DECODE_MAX_T tokens and DECODE_MAX_N streams,
+    every route on Triton; the limits themselves included."""
+    from mhc_ops._impl import DECODE_MAX_N, DECODE_MAX_T, Route, decodes
+
+    triton_route, golden_route = Route((("post_fwd", "triton"),)), Route((("post_fwd", "golden"),))
+    x = torch.randn(DECODE_MAX_T, DECODE_MAX_N, 8)
+    with torch.no_grad():
+        assert decodes(x, [triton_route, triton_route])
+        assert decodes(x.view(2, DECODE_MAX_T // 2, DECODE_MAX_N, 8), [triton_route])
+        assert not decodes(torch.randn(DECODE_MAX_T + 1, DECODE_MAX_N, 8), [triton_route])
+        assert not decodes(torch.randn(1, DECODE_MAX_N + 1, 8), [triton_route])
+        assert not decodes(x, [triton_route, golden_route])
+        assert not decodes(x[0], [triton_route])  # [n, D]: no token axis
+    assert not decodes(x, [triton_route])  # autograd on
