@@ -141,13 +141,14 @@ def test_the_main_jobs_model_decodes_through_the_stack(monkeypatch):
     assert torch.isfinite(got).all() and rel_err(got, ops) < 1e-5
 
 
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
 def test_decodes_rule():
     """_impl.decodes: inference only (not under autograd), at most DECODE_MAX_T tokens and DECODE_MAX_N streams,
     every route on Triton; the limits themselves included."""
-    from mhc_ops._impl import DECODE_MAX_N, DECODE_MAX_T, Route, decodes
+    from mhc_ops._impl import DECODE_MAX_N, DECODE_MAX_T, decodes, resolve_route
 
-    triton_route, golden_route = Route((("post_fwd", "triton"),)), Route((("post_fwd", "golden"),))
-    x = torch.randn(DECODE_MAX_T, DECODE_MAX_N, 8)
+    x = torch.randn(DECODE_MAX_T, DECODE_MAX_N, 8, device=KERNEL_DEVICE)
+    triton_route, golden_route = resolve_route("triton", None, x), resolve_route("golden", None, x)
     with torch.no_grad():
         assert decodes(x, [triton_route, triton_route])
         assert decodes(x.view(2, DECODE_MAX_T // 2, DECODE_MAX_N, 8), [triton_route])
