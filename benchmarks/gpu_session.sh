@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -151,6 +151,12 @@ decode-rules)  # the boundary at decode, ops against the one launch (delayed; pl
               # T and n: where HyperStack's and the DeepSeek-V4 drop-in's decode path should take the one launch
   timeout 280 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_(delayed|plain)$|apply_launch=True(,block_t=1)?]' \
     --shapes 1x4x4096,8x4x4096,64x4x4096,1x4x7168,1x6x4096,8x6x4096,1x8x4096,8x8x4096 2>&1 | tee "$R/decode_rules.md" | grep '^| ' | tail -50 ;;
+decode-next)  # session 36's open decode questions: the phases with marks that keep no dead token alive (where the
+             # one-token kernel's 8.4 us go), then the one-warp 32-column candidates by kernel time (docs/perf.md XVII)
+  timeout 120 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x6x4096,1x8x4096 --iters 1,20 2>&1 \
+    | tee "$R/decode_next_timeline.md" | tail -8
+  timeout 200 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_delayed$|^decode_plain$|num_warps=1[],]' \
+    --shapes 1x4x4096,1x6x4096 2>&1 | tee "$R/decode_next.md" | grep '^| ' | tail -20 ;;
 timeline-iters)  # the decode boundary's Sinkhorn phase at 1, 20 and 40 iterations: what an iteration costs in the kernel
   timeout 90 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --iters 1,20,40 2>&1 \
     | tee "$R/timeline_iters.md" | tail -8 ;;
