@@ -248,9 +248,9 @@ def compile_one(item: tuple) -> tuple[str, str | None]:
     except Exception as e:  # noqa: BLE001  (any compiler failure is the finding)
         return desc, _innermost(e)
     desc += f"  [{ptxas_usage(compiled.asm['ptx'], arch)}]" if registers else ""
-    desc += f"\n    SASS {sass_mix(compiled.asm['cubin'], arch)}" if sass else ""
-    if loops:
-        desc += "".join(f"\n    loop {loop}" for loop in sass_loops(disassemble(compiled.asm["cubin"], arch)))
+    text = disassemble(compiled.asm["cubin"], arch) if sass or loops else ""  # nvdisasm once for both
+    desc += f"\n    SASS {_mix(SASS_OP.findall(text))}" if sass else ""
+    desc += "".join(f"\n    loop {loop}" for loop in sass_loops(text)) if loops else ""
     return desc, None
 
 
