@@ -176,6 +176,20 @@ FAMILIES = {
 }
 
 
+class _TrivialMix:
+    """The trivial block's post, in the patched layers' Mix protocol: out [B, S, D] added to every stream; never
+    a boundary at decode (decodes() False)."""
+
+    def __init__(self, streams: torch.Tensor):
+        self.streams = streams
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return self.streams + out.unsqueeze(2)
+
+    def decodes(self) -> bool:
+        return False
+
+
 def _trivial_mix(self, hidden_streams: torch.Tensor, *, mix: bool, after: tuple | None = None):
     """A hyper-connection that mixes trivially, in the patched layers' protocol (mix=True; after=(mix, out):
     the previous block's mix applied first, the streams returned too): the block's input is the mean of the
@@ -183,8 +197,8 @@ def _trivial_mix(self, hidden_streams: torch.Tensor, *, mix: bool, after: tuple 
     if after is not None:
         prev, out = after
         streams = prev(out)
-        return streams, streams.mean(dim=2), lambda out: streams + out.unsqueeze(2)
-    return hidden_streams.mean(dim=2), lambda out: hidden_streams + out.unsqueeze(2)
+        return streams, streams.mean(dim=2), _TrivialMix(streams)
+    return hidden_streams.mean(dim=2), _TrivialMix(hidden_streams)
 
 
 # ---- building and patching ------------------------------------------------------------------------------

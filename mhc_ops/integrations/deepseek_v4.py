@@ -20,8 +20,9 @@ unchanged and an optimizer built before or after the patch sees the same tensors
   ``mhc_ops.nn.hc_pre`` / ``hc_post``, so the streams' gradient from the post enters the pre backward
   as ``grad_x_post`` instead of a separate add. At decode (inference, at most 64 tokens and 6 streams,
   on Triton) the attention's post, the MLP's pre and its Sinkhorn run as one boundary: one launch and
-  the collapse in a second (``kernels/decode.py``) instead of five. The MLP's post and the next layer's
-  pre stay two ops (the boundary between decoder layers is the model's loop, not patched).
+  the collapse in a second (``kernels/decode.py``) instead of five; so do the MLP's post and the next
+  layer's attention pre (``layer_output``: the model's loop is not patched, the layer learns which HC
+  module its output goes to on the first decode call and checks it on every later one).
 - ``DeepseekV4HyperHead.forward`` (``hyper_head=True``): the final collapse is mhc_pre's pre part
   alone; its ``hc_fn`` [n, nD], ``hc_scale`` [1], ``hc_base`` [n] fill the pre rows of phi / alpha /
   bias, zeros the post and comb rows, whose outputs are dropped.
@@ -40,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -69,6 +72,56 @@ class Mix:
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
         return hc_post(self.link, self.comb, out, self.post, self.link, backend=self.backend)
 
+    def decodes(self) -> bool:
+        """Whether this post and the next pre run as one boundary (_impl.decodes: inference, not traced, at most
+        64 tokens and 6 streams, on Triton)."""
+        return _impl.decodes(self.link, [_impl.resolve_route(self.backend, None, self.link)])
+
+
+class _Handoff(threading.local):
+    """A decoder layer's last post and the next layer's first pre as one boundary at decode, without the model's
+    loop: each layer output at decode is remembered (weakly) with its layer; the HC module next called with that
+    very tensor is the layer's successor (_successor), so on later calls the layer runs the successor's pre in
+    its own post's launch and leaves the result (ready) for the successor's call, which takes it only when
+    called with the tensor the layer returned. Anything between them that makes a new tensor (a hook, another
+    loop) costs a wasted pre, never a wrong one."""
+
+    def __init__(self):
+        self.produced: tuple[weakref.ref, weakref.ref] | None = None  # (layer, its output streams)
+        self.ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # HC module -> (streams, collapsed, Mix)
+
+
+_handoff = _Handoff()
+_successor: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder layer -> weakref to its next HC
+
+
+def layer_output(layer: torch.nn.Module, mix: Mix, out: torch.Tensor) -> torch.Tensor:
+    """A decoder layer's last post, mix(out) [B, S, n, D] -> the next streams; at decode (mix.decodes()) with
+    the next layer's attention pre in the same boundary once that HC module is known (_Handoff)."""
+    if not mix.decodes():
+        return mix(out)
+    ref = _successor.get(layer)
+    hc = ref() if ref is not None else None
+    if hc is None:
+        streams = mix(out)
+    else:
+        streams, collapsed, following = hc(mix.link, mix=True, after=(mix, out))
+        _handoff.ready[hc] = (streams, collapsed, following)
+    _handoff.produced = (weakref.ref(layer), weakref.ref(streams))
+    return streams
+
+
+def _take_ready(hc: torch.nn.Module, hidden_streams: torch.Tensor) -> tuple | None:
+    """(collapsed, Mix) that the previous layer's boundary left for hc when hidden_streams is what it returned;
+    else None, having learned hc as that layer's successor when hidden_streams is its output at decode."""
+    ready = _handoff.ready.pop(hc, None)
+    if ready is not None and ready[0] is hidden_streams:
+        return ready[1], ready[2]
+    produced, _handoff.produced = _handoff.produced, None
+    if produced is not None and produced[1]() is hidden_streams and (layer := produced[0]()) is not None:
+        _successor[layer] = weakref.ref(hc)
+    return None
+
 
 @functools.cache
 def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
@@ -80,9 +133,10 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
     (the patched decoder layers): (collapsed, mix), a Mix: mix(out [B, S, D]) -> the next streams, this
     block's mhc_post, its gradient of the streams handed to the pre backward. With after=(prev, out) too
     (prev: the previous block's Mix, out: its branch output; hidden_streams: that block's input streams):
-    (next streams, collapsed, mix), the previous block's post and this pre; at decode (_impl.decodes: no
-    autograd, not traced, at most 64 tokens and 6 streams, backend Triton) as one boundary, post + pre +
-    Sinkhorn in one launch and the collapse in a second (kernels/decode.py), else as the two ops.
+    (next streams, collapsed, mix), the previous block's post and this pre; at decode (Mix.decodes) as one
+    boundary, post + pre + Sinkhorn in one launch and the collapse in a second (kernels/decode.py), else as
+    the two ops. With mix=True alone, at decode, the previous decoder layer may have run this pre already
+    (layer_output): its result is taken when hidden_streams is that layer's output.
     """
 
     @_patch.ours
@@ -97,7 +151,7 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
         iters = max(self.hc_sinkhorn_iters, 1)
         if after is not None:
             prev, out = after
-            if _impl.decodes(prev.link, [_impl.resolve_route(backend, None, prev.link)]):
+            if prev.decodes():
                 check_post_inputs(prev.link, prev.comb, out, prev.post)
                 check_inputs(prev.link, phi=phi, alpha=alpha, bias=bias)
                 streams, collapsed, post, comb, _ = _impl.boundary_decode(
@@ -106,6 +160,8 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
                 )  # fmt: skip
                 return streams, collapsed, Mix(streams, comb, post, backend)
             hidden_streams = prev(out)
+        elif mix and not torch.compiler.is_compiling() and (ready := _take_ready(self, hidden_streams)) is not None:
+            return ready
         if mix:
             collapsed, post, comb, link = hc_pre(
                 hidden_streams, phi, alpha, bias, norm_eps=eps, hc_eps=self.hc_eps, sinkhorn_iters=iters,
@@ -123,9 +179,9 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
 
 @_patch.ours
 def _decoder_layer_forward(self, hidden_states: torch.Tensor, input_ids: torch.Tensor | None = None, **kwargs):
-    """DeepseekV4DecoderLayer.forward with both mixings on mhc_post, each paired with its block's pre; the
-    attention's post and the MLP's pre as one boundary (one launch and the collapse at decode: the HC module's
-    after=).
+    """DeepseekV4DecoderLayer.forward with both mixings on mhc_post, each paired with its block's pre; at decode,
+    the attention's post and the MLP's pre as one boundary (the HC module's after=), and the MLP's post and the
+    next layer's attention pre as another (layer_output).
 
     hidden_states [B, S, n, D] in the model's dtype, in and out. HF's ``post * out + comb^T @ streams``
     is ``out_streams[k] = post[k] * out + sum_j comb[j, k] * streams[j]``: mhc_post with h_res = comb.
@@ -134,7 +190,7 @@ def _decoder_layer_forward(self, hidden_states: torch.Tensor, input_ids: torch.T
     collapsed, mix = self.attn_hc(hidden_states, mix=True)
     attn_output, _ = self.self_attn(self.input_layernorm(collapsed), **kwargs)
     _, collapsed, mix = self.ffn_hc(hidden_states, mix=True, after=(mix, attn_output))
-    return mix(self.mlp(self.post_attention_layernorm(collapsed), input_ids=input_ids))
+    return layer_output(self, mix, self.mlp(self.post_attention_layernorm(collapsed), input_ids=input_ids))
 
 
 @functools.cache

@@ -13,7 +13,8 @@ MoE). The patch replaces two forwards and keeps every parameter:
 - ``Glm5NextTextHyperConnection.forward``: DeepSeek-V4's replacement (mhc_pre + sinkhorn; paired with
   the block's mhc_post through ``mhc_ops.nn.hc_pre`` / ``hc_post`` when the patched layer calls it).
 - ``Glm5NextTextDecoderLayer.forward``: its two inline mixings ``post * out + comb^T @ streams`` are
-  mhc_post (the attention's and the MLP's pre one boundary at decode, as DeepSeek-V4's); the blocks are called as HF calls them, with the release's cache argument
+  mhc_post (at decode the attention's post and the MLP's pre one boundary, the MLP's post and the next
+  layer's pre another, as DeepSeek-V4's); the blocks are called as HF calls them, with the release's cache argument
   (``past_key_values`` up to 5.23, ``cache`` from 5.24), and the layer returns HF's
   ``(streams, topk_indices)``.
 
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from . import _patch
-from .deepseek_v4 import hyper_connection_attributes, hyper_connection_forward
+from .deepseek_v4 import hyper_connection_attributes, hyper_connection_forward, layer_output
 
 __all__ = ["apply_to_glm5_next", "glm5_next_patched", "revert_glm5_next"]
 
@@ -46,7 +47,7 @@ def _layer(self, hidden_states: torch.Tensor, attention: dict, linear: dict):
     else:
         h, _, topk_indices = self.self_attn(hidden_states=h, **attention)
     _, collapsed, mix = self.ffn_hc(hidden_states, mix=True, after=(mix, h))  # one boundary at decode
-    return mix(self.mlp(self.post_attention_layernorm(collapsed))), topk_indices
+    return layer_output(self, mix, self.mlp(self.post_attention_layernorm(collapsed))), topk_indices
 
 
 @_patch.ours

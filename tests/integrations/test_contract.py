@@ -109,6 +109,41 @@ def test_decode_runs_each_layers_inner_boundary_in_one_launch(case, monkeypatch)
     assert len(calls) == layers
 
 
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+def test_decode_runs_the_boundary_between_layers_in_one_launch(case, monkeypatch):
+    """At decode, from the second call on, each layer's MLP post and the next layer's attention pre are one
+    boundary too (the layer learns its successor on the first call): 2 * layers - 1 launch_decode a call, the
+    logits as HF eager's. A hook that hands the next layer another tensor (the streams reversed, in both
+    models) costs that boundary's pre (the next HC module takes only the tensor the boundary returned), not
+    the right answer."""
+    from mhc_ops import _impl
+
+    eager = tiny_model(case, KERNEL_DEVICE)
+    patched = copy.deepcopy(eager)
+    case.apply(patched, backend="triton")
+    calls = []
+    real = _impl.launch_decode
+    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layers = case.layers(patched)
+    with torch.no_grad():
+        for step, seed in enumerate((0, 1)):
+            ids = batch(KERNEL_DEVICE, seed=seed)[:, :2]  # 2 x 2 tokens, fresh each call
+            calls.clear()
+            got, ref = patched(input_ids=ids).logits, eager(input_ids=ids).logits
+            assert len(calls) == (len(layers) if step == 0 else 2 * len(layers) - 1)
+            assert rel(got, ref) <= LOSS_RTOL
+
+        def reverse_streams(module, args, output):
+            return (output[0].flip(-2), *output[1:]) if isinstance(output, tuple) else output.flip(-2)
+
+        for model in (patched, eager):
+            case.layers(model)[0].register_forward_hook(reverse_streams)
+        ids = batch(KERNEL_DEVICE, seed=2)[:, :2]
+        calls.clear()
+        got, ref = patched(input_ids=ids).logits, eager(input_ids=ids).logits
+    assert len(calls) == 2 * len(layers) - 1 and rel(got, ref) <= LOSS_RTOL
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_model_is_as_accurate_as_eager(case, device):
     """A bf16 model with HF's fp32 parameters (as from_pretrained loads one; golden on CPU, Triton on
