@@ -53,7 +53,9 @@ DEFAULT = "1x4x4096,8x4x4096,64x4x4096,1x4x7168,8x4x7168,64x4x7168"
 ROWS = ("ops_delayed", "seam_delayed", "decode_delayed", "ops_plain", "decode_plain")
 # --variants: (row, launch_decode's options); the first four are the delayed boundary's
 VARIANTS = (
-    ("decode_delayed", {"sink_tokens_last": False}),
+    ("decode_delayed", {"sink_order": "token-major"}),
+    ("decode_delayed", {"sink_order": "tokens-last"}),
+    ("decode_delayed", {"sink_order": "tokens-first"}),
     ("decode_delayed", {"block_d": 64, "splits": 32}),
     ("decode_delayed", {"block_d": 128}),
     ("decode_delayed", {"unroll": 64}),

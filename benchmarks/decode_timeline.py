@@ -10,7 +10,7 @@ program's start to the last program's end, the idle gap since the previous launc
 column pass (median and slowest), when the last program arrived, and the last program's phases (arrival
 atomic, reduction of the partials, coefficients, Sinkhorn) in µs, from its SM's cycles at the clock the
 launch itself shows (cycles over ns of the last program). Medians over the launches after the first two.
---grid: launch_decode's options, 'name=v1,v2;...' (their product). The marks cost a reduction each, so
+--grid: launch_decode's options, 'name=v1,v2;...' (their product; integers or words). The marks cost a reduction each, so
 the phases add up to a little more than benchmarks/decode.py's time of the unmarked kernel. --iters: Sinkhorn
 iteration counts, so the Sinkhorn column's difference between two counts is their iterations' cost alone. GPU only.
 """
@@ -37,11 +37,13 @@ COLUMNS = ("total", "gap", "columns", "columns_max", "last_arrives", "atomic", "
 
 
 def parse_grid(text: str) -> list[dict]:
-    """'block_d=32,64;num_warps=4' -> every combination as launch_decode's keyword arguments."""
+    """'block_d=32,64;num_warps=4;sink_order=tokens-first' -> every combination as launch_decode's keyword
+    arguments (integers where a value is one, else the word)."""
     axes = []
     for part in (p for p in text.split(";") if p.strip()):
         name, _, values = part.partition("=")
-        axes.append([(name.strip(), int(v)) for v in values.split(",") if v.strip()])
+        words = [v.strip() for v in values.split(",") if v.strip()]
+        axes.append([(name.strip(), int(v) if v.lstrip("-").isdigit() else v) for v in words])
     return [dict(c) for c in itertools.product(*axes)] if axes else [{}]
 
 

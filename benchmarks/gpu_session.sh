@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -157,6 +157,18 @@ decode-next)  # session 36's open decode questions: the phases with marks that k
     | tee "$R/decode_next_timeline.md" | tail -8
   timeout 200 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_delayed$|^decode_plain$|num_warps=1[],]' \
     --shapes 1x4x4096,1x6x4096 2>&1 | tee "$R/decode_next.md" | grep '^| ' | tail -20 ;;
+decode-order)  # session 37: the Sinkhorn tile one matrix a thread under the GPU's Triton 3.6 (tokens first; 3.6 had
+              # spread the tokens-last tile over 16 lanes): its GPU tests, one iteration's cycles by tile, the decode
+              # kernel's phases by tile and by the reduction's unroll, and the rows by kernel time
+  timeout 100 python3 -m pytest -n 8 -q -p no:cacheprovider tests/kernels/test_decode.py 2>&1 | tail -3 \
+    | tee "$R/decode_order_tests.txt"
+  timeout 90 python3 -m benchmarks.sinkhorn_chain --n 4,6 --kept-only 2>&1 | tee "$R/sinkhorn_chain_order.md" | tail -14
+  timeout 150 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x6x4096 --iters 1,20 \
+    --grid 'sink_order=tokens-last,tokens-first,token-major' 2>&1 | tee "$R/decode_order_timeline.md" | tail -14
+  timeout 60 python3 -m benchmarks.decode_timeline --shapes 1x4x4096 --grid 'unroll=16,32,64' 2>&1 \
+    | tee "$R/decode_unroll_timeline.md" | tail -5
+  timeout 150 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_delayed$|^decode_plain$|sink_order' \
+    --shapes 1x4x4096,1x6x4096 2>&1 | tee "$R/decode_order.md" | grep '^| ' | tail -14 ;;
 timeline-iters)  # the decode boundary's Sinkhorn phase at 1, 20 and 40 iterations: what an iteration costs in the kernel
   timeout 90 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --iters 1,20,40 2>&1 \
     | tee "$R/timeline_iters.md" | tail -8 ;;

@@ -48,6 +48,8 @@ from .fwd import apply_tile, coeff_tile, collapse_columns, reduce_partials, stor
 from .seam import seam_columns
 from .sinkhorn import (
     MAX_N,
+    ONE_A_THREAD,
+    ORDERS,
     block_tile,
     launch_sinkhorn_fwd,
     live_tokens,
@@ -62,12 +64,13 @@ UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
 TIMELINE_SLOTS = tl.constexpr(20)
 TIMELINE_MARKS = ("start", "columns", "partials stored", "arrived", "reduced", "coefficients", "logits loaded",
                   "sinkhorn", "end")  # fmt: skip
-# Sinkhorn on sinkhorn.tokens_last_tile up to this N_PAD: 1.2 to 2.1 us faster at n = 4; at n = 8 2.3x slower than
-# token-major (docs/perf.md, Performance XI; its layout differs by Triton release, Performance XVII)
-SINK_TOKENS_LAST_MAX_N_PAD = 4
+# Sinkhorn one matrix a thread (sinkhorn.tokens_tile) up to this N_PAD: 1.2 to 2.1 us faster at n = 4; at n = 8 2.3x
+# slower than token-major (docs/perf.md, Performance XI; the order that lays it depends on the Triton release,
+# Performance XVII, XVIII)
+SINK_ONE_A_THREAD_MAX_N_PAD = 4
 
 
-# sm_j (1) unspecialised: sinkhorn.tokens_last_tile
+# sm_j (1) unspecialised: sinkhorn.tokens_tile
 @launched(do_not_specialize=["T", "iters", "sm_j"])
 def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, alpha_ptr,
                    bias_ptr, ws_ptr, count_ptr, h_in_ptr, nh_post_ptr, nh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
@@ -75,7 +78,7 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                    sphi_o, sphi_k, sm_j, norm_eps, hc_eps, iters, eps, N: tl.constexpr,
                    HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
                    O_PAD: tl.constexpr, N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr,
-                   SINK_T: tl.constexpr, SINK_TOKENS_LAST: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
+                   SINK_T: tl.constexpr, SINK_ORDER: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
                    INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr, APPLY: tl.constexpr):  # fmt: skip
     # SINKHORN False: the last program runs no Sinkhorn (the launcher runs it on its own). APPLY False: the plain
     # pre's collapse is _apply_kernel's launch, not the last program's.
@@ -117,13 +120,13 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         if SINKHORN:
             tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
             offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T,
-                                                                 SINK_TOKENS_LAST)  # fmt: skip
-            L = load_matrices(nh_res_ptr, offs, mask, SINK_TOKENS_LAST)
+                                                                 SINK_ORDER)  # fmt: skip
+            L = load_matrices(nh_res_ptr, offs, mask, SINK_ORDER)
             live = live_tokens(t0, T, BLOCK_T, SINK_T)  # the marks depend on the stored tokens alone
             stamp(tim, 6, tl.where(live, L, 0.0), TIMELINE)
             P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
             stamp(tim, 7, tl.where(live, P, 0.0), TIMELINE)
-            store_matrices(P_ptr, offs, P, mask, SINK_TOKENS_LAST)
+            store_matrices(P_ptr, offs, P, mask, SINK_ORDER)
         tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)
 
@@ -166,7 +169,7 @@ def auto_block_t(T: int, n: int) -> int:
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
                   block_t=None, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
-                  sink_tokens_last=None, sinkhorn_launch=False, apply_launch=True, timeline=None):  # fmt: skip
+                  sink_order=None, sinkhorn_launch=False, apply_launch=True, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
@@ -175,8 +178,9 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     projection's products run on the CUDA cores (seam.seam_columns), best with unroll >= splits (every
     split's partials in one round of loads).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
-    collapse columns per step; unroll: partials the last program loads per step; sink_tokens_last:
-    Sinkhorn on sinkhorn.tokens_last_tile (None: up to SINK_TOKENS_LAST_MAX_N_PAD); sinkhorn_launch: Sinkhorn
+    collapse columns per step; unroll: partials the last program loads per step; sink_order: the
+    Sinkhorn tile's order, one of sinkhorn.ORDERS (None: one matrix a thread in the installed Triton's order,
+    sinkhorn.ONE_A_THREAD, up to SINK_ONE_A_THREAD_MAX_N_PAD; token-major above); sinkhorn_launch: Sinkhorn
     in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
     can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); apply_launch: the plain
     pre's collapse in a launch of its own (_apply_kernel, one program per token block and apply_block_d
@@ -216,16 +220,19 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
             raise ValueError(f"timeline: expected an int64 tensor of at least {need} elements on {dev} (a GPU; "
                              f"not the interpreter), got {timeline.dtype} {tuple(timeline.shape)} on {timeline.device}")  # fmt: skip
     delayed = h_pre_prev is not None
-    if sink_tokens_last is None:
-        sink_tokens_last = n_pad(n) <= SINK_TOKENS_LAST_MAX_N_PAD
+    if sink_order is None:
+        sink_order = ONE_A_THREAD if n_pad(n) <= SINK_ONE_A_THREAD_MAX_N_PAD else "token-major"
+    if sink_order not in ORDERS:
+        raise ValueError(f"sink_order: expected one of {', '.join(ORDERS)} or None, got {sink_order!r}")
+    order = ORDERS.index(sink_order)
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
         h_mix, h_pre, P if P is not None else nh_res, timeline if timeline is not None else ws, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
         1, float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,
-        UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if sink_tokens_last else block_t,
-        SINK_TOKENS_LAST=sink_tokens_last, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
+        UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if order else block_t,
+        SINK_ORDER=order, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
         INTERPRET=interpreting(), TIMELINE=timeline is not None, SINKHORN=not sinkhorn_launch,
         APPLY=not delayed and not apply_launch, num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip

@@ -32,6 +32,16 @@ TILE_ELEMENTS = 256
 MIN_BLOCK_T = 8
 NUM_WARPS = 1
 RCP_PTX = tl.constexpr(not interpreting())  # reciprocal() in PTX on the GPU, div_rn in the interpreter
+# block_tile's orders of a [T, N, N] tensor's tokens (ORDERS[k] is order k): token-major (matrix_tile), or one
+# token's matrix in one thread with the tokens last or first (tokens_tile)
+ORDERS = ("token-major", "tokens-last", "tokens-first")
+TOKENS_LAST = tl.constexpr(1)
+TOKENS_FIRST = tl.constexpr(2)
+# Where Triton's coalescing puts the lanes of a load with no contiguous dimension: the first dimension up to 3.6
+# (the GPU image's), the last from 3.7 (compiled for sm_90 with 3.6, 3.7, 3.8, 3.9). tokens_tile lays one matrix
+# a thread with its tokens there.
+TIE_FIRST = tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7)
+ONE_A_THREAD = "tokens-first" if TIE_FIRST else "tokens-last"
 
 
 @triton.jit
@@ -56,22 +66,26 @@ def matrix_tile(tok, T, N: tl.constexpr, N_PAD: tl.constexpr):
 
 
 @triton.jit
-def tokens_last_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.constexpr,
-                     TILE_T: tl.constexpr):  # fmt: skip
+def tokens_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.constexpr, TILE_T: tl.constexpr,
+                ORDER: tl.constexpr):  # fmt: skip
     """matrix_tile's (offsets, mask, valid, row_valid, col_valid) of a contiguous [T, N, N] tensor for tokens
-    t0 .. t0 + BLOCK_T - 1, tokens last: offsets and mask [N_PAD, N_PAD, TILE_T] (TILE_T >= BLOCK_T, past
-    BLOCK_T masked); load_matrices / store_matrices permute the tile to and from the helpers'
-    [TILE_T, N_PAD, N_PAD]. sm_j is the column stride (1), passed unspecialised: then no dimension looks
-    contiguous and Triton 3.9 lays the tokens across lanes and warps, one token's matrix in one thread with
-    TILE_T = 32 x warps (no shuffles in the chain of passes); Triton 3.6 (the GPU image's) spreads a matrix over
-    16 lanes instead (the decode boundary's Sinkhorn at n <= 4; the Sinkhorn kernels' own tiles ran 2x faster
-    token-major: docs/perf.md, Performance XI, XVII)."""
+    t0 .. t0 + BLOCK_T - 1 (TILE_T >= BLOCK_T of them, past BLOCK_T masked), for one token's matrix in one thread
+    (no shuffles in the chain of passes; TILE_T = 32 x warps). sm_j is the column stride (1), passed unspecialised:
+    then no dimension of the load looks contiguous, and Triton gives its lanes to the dimension it breaks the tie
+    toward (TIE_FIRST), where ORDER puts the tokens: TOKENS_FIRST, offsets [TILE_T, N_PAD, N_PAD] (the tokens'
+    stride sm_j * N * N, unspecialised too); TOKENS_LAST, [N_PAD, N_PAD, TILE_T], which load_matrices /
+    store_matrices permute to and from the helpers' order. In the other order Triton spreads a matrix over 16
+    lanes (3.6: 193 cycles an iteration on the GPU; docs/perf.md, Performance XVII, XVIII)."""
     tok = t0 + tl.arange(0, TILE_T)
     i = tl.arange(0, N_PAD)
     j = tl.arange(0, N_PAD)
-    offs = tok[None, None, :] * (N * N) + (i * N)[:, None, None] + (j * sm_j)[None, :, None]
     live = (tok < T) & (tok < t0 + BLOCK_T)
-    mask = live[None, None, :] & (i < N)[:, None, None] & (j < N)[None, :, None]
+    if ORDER == TOKENS_FIRST:
+        offs = tok[:, None, None] * (sm_j * (N * N)) + (i * N)[None, :, None] + (j * sm_j)[None, None, :]
+        mask = live[:, None, None] & (i < N)[None, :, None] & (j < N)[None, None, :]
+    else:
+        offs = tok[None, None, :] * (N * N) + (i * N)[:, None, None] + (j * sm_j)[None, :, None]
+        mask = live[None, None, :] & (i < N)[:, None, None] & (j < N)[None, :, None]
     row_valid = (i < N)[None, :]
     col_valid = (j < N)[None, :]
     valid = row_valid[:, :, None] & col_valid[:, None, :]
@@ -80,13 +94,13 @@ def tokens_last_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD:
 
 @triton.jit
 def block_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.constexpr, TILE_T: tl.constexpr,
-               TOKENS_LAST: tl.constexpr):  # fmt: skip
-    """Tokens t0 .. t0 + BLOCK_T - 1 of a contiguous [T, N, N] tensor: matrix_tile's [BLOCK_T, N_PAD, N_PAD]
-    tile, or with TOKENS_LAST tokens_last_tile's (TILE_T tokens)."""
-    if TOKENS_LAST:
-        tile = tokens_last_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, TILE_T)
-    else:
+               ORDER: tl.constexpr):  # fmt: skip
+    """Tokens t0 .. t0 + BLOCK_T - 1 of a contiguous [T, N, N] tensor in order ORDER (ORDERS' index): matrix_tile's
+    [BLOCK_T, N_PAD, N_PAD] tile (0), or tokens_tile's (TILE_T tokens)."""
+    if ORDER == 0:
         tile = matrix_tile(t0 + tl.arange(0, BLOCK_T), T, N, N_PAD)
+    else:
+        tile = tokens_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, TILE_T, ORDER)
     return tile
 
 
@@ -101,18 +115,18 @@ def live_tokens(t0, T, BLOCK_T: tl.constexpr, TILE_T: tl.constexpr):
 
 
 @triton.jit
-def load_matrices(ptr, offs, mask, TOKENS_LAST: tl.constexpr):
-    """The [BLOCK_T, N_PAD, N_PAD] fp32 tile at block_tile's offsets (0 where masked)."""
+def load_matrices(ptr, offs, mask, ORDER: tl.constexpr):
+    """The [BLOCK_T, N_PAD, N_PAD] fp32 tile at block_tile's offsets in ORDER (0 where masked)."""
     tile = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if TOKENS_LAST:
+    if ORDER == TOKENS_LAST:
         tile = tl.permute(tile, (2, 0, 1))
     return tile
 
 
 @triton.jit
-def store_matrices(ptr, offs, tile, mask, TOKENS_LAST: tl.constexpr):
-    """Store a [BLOCK_T, N_PAD, N_PAD] tile at block_tile's offsets."""
-    if TOKENS_LAST:
+def store_matrices(ptr, offs, tile, mask, ORDER: tl.constexpr):
+    """Store a [BLOCK_T, N_PAD, N_PAD] tile at block_tile's offsets in ORDER."""
+    if ORDER == TOKENS_LAST:
         tile = tl.permute(tile, (1, 2, 0))
     tl.store(ptr + offs, tile, mask=mask)
 

@@ -604,6 +604,8 @@ def test_decode_timeline_grid_and_cpu_refusal():
 
     assert dt.parse_grid("block_d=32,64;num_warps=8") == [{"block_d": 32, "num_warps": 8}, {"block_d": 64, "num_warps": 8}]
     assert dt.parse_grid("") == [{}]
+    assert dt.parse_grid("sink_order=tokens-first,token-major;unroll=64") == [
+        {"sink_order": "tokens-first", "unroll": 64}, {"sink_order": "token-major", "unroll": 64}]
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
             dt.main(["--shapes", "1x4x64"])

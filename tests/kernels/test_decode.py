@@ -114,20 +114,26 @@ def test_decode_plain_collapse_in_its_own_launch(case, block_t):
         assert torch.equal(got[k], one[k]), k
 
 
-SINKHORN_TILES = {"tokens-last": {"sink_tokens_last": True}, "token-major": {"sink_tokens_last": False},
-                  "own-launch": {"sinkhorn_launch": True}}  # fmt: skip
+SINKHORN_TILES = {"tokens-last": {"sink_order": "tokens-last"}, "tokens-first": {"sink_order": "tokens-first"},
+                  "token-major": {"sink_order": "token-major"}, "own-launch": {"sinkhorn_launch": True}}  # fmt: skip
 
 
 @pytest.mark.parametrize("sinkhorn", SINKHORN_TILES.values(), ids=SINKHORN_TILES.keys())
 @pytest.mark.parametrize("case", SEAM_CASES, ids=str)
 def test_decode_sinkhorn_tiles(case, sinkhorn):
-    """Both Sinkhorn tiles of the last program (one matrix per thread, or across lanes), whichever n the
-    auto choice gives them, and Sinkhorn in a launch of its own: each right by the rule (their sums may
-    round in different orders on a GPU)."""
+    """Every Sinkhorn tile of the last program (one matrix a thread with the tokens last or first: the one the
+    installed Triton lays so is the default to n = 4; token-major), whichever n, and Sinkhorn in a launch of its
+    own: each right by the rule (their sums may round in different orders on a GPU)."""
     t = _inputs(case, True)
     got = _run(case, t, block_d=16, splits=2, **sinkhorn)
     verdicts = _verdicts(case, t, got)
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
+def test_decode_rejects_an_unknown_sink_order():
+    t = _inputs(SEAM_CASES[0], True)
+    with pytest.raises(ValueError, match="sink_order: expected one of token-major, tokens-last, tokens-first"):
+        _run(SEAM_CASES[0], t, sink_order="tokens")
 
 
 @DELAYED
