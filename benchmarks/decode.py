@@ -58,6 +58,7 @@ VARIANTS = (
     ("decode_delayed", {"sink_order": "tokens-first"}),
     ("decode_delayed", {"block_d": 64, "splits": 32}),
     ("decode_delayed", {"block_d": 128}),
+    ("decode_delayed", {"unroll": 32}),
     ("decode_delayed", {"unroll": 64}),
     ("decode_delayed", {"num_warps": 2}),
     ("decode_delayed", {"num_warps": 2, "unroll": 64}),

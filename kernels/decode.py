@@ -59,7 +59,10 @@ from .sinkhorn import (
 )
 
 MAX_SPLITS = 64  # column-chunk ranges per token block: the last program's reduction reads them all
-UNROLL = 16  # partials the last program loads per step (fwd.reduce_partials)
+# Partials the last program loads per step (fwd.reduce_partials): 32 for blocks of fewer than 16 tokens, 16 for 16
+# (H100, one token, n = 4: 32 a step 0.3-0.5 us faster than 16 at D = 4096 and 7168, 64 slower; 8 tokens alike;
+# docs/perf.md, Performance XVIII)
+UNROLL, UNROLL_SMALL_BLOCKS = 16, 32
 # int64 slots per program of a timeline (launch_decode's timeline=): marks 0-8 (two each), then `arrived`
 TIMELINE_SLOTS = tl.constexpr(20)
 TIMELINE_MARKS = ("start", "columns", "partials stored", "arrived", "reduced", "coefficients", "logits loaded",
@@ -168,19 +171,19 @@ def auto_block_t(T: int, n: int) -> int:
 
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
-                  block_t=None, block_d=64, apply_block_d=128, splits=None, unroll=UNROLL, num_warps=4,
+                  block_t=None, block_d=64, apply_block_d=128, splits=None, unroll=None, num_warps=4,
                   sink_order=None, sinkhorn_launch=False, apply_launch=True, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
     with apply_launch and the plain pre; none for zero tokens).
     block_t: tokens per program, a power of two (None: auto_block_t); below 16 (one to a few tokens) the
-    projection's products run on the CUDA cores (seam.seam_columns), best with unroll >= splits (every
-    split's partials in one round of loads).
+    projection's products run on the CUDA cores (seam.seam_columns).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
-    collapse columns per step; unroll: partials the last program loads per step; sink_order: the
-    Sinkhorn tile's order, one of sinkhorn.ORDERS (None: one matrix a thread in the installed Triton's order,
-    sinkhorn.ONE_A_THREAD, up to SINK_ONE_A_THREAD_MAX_N_PAD; token-major above); sinkhorn_launch: Sinkhorn
+    collapse columns per step; unroll: partials the last program loads per step (None: UNROLL_SMALL_BLOCKS
+    below 16 tokens a block, else UNROLL); sink_order: the Sinkhorn tile's order, one of sinkhorn.ORDERS (None:
+    one matrix a thread in the installed Triton's order, sinkhorn.ONE_A_THREAD, up to
+    SINK_ONE_A_THREAD_MAX_N_PAD; token-major above); sinkhorn_launch: Sinkhorn
     in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
     can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); apply_launch: the plain
     pre's collapse in a launch of its own (_apply_kernel, one program per token block and apply_block_d
@@ -225,6 +228,8 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     if sink_order not in ORDERS:
         raise ValueError(f"sink_order: expected one of {', '.join(ORDERS)} or None, got {sink_order!r}")
     order = ORDERS.index(sink_order)
+    if unroll is None:
+        unroll = UNROLL_SMALL_BLOCKS if block_t < 16 else UNROLL
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,

@@ -98,6 +98,17 @@ def test_decode_small_token_blocks(case, delayed, block_t):
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
 
 
+@pytest.mark.parametrize("block_t", [1, 16])
+@pytest.mark.parametrize("case", SEAM_CASES, ids=str)
+def test_decode_reduces_the_partials_over_several_rounds(case, block_t):
+    """The last program's reduction with fewer partials a step than splits (5 splits, 2 a step: three rounds,
+    the last one half past the end): right by the rule."""
+    t = _inputs(case, True, seed_shift=5)
+    got = _run(case, t, block_t=block_t, block_d=16, splits=5, unroll=2)
+    verdicts = _verdicts(case, t, got)
+    assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
+
+
 @pytest.mark.parametrize("block_t", [16, 1])
 @pytest.mark.parametrize("case", SEAM_CASES, ids=str)
 def test_decode_plain_collapse_in_its_own_launch(case, block_t):
