@@ -16,7 +16,9 @@ Rows per shape (bf16 x, fp32 parameters with gamma, sinkhorn iters 20):
 - --rows: only the rows whose name this regular expression finds (re.search), e.g. 'ops_|apply_launch'.
 
 gpu_us: GPU time of one call, a CUDA graph of it replayed back to back (benchmarks/host.graph_gpu_us:
-what a decode step pays, launch gaps included; it moves by a few µs between calls at one token). kernel_us: the
+each replay a graph launch of its own; it moves by a few µs between calls at one token). chain_us: per call, a
+CUDA graph of CHAIN calls back to back replayed (what a boundary costs inside a decode step's graph, which holds a
+model's boundaries one after another and pays one graph launch for all). kernel_us: the
 sum of the replay's kernels' device times under torch.profiler (steadier); launches: its kernels (and memsets),
 with each kernel's device time in the jsonl (the bf16 pre's weight split is rebuilt in every captured graph: it is counted).
 Every row is judged by the accuracy rule against the float64 golden first, every output (status FAIL:
@@ -91,6 +93,7 @@ VARIANTS = (
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )
 ITERS, EPS, NORM_EPS, HC_EPS = 20, 1e-6, 1e-6, 1e-6
+CHAIN = 16  # calls in chain_us's graph
 POST = ("x", "h_res", "h_out", "h_post")
 
 
@@ -208,6 +211,8 @@ def run(shapes, device, quick, variants, out_dir, rows_re=None):
             if ok and device.type == "cuda":
                 graph = capture_graph(lambda call=call: call, device)
                 row["gpu_us"] = round(replay_us(graph, device, GRAPH_REPLAYS[quick]), 2)
+                chain = capture_graph(lambda call=call: lambda: [call() for _ in range(CHAIN)], device)
+                row["chain_us"] = round(replay_us(chain, device, max(GRAPH_REPLAYS[quick] // CHAIN, 3)) / CHAIN, 2)
                 try:
                     names = launches(graph)
                     row["launches"] = sum(c for c, _ in names.values())
@@ -224,7 +229,7 @@ def run(shapes, device, quick, variants, out_dir, rows_re=None):
 
 
 def _fmt(row):
-    cells = [row["shape"], row["row"], row["status"], row.get("gpu_us", ""), row.get("kernel_us", ""),
+    cells = [row["shape"], row["row"], row["status"], row.get("gpu_us", ""), row.get("chain_us", ""), row.get("kernel_us", ""),
              row.get("launches", ""), row["worst"]]
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -247,7 +252,8 @@ def main(argv=None) -> int:
     if rows_re is not None and not any(rows_re.search(k) for k in names):
         parser.error(f"--rows: {args.rows!r} finds no row (rows: {', '.join(ROWS)}, their --variants, sinkhorn_alone)")
     device = parsed_device(parser, args.device, "the interpreter smoke test")
-    print("| shape | row | status | gpu_us | kernel_us | launches | worst error / bound |\n|---|---|---|---|---|---|---|")
+    print("| shape | row | status | gpu_us | chain_us | kernel_us | launches | worst error / bound |\n"
+          "|---|---|---|---|---|---|---|---|")
     rows = run(shapes, device, args.quick, args.variants, args.out, rows_re)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
