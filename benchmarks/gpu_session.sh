@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [decode-chain] [hf-decode] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -169,6 +169,10 @@ decode-order)  # session 37: the Sinkhorn tile one matrix a thread under the GPU
     | tee "$R/decode_unroll_timeline.md" | tail -5
   timeout 150 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_delayed$|^decode_plain$|sink_order' \
     --shapes 1x4x4096,1x6x4096 2>&1 | tee "$R/decode_order.md" | grep '^| ' | tail -14 ;;
+decode-chain)  # session 37: the boundary at decode inside a graph of 16 back to back (chain_us: one graph launch for
+              # all, as a decode step's graph) next to gpu_us and kernel_us, ops against the one launch, the defaults
+  timeout 150 python3 -m benchmarks.decode --quick --out "$R" --rows '^(ops|decode)_(delayed|plain)$' \
+    --shapes 1x4x4096,1x4x7168,1x6x4096,8x4x4096,64x4x4096 2>&1 | tee "$R/decode_chain.md" | grep '^| ' | tail -22 ;;
 timeline-iters)  # the decode boundary's Sinkhorn phase at 1, 20 and 40 iterations: what an iteration costs in the kernel
   timeout 90 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --iters 1,20,40 2>&1 \
     | tee "$R/timeline_iters.md" | tail -8 ;;
@@ -234,6 +238,11 @@ hf)  # Hugging Face DeepSeek-V4 and GLM-5-Next training steps: HF eager, patched
   PYTHONPATH=$HF_PATH python3 -c "import transformers; print('transformers', transformers.__version__)" | tee "$R/hf.txt"
   PYTHONPATH=$HF_PATH timeout 300 python3 -m benchmarks.hf_models --rounds 7 --out "$R" 2>&1 | grep -v falling \
     | tail -20 | tee -a "$R/hf.txt" ;;
+hf-decode)  # the drop-ins' decode step (benchmarks/hf_decode.py): HF eager, patched (every boundary between blocks one
+           # at decode), the trivial mix; ms a token, kernels a token, logits against eager's
+  PYTHONPATH=$HF_PATH python3 -c "import transformers; print('transformers', transformers.__version__)" | tee "$R/hf_decode.txt"
+  PYTHONPATH=$HF_PATH timeout 300 python3 -m benchmarks.hf_decode --out "$R" 2>&1 | grep -v falling \
+    | tail -24 | tee -a "$R/hf_decode.txt" ;;
 hf-compile)  # the same, eager and patched, each also with every decoder layer under torch.compile (Inductor)
   PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
     --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
