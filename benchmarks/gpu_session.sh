@@ -242,7 +242,7 @@ hf-decode)  # the drop-ins' decode step (benchmarks/hf_decode.py): HF eager, pat
            # at decode), the trivial mix; ms a token, kernels a token, logits against eager's
   PYTHONPATH=$HF_PATH python3 -c "import transformers; print('transformers', transformers.__version__)" | tee "$R/hf_decode.txt"
   PYTHONPATH=$HF_PATH timeout 300 python3 -m benchmarks.hf_decode --out "$R" 2>&1 | grep -v falling \
-    | tail -24 | tee -a "$R/hf_decode.txt" ;;
+    | tee -a "$R/hf_decode.txt" | tail -30 ;;
 hf-compile)  # the same, eager and patched, each also with every decoder layer under torch.compile (Inductor)
   PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
     --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \

@@ -40,6 +40,7 @@ from .report import gpu_tag
 
 VARIANTS = ("eager", "mhc_ops", "trivial")
 BASELINE, FLOOR = "eager", "trivial"
+SEQ = 1024  # the configs' sequence length (hf_models': their index_topk and positions), at least prompt + steps
 
 
 def decode(model, prompt: torch.Tensor, tokens: torch.Tensor, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -73,7 +74,7 @@ def launches_per_step(model, prompt: torch.Tensor, tokens: torch.Tensor) -> int:
 def run_family(args, family) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    config = family.config(args.layers, args.hidden, args.hc_mult, args.prompt + args.steps + 8, args.vocab,
+    config = family.config(args.layers, args.hidden, args.hc_mult, max(SEQ, args.prompt + args.steps), args.vocab,
                            args.experts, args.toy)  # fmt: skip
     model = build_model(family, config, device, dtype, seed=0).eval()
     g = torch.Generator().manual_seed(1)
@@ -172,18 +173,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    rows = []
-    for key in args.models:
-        family_rows = run_family(args, FAMILIES[key])
-        print(format_table(family_rows) + "\n", flush=True)
-        rows += family_rows
     device = torch.device(args.device)
     tag = gpu_tag(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{tag}-{dt.date.today().isoformat()}-hf-decode.jsonl"
-    with path.open("a") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
+    rows = []
+    for key in args.models:
+        family_rows = run_family(args, FAMILIES[key])
+        print(format_table(family_rows) + "\n", flush=True)
+        with path.open("a") as fh:  # family by family: a run cut short keeps what it measured
+            for row in family_rows:
+                fh.write(json.dumps(row) + "\n")
+        rows += family_rows
     print(f"appended {len(rows)} rows to {path}")
     return rows
 
