@@ -4,10 +4,12 @@ Issue 11's targets (H100, n = 4, D = 4096, bf16): at T = 1, mhc_pre's forward <=
 <= 60 us and a training step <= 120 us of host time per call; at T = 4096 a step within 1.1x of its
 kernels' GPU time.
 
-For each op (OPS: a one-kernel torch op as the host's yardstick, mhc_pre, sinkhorn, mhc_post and the
-HyperConnection layer around an identity branch), each call of the training path (VARIANTS):
+For each op (OPS: a one-kernel torch op as the host's yardstick, mhc_pre, sinkhorn, mhc_post, the
+HyperConnection layer around an identity branch and a HyperStack of STACK_BLOCKS of them), each call of the
+training path (VARIANTS):
 
-- fwd_nograd: the forward under torch.no_grad (inference);
+- fwd_nograd: the forward under torch.no_grad (inference; the stack's at most 64 tokens: decode, each boundary
+  between blocks one, _impl.boundary_decode);
 - fwd: the forward on inputs that require grad, so autograd records the graph (as in training);
 - bwd: torch.autograd.backward through a graph built once (retain_graph=True);
 - step: fwd, then bwd.
@@ -49,7 +51,7 @@ import triton.testing
 import mhc_ops
 from mhc_ops import golden
 from mhc_ops.golden.fixtures import make_inputs
-from mhc_ops.nn import HyperConnection
+from mhc_ops.nn import HyperConnection, HyperStack
 
 from .shapes import GAMMA, SEED, X_DTYPE, Shape
 
@@ -148,6 +150,27 @@ def setup_layer(shape: Shape, device: torch.device) -> Training:
     return Training(lambda: (module(x),), (x, *module.parameters()), (dout,))
 
 
+STACK_BLOCKS = 4
+
+
+def setup_stack(shape: Shape, device: torch.device) -> Training:
+    """HyperStack of STACK_BLOCKS identity branches, each block's parameters the mhc_pre inputs' (as the layer
+    row's), x [.., n, D] bf16; the upstream gradient is mhc_post's random dout."""
+    t = _pre_inputs(shape, device)
+    x = t["x"]
+    n, D = x.shape[-2:]
+    stack = HyperStack(D, n, [torch.nn.Identity() for _ in range(STACK_BLOCKS)], sinkhorn_iters=20, backend=BACKEND,
+                       use_gamma=t["gamma"] is not None).to(device)  # fmt: skip
+    with torch.no_grad():
+        for layer in stack.layers:
+            for name in ("phi", "alpha", "bias", "gamma"):
+                if t[name] is not None:
+                    getattr(layer, name).copy_(t[name])
+    (x,) = _leaves(x)
+    dout = make_inputs(_post_case(shape), device)["dout"]
+    return Training(lambda: (stack(x),), (x, *stack.parameters()), (dout,))
+
+
 def setup_ref(shape: Shape, device: torch.device) -> Training:
     """The host's yardstick, not an mHC op: x * w with x [.., D] bf16 and w [D] (one ATen kernel each
     way, through the same autograd engine). The lent GPU machines' host speed changes between calls
@@ -161,6 +184,7 @@ def setup_ref(shape: Shape, device: torch.device) -> Training:
 
 OPS: dict[str, Setup] = {
     "ref": setup_ref, "pre": setup_pre, "sinkhorn": setup_sinkhorn, "post": setup_post, "layer": setup_layer,
+    "stack": setup_stack,
 }  # fmt: skip
 
 

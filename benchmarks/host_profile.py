@@ -1,9 +1,9 @@
 """Where the host time of one training-path call goes: a diagnostic, not a benchmark row.
 
-    python -m benchmarks.host_profile [--ops pre,post,sinkhorn,layer] [--shape 1x4x4096] [--top 25] [--calls 200]
+    python -m benchmarks.host_profile [--ops pre,post,sinkhorn,layer,stack] [--shape 1x4x4096] [--top 25] [--calls 200]
 
 For each op of benchmarks/host.py (at T = 1 by default, where the GPU is never the bottleneck), each
-call (fwd, bwd, step) is measured three ways, per call:
+call (fwd_nograd, fwd, bwd, step) is measured three ways, per call:
 
 - ``call``: the call as training makes it (host.make_call), timed in a loop; and the same call
   with kernels/_launch.py's short path turned off (every launch through ``JITFunction.run``);
@@ -17,7 +17,7 @@ The difference ``call (Triton's launch) - launches`` is ours (autograd, allocati
 ``launches - compiled launcher`` is Triton's per-call work, which the short path mostly saves. Prints a table and the profiles; on CPU
 (the interpreter) it runs, but the numbers describe the interpreter.
 
-    python -m benchmarks.host_profile --no-launch [--ops ref,pre,post,sinkhorn,layer] [--shape 1x4x4096]
+    python -m benchmarks.host_profile --no-launch [--ops ref,pre,post,sinkhorn,layer,stack] [--shape 1x4x4096]
 
 ``--no-launch``: ours alone, on any machine: CPU tensors, every Triton launch recorded and none run
 (compile_check.recording: the launchers' GPU tile choices, no interpreter), so a call's time is its
@@ -45,7 +45,7 @@ from mhc_ops.kernels._launch import LaunchedKernel
 from . import host
 from .shapes import parsed_shapes
 
-CALLS = ("fwd", "bwd", "step")
+CALLS = ("fwd_nograd", "fwd", "bwd", "step")  # host.VARIANTS: fwd_nograd under torch.no_grad
 
 
 @contextlib.contextmanager
@@ -160,22 +160,23 @@ def no_launch_rows(ops: list[str], shape, calls: int, top: int) -> tuple[list[tu
         for name in ops:
             training = host.OPS[name](shape, torch.device("cpu"))
             for variant in CALLS:
-                call = host.make_call(training, variant)
-                call()
-                del records[:]
-                call()
-                launches = len(records)
-
-                def fn(call=call):
+                with torch.set_grad_enabled(variant != "fwd_nograd"):
+                    call = host.make_call(training, variant)
                     call()
-                    records.clear()
+                    del records[:]
+                    call()
+                    launches = len(records)
 
-                us = _per_call_us(fn, torch.device("cpu"), calls)
-                if name == "ref":
-                    ref[variant] = us
-                rows.append((f"{name}.{variant}", launches, us, us / ref[variant] if variant in ref else None))
-                if top:
-                    profiles.append((f"{name}.{variant}", profile(fn, top, calls)))
+                    def fn(call=call):
+                        call()
+                        records.clear()
+
+                    us = _per_call_us(fn, torch.device("cpu"), calls)
+                    if name == "ref":
+                        ref[variant] = us
+                    rows.append((f"{name}.{variant}", launches, us, us / ref[variant] if variant in ref else None))
+                    if top:
+                        profiles.append((f"{name}.{variant}", profile(fn, top, calls)))
     return rows, profiles
 
 
@@ -220,18 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     for name in ops:
         training = host.OPS[name](shape, device)
         for variant in CALLS:
-            fn = host.make_call(training, variant)
-            call_us = _per_call_us(fn, device, calls)
-            with triton_launch_only():
-                jit_call_us = _per_call_us(fn, device, calls)
-                with recorded_launches([]) as launches:
-                    fn()
-            via_jit, via_compiled = _replays(launches)
-            jit_us = _per_call_us(via_jit, device, calls)
-            compiled_us = _per_call_us(via_compiled, device, calls) if via_compiled else float("nan")
-            rows.append((f"{name}.{variant}", len(launches), call_us, jit_call_us, jit_us, compiled_us))
-            if args.top:
-                profiles.append((f"{name}.{variant}", profile(fn, args.top, calls)))
+            with torch.set_grad_enabled(variant != "fwd_nograd"):
+                fn = host.make_call(training, variant)
+                call_us = _per_call_us(fn, device, calls)
+                with triton_launch_only():
+                    jit_call_us = _per_call_us(fn, device, calls)
+                    with recorded_launches([]) as launches:
+                        fn()
+                via_jit, via_compiled = _replays(launches)
+                jit_us = _per_call_us(via_jit, device, calls)
+                compiled_us = _per_call_us(via_compiled, device, calls) if via_compiled else float("nan")
+                rows.append((f"{name}.{variant}", len(launches), call_us, jit_call_us, jit_us, compiled_us))
+                if args.top:
+                    profiles.append((f"{name}.{variant}", profile(fn, args.top, calls)))
     print(f"# host time per call, {shape.label}, {device}, torch {torch.__version__}\n")
     print(
         "| call | launches | call us | call us, Triton's launch | its launches via JITFunction us "

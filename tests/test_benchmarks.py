@@ -207,8 +207,9 @@ def test_host_profile_tables_every_call_and_profiles_it(capsys):
     assert host_profile.main(["--ops", "sinkhorn", "--shape", "1x2x8", "--top", "3", "--device", KERNEL_DEVICE]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| sinkhorn.")]
-    assert [r.split(" | ")[0] for r in rows] == ["| sinkhorn.fwd", "| sinkhorn.bwd", "| sinkhorn.step"]
-    assert out.count("## cProfile of sinkhorn.") == 3
+    assert [r.split(" | ")[0] for r in rows] == ["| sinkhorn.fwd_nograd", "| sinkhorn.fwd", "| sinkhorn.bwd",
+                                                 "| sinkhorn.step"]  # fmt: skip
+    assert out.count("## cProfile of sinkhorn.") == 4
 
 
 @pytest.mark.skipif(KERNEL_DEVICE is None, reason="the Triton kernels need the interpreter or a GPU")
@@ -274,15 +275,20 @@ def test_kernel_breakdown_rejects_an_unknown_op(capsys):
 def test_host_profile_without_launches_times_our_python_alone(capsys):
     """--no-launch: every call of the layer and the yardstick op on CPU tensors, its launches counted and none
     run (on any machine: no interpreter, no GPU), each row over ref's; the launch counts are the training
-    path's (the weight split cached after the first call)."""
-    argv = ["--no-launch", "--ops", "ref,layer", "--shape", "2x4x64", "--calls", "3", "--top", "1"]
+    path's (the weight split cached after the first call). The stack of STACK_BLOCKS layers at two tokens
+    under no_grad decodes: the first pre and Sinkhorn, two launches a boundary between blocks (the decode
+    kernel, the plain pre's collapse), the last post; with autograd, each layer's three."""
+    argv = ["--no-launch", "--ops", "ref,layer,stack", "--shape", "2x4x64", "--calls", "3", "--top", "1"]
     assert host_profile.main(argv) == 0
     out = capsys.readouterr().out
-    rows = {r[0]: r[1:] for r in (line.strip("| ").split(" | ") for line in out.splitlines()) if r[0][:4] in ("ref.", "laye")}
-    assert list(rows) == ["ref.fwd", "ref.bwd", "ref.step", "layer.fwd", "layer.bwd", "layer.step"], out
-    assert [int(rows[k][0]) for k in rows] == [0, 0, 0, 3, 5, 8], out
+    rows = {r[0]: r[1:] for r in (line.strip("| ").split(" | ") for line in out.splitlines()) if r[0][:4] in ("ref.", "laye", "stac")}
+    calls = ("fwd_nograd", "fwd", "bwd", "step")
+    assert list(rows) == [f"{op}.{c}" for op in ("ref", "layer", "stack") for c in calls], out
+    blocks = host.STACK_BLOCKS
+    decode = 2 + 2 * (blocks - 1) + 1
+    assert [int(rows[k][0]) for k in rows] == [0, 0, 0, 0, 3, 3, 5, 8, decode, 3 * blocks, 5 * blocks, 8 * blocks], out
     assert all(float(us) > 0 and float(over) > 0 for us, over in (v[1:] for v in rows.values())), out
-    assert out.count("## cProfile of ") == 6
+    assert out.count("## cProfile of ") == 12
 
 
 def test_host_profile_rejects_an_unknown_op(capsys):
