@@ -127,7 +127,7 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     seam forward and backward and the decode boundary."""
     from mhc_ops.golden import Case
     from mhc_ops.golden.fixtures import make_inputs
-    from mhc_ops.kernels import decode, fused_bwd, fwd, seam, seam_bwd
+    from mhc_ops.kernels import decode, fused_bwd, fwd, seam, seam_bwd, sinkhorn
 
     calls = []
     for n, dtype in VARIANT_CASES:
@@ -184,6 +184,10 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                           decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_t=1, unroll=64)))  # fmt: skip
             calls.append((f"decode n={n} {dtype} plain, its collapse launched", lambda p=p_args, a=f_args:
                           decode.launch_decode(*p, None, *a[1:], 1e-6, 1e-6, 20, 1e-6, apply_launch=True)))  # fmt: skip
+            for order in sinkhorn.ORDERS:  # every Sinkhorn tile order, whichever the installed Triton takes by default
+                calls.append((f"decode n={n} {dtype} sink_order {order}", lambda p=p_args, a=f_args, h=h_pre_prev,
+                              o=order: decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_t=1,
+                                                            sink_order=o)))  # fmt: skip
     return calls
 
 
