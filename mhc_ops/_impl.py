@@ -213,9 +213,10 @@ DECODE_MAX_N = 6
 
 
 def decodes(x: torch.Tensor, routes) -> bool:
-    """Whether a boundary on streams x [.., n, D] runs through boundary_decode: inference (no autograd, not
-    traced), at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage of every route on Triton."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dim() < 3:
+    """Whether a boundary on streams x [.., n, D] runs through boundary_decode (eager, or compiled as
+    ops.BOUNDARY_DECODE): inference (no autograd), at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage
+    of every route on Triton."""
+    if torch.is_grad_enabled() or x.dim() < 3:
         return False
     n, D = x.shape[-2], x.shape[-1]
     if n > DECODE_MAX_N or x.numel() > DECODE_MAX_T * n * D:

@@ -191,6 +191,35 @@ class Op:
         return fwd, bwd
 
 
+class ForwardOp:
+    """An inference-only op (no autograd) declared once: ``fn(*args)`` -> a tuple of new tensors, ``fake(*args)``
+    -> empty tensors of their shapes, annotations: parameter name -> type (and "return"), as torch.library reads
+    them. ``op(traced, *args)``: eager, fn itself; under torch.compile the op ``mhc_ops::NAME`` (a triton_op that
+    Inductor traces, for traced: every stage on compiled Triton) or ``mhc_ops::NAME_opaque`` (a custom_op faked by
+    fake: the interpreter), as Op's compiled paths."""
+
+    def __init__(self, name: str, fn: Callable, fake: Callable, annotations: dict):
+        self.fn = fn
+
+        def body(traced):
+            def impl(*args):
+                with op_body(traced=traced and _tracing()):
+                    return _unaliased(fn(*args))
+
+            return impl
+
+        self.traced = torch.library.triton_op(f"{NAMESPACE}::{name}", _named(body(True), annotations, name),
+                                              mutates_args=())  # fmt: skip
+        self.opaque = torch.library.custom_op(f"{NAMESPACE}::{name}_opaque", _named(body(False), annotations, name),
+                                              mutates_args=())  # fmt: skip
+        self.opaque.register_fake(lambda *args: _unaliased(fake(*args)))
+
+    def __call__(self, traced: bool, *args) -> tuple:
+        if torch.compiler.is_compiling():
+            return tuple(self.traced(*args) if traced else self.opaque(*args))
+        return self.fn(*args)
+
+
 def _tracing() -> bool:
     """Inside a triton_op body: True when torch.compile traces it (wrap_triton records launches), False
     when the dispatcher runs it on real tensors (triton_op then turns wrap_triton off)."""

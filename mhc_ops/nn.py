@@ -24,7 +24,7 @@ import torch
 
 from . import _impl
 from ._validate import check_inputs, check_layer_input, check_sinkhorn_iters, check_triton_sinkhorn_n
-from .ops import MHC_PRE, MHC_PRE_DELAYED, SINKHORN, mhc_post
+from .ops import MHC_PRE, MHC_PRE_DELAYED, SINKHORN, boundary_decode, mhc_post
 
 INITS = ("identity", "zero")
 
@@ -276,9 +276,9 @@ def stack_forward(layers, x, *args, delayed=False, **kwargs):
     """HyperStack's forward over any sequence of HyperConnections on the same streams (a model that keeps
     them in its own ModuleList, as mhc_ops.train's GPT does): ``x [.., n, D] -> [.., n, D]``. delayed: each
     block collapses with the previous block's h_pre (the layers built with delayed=True). At decode
-    (_impl.decodes: no autograd, not traced, at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage
-    on Triton) each boundary, post(l) + pre(l+1) + sinkhorn, runs in one launch (_impl.boundary_decode; the
-    plain pre's collapse in a second). Extra arguments go to every block."""
+    (_impl.decodes: no autograd, at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage on Triton;
+    eager or under torch.compile) each boundary, post(l) + pre(l+1) + sinkhorn, runs in one launch
+    (ops.boundary_decode; the plain pre's collapse in a second). Extra arguments go to every block."""
     if _stack_decodes(layers, x):
         return _stack_decode(layers, x, delayed, *args, **kwargs)
     h_pre = None
@@ -298,8 +298,8 @@ def _stack_decodes(layers, x) -> bool:
 
 
 def _stack_decode(layers, x, delayed, *args, **kwargs):
-    """stack_forward's result with every boundary through _impl.boundary_decode (the first pre and the
-    last post as ops)."""
+    """stack_forward's result with every boundary through ops.boundary_decode (the first pre and the last post as
+    ops; under torch.compile too)."""
     first = layers[0]
     check_layer_input(x, first.n, first.dim)
     h_in, h_post, h_res, h_pre, _ = _hc_pre(x, first.phi, first.alpha, first.bias, first.gamma, None, delayed, 1e-6,
@@ -309,7 +309,7 @@ def _stack_decode(layers, x, delayed, *args, **kwargs):
         h_out = layer._branch(h_in, *args, **kwargs).to(x.dtype)
         if nxt is None:
             return hc_post(x, h_res, h_out, h_post, backend=layer.backend)
-        x, h_in, h_post, h_res, h_pre = _impl.boundary_decode(
+        x, h_in, h_post, h_res, h_pre = boundary_decode(
             x, h_res, h_out, h_post, h_pre if delayed else None, nxt.phi, nxt.alpha, nxt.bias, nxt.gamma,
             nxt.sinkhorn_iters, 1e-6, 1e-6, 1e-6,
         )  # fmt: skip

@@ -19,8 +19,9 @@ import torch
 
 from . import _impl
 from ._impl import resolve_route, sinkhorn_max_n
-from ._opspec import Op, OpSpec
+from ._opspec import ForwardOp, Op, OpSpec
 from ._validate import check_inputs, check_post_inputs, check_sinkhorn_inputs
+from .kernels._common import interpreting
 from .stages import PARTS
 
 # --- mhc_pre -------------------------------------------------------------------------------------------------
@@ -234,6 +235,32 @@ def mhc_post(x, h_res, h_out, h_post, *, backend="auto", stages=None):
     check_post_inputs(x, h_res, h_out, h_post)
     route = resolve_route(backend, stages, x)
     return MHC_POST(route, (x, h_res, h_out, h_post), ())
+
+
+def _boundary_fake(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, iters, eps, norm_eps, hc_eps):
+    """boundary_decode's outputs, empty: x_next like x, h_in [.., D] in x's dtype, h_post [.., n], P [.., n, n] and
+    h_pre [.., n] fp32."""
+    lead, (n, D) = x.shape[:-2], x.shape[-2:]
+    f32 = torch.float32
+    return (x.new_empty(x.shape), x.new_empty((*lead, D)), x.new_empty((*lead, n), dtype=f32),
+            x.new_empty((*lead, n, n), dtype=f32), x.new_empty((*lead, n), dtype=f32))  # fmt: skip
+
+
+_T, _MAYBE = torch.Tensor, torch.Tensor | None
+BOUNDARY_DECODE = ForwardOp(
+    "boundary_decode", _impl.boundary_decode, _boundary_fake,
+    {"x": _T, "h_res": _T, "h_out": _T, "h_post": _T, "h_pre_prev": _MAYBE, "phi": _T, "alpha": _T, "bias": _T,
+     "gamma": _MAYBE, "iters": int, "eps": float, "norm_eps": float, "hc_eps": float,
+     "return": tuple[_T, _T, _T, _T, _T]},
+)  # fmt: skip
+
+
+def boundary_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, iters, eps, norm_eps, hc_eps):
+    """_impl.boundary_decode on validated inputs, where _impl.decodes says so: eager, or under torch.compile as
+    the op mhc_ops::boundary_decode (Inductor launches its kernels; CUDA graphs capture it) -> (x_next, h_in,
+    h_post, P, h_pre) of the next sublayer, not differentiable."""
+    return BOUNDARY_DECODE(not interpreting(), x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, int(iters),
+                           float(eps), float(norm_eps), float(hc_eps))  # fmt: skip
 
 
 # Every op, by the golden registry's op name (golden/registry.py OPS): docs/adding-an-op.md.

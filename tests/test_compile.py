@@ -181,3 +181,43 @@ def test_forward_capture_and_training_capture_share_weights_at_several_shapes():
             graph.replay()
             for a, b in zip(static, fn()):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="the Triton kernels need the interpreter or a GPU")
+@pytest.mark.parametrize("delayed", [True, False], ids=["delayed", "plain"])
+def test_a_compiled_inference_stack_decodes_like_eager_in_one_graph(monkeypatch, delayed):
+    """Under torch.no_grad, torch.compile (fullgraph, token counts marked dynamic) of an all-Triton HyperStack runs
+    each boundary between blocks as ops.BOUNDARY_DECODE (the op mhc_ops::boundary_decode, its launches traced by
+    Inductor on a GPU; the opaque twin through the interpreter): one launch_decode a boundary, the eager decode's
+    outputs bit for bit, one compilation for 2 and 3 tokens."""
+    from mhc_ops import _impl
+    from mhc_ops.nn import HyperStack
+
+    n, D = 4, 16
+    device = "cuda" if GPU else "cpu"
+    torch.manual_seed(5)
+    stack = HyperStack(D, n, [None, None, None], delayed=delayed, backend="triton", init="zero").to(device)
+    with torch.no_grad():
+        for layer in stack.layers:
+            layer.phi.normal_(0, 1.0)
+            layer.alpha.uniform_(0.5, 1.5)
+            layer.bias.normal_(0, 0.5)
+    calls = []
+    real = _impl.launch_decode
+    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    counter = CompileCounterWithBackend(COMPILE_BACKEND)
+    compiled = torch.compile(stack, fullgraph=True, backend=counter)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for T in (2, 3):
+            x = torch.randn(T, n, D, generator=g).to(device, DTYPE)
+            torch._dynamo.mark_dynamic(x, 0)
+            calls.clear()
+            got = compiled(x)
+            if not GPU:  # Inductor's traced launches do not pass through launch_decode's Python at run time
+                assert len(calls) == len(stack.layers) - 1
+            calls.clear()
+            want = stack(x)
+            assert len(calls) == len(stack.layers) - 1
+            assert torch.equal(got, want)
+    assert counter.frame_count == 1

@@ -50,7 +50,7 @@ import torch
 from mhc_ops import _impl
 from mhc_ops._validate import check_inputs, check_post_inputs
 from mhc_ops.nn import hc_post, hc_pre
-from mhc_ops.ops import mhc_pre, sinkhorn
+from mhc_ops.ops import boundary_decode, mhc_pre, sinkhorn
 
 from . import _patch
 
@@ -73,8 +73,8 @@ class Mix:
         return hc_post(self.link, self.comb, out, self.post, self.link, backend=self.backend)
 
     def decodes(self) -> bool:
-        """Whether this post and the next pre run as one boundary (_impl.decodes: inference, not traced, at most
-        64 tokens and 6 streams, on Triton)."""
+        """Whether this post and the next pre run as one boundary (_impl.decodes: inference, eager or compiled, at
+        most 64 tokens and 6 streams, on Triton)."""
         return _impl.decodes(self.link, [_impl.resolve_route(self.backend, None, self.link)])
 
 
@@ -98,7 +98,7 @@ _successor: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder l
 def layer_output(layer: torch.nn.Module, mix: Mix, out: torch.Tensor) -> torch.Tensor:
     """A decoder layer's last post, mix(out) [B, S, n, D] -> the next streams; at decode (mix.decodes()) with
     the next layer's attention pre in the same boundary once that HC module is known (_Handoff)."""
-    if not mix.decodes():
+    if torch.compiler.is_compiling() or not mix.decodes():  # the handoff is eager's: Python state between calls
         return mix(out)
     ref = _successor.get(layer)
     hc = ref() if ref is not None else None
@@ -154,7 +154,7 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
             if prev.decodes():
                 check_post_inputs(prev.link, prev.comb, out, prev.post)
                 check_inputs(prev.link, phi=phi, alpha=alpha, bias=bias)
-                streams, collapsed, post, comb, _ = _impl.boundary_decode(
+                streams, collapsed, post, comb, _ = boundary_decode(
                     prev.link, prev.comb, out, prev.post, None, phi, alpha, bias, None, iters, self.hc_eps, eps,
                     self.hc_eps,
                 )  # fmt: skip
