@@ -259,6 +259,28 @@ def test_patched_layers_compile_fullgraph_and_match_eager(case, fresh_dynamo):
     assert any("mhc_ops" in t for t in targets), sorted(set(targets))
 
 
+@pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs TRITON_INTERPRET=1 or a CUDA device")
+def test_compiled_layers_decode_through_the_boundary_op(case, fresh_dynamo):
+    """At decode (no_grad, 6 tokens, Triton), the patched layers under torch.compile(fullgraph=True) run the
+    attention post and the MLP pre as the op mhc_ops::boundary_decode (the opaque twin through the
+    interpreter), the logits as HF eager's."""
+    eager = tiny_model(case, KERNEL_DEVICE)
+    compiled = copy.deepcopy(eager)
+    case.apply(compiled, backend="triton")
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    compile_layers(case, compiled, backend)
+    ids = batch(KERNEL_DEVICE)[:, :3]
+    with torch.no_grad():
+        got, ref = compiled(input_ids=ids).logits, eager(input_ids=ids).logits
+    assert rel(got, ref) <= LOSS_RTOL
+    assert any("boundary_decode" in t for t in targets), sorted(set(targets))
+
+
 def compile_layers(case, model, backend) -> None:
     heads = [m for m in model.modules() if type(m).__name__ == "DeepseekV4HyperHead"]
     for module in (*case.layers(model), *heads):
