@@ -35,12 +35,14 @@ if [[ " $parts " == *" hf"* ]] && compgen -G ".whl/transformers-*.whl" >/dev/nul
 fi
 
 for part in $parts; do case $part in
-verify)  # first on a new tree: the GPU tests of the kernels whose default path changed (session 36: decode's plain pre
-        # with its collapse launched apart, one-token blocks and the one launch up to n = 6; session 35's pass A
-        # split, delayed stages at n = 8) and the layer's CUDA-graph, compile and bug tests, a few minutes
+verify)  # first on a new tree: the GPU tests of the kernels whose default path changed (session 37: decode's Sinkhorn
+        # tile tokens first under Triton 3.6, 32 partials a step, the boundary as a compiled op (Inductor's traced
+        # launches); session 36: the plain pre's collapse launched apart, one-token blocks to n = 6) and the layer's
+        # CUDA-graph, compile and bug tests, the drop-ins' decode and compile tests, a few minutes
   timeout 320 python3 -m pytest -n 8 -q -p no:cacheprovider tests/bugs tests/kernels/test_stage_kernels.py \
     tests/kernels/test_fused_bwd.py tests/kernels/test_fwd_split.py tests/kernels/test_delayed.py \
-    tests/kernels/test_decode.py tests/test_layer_delayed.py tests/test_cuda_graph.py tests/test_compile.py 2>&1 | grep -v "^DEBUG" | tail -15 | tee "$R/verify.txt" ;;
+    tests/kernels/test_decode.py tests/test_layer_delayed.py tests/test_cuda_graph.py tests/test_compile.py \
+    tests/integrations/test_contract.py 2>&1 | grep -E "passed|failed|FAILED|ERROR" | tail -15 | tee "$R/verify.txt" ;;
 tests)  # the suite compiled on the GPU: realistic shapes, CUDA graphs, no recompiles per T (160 s cut it at ~97 %)
   timeout 300 python3 -m pytest -n 8 -q -m "not slow" tests -p no:cacheprovider 2>&1 | grep -v "^DEBUG" \
     | tail -25 | tee "$R/gpu_tests.txt" ;;
