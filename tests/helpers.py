@@ -122,6 +122,31 @@ def random_layer(n, D, seed, *, use_gamma=True, linear=True, **kw):
     return hc
 
 
+def random_stack(D, n, blocks, seed, **kw):
+    """A HyperStack of blocks (None: the identity) with every layer's phi, alpha and bias moved off their
+    zero init (phi ~ N(0, 1), alpha in [0.5, 1.5], bias ~ N(0, 0.5)), so each boundary mixes for real."""
+    from mhc_ops.nn import HyperStack
+
+    torch.manual_seed(seed)
+    stack = HyperStack(D, n, blocks, init="zero", **kw)
+    with torch.no_grad():
+        for layer in stack.layers:
+            layer.phi.normal_(0, 1.0)
+            layer.alpha.uniform_(0.5, 1.5)
+            layer.bias.normal_(0, 0.5)
+    return stack
+
+
+def count_launch_decode(monkeypatch) -> list:
+    """A list that grows by one at each _impl.launch_decode call (one decode boundary) from now on."""
+    from mhc_ops import _impl
+
+    calls = []
+    real = _impl.launch_decode
+    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def layer_golden64(hc, x, dout):
     """Every gradient of <x_next, dout> by torch.autograd through the float64 layer golden."""
     p = {k: getattr(hc, k).detach().double().requires_grad_() for k in PARAMS if getattr(hc, k) is not None}

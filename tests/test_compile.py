@@ -14,7 +14,16 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from mhc_ops.golden import judge
 from mhc_ops.nn import HyperConnection
-from tests.helpers import HAS_CUDA, INTERPRETING, KERNEL_DEVICE, capture_graph, layer_golden64, random_layer
+from tests.helpers import (
+    HAS_CUDA,
+    INTERPRETING,
+    KERNEL_DEVICE,
+    capture_graph,
+    count_launch_decode,
+    layer_golden64,
+    random_layer,
+    random_stack,
+)
 
 GPU = not INTERPRETING and HAS_CUDA
 gpu_only = pytest.mark.skipif(not GPU, reason="CUDA graphs and Inductor's Triton launches need a GPU")
@@ -190,21 +199,10 @@ def test_a_compiled_inference_stack_decodes_like_eager_in_one_graph(monkeypatch,
     each boundary between blocks as ops.BOUNDARY_DECODE (the op mhc_ops::boundary_decode, its launches traced by
     Inductor on a GPU; the opaque twin through the interpreter): one launch_decode a boundary, the eager decode's
     outputs bit for bit, one compilation for 2 and 3 tokens."""
-    from mhc_ops import _impl
-    from mhc_ops.nn import HyperStack
-
     n, D = 4, 16
     device = "cuda" if GPU else "cpu"
-    torch.manual_seed(5)
-    stack = HyperStack(D, n, [None, None, None], delayed=delayed, backend="triton", init="zero").to(device)
-    with torch.no_grad():
-        for layer in stack.layers:
-            layer.phi.normal_(0, 1.0)
-            layer.alpha.uniform_(0.5, 1.5)
-            layer.bias.normal_(0, 0.5)
-    calls = []
-    real = _impl.launch_decode
-    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stack = random_stack(D, n, [None, None, None], 5, delayed=delayed, backend="triton").to(device)
+    calls = count_launch_decode(monkeypatch)
     counter = CompileCounterWithBackend(COMPILE_BACKEND)
     compiled = torch.compile(stack, fullgraph=True, backend=counter)
     g = torch.Generator().manual_seed(6)

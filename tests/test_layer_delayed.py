@@ -9,7 +9,7 @@ import mhc_ops
 from mhc_ops.golden import judge
 from mhc_ops.golden.layer import layer_forward
 from mhc_ops.nn import HyperConnection, HyperStack
-from tests.helpers import KERNEL_DEVICE
+from tests.helpers import KERNEL_DEVICE, count_launch_decode, random_stack
 
 BACKENDS = ["golden"] + (["triton"] if KERNEL_DEVICE is not None else [])
 PARAMS = ("phi", "alpha", "bias")
@@ -80,15 +80,8 @@ def test_an_inference_stack_runs_each_boundary_in_one_launch(monkeypatch, T, n, 
     D = 16
     torch.manual_seed(T * 10 + n)
     blocks = [None, torch.nn.Linear(D, D), None]
-    stack = HyperStack(D, n, blocks, delayed=delayed, backend="triton", init="zero").to(KERNEL_DEVICE)
-    with torch.no_grad():
-        for layer in stack.layers:
-            layer.phi.normal_(0, 1.0)
-            layer.alpha.uniform_(0.5, 1.5)
-            layer.bias.normal_(0, 0.5)
-    calls = []
-    real = mhc_ops._impl.launch_decode
-    monkeypatch.setattr(mhc_ops._impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stack = random_stack(D, n, blocks, T * 10 + n, delayed=delayed, backend="triton").to(KERNEL_DEVICE)
+    calls = count_launch_decode(monkeypatch)
     x = torch.randn(T, n, D, device=KERNEL_DEVICE)
     with torch.no_grad():
         got = stack(x)
@@ -128,9 +121,7 @@ def test_the_main_jobs_model_decodes_through_the_stack(monkeypatch):
     torch.manual_seed(0)
     cfg = ModelConfig(layers=2, dim=16, heads=2, seq=8, n=4, residual="mhc", backend="triton", delayed=True)
     net = GPT(cfg).to(KERNEL_DEVICE).eval()
-    calls = []
-    real = mhc_ops._impl.launch_decode
-    monkeypatch.setattr(mhc_ops._impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_launch_decode(monkeypatch)
     idx = torch.randint(0, 256, (1, 5), device=KERNEL_DEVICE)
     with torch.no_grad():
         got = net(idx)

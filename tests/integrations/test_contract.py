@@ -19,7 +19,7 @@ from packaging.version import Version
 transformers = pytest.importorskip("transformers")
 
 from mhc_ops.integrations import _patch  # noqa: E402
-from tests.helpers import KERNEL_DEVICE  # noqa: E402
+from tests.helpers import KERNEL_DEVICE, count_launch_decode  # noqa: E402
 
 from .families import (  # noqa: E402
     LOSS_RTOL,
@@ -41,6 +41,14 @@ VERSION = re.escape(transformers.__version__)
 @pytest.fixture(params=case_params())
 def case(request):
     return request.param
+
+
+def triton_pair(case):
+    """(HF's eager tiny model, a copy patched on Triton), on the kernel device."""
+    eager = tiny_model(case, KERNEL_DEVICE)
+    patched = copy.deepcopy(eager)
+    case.apply(patched, backend="triton")
+    return eager, patched
 
 
 def needs(device: str) -> None:
@@ -88,14 +96,8 @@ def test_decode_runs_each_layers_inner_boundary_in_one_launch(case, monkeypatch)
     """Inference at decode (no autograd, at most 64 tokens) on Triton: each decoder layer's attention post, MLP
     pre and Sinkhorn through one launch_decode (kernels/decode.py), the logits as HF eager's; with autograd
     on (training) or more than 64 tokens, the ops alone."""
-    from mhc_ops import _impl
-
-    eager = tiny_model(case, KERNEL_DEVICE)
-    patched = copy.deepcopy(eager)
-    case.apply(patched, backend="triton")
-    calls = []
-    real = _impl.launch_decode
-    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    eager, patched = triton_pair(case)
+    calls = count_launch_decode(monkeypatch)
     layers = len(case.layers(patched))
     ids = batch(KERNEL_DEVICE)[:, :3]  # 2 x 3 tokens
     with torch.no_grad():
@@ -116,14 +118,8 @@ def test_decode_runs_the_boundary_between_layers_in_one_launch(case, monkeypatch
     logits as HF eager's. A hook that hands the next layer another tensor (the streams reversed, in both
     models) costs that boundary's pre (the next HC module takes only the tensor the boundary returned), not
     the right answer."""
-    from mhc_ops import _impl
-
-    eager = tiny_model(case, KERNEL_DEVICE)
-    patched = copy.deepcopy(eager)
-    case.apply(patched, backend="triton")
-    calls = []
-    real = _impl.launch_decode
-    monkeypatch.setattr(_impl, "launch_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    eager, patched = triton_pair(case)
+    calls = count_launch_decode(monkeypatch)
     layers = case.layers(patched)
     with torch.no_grad():
         for step, seed in enumerate((0, 1)):
