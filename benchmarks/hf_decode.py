@@ -4,7 +4,7 @@ step on a KV cache.
 
     PYTHONPATH=. python -m benchmarks.hf_decode [--models deepseek_v4,glm5_next] [--layers 4] [--hidden 4096]
         [--hc-mult 4] [--experts 4] [--batch 1] [--prompt 32] [--steps 32] [--rounds 5]
-        [--variants eager,mhc_ops,trivial] [--out benchmarks/results]
+        [--variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile] [--out benchmarks/results]
     PYTHONPATH=. python -m benchmarks.hf_decode --toy    # the CPU smoke test: tiny models, a few steps
 
 Per family one randomly initialised model (bf16 on CUDA, HF's fp32 modules kept fp32; hf_models.build_model),
@@ -14,7 +14,8 @@ compare). Patched, a prefill of at most 64 tokens and every step run each bounda
 (mhc_ops.integrations.deepseek_v4.layer_output; the prefill teaches each layer its successor). A round times each
 variant's decode steps, wall clock between two synchronisations: eager decode is host-bound, so this is the host's
 time plus what the GPU does not hide, as a user's generate loop pays it. ms_per_token: the median over rounds
-(rounds in an order rotated from round to round, after one untimed round each); ms_above_trivial: the median of
+(rounds in an order rotated from round to round, after one untimed round each: a ".compile" variant, each
+decoder layer under torch.compile as in hf_models, compiles there); ms_above_trivial: the median of
 the step time less the trivial variant's, the hyper-connections' cost. launches_per_token: the kernels one decode
 step launches (torch.profiler, CUDA). logits_rel_diff_vs_eager: the last step's logits against eager's
 (in bf16 the variants round differently: hf_models' docstring).
@@ -36,9 +37,10 @@ import time
 import torch
 
 from .hf_models import FAMILIES, build_model, describe_failure, sync, variant_model
+from .hf_models import VARIANTS as MODEL_VARIANTS
 from .report import gpu_tag
 
-VARIANTS = ("eager", "mhc_ops", "trivial")
+VARIANTS = ("eager", "mhc_ops", "trivial")  # the default; --variants takes any of hf_models' (".compile" ones too)
 BASELINE, FLOOR = "eager", "trivial"
 SEQ = 1024  # the configs' sequence length (hf_models': their index_topk and positions), at least prompt + steps
 
@@ -148,13 +150,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=32, help="prefill tokens")
     p.add_argument("--steps", type=int, default=32, help="decode steps a round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {', '.join(MODEL_VARIANTS)} (default {','.join(VARIANTS)})")
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda[:i] or cpu")
     p.add_argument("--toy", action="store_true", help="tiny models (the tests'), a few steps: the CPU smoke test")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"), help="results folder")
     args = p.parse_args(argv)
-    for flag, value, known in (("--models", args.models, FAMILIES), ("--variants", args.variants, VARIANTS)):
+    for flag, value, known in (("--models", args.models, FAMILIES), ("--variants", args.variants, MODEL_VARIANTS)):
         chosen = [v for v in value.split(",") if v]
         unknown = [v for v in chosen if v not in known]
         if unknown or not chosen:

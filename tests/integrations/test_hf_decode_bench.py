@@ -39,3 +39,10 @@ def test_decode_benchmark_refuses_bad_arguments(argv, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and argv[0] in err and "Traceback" not in err
 
+
+
+def test_decode_benchmark_takes_the_compiled_variants():
+    """--variants: any of hf_models' variants (the compiled ones too), the three uncompiled by default."""
+    assert bench.parse_args(["--device", "cpu"]).variants == list(bench.VARIANTS)
+    assert bench.parse_args(["--variants", "eager,mhc_ops.compile", "--device", "cpu"]).variants == [
+        "eager", "mhc_ops.compile"]
