@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [decode-chain] [hf-decode] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [decode-chain] [hf-decode] [hf-decode-compile] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -245,6 +245,11 @@ hf-decode)  # the drop-ins' decode step (benchmarks/hf_decode.py): HF eager, pat
   PYTHONPATH=$HF_PATH python3 -c "import transformers; print('transformers', transformers.__version__)" | tee "$R/hf_decode.txt"
   PYTHONPATH=$HF_PATH timeout 300 python3 -m benchmarks.hf_decode --out "$R" 2>&1 | grep -v falling \
     | tee -a "$R/hf_decode.txt" | tail -30 ;;
+hf-decode-compile)  # the same decode steps with each decoder layer under torch.compile too (the inner boundary as the
+                   # op mhc_ops::boundary_decode, session 37; Inductor compiles in the untimed first round)
+  PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_decode --models deepseek_v4 --rounds 3 \
+    --variants eager,mhc_ops,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
+    | tee "$R/hf_decode_compile.txt" | tail -12 ;;
 hf-compile)  # the same, eager and patched, each also with every decoder layer under torch.compile (Inductor)
   PYTHONPATH=$HF_PATH timeout 540 python3 -m benchmarks.hf_models --rounds 5 \
     --variants eager,mhc_ops,trivial,eager.compile,mhc_ops.compile --out "$R" 2>&1 | grep -v falling \
