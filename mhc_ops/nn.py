@@ -304,8 +304,10 @@ def _stack_decode(layers, x, delayed, *args, **kwargs):
     check_layer_input(x, first.n, first.dim)
     h_in, h_post, h_res, h_pre, _ = _hc_pre(x, first.phi, first.alpha, first.bias, first.gamma, None, delayed, 1e-6,
                                             1e-6, first.sinkhorn_iters, 1e-6, first.backend, first.stages, False)  # fmt: skip
+    recording = not torch.compiler.is_compiling()  # last_h_res: of the last eager forward, as HyperConnection's
     for layer, nxt in zip(layers, [*layers[1:], None]):
-        layer.last_h_res = h_res
+        if recording:
+            layer.last_h_res = h_res
         h_out = layer._branch(h_in, *args, **kwargs).to(x.dtype)
         if nxt is None:
             return hc_post(x, h_res, h_out, h_post, backend=layer.backend)
