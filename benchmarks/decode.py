@@ -22,7 +22,8 @@ model's boundaries one after another and pays one graph launch for all). kernel_
 sum of the replay's kernels' device times under torch.profiler (steadier); launches: its kernels (and memsets),
 with each kernel's device time in the jsonl (the bf16 pre's weight split is rebuilt in every captured graph: it is counted).
 Every row is judged by the accuracy rule against the float64 golden first, every output (status FAIL:
-no time): x(l+1) against golden/seam.py, the rest against the goldens on the x(l+1) the row stored.
+no time): x(l+1) against golden/seam.py, the rest against the goldens on the x(l+1) the row stored. With --out on
+a GPU, also OUT/<gpu>-<date>-decode.png (benchmarks/plots.plot_decode: chain_us per shape and row).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ VARIANTS = (
 )
 ITERS, EPS, NORM_EPS, HC_EPS = 20, 1e-6, 1e-6, 1e-6
 CHAIN = 16  # calls in chain_us's graph
+TARGET_US = 8.0  # issue 21's decode target: one boundary at one token, n = 4, D = 4096 (the plot's line)
 POST = ("x", "h_res", "h_out", "h_post")
 
 
@@ -255,6 +257,12 @@ def main(argv=None) -> int:
     print("| shape | row | status | gpu_us | chain_us | kernel_us | launches | worst error / bound |\n"
           "|---|---|---|---|---|---|---|---|")
     rows = run(shapes, device, args.quick, args.variants, args.out, rows_re)
+    if args.out is not None and device.type == "cuda":
+        from .plots import plot_decode
+
+        name = f"{gpu_tag(torch.cuda.get_device_name(device))}-{time.strftime('%Y-%m-%d')}-decode.png"
+        named = [r | {"device": torch.cuda.get_device_name(device)} for r in rows]
+        print(f"plot: {plot_decode(named, args.out / name, TARGET_US)}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

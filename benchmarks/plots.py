@@ -124,6 +124,24 @@ def plot_host(rows: Sequence[Mapping], path: pathlib.Path) -> pathlib.Path:
     return _save(fig, path)
 
 
+def plot_decode(rows: Sequence[Mapping], path: pathlib.Path, target_us: float | None = None) -> pathlib.Path:
+    """benchmarks/decode.py's rows: one boundary's GPU time per shape and row (chain_us where measured, a boundary
+    inside a graph of many; else gpu_us), a line at target_us; a row not timed gets its status."""
+    key = "chain_us" if any(r.get("chain_us") is not None for r in rows) else "gpu_us"
+    bars = [{"shape": r["shape"], "row": r["row"], "us": r.get(key), "status": r["status"]} for r in rows]
+    series = lambda b: b["row"]  # noqa: E731
+    fig = Figure(figsize=PANEL)
+    ax = fig.add_subplot()
+    _grouped_bars(ax, bars, "us", _colors(map(series, bars)), group=lambda b: b["shape"], series=series)
+    if target_us is not None:
+        ax.axhline(target_us, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("T x n x D (bf16)")
+    ax.set_ylabel(f"us per boundary ({key})")
+    device = rows[0].get("device", "") if rows else ""
+    ax.set_title(f"one boundary's forward at decode (post + next pre + Sinkhorn) on {device}")
+    return _save(fig, path)
+
+
 def write_plots(rows: Sequence[Mapping], out: pathlib.Path, stem: str) -> list[pathlib.Path]:
     """OUT/<stem>-<group>.png per FLOOR_FIGURES group with rows, OUT/<stem>-speedup.png and
     OUT/<stem>-host.png; overwritten by a later run."""

@@ -749,3 +749,13 @@ def test_weight_parts_three_parts_are_the_weights_and_pass_the_rule():
     assert not torch.equal(two, w) and ((two - w).abs() <= w.abs() * 2.0**-16).all()
     worst = weight_parts.worst_ratios(tokens=4, seeds=1)
     assert all(ratio <= 1 for (parts, _), (ratio, *_) in worst.items() if parts == 3), worst
+
+
+def test_plot_decode_draws_every_row_and_the_status_of_untimed_ones(tmp_path):
+    """benchmarks/decode.py's figure: a bar per timed row (chain_us), a FAIL row's status in its slot."""
+    rows = [{"shape": "1x4x4096", "row": "ops_delayed", "status": "ok", "chain_us": 22.0, "device": "GPU"},
+            {"shape": "1x4x4096", "row": "decode_delayed", "status": "ok", "chain_us": 7.8, "device": "GPU"},
+            {"shape": "8x4x4096", "row": "ops_delayed", "status": "ok", "chain_us": 22.5, "device": "GPU"},
+            {"shape": "8x4x4096", "row": "decode_delayed", "status": "FAIL", "device": "GPU"}]  # fmt: skip
+    path = plots.plot_decode(rows, tmp_path / "decode.png", target_us=8.0)
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
