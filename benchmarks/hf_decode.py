@@ -164,9 +164,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"{flag}: expected a comma-separated subset of {', '.join(known)}, got {value!r}")
     args.models = [v for v in args.models.split(",") if v]
     args.variants = [v for v in args.variants.split(",") if v]
-    for flag in ("layers", "hidden", "hc_mult", "experts", "vocab", "batch", "prompt", "steps", "rounds"):
+    for flag in ("layers", "hidden", "hc_mult", "experts", "vocab", "batch", "prompt", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.steps < 2:  # the first step's kernels differ (the layers learn their successors): the second is counted
+        p.error(f"--steps: expected at least 2, got {args.steps}")
     if args.toy:
         args.prompt, args.steps, args.rounds, args.vocab = min(args.prompt, 6), min(args.steps, 3), 1, 64
     if args.device.startswith("cuda") and not torch.cuda.is_available():

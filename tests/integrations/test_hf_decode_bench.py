@@ -31,8 +31,8 @@ def test_decode_benchmark_smoke(tmp_path, capsys):
     assert out.count("| mhc_ops |") == 2 and "6-token prompt, 3 decode steps" in out
 
 
-@pytest.mark.parametrize("argv", [["--models", "llama"], ["--variants", "eager,compiled"], ["--steps", "0"]],
-                         ids=["model", "variant", "steps"])  # fmt: skip
+@pytest.mark.parametrize("argv", [["--models", "llama"], ["--variants", "eager,compiled"], ["--steps", "1"],
+                                  ["--rounds", "0"]], ids=["model", "variant", "steps", "rounds"])  # fmt: skip
 def test_decode_benchmark_refuses_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--toy", "--device", "cpu", *argv])
