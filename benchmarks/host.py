@@ -132,7 +132,11 @@ def hyper_connection(t: Mapping[str, torch.Tensor | None]) -> HyperConnection:
     x = t["x"]
     n, D = x.shape[-2:]
     module = HyperConnection(D, n, sinkhorn_iters=20, backend=BACKEND, use_gamma=t["gamma"] is not None)
-    module = module.to(x.device)
+    return _with_pre_params(module.to(x.device), t)
+
+
+def _with_pre_params(module: HyperConnection, t: Mapping[str, torch.Tensor | None]) -> HyperConnection:
+    """module with its phi, alpha, bias and gamma set to the mhc_pre inputs' (in place)."""
     with torch.no_grad():
         for name in ("phi", "alpha", "bias", "gamma"):
             if t[name] is not None:
@@ -161,11 +165,8 @@ def setup_stack(shape: Shape, device: torch.device) -> Training:
     n, D = x.shape[-2:]
     stack = HyperStack(D, n, [torch.nn.Identity() for _ in range(STACK_BLOCKS)], sinkhorn_iters=20, backend=BACKEND,
                        use_gamma=t["gamma"] is not None).to(device)  # fmt: skip
-    with torch.no_grad():
-        for layer in stack.layers:
-            for name in ("phi", "alpha", "bias", "gamma"):
-                if t[name] is not None:
-                    getattr(layer, name).copy_(t[name])
+    for layer in stack.layers:
+        _with_pre_params(layer, t)
     (x,) = _leaves(x)
     dout = make_inputs(_post_case(shape), device)["dout"]
     return Training(lambda: (stack(x),), (x, *stack.parameters()), (dout,))

@@ -35,6 +35,7 @@ RCP_PTX = tl.constexpr(not interpreting())  # reciprocal() in PTX on the GPU, di
 # block_tile's orders of a [T, N, N] tensor's tokens (ORDERS[k] is order k): token-major (matrix_tile), or one
 # token's matrix in one thread with the tokens last or first (tokens_tile)
 ORDERS = ("token-major", "tokens-last", "tokens-first")
+TOKEN_MAJOR = tl.constexpr(0)
 TOKENS_LAST = tl.constexpr(1)
 TOKENS_FIRST = tl.constexpr(2)
 # Where Triton's coalescing puts the lanes of a load with no contiguous dimension: the first dimension up to 3.6
@@ -96,8 +97,8 @@ def tokens_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.c
 def block_tile(t0, T, BLOCK_T: tl.constexpr, sm_j, N: tl.constexpr, N_PAD: tl.constexpr, TILE_T: tl.constexpr,
                ORDER: tl.constexpr):  # fmt: skip
     """Tokens t0 .. t0 + BLOCK_T - 1 of a contiguous [T, N, N] tensor in order ORDER (ORDERS' index): matrix_tile's
-    [BLOCK_T, N_PAD, N_PAD] tile (0), or tokens_tile's (TILE_T tokens)."""
-    if ORDER == 0:
+    [BLOCK_T, N_PAD, N_PAD] tile (TOKEN_MAJOR), or tokens_tile's (TILE_T tokens)."""
+    if ORDER == TOKEN_MAJOR:
         tile = matrix_tile(t0 + tl.arange(0, BLOCK_T), T, N, N_PAD)
     else:
         tile = tokens_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, TILE_T, ORDER)
