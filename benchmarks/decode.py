@@ -13,7 +13,7 @@ Rows per shape (bf16 x, fp32 parameters with gamma, sinkhorn iters 20):
 - ops_plain / decode_plain: the same with the plain mhc_pre(l+1).
 - with --variants, the decode rows at other tiles, split counts, unrolls and warps (VARIANTS), and
   sinkhorn_alone: launch_sinkhorn_fwd alone on [T, n, n] logits (what Sinkhorn's chain costs at this T).
-- --rows: only the rows whose name this regular expression finds (re.search), e.g. 'ops_|apply_launch'.
+- --rows: only the rows whose name this regular expression finds (re.search), e.g. 'ops_|collapse'.
 
 gpu_us: GPU time of one call, a CUDA graph of it replayed back to back (benchmarks/host.graph_gpu_us:
 each replay a graph launch of its own; it moves by a few µs between calls at one token). chain_us: per call, a
@@ -42,6 +42,7 @@ from mhc_ops.golden.fixtures import Case, make_inputs
 from mhc_ops.golden.mhc_pre import mhc_pre_delayed_forward, mhc_pre_forward
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
+from mhc_ops.kernels._common import interpreting
 from mhc_ops.kernels.decode import launch_decode
 from mhc_ops.kernels.fwd import launch_fwd
 from mhc_ops.kernels.post import launch_post_fwd
@@ -86,10 +87,12 @@ VARIANTS = (
     ("decode_delayed", {"num_warps": 1, "block_d": 32, "splits": 128, "unroll": 32}),
     ("decode_plain", {"num_warps": 1}),
     ("decode_plain", {"block_t": 1, "unroll": 64}),
-    ("decode_plain", {"apply_launch": True}),
-    ("decode_plain", {"apply_launch": True, "apply_block_d": 256}),
-    ("decode_plain", {"apply_launch": True, "block_t": 1, "unroll": 64}),
-    ("decode_plain", {"apply_launch": True, "block_t": 1}),
+    ("decode_plain", {"collapse": "launch"}),
+    ("decode_plain", {"collapse": "launch", "apply_block_d": 256}),
+    ("decode_plain", {"collapse": "launch", "block_t": 1, "unroll": 64}),
+    ("decode_plain", {"collapse": "launch", "block_t": 1}),
+    ("decode_plain", {"collapse": "wait"}),
+    ("decode_plain", {"collapse": "wait", "block_t": 1}),
     ("decode_plain", {"apply_block_d": 256}),
     ("decode_plain", {"apply_block_d": 512, "num_warps": 8}),
 )
@@ -108,7 +111,7 @@ def _inputs(T, n, D, device) -> dict:
 
 
 def variant_name(row: str, options: dict) -> str:
-    """A --variants row's name: 'decode_plain[apply_launch=True,block_t=1]'."""
+    """A --variants row's name: 'decode_plain[collapse=launch,block_t=1]'."""
     return row + "[" + ",".join(f"{k}={v}" for k, v in options.items()) + "]"
 
 
@@ -138,6 +141,8 @@ def _calls(t: dict, variants: bool) -> dict:
              "ops_plain": (ops(False), False), "decode_plain": (decode(False), False)}  # fmt: skip
     if variants:
         for row, v in VARIANTS:
+            if v.get("collapse") == "wait" and interpreting():  # spins: a GPU's (decode.auto_collapse)
+                continue
             calls[variant_name(row, v)] = (decode(row == "decode_delayed", **v), row == "decode_delayed")
     return calls
 

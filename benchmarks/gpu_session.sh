@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the committed results, for one call of the device tool (a lent GPU
 # machine with torch and triton installed; no nox, no venv):
-#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [decode-chain] [hf-decode] [hf-decode-compile] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
+#     bash benchmarks/gpu_session.sh [verify] [tests] [bench] [train] [hf] [hf-compile] [train-compile] [train-graphs] [train-seeds] [train-resume] [host] [splits] [profile] [breakdown] [sweep] [sweep-b] [wsplit] [liger] [layer-modes] [layer-graph] [presplit-tiles] [seam-sweep] [ncu-fwd] [delayed] [decode] [decode-timeline] [decode-small] [sinkhorn-chain] [decode-rules] [decode-next] [decode-order] [decode-chain] [decode-wait] [hf-decode] [hf-decode-compile] [timeline-iters] [sinkhorn-tiles] [seam-bwd] [maxnreg] [split-a] [wide] [stages-b] [stages-delayed]
 #     (default: tests bench train hf)
 # Logs and results go to /tmp/mhc-results, packed into $OUT/results.tgz. Each part has its own time
 # limit, so a failing part leaves the others' results.
@@ -175,6 +175,14 @@ decode-chain)  # session 37: the boundary at decode inside a graph of 16 back to
               # all, as a decode step's graph) next to gpu_us and kernel_us, ops against the one launch, the defaults
   timeout 150 python3 -m benchmarks.decode --quick --out "$R" --rows '^(ops|decode)_(delayed|plain)$' \
     --shapes 1x4x4096,1x4x7168,1x6x4096,8x4x4096,64x4x4096 2>&1 | tee "$R/decode_chain.md" | grep '^| ' | tail -22 ;;
+decode-wait)  # session 38: the plain pre's collapse in the boundary's own launch, every program waiting for the last one's
+             # h_pre (collapse "wait", the default where the grid fits the SMs): its GPU tests (the spin, the counters'
+             # reset, bit-equality with the launched collapse, graphs, the compiled op, the drop-ins), then the rows
+  timeout 300 python3 -m pytest -n 8 -q -p no:cacheprovider tests/kernels/test_decode.py tests/test_cuda_graph.py \
+    tests/test_compile.py tests/integrations/test_contract.py tests/integrations/test_deepseek_v4.py -k "decode or collapse or boundary" \
+    2>&1 | grep -E "passed|failed|FAILED|ERROR" | tail -15 | tee "$R/decode_wait_tests.txt"
+  timeout 200 python3 -m benchmarks.decode --variants --quick --out "$R" --rows '^(ops|decode)_plain$|collapse=' \
+    --shapes 1x4x4096,1x4x7168,1x6x4096,8x4x4096,32x4x4096,64x4x4096 2>&1 | tee "$R/decode_wait.md" | grep '^| ' | tail -40 ;;
 timeline-iters)  # the decode boundary's Sinkhorn phase at 1, 20 and 40 iterations: what an iteration costs in the kernel
   timeout 90 python3 -m benchmarks.decode_timeline --shapes 1x4x4096,1x8x4096 --iters 1,20,40 2>&1 \
     | tee "$R/timeline_iters.md" | tail -8 ;;

@@ -8,10 +8,16 @@ from the stored tile, and for the delayed pre h_in of its columns. It stores its
 (fwd.store_partials), then increments block b's arrival counter (acq_rel, GPU scope: its stores are
 released, and the program that arrives last acquires every other program's). That last program sums
 the partials in split order (fwd.reduce_partials: deterministic), computes the coefficients (the plain pre's
-collapse needs this h_pre first: by default _apply_kernel forms h_in from the stored x(l+1) in a second launch,
-its columns spread over programs; with apply_launch=False the last program does, fwd.apply_tile), runs
-Sinkhorn on the next h_res in registers (sinkhorn.sinkhorn_tile) and sets the counter back to 0, so
-the next launch (a CUDA-graph replay) starts from zero with no memset.
+collapse needs this h_pre first: COLLAPSES), runs Sinkhorn on the next h_res in registers
+(sinkhorn.sinkhorn_tile) and sets the counter back to 0, so the next launch (a CUDA-graph replay) starts from
+zero with no memset.
+
+The plain pre's collapse on a GPU ("wait", where the grid fits the SMs): the last program stores h_pre and
+increments the counter once more (release); every program spins on it (acquire) until then, forms h_in over
+its own columns from the x(l+1) it stored (fwd.apply_tile), and departs with one more increment; the last
+departure sets the counter back to 0. Spinning is safe only if the last arrival is running, so every program
+of the grid must be resident at once (auto_collapse); elsewhere _apply_kernel forms h_in in a second launch
+("launch"), or the last program over all D ("last").
 
 The counters: kernels/_arrive.py. T and iters are runtime arguments (one compile per n, D and dtype);
 token and workspace offsets are 64-bit. The projection reads phi (and gamma) in fp32 (fp32_dot; on token
@@ -39,6 +45,7 @@ from ._common import (
     o_pad,
     pre_columns,
     size_hint,
+    sm_count,
     stamp,
     static_dims,
     stream64,
@@ -71,6 +78,10 @@ TIMELINE_MARKS = ("start", "columns", "partials stored", "arrived", "reduced", "
 # slower than token-major (docs/perf.md, Performance XI; the order that lays it depends on the Triton release,
 # Performance XVII, XVIII)
 SINK_ONE_A_THREAD_MAX_N_PAD = 4
+# Where the plain pre's h_in is formed (launch_decode's collapse=): "launch", _apply_kernel after the boundary's launch;
+# "last", the last program over all D (slower: docs/perf.md, Performance XVI); "wait", every program over its own
+# columns once the last one has stored h_pre (one launch; a GPU's, every program resident: auto_collapse)
+COLLAPSES = ("launch", "last", "wait")
 
 
 # sm_j (1) unspecialised: sinkhorn.tokens_tile
@@ -82,9 +93,10 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                    HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
                    O_PAD: tl.constexpr, N_PAD: tl.constexpr, SPLITS: tl.constexpr, UNROLL: tl.constexpr,
                    SINK_T: tl.constexpr, SINK_ORDER: tl.constexpr, DELAYED: tl.constexpr, STREAM64: tl.constexpr,
-                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr, APPLY: tl.constexpr):  # fmt: skip
-    # SINKHORN False: the last program runs no Sinkhorn (the launcher runs it on its own). APPLY False: the plain
-    # pre's collapse is _apply_kernel's launch, not the last program's.
+                   INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr, COLLAPSE: tl.constexpr):  # fmt: skip
+    # SINKHORN False: the last program runs no Sinkhorn (the launcher runs it on its own). COLLAPSE (the plain pre's
+    # h_in, COLLAPSES' index): 0 none here (the delayed pre's is in the column pass; or _apply_kernel's launch), 1 the
+    # last program over all D, 2 every program over its own columns once the last one has stored h_pre.
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
@@ -110,16 +122,30 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
     stamp(tim, 3, arrived, TIMELINE)
     if TIMELINE:
         tl.store(tim + TIMELINE_SLOTS - 1, arrived.to(tl.int64))  # the last slot: which program was last
-    if arrived == SPLITS - 1:  # the last of block b's programs: every partial and x(l+1) tile is visible
+    last = arrived == SPLITS - 1
+    if last:  # the last of block b's programs: every partial and x(l+1) tile is visible
         h_mix, sumsq = reduce_partials(ws_ptr, rows, row_mask, cols, T, N, SPLITS, BLOCK_T, O_PAD, UNROLL)
         stamp(tim, 4, h_mix, TIMELINE)
         inv_rms, coef = coeff_tile(h_mix, sumsq, alpha_ptr, bias_ptr, cols, N, D, norm_eps, hc_eps)
         store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, nh_post_ptr, nh_res_ptr, inv_rms, h_mix, coef, rows, row_mask,
                     cols, N)  # fmt: skip
         stamp(tim, 5, coef, TIMELINE)
-        if APPLY:  # the plain pre collapses with this h_pre: all D columns here
+        if COLLAPSE == 1:  # the plain pre collapses with this h_pre: all D columns here
             apply_tile(out_ptr, h_in_ptr, pre_columns(coef, cols, N, N_PAD), t0, rows, row_mask, 0, D, N, D, so_t, so_j,
                        so_d, APPLY_BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+        if COLLAPSE == 2:  # h_pre stored by every thread, then released to the waiting programs: the count to SPLITS + 1
+            tl.debug_barrier()
+            tl.atomic_add(count_ptr + b, 1, sem="release", scope="gpu")
+    if COLLAPSE == 2:  # every program of block b (all resident: the launcher's rule) collapses its own columns
+        while tl.atomic_add(count_ptr + b, 0, sem="acquire", scope="gpu") <= SPLITS:
+            pass
+        h_pre = collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
+        apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, s * chunks // SPLITS * BLOCK_D,
+                   (s + 1) * chunks // SPLITS * BLOCK_D, N, D, so_t, so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+        # SPLITS departures after the signal: the last one (2 * SPLITS before it) sets the count back to 0
+        if tl.atomic_add(count_ptr + b, 1, sem="relaxed", scope="gpu") == 2 * SPLITS:
+            tl.store(count_ptr + b, 0)
+    if last:
         if SINKHORN:
             tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
             offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T,
@@ -130,7 +156,8 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
             P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
             stamp(tim, 7, tl.where(live, P, 0.0), TIMELINE)
             store_matrices(P_ptr, offs, P, mask, SINK_ORDER)
-        tl.store(count_ptr + b, 0)  # for the next launch
+        if COLLAPSE != 2:
+            tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)
 
 
@@ -170,13 +197,21 @@ def auto_block_t(T: int, n: int) -> int:
     return 1 if T == 1 and n <= SINGLE_TOKEN_MAX_N else 16
 
 
+def auto_collapse(programs: int, device: torch.device) -> str:
+    """launch_decode's collapse=None: "wait" on a GPU whose SMs hold the whole grid at one program each (the waiting
+    programs spin until the last one arrives, so it must be running: 64 of them at one token and D = 4096 against an
+    H100's 132 SMs; GPUs shared by MPS or green contexts with fewer SMs than the device's: pass "launch"), else
+    "launch". The interpreter runs programs one after another: never "wait"."""
+    return "wait" if not interpreting() and programs <= sm_count(device) else "launch"
+
+
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
                   block_t=None, block_d=64, apply_block_d=128, splits=None, unroll=None, num_warps=4,
-                  sink_order=None, sinkhorn_launch=False, apply_launch=True, timeline=None):  # fmt: skip
+                  sink_order=None, sinkhorn_launch=False, collapse=None, timeline=None):  # fmt: skip
     """The boundary on validated inputs (mhc_post's, then the next pre's; h_pre_prev [.., n] fp32: the
     delayed pre, None: the plain one) -> (out, h_in, next h_post, next h_res, next inv_rms, next h_mix,
     next h_pre, next P) (golden/seam.py BOUNDARY_OUTPUTS). One launch (one more with sinkhorn_launch, one more
-    with apply_launch and the plain pre; none for zero tokens).
+    for the plain pre's collapse "launch"; none for zero tokens).
     block_t: tokens per program, a power of two (None: auto_block_t); below 16 (one to a few tokens) the
     projection's products run on the CUDA cores (seam.seam_columns).
     splits: column-chunk ranges per token block (None: auto_splits); apply_block_d: the plain pre's
@@ -185,10 +220,8 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     one matrix a thread in the installed Triton's order, sinkhorn.ONE_A_THREAD, up to
     SINK_ONE_A_THREAD_MAX_N_PAD; token-major above); sinkhorn_launch: Sinkhorn
     in a launch of its own after the boundary's (kernels/sinkhorn.py, its one-warp tile), so the column pass
-    can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); apply_launch: the plain
-    pre's collapse in a launch of its own (_apply_kernel, one program per token block and apply_block_d
-    columns; the default: 14.2 against 24.6 us over all D in the last program at 1 x 4 x 4096, 12.5 against
-    20.0 with one-token blocks, H200, docs/perf.md, Performance XVI); False: in the last program (ignored for
+    can take more warps than Sinkhorn wants (n = 8: docs/perf.md, Performance XII); collapse: where the plain
+    pre's h_in is formed, one of COLLAPSES (None: auto_collapse; ignored for
     the delayed pre, which collapses in the column pass: docs/perf.md, Performance XIII); timeline: an int64 tensor of
     at least (token blocks x splits x TIMELINE_SLOTS) elements that receives each program's marks
     (TIMELINE_MARKS; GPU only, benchmarks/decode_timeline.py reads them)."""
@@ -198,6 +231,8 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     check_block("block_t", block_t, 1)  # below 16 (tl.dot's smallest M): seam.seam_columns' CUDA-core path
     check_block("block_d", block_d, 16)
     check_block("apply_block_d", apply_block_d, 16)
+    if collapse is not None and collapse not in COLLAPSES:
+        raise ValueError(f"collapse: expected one of {', '.join(COLLAPSES)} or None, got {collapse!r}")
     if n > MAX_N:
         raise ValueError(f"n: expected at most {MAX_N} streams (Sinkhorn in registers), got {n}")
     lead = x.shape[:-2]
@@ -230,6 +265,11 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     order = ORDERS.index(sink_order)
     if unroll is None:
         unroll = UNROLL_SMALL_BLOCKS if block_t < 16 else UNROLL
+    auto = auto_collapse(blocks * splits, dev)
+    if collapse == "wait" and auto != "wait" and not delayed:
+        raise ValueError(f'collapse: "wait" needs at least {blocks * splits} SMs (the grid\'s programs, all resident) '
+                         f"and no interpreter, got {sm_count(dev)} on {dev}{' (interpreted)' if interpreting() else ''}")  # fmt: skip
+    collapse = 0 if delayed else COLLAPSES.index(collapse or auto)  # 0: "launch" (or none), the kernel's COLLAPSE
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
@@ -239,9 +279,9 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
         UNROLL=min(unroll, next_power_of_2(splits)), SINK_T=max(block_t, 32 * num_warps) if order else block_t,
         SINK_ORDER=order, DELAYED=delayed, STREAM64=stream64(n, ov.stride(1)),
         INTERPRET=interpreting(), TIMELINE=timeline is not None, SINKHORN=not sinkhorn_launch,
-        APPLY=not delayed and not apply_launch, num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
+        COLLAPSE=collapse, num_warps=num_warps, num_stages=1, enable_fp_fusion=False,
     )  # fmt: skip
-    if apply_launch and not delayed:
+    if collapse == 0 and not delayed:
         # no FMA contraction, as the boundary's kernel: the same h_in as its last program's collapse, bit for bit
         _apply_kernel[(blocks, cdiv(D, apply_block_d))](
             ov, h_pre, h_in, T, D, *ov.stride(), N=n, BLOCK_T=block_t, BLOCK_D=apply_block_d, N_PAD=n_pad(n),

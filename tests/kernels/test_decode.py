@@ -109,20 +109,49 @@ def test_decode_reduces_the_partials_over_several_rounds(case, block_t):
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
 
 
+# "wait" spins until the last program arrives: every program resident at once, never in the interpreter
+COLLAPSES = [pytest.param(c, marks=pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="spins: GPU only"))
+             if c == "wait" else c for c in decode.COLLAPSES]  # fmt: skip
+
+
+@pytest.mark.parametrize("collapse", COLLAPSES)
 @pytest.mark.parametrize("block_t", [16, 1])
 @pytest.mark.parametrize("case", SEAM_CASES, ids=str)
-def test_decode_plain_collapse_in_its_own_launch(case, block_t):
-    """The plain pre's h_in from _apply_kernel's launch (apply_block_d columns a program, the last one past
-    D), after the boundary's (the default): right by the rule, and the same tensors as the last program's
-    collapse (apply_launch=False)."""
+def test_decode_plain_collapse_each_way(case, block_t, collapse):
+    """The plain pre's h_in formed by the last program over all D ("last"), by every program over its own
+    columns once the last has stored h_pre ("wait"), against _apply_kernel's launch (apply_block_d columns a
+    program, the last one past D): right by the rule, and the same tensors as the launch's, bit for bit (no
+    FMA contraction in either kernel; each h_in element summed in stream order)."""
     t = _inputs(case, False)
     launch = dict(block_t=block_t, block_d=16, apply_block_d=16, splits=3, unroll=4)
-    got = _run(case, t, apply_launch=True, **launch)
+    got = _run(case, t, collapse=collapse, **launch)
     verdicts = _verdicts(case, t, got)
     assert all(v.ok for v in verdicts), "\n".join(map(str, verdicts))
-    one = _run(case, t, apply_launch=False, **launch)
+    assert not any(c.any() for c in _arrive._COUNTERS.values())
+    launched = _run(case, t, collapse="launch", **launch)
     for k in BOUNDARY_OUTPUTS:
-        assert torch.equal(got[k], one[k]), k
+        assert torch.equal(got[k], launched[k]), k
+
+
+def test_auto_collapse():
+    """collapse=None: "wait" where the grid fits the SMs at one program each, on a GPU; "launch" past them
+    and always under the interpreter."""
+    device = torch.device(KERNEL_DEVICE)
+    sms = decode.sm_count(device)
+    assert decode.auto_collapse(1, device) == decode.auto_collapse(sms, device) == (
+        "wait" if KERNEL_DEVICE == "cuda" else "launch")  # fmt: skip
+    assert decode.auto_collapse(sms + 1, device) == "launch"
+
+
+def test_decode_collapse_is_refused_where_it_cannot_run():
+    """collapse= names the argument and what it expects: an unknown value anywhere; "wait" where the grid's
+    programs (200 one-token blocks x 2 splits) exceed the SMs, or under the interpreter."""
+    case = dataclasses.replace(SEAM_CASES[2], lead=(200,))
+    t = _inputs(case, False)
+    with pytest.raises(ValueError, match="collapse: expected one of launch, last, wait or None, got 'spin'"):
+        _run(case, t, collapse="spin")
+    with pytest.raises(ValueError, match='collapse: "wait" needs at least 400 SMs'):
+        _run(case, t, collapse="wait", block_t=1, block_d=16, splits=2)
 
 
 SINKHORN_TILES = {"tokens-last": {"sink_order": "tokens-last"}, "tokens-first": {"sink_order": "tokens-first"},
