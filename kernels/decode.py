@@ -12,12 +12,14 @@ collapse needs this h_pre first: COLLAPSES), runs Sinkhorn on the next h_res in 
 (sinkhorn.sinkhorn_tile) and sets the counter back to 0, so the next launch (a CUDA-graph replay) starts from
 zero with no memset.
 
-The plain pre's collapse on a GPU ("wait", where the grid fits the SMs): the last program stores h_pre and
-increments the counter once more (release); every program spins on it (acquire) until then, forms h_in over
-its own columns from the x(l+1) it stored (fwd.apply_tile), and departs with one more increment; the last
-departure sets the counter back to 0. Spinning is safe only if the last arrival is running, so every program
-of the grid must be resident at once (auto_collapse); elsewhere _apply_kernel forms h_in in a second launch
-("launch"), or the last program over all D ("last").
+The plain pre's collapse on a GPU ("wait", where the grid fits the SMs): every program reads its block's
+signal flag (kernels/_arrive.py) before arriving; the last one stores h_pre and flips the flag's parity
+(release), writing its own split with it; the others spin on the flag (acquire) until it flips, form h_in
+over their own columns from the x(l+1) they stored (fwd.apply_tile), and the next split also over the last
+one's, which goes on to Sinkhorn without a collapse of its own. Nothing to reset: the next launch reads the
+parity afresh. Spinning is safe only if the last arrival is running, so every program of the grid must be
+resident at once (auto_collapse); elsewhere _apply_kernel forms h_in in a second launch ("launch"), or the
+last program over all D ("last").
 
 The counters: kernels/_arrive.py. T and iters are runtime arguments (one compile per n, D and dtype);
 token and workspace offsets are 64-bit. The projection reads phi (and gamma) in fp32 (fp32_dot; on token
@@ -33,7 +35,7 @@ import triton.language as tl
 from mhc_ops._validate import check_post_inputs, check_sinkhorn_iters
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS
 
-from ._arrive import arrival_counters
+from ._arrive import arrival_counters, signal_flags
 from ._common import (
     cdiv,
     check_block,
@@ -87,7 +89,7 @@ COLLAPSES = ("launch", "last", "wait")
 # sm_j (1) unspecialised: sinkhorn.tokens_tile
 @launched(do_not_specialize=["T", "iters", "sm_j"])
 def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, alpha_ptr,
-                   bias_ptr, ws_ptr, count_ptr, h_in_ptr, nh_post_ptr, nh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
+                   bias_ptr, ws_ptr, count_ptr, flag_ptr, h_in_ptr, nh_post_ptr, nh_res_ptr, inv_rms_ptr, h_mix_ptr, h_pre_ptr,
                    P_ptr, tim_ptr, T, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d, shp_t, shp_j, so_t, so_j, so_d,
                    sphi_o, sphi_k, sm_j, norm_eps, hc_eps, iters, eps, N: tl.constexpr,
                    HAS_GAMMA: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, APPLY_BLOCK_D: tl.constexpr,
@@ -96,7 +98,7 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                    INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr, COLLAPSE: tl.constexpr):  # fmt: skip
     # SINKHORN False: the last program runs no Sinkhorn (the launcher runs it on its own). COLLAPSE (the plain pre's
     # h_in, COLLAPSES' index): 0 none here (the delayed pre's is in the column pass; or _apply_kernel's launch), 1 the
-    # last program over all D, 2 every program over its own columns once the last one has stored h_pre.
+    # last program over all D, 2 the other programs over the columns once the last one has stored h_pre.
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
@@ -108,6 +110,9 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
     row_mask = rows < T
     cols = tl.arange(0, O_PAD)
     chunks = tl.cdiv(D, BLOCK_D)
+    # COLLAPSE 2: block b's flag's parity before arriving (read first: in flight during the column pass), which
+    # the last program flips once h_pre is stored
+    parity = tl.load(flag_ptr + b, volatile=True) & 1 if COLLAPSE == 2 else 0
     h_mix, sumsq = seam_columns(
         x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, phi_ptr, gamma_ptr, phi_ptr, h_in_ptr, rows, row_mask,
         cols, s * chunks // SPLITS, (s + 1) * chunks // SPLITS, D, sx_t, sx_i, sx_d, sr_t, sr_i, sr_j, sho_t, sho_d,
@@ -130,22 +135,12 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, nh_post_ptr, nh_res_ptr, inv_rms, h_mix, coef, rows, row_mask,
                     cols, N)  # fmt: skip
         stamp(tim, 5, coef, TIMELINE)
-        if COLLAPSE == 1:  # the plain pre collapses with this h_pre: all D columns here
+        if COLLAPSE == 1 or (COLLAPSE == 2 and SPLITS == 1):  # the plain pre collapses with this h_pre: all D here
             apply_tile(out_ptr, h_in_ptr, pre_columns(coef, cols, N, N_PAD), t0, rows, row_mask, 0, D, N, D, so_t, so_j,
                        so_d, APPLY_BLOCK_D, N_PAD, STREAM64)  # fmt: skip
-        if COLLAPSE == 2:  # h_pre stored by every thread, then released to the waiting programs: the count to SPLITS + 1
-            tl.debug_barrier()
-            tl.atomic_add(count_ptr + b, 1, sem="release", scope="gpu")
-    if COLLAPSE == 2:  # every program of block b (all resident: the launcher's rule) collapses its own columns
-        while tl.atomic_add(count_ptr + b, 0, sem="acquire", scope="gpu") <= SPLITS:
-            pass
-        h_pre = collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
-        apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, s * chunks // SPLITS * BLOCK_D,
-                   (s + 1) * chunks // SPLITS * BLOCK_D, N, D, so_t, so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
-        # SPLITS departures after the signal: the last one (2 * SPLITS before it) sets the count back to 0
-        if tl.atomic_add(count_ptr + b, 1, sem="relaxed", scope="gpu") == 2 * SPLITS:
-            tl.store(count_ptr + b, 0)
-    if last:
+        if COLLAPSE == 2 and SPLITS > 1:  # h_pre stored by every thread, then released with the flipped parity and
+            tl.debug_barrier()  # this program's split, whose columns the next split collapses
+            tl.atomic_xchg(flag_ptr + b, 1 - parity + 2 * s, sem="release", scope="gpu")
         if SINKHORN:
             tl.debug_barrier()  # the h_res logits just stored (a [BLOCK_T, O_PAD] layout), read back per matrix
             offs, mask, valid, row_valid, col_valid = block_tile(t0, T, BLOCK_T, sm_j, N, N_PAD, SINK_T,
@@ -156,9 +151,20 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
             P = sinkhorn_tile(L, iters, valid, row_valid, col_valid, eps)
             stamp(tim, 7, tl.where(live, P, 0.0), TIMELINE)
             store_matrices(P_ptr, offs, P, mask, SINK_ORDER)
-        if COLLAPSE != 2:
-            tl.store(count_ptr + b, 0)  # for the next launch
+        tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)
+    elif COLLAPSE == 2 and SPLITS > 1:  # the others (all resident: the launcher's rule) wait for the flip, collapse
+        v = tl.atomic_add(flag_ptr + b, 0, sem="acquire", scope="gpu")
+        while (v & 1) == parity:
+            v = tl.atomic_add(flag_ptr + b, 0, sem="acquire", scope="gpu")
+        h_pre = collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
+        apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, s * chunks // SPLITS * BLOCK_D,
+                   (s + 1) * chunks // SPLITS * BLOCK_D, N, D, so_t, so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+        s_last = v >> 1
+        if s == (s_last + 1) % SPLITS:  # and the last program's, which goes on to Sinkhorn
+            apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, s_last * chunks // SPLITS * BLOCK_D,
+                       (s_last + 1) * chunks // SPLITS * BLOCK_D, N, D, so_t, so_j, so_d, BLOCK_D, N_PAD,
+                       STREAM64)  # fmt: skip
 
 
 @launched(do_not_specialize=["T"])
@@ -272,7 +278,8 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     collapse = 0 if delayed else COLLAPSES.index(collapse or auto)  # 0: "launch" (or none), the kernel's COLLAPSE
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
-        else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks), h_in, nh_post, nh_res, inv_rms,
+        else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks),
+        signal_flags(dev, blocks) if collapse == 2 else ws, h_in, nh_post, nh_res, inv_rms,
         h_mix, h_pre, P if P is not None else nh_res, timeline if timeline is not None else ws, T, D, *xt.stride(), *rt.stride(), *ot.stride(), *pt.stride(), *ov.stride(), *phi.stride(),
         1, float(norm_eps), float(hc_eps), int(iters), float(eps), N=n, HAS_GAMMA=gamma is not None, BLOCK_T=block_t,
         BLOCK_D=block_d, APPLY_BLOCK_D=apply_block_d, O_PAD=o_pad(n), N_PAD=n_pad(n), SPLITS=splits,

@@ -257,6 +257,9 @@ def test_arrival_counters_per_stream_and_fresh_in_an_op_body():
         with torch.cuda.stream(torch.cuda.Stream()):
             other = _arrive.arrival_counters(device, 3)
         assert other is not grown and not other.any()
+    flags = _arrive.signal_flags(device, 3)  # collapse "wait"'s: a buffer of their own, any value
+    assert flags.dtype == torch.int32 and flags.numel() >= 3 and _arrive.signal_flags(device, 3) is flags
+    assert flags.data_ptr() != _arrive.arrival_counters(device, 3).data_ptr()
 
 
 def test_decode_timeline_is_refused_where_it_cannot_run():
