@@ -29,6 +29,8 @@ split of the pre forward would be rebuilt in every captured graph, one more laun
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton.language as tl
 
@@ -84,6 +86,9 @@ SINK_ONE_A_THREAD_MAX_N_PAD = 4
 # "last", the last program over all D (slower: docs/perf.md, Performance XVI); "wait", every program over its own
 # columns once the last one has stored h_pre (one launch; a GPU's, every program resident: auto_collapse)
 COLLAPSES = ("launch", "last", "wait")
+# MHC_OPS_DECODE_WAIT=0 in the environment: collapse=None never waits (GPUs whose SMs other work may hold for good while
+# a boundary runs, e.g. persistent communication kernels on another stream, or MPS limits below the device's SMs)
+WAIT_ALLOWED = os.environ.get("MHC_OPS_DECODE_WAIT", "1") != "0"
 
 
 # sm_j (1) unspecialised: sinkhorn.tokens_tile
@@ -206,9 +211,14 @@ def auto_block_t(T: int, n: int) -> int:
 def auto_collapse(programs: int, device: torch.device) -> str:
     """launch_decode's collapse=None: "wait" on a GPU whose SMs hold the whole grid at one program each (the waiting
     programs spin until the last one arrives, so it must be running: 64 of them at one token and D = 4096 against an
-    H100's 132 SMs; GPUs shared by MPS or green contexts with fewer SMs than the device's: pass "launch"), else
-    "launch". The interpreter runs programs one after another: never "wait"."""
-    return "wait" if not interpreting() and programs <= sm_count(device) else "launch"
+    H100's 132 SMs) unless WAIT_ALLOWED is off, else "launch". The interpreter runs programs one after another:
+    never "wait"."""
+    return "wait" if WAIT_ALLOWED and waits_safely(programs, device) else "launch"
+
+
+def waits_safely(programs: int, device: torch.device) -> bool:
+    """Whether collapse "wait" can run: no interpreter, and the grid's programs at most the device's SMs."""
+    return not interpreting() and programs <= sm_count(device)
 
 
 def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, norm_eps, hc_eps, iters, eps, *,
@@ -271,11 +281,10 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
     order = ORDERS.index(sink_order)
     if unroll is None:
         unroll = UNROLL_SMALL_BLOCKS if block_t < 16 else UNROLL
-    auto = auto_collapse(blocks * splits, dev)
-    if collapse == "wait" and auto != "wait" and not delayed:
+    if collapse == "wait" and not delayed and not waits_safely(blocks * splits, dev):
         raise ValueError(f'collapse: "wait" needs at least {blocks * splits} SMs (the grid\'s programs, all resident) '
                          f"and no interpreter, got {sm_count(dev)} on {dev}{' (interpreted)' if interpreting() else ''}")  # fmt: skip
-    collapse = 0 if delayed else COLLAPSES.index(collapse or auto)  # 0: "launch" (or none), the kernel's COLLAPSE
+    collapse = 0 if delayed else COLLAPSES.index(collapse or auto_collapse(blocks * splits, dev))  # the kernel's
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks),

@@ -4,6 +4,9 @@ pre's outputs and P against the goldens on the x(l+1) the kernel stored (its inp
 CPU through the interpreter; the realistic shape and the CUDA-graph replay on a GPU."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -133,14 +136,25 @@ def test_decode_plain_collapse_each_way(case, block_t, collapse):
         assert torch.equal(got[k], launched[k]), k
 
 
-def test_auto_collapse():
-    """collapse=None: "wait" where the grid fits the SMs at one program each, on a GPU; "launch" past them
-    and always under the interpreter."""
+def test_auto_collapse(monkeypatch):
+    """collapse=None: "wait" where the grid fits the SMs at one program each, on a GPU; "launch" past them,
+    always under the interpreter, and wherever MHC_OPS_DECODE_WAIT=0 turned waiting off."""
     device = torch.device(KERNEL_DEVICE)
     sms = decode.sm_count(device)
     assert decode.auto_collapse(1, device) == decode.auto_collapse(sms, device) == (
         "wait" if KERNEL_DEVICE == "cuda" else "launch")  # fmt: skip
     assert decode.auto_collapse(sms + 1, device) == "launch"
+    monkeypatch.setattr(decode, "WAIT_ALLOWED", False)  # MHC_OPS_DECODE_WAIT=0
+    assert decode.auto_collapse(1, device) == "launch"
+
+
+def test_decode_wait_turned_off_by_the_environment():
+    """MHC_OPS_DECODE_WAIT=0, read when kernels/decode.py is imported, turns WAIT_ALLOWED off (1 or unset: on)."""
+    code = "from mhc_ops.kernels import decode; print(decode.WAIT_ALLOWED)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "MHC_OPS_DECODE_WAIT": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, out.stderr
 
 
 def test_decode_collapse_is_refused_where_it_cannot_run():
