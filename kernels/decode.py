@@ -53,18 +53,9 @@ from ._common import (
     stamp,
     static_dims,
     stream64,
-    stream_tile,
 )
 from ._launch import launched
-from .fwd import (
-    apply_stream_tile,
-    apply_tile,
-    coeff_tile,
-    collapse_columns,
-    reduce_partials,
-    store_partials,
-    store_saved,
-)
+from .fwd import apply_tile, coeff_tile, collapse_columns, reduce_partials, store_partials, store_saved
 from .seam import seam_columns
 from .sinkhorn import (
     MAX_N,
@@ -168,16 +159,12 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)
     elif COLLAPSE == 2 and SPLITS > 1:  # the others (all resident: the launcher's rule) wait for the flip, collapse
-        c0 = s * chunks // SPLITS  # its first chunk of x(l+1) loaded while waiting (stored before arriving)
-        d = c0 * BLOCK_D + tl.arange(0, BLOCK_D)
-        xs = stream_tile(out_ptr, rows, row_mask, d, d < D, N, so_t, so_j, so_d, N_PAD)
         v = tl.atomic_add(flag_ptr + b, 0, sem="acquire", scope="gpu")
         while (v & 1) == parity:
             v = tl.atomic_add(flag_ptr + b, 0, sem="acquire", scope="gpu")
         h_pre = collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
-        apply_stream_tile(h_in_ptr, h_pre, xs, rows, row_mask, d, d < D, D, N_PAD)
-        apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, (c0 + 1) * BLOCK_D, (s + 1) * chunks // SPLITS * BLOCK_D,
-                   N, D, so_t, so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
+        apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, s * chunks // SPLITS * BLOCK_D,
+                   (s + 1) * chunks // SPLITS * BLOCK_D, N, D, so_t, so_j, so_d, BLOCK_D, N_PAD, STREAM64)  # fmt: skip
         s_last = v >> 1
         if s == (s_last + 1) % SPLITS:  # and the last program's, which goes on to Sinkhorn
             apply_tile(out_ptr, h_in_ptr, h_pre, t0, rows, row_mask, s_last * chunks // SPLITS * BLOCK_D,

@@ -278,21 +278,6 @@ def apply_tile(
         tl.store(h_in_ptr + (t0 * D + d0) + off_h, round_to(h_in, h_in_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def apply_stream_tile(h_in_ptr, h_pre, xs, rows, row_mask, d, d_mask, D, N_PAD: tl.constexpr):
-    """h_in[rows, d] = sum_i h_pre[:, i] * xs[:, i, :] for a [BLOCK_T, N_PAD, BLOCK_D] stream tile already
-    loaded (stream_tile, zero past n), summed in fp32 in stream order as apply_tile (the same bits: each
-    stream taken out of the tile exactly), stored in h_in's dtype."""
-    j = tl.arange(0, N_PAD)
-    xs = xs.to(tl.float32)
-    h_in = tl.zeros([rows.shape[0], d.shape[0]], dtype=tl.float32)
-    for i in tl.static_range(N_PAD):
-        xt = tl.sum(tl.where(j[None, :, None] == i, xs, 0.0), axis=1)
-        h_in += tl.sum(tl.where(j[None, :] == i, h_pre, 0.0), axis=1)[:, None] * xt
-    tl.store(h_in_ptr + rows[:, None] * D + d[None, :], round_to(h_in, h_in_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & d_mask[None, :])  # fmt: skip
-
-
 @launched(do_not_specialize=["T"])
 def _fwd_kernel(
     x_ptr,

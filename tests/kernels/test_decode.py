@@ -10,8 +10,6 @@ import sys
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 from mhc_ops.golden import judge
 from mhc_ops.golden.fixtures import make_inputs
@@ -19,8 +17,6 @@ from mhc_ops.golden.mhc_pre import mhc_pre_delayed_forward, mhc_pre_forward
 from mhc_ops.golden.seam import BOUNDARY_OUTPUTS, boundary_forward
 from mhc_ops.golden.sinkhorn import sinkhorn_forward
 from mhc_ops.kernels import _arrive, decode
-from mhc_ops.kernels import fwd as kfwd
-from mhc_ops.kernels._common import stream_tile
 from mhc_ops.kernels._launch import op_body
 from mhc_ops.kernels.decode import boundary_decode
 from tests.cases import SEAM_CASES
@@ -170,37 +166,6 @@ def test_decode_collapse_is_refused_where_it_cannot_run():
         _run(case, t, collapse="spin")
     with pytest.raises(ValueError, match='collapse: "wait" needs at least 400 SMs'):
         _run(case, t, collapse="wait", block_t=1, block_d=16, splits=2)
-
-
-@triton.jit
-def _apply_both_kernel(x_ptr, h_pre_ptr, a_ptr, b_ptr, T, D, sx_t, sx_i, sx_d, N: tl.constexpr, BLOCK_T: tl.constexpr,
-                       BLOCK_D: tl.constexpr, N_PAD: tl.constexpr):  # fmt: skip
-    t0 = tl.program_id(0).to(tl.int64) * BLOCK_T
-    rows = t0 + tl.arange(0, BLOCK_T)
-    row_mask = rows < T
-    h_pre = kfwd.collapse_columns(h_pre_ptr, rows, row_mask, N, N_PAD, 1)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    xs = stream_tile(x_ptr, rows, row_mask, d, d < D, N, sx_t, sx_i, sx_d, N_PAD)
-    kfwd.apply_stream_tile(a_ptr, h_pre, xs, rows, row_mask, d, d < D, D, N_PAD)
-    kfwd.apply_tile(x_ptr, b_ptr, h_pre, t0, rows, row_mask, tl.program_id(1) * BLOCK_D, (tl.program_id(1) + 1) * BLOCK_D,
-                    N, D, sx_t, sx_i, sx_d, BLOCK_D, N_PAD, False)  # fmt: skip
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-@pytest.mark.parametrize(("T", "n", "D", "block_t"), [(1, 1, 33, 1), (5, 3, 40, 4), (3, 6, 17, 1), (19, 4, 67, 16)])
-def test_apply_stream_tile_is_apply_tile(T, n, D, block_t, dtype):
-    """fwd.apply_stream_tile (the collapse "wait" path's first chunk, from a stream tile loaded while waiting) gives
-    apply_tile's bits, rows and columns past the ends masked, and the collapse by the rule's fp32 sum."""
-    g = torch.Generator().manual_seed(T * 100 + n)
-    x = torch.randn(T, n, D, generator=g).to(dtype).to(KERNEL_DEVICE)
-    h_pre = (torch.rand(T, n, generator=g) + 0.1).to(KERNEL_DEVICE)
-    a, b = (torch.full((T, D), float("nan"), dtype=dtype, device=KERNEL_DEVICE) for _ in range(2))
-    grid = (triton.cdiv(T, block_t), triton.cdiv(D, 16))
-    _apply_both_kernel[grid](x, h_pre, a, b, T, D, *x.stride(), N=n, BLOCK_T=block_t, BLOCK_D=16,
-                             N_PAD=triton.next_power_of_2(n), enable_fp_fusion=False)  # fmt: skip
-    assert torch.equal(a, b)
-    ref = (h_pre.double()[:, :, None] * x.double()).sum(1)
-    assert torch.allclose(a.double(), ref, rtol=1e-2 if dtype != torch.float32 else 1e-5, atol=1e-5)
 
 
 SINKHORN_TILES = {"tokens-last": {"sink_order": "tokens-last"}, "tokens-first": {"sink_order": "tokens-first"},
