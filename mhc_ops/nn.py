@@ -278,7 +278,8 @@ def stack_forward(layers, x, *args, delayed=False, **kwargs):
     block collapses with the previous block's h_pre (the layers built with delayed=True). At decode
     (_impl.decodes: no autograd, at most DECODE_MAX_T tokens and DECODE_MAX_N streams, every stage on Triton;
     eager or under torch.compile) each boundary, post(l) + pre(l+1) + sinkhorn, runs in one launch
-    (ops.boundary_decode; the plain pre's collapse in a second). Extra arguments go to every block."""
+    (ops.boundary_decode; the plain pre's collapse in a second where the grid outgrows the GPU's SMs). Extra
+    arguments go to every block."""
     if _stack_decodes(layers, x):
         return _stack_decode(layers, x, delayed, *args, **kwargs)
     h_pre = None

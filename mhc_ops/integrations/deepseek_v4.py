@@ -19,10 +19,11 @@ unchanged and an optimizer built before or after the patch sees the same tensors
   as mhc_post's h_res does: no transpose). Each block's pre and post are paired through
   ``mhc_ops.nn.hc_pre`` / ``hc_post``, so the streams' gradient from the post enters the pre backward
   as ``grad_x_post`` instead of a separate add. At decode (inference, at most 64 tokens and 6 streams,
-  on Triton) the attention's post, the MLP's pre and its Sinkhorn run as one boundary: one launch and
-  the collapse in a second (``kernels/decode.py``) instead of five; so do the MLP's post and the next
-  layer's attention pre (``layer_output``: the model's loop is not patched, the layer learns which HC
-  module its output goes to on the first decode call and checks it on every later one).
+  on Triton) the attention's post, the MLP's pre and its Sinkhorn run as one boundary: one launch
+  (``kernels/decode.py``; the collapse in a second where the grid outgrows the GPU's SMs) instead of five;
+  so do the MLP's post and the next layer's attention pre (``layer_output``: the model's loop is not
+  patched, the layer learns which HC module its output goes to on the first decode call and checks it on
+  every later one).
 - ``DeepseekV4HyperHead.forward`` (``hyper_head=True``): the final collapse is mhc_pre's pre part
   alone; its ``hc_fn`` [n, nD], ``hc_scale`` [1], ``hc_base`` [n] fill the pre rows of phi / alpha /
   bias, zeros the post and comb rows, whose outputs are dropped.
@@ -134,7 +135,7 @@ def hyper_connection_forward(norm_eps: str, backend: str) -> Callable:
     block's mhc_post, its gradient of the streams handed to the pre backward. With after=(prev, out) too
     (prev: the previous block's Mix, out: its branch output; hidden_streams: that block's input streams):
     (next streams, collapsed, mix), the previous block's post and this pre; at decode (Mix.decodes) as one
-    boundary, post + pre + Sinkhorn in one launch and the collapse in a second (kernels/decode.py), else as
+    boundary, post + pre + Sinkhorn and the collapse in one launch (kernels/decode.py), else as
     the two ops. With mix=True alone, at decode, the previous decoder layer may have run this pre already
     (layer_output): its result is taken when hidden_streams is that layer's output.
     """
