@@ -226,9 +226,9 @@ def decodes(x: torch.Tensor, routes) -> bool:
 
 def boundary_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, iters, eps, norm_eps, hc_eps):
     """post(l), the next pre (the delayed pre collapsed with h_pre_prev, pre(l)'s h_pre; the plain mhc_pre with
-    h_pre_prev None) and sinkhorn of its h_res, in one launch (two for the plain pre: its collapse needs the
-    coefficients), not differentiable -> (x_next, h_in, h_post, P = sinkhorn(h_res), h_pre) of the next
-    sublayer."""
+    h_pre_prev None) and sinkhorn of its h_res, in one launch (two for the plain pre where its grid outgrows the
+    GPU's SMs: its collapse needs the coefficients, kernels/decode.py), not differentiable -> (x_next, h_in,
+    h_post, P = sinkhorn(h_res), h_pre) of the next sublayer."""
     out, h_in, h_post_next, _, _, _, h_pre, P = launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias,
                                                               gamma, norm_eps, hc_eps, iters, eps)  # fmt: skip
     return out, h_in, h_post_next, P, h_pre
