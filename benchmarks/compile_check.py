@@ -182,9 +182,10 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                                                num_warps=8)))  # fmt: skip
             calls.append((f"decode n={n} {dtype} one-token blocks", lambda p=p_args, a=f_args, h=h_pre_prev:
                           decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_t=1, unroll=64)))  # fmt: skip
-            for collapse in decode.COLLAPSES:
+            for collapse in decode.COLLAPSES:  # block_d 16: several splits, so "wait" has programs that wait
                 calls.append((f"decode n={n} {dtype} plain, collapse {collapse}", lambda p=p_args, a=f_args,
-                              c=collapse: decode.launch_decode(*p, None, *a[1:], 1e-6, 1e-6, 20, 1e-6, collapse=c)))  # fmt: skip
+                              c=collapse: decode.launch_decode(*p, None, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_d=16,
+                                                               collapse=c)))  # fmt: skip
             for order in sinkhorn.ORDERS:  # every Sinkhorn tile order, whichever the installed Triton takes by default
                 calls.append((f"decode n={n} {dtype} sink_order {order}", lambda p=p_args, a=f_args, h=h_pre_prev,
                               o=order: decode.launch_decode(*p, h, *a[1:], 1e-6, 1e-6, 20, 1e-6, block_t=1,

@@ -103,7 +103,7 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
                    INTERPRET: tl.constexpr, TIMELINE: tl.constexpr, SINKHORN: tl.constexpr, COLLAPSE: tl.constexpr):  # fmt: skip
     # SINKHORN False: the last program runs no Sinkhorn (the launcher runs it on its own). COLLAPSE (the plain pre's
     # h_in, COLLAPSES' index): 0 none here (the delayed pre's is in the column pass; or _apply_kernel's launch), 1 the
-    # last program over all D, 2 the other programs over the columns once the last one has stored h_pre.
+    # last program over all D, 2 (SPLITS > 1) the other programs over the columns once the last one has stored h_pre.
     # fp64 in Inductor's launches
     norm_eps, hc_eps, eps = tl.cast(norm_eps, tl.float32), tl.cast(hc_eps, tl.float32), tl.cast(eps, tl.float32)
     b = tl.program_id(0)
@@ -140,10 +140,10 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
         store_saved(inv_rms_ptr, h_mix_ptr, h_pre_ptr, nh_post_ptr, nh_res_ptr, inv_rms, h_mix, coef, rows, row_mask,
                     cols, N)  # fmt: skip
         stamp(tim, 5, coef, TIMELINE)
-        if COLLAPSE == 1 or (COLLAPSE == 2 and SPLITS == 1):  # the plain pre collapses with this h_pre: all D here
+        if COLLAPSE == 1:  # the plain pre collapses with this h_pre: all D here
             apply_tile(out_ptr, h_in_ptr, pre_columns(coef, cols, N, N_PAD), t0, rows, row_mask, 0, D, N, D, so_t, so_j,
                        so_d, APPLY_BLOCK_D, N_PAD, STREAM64)  # fmt: skip
-        if COLLAPSE == 2 and SPLITS > 1:  # h_pre stored by every thread, then released with the flipped parity and
+        if COLLAPSE == 2:  # h_pre stored by every thread, then released with the flipped parity and
             tl.debug_barrier()  # this program's split, whose columns the next split collapses
             tl.atomic_xchg(flag_ptr + b, 1 - parity + 2 * s, sem="release", scope="gpu")
         if SINKHORN:
@@ -158,7 +158,7 @@ def _decode_kernel(x_ptr, h_res_ptr, h_out_ptr, h_post_ptr, out_ptr, hpp_ptr, ph
             store_matrices(P_ptr, offs, P, mask, SINK_ORDER)
         tl.store(count_ptr + b, 0)  # for the next launch
         stamp(tim, 8, b, TIMELINE)
-    elif COLLAPSE == 2 and SPLITS > 1:  # the others (all resident: the launcher's rule) wait for the flip, collapse
+    elif COLLAPSE == 2:  # the others (all resident: the launcher's rule) wait for the flip, collapse
         v = tl.atomic_add(flag_ptr + b, 0, sem="acquire", scope="gpu")
         while (v & 1) == parity:
             v = tl.atomic_add(flag_ptr + b, 0, sem="acquire", scope="gpu")
@@ -285,6 +285,8 @@ def launch_decode(x, h_res, h_out, h_post, h_pre_prev, phi, alpha, bias, gamma, 
         raise ValueError(f'collapse: "wait" needs at least {blocks * splits} SMs (the grid\'s programs, all resident) '
                          f"and no interpreter, got {sm_count(dev)} on {dev}{' (interpreted)' if interpreting() else ''}")  # fmt: skip
     collapse = 0 if delayed else COLLAPSES.index(collapse or auto_collapse(blocks * splits, dev))  # the kernel's
+    if collapse == 2 and splits == 1:  # the one program is the last: nobody to wait for
+        collapse = 1
     _decode_kernel[(blocks, splits)](
         xt, rt, ot, pt, ov, h_pre_prev.contiguous() if delayed else alpha, phi, gamma.contiguous() if gamma is not None
         else alpha, alpha.contiguous(), bias.contiguous(), ws, arrival_counters(dev, blocks),
